@@ -1,0 +1,27 @@
+"""gpunn: a small, fast backend for training multilayer perceptrons on NumPy or CuPy."""
+
+__version__ = "0.1.0"
+
+from .backends import (
+    BackendUnavailableError,
+    available_backends,
+    cupy_unavailable_reason,
+    get_backend,
+    get_matmul_precision,
+    set_matmul_precision,
+    use_backend,
+)
+from .gradcheck import gradcheck
+from .io import ModelFileError, load
+from .layers import Dense, Identity, Parameter, ReLU, Sigmoid, Tanh
+from .losses import BCELoss, BCEWithLogitsLoss, MSELoss, SoftmaxCrossEntropyLoss
+from .model import Sequential
+from .optim import SGD
+from .training import TrainingDiverged
+
+__all__ = [
+    "BCELoss", "BCEWithLogitsLoss", "BackendUnavailableError", "Dense", "Identity", "MSELoss",
+    "ModelFileError", "Parameter", "ReLU", "SGD", "Sequential", "Sigmoid", "SoftmaxCrossEntropyLoss",
+    "Tanh", "TrainingDiverged", "available_backends", "cupy_unavailable_reason", "get_backend",
+    "get_matmul_precision", "gradcheck", "load", "set_matmul_precision", "use_backend",
+]

@@ -1,0 +1,140 @@
+"""Losses: ``loss(y, t)`` gives a Python float and saves what ``backward()`` needs.
+
+``forward`` returns the loss as a 0-d array on the device instead, so a training loop can
+sum losses without waiting for the device after every batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .backends import backend_of
+
+
+class Loss:
+    """Base class: subclasses implement ``_forward`` and ``_backward``."""
+
+    def __init__(self):
+        self._saved = None
+
+    def __call__(self, y, t) -> float:
+        value = float(self.forward(y, t))
+        if not math.isfinite(value):
+            raise FloatingPointError(f"{type(self).__name__} is {value}: the outputs or targets hold "
+                                     "NaN/Inf, or training diverged (lower the learning rate)")
+        return value
+
+    def forward(self, y, t):
+        """The loss as a 0-d device array; ``t`` is checked against ``y`` and moved beside it."""
+        backend = backend_of(y)
+        if y.ndim != 2:
+            raise ValueError(f"{type(self).__name__}: outputs must be 2-D (batch, outputs), "
+                             f"got shape {tuple(y.shape)}")
+        t = self.prepare_targets(backend, t, y.shape, y.dtype)
+        return self._forward(backend, y, t)
+
+    def backward(self):
+        """dL/dy for the last forward, averaged over the batch as the loss is."""
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before the loss was computed")
+        return self._backward()
+
+    def prepare_targets(self, backend, t, output_shape, dtype):
+        """Targets of the outputs' shape and dtype; (batch,) is accepted for one output."""
+        t = backend.asarray(t, dtype) if not backend.is_array(t) else t.astype(dtype, copy=False)
+        if t.ndim == 1 and output_shape[1] == 1:
+            t = t.reshape(-1, 1)
+        if tuple(t.shape) != tuple(output_shape):
+            raise ValueError(f"{type(self).__name__}: targets have shape {tuple(t.shape)} but the "
+                             f"outputs have shape {tuple(output_shape)}")
+        return t
+
+    def config(self) -> dict:
+        return {}
+
+
+class MSELoss(Loss):
+    """Mean squared error over all elements, as the seeds define it."""
+
+    def _forward(self, backend, y, t):
+        difference = y - t
+        self._saved = (difference, 2.0 / difference.size)
+        return (difference * difference).mean()
+
+    def _backward(self):
+        difference, scale = self._saved
+        return difference * scale
+
+
+class BCELoss(Loss):
+    """Binary cross-entropy on probabilities, clipped away from 0 and 1 so logs stay finite."""
+
+    def __init__(self, eps: float | None = None):
+        super().__init__()
+        self.eps = eps
+
+    def _forward(self, backend, y, t):
+        xp = backend.xp
+        eps = self.eps if self.eps is not None else (1e-7 if y.dtype.itemsize <= 4 else 1e-12)
+        p = xp.clip(y, eps, 1 - eps)
+        self._saved = (y, p, t, eps)
+        return -(t * xp.log(p) + (1 - t) * xp.log(1 - p)).mean()
+
+    def _backward(self):
+        y, p, t, eps = self._saved
+        inside = (y > eps) & (y < 1 - eps)  # the clipped function is flat outside
+        return ((p - t) / (p * (1 - p))) * inside * (1.0 / y.size)
+
+
+class BCEWithLogitsLoss(Loss):
+    """Binary cross-entropy on logits, stable for any logit; its gradient is σ(z) − y."""
+
+    def _forward(self, backend, z, t):
+        self._saved = (backend, z, t)
+        return backend.bce_with_logits_loss(z, t)
+
+    def _backward(self):
+        backend, z, t = self._saved
+        return backend.bce_with_logits_grad(z, t, 1.0 / z.size)
+
+
+class SoftmaxCrossEntropyLoss(Loss):
+    """Softmax then cross-entropy on logits, from integer labels (batch,) or one-hot rows."""
+
+    def prepare_targets(self, backend, t, output_shape, dtype):
+        xp = backend.xp
+        t = t if backend.is_array(t) else backend.asarray(t)
+        batch, classes = output_shape
+        if t.ndim == 2:
+            if tuple(t.shape) != tuple(output_shape):
+                raise ValueError(f"SoftmaxCrossEntropyLoss: one-hot targets have shape {tuple(t.shape)} "
+                                 f"but the outputs have shape {tuple(output_shape)}")
+            if not bool(((t == 0) | (t == 1)).all()) or not bool((t.sum(axis=1) == 1).all()):
+                raise ValueError("SoftmaxCrossEntropyLoss: 2-D targets must be one-hot rows")
+            return t.argmax(axis=1)
+        if t.ndim != 1 or t.shape[0] != batch:
+            raise ValueError(f"SoftmaxCrossEntropyLoss: labels must have shape ({batch},) or "
+                             f"{tuple(output_shape)}, got {tuple(t.shape)}")
+        if t.dtype.kind not in "iu":
+            if t.dtype.kind != "f" or not bool((t == xp.floor(t)).all()):
+                raise ValueError(f"SoftmaxCrossEntropyLoss: labels must be integers, got dtype {t.dtype}")
+            t = t.astype("int64")
+        if t.size and (int(t.min()) < 0 or int(t.max()) >= classes):
+            raise ValueError(f"SoftmaxCrossEntropyLoss: labels must lie in [0, {classes}), "
+                             f"got {int(t.min())}..{int(t.max())}")
+        return t
+
+    def _forward(self, backend, z, labels):
+        xp = backend.xp
+        row_max = z.max(axis=1)
+        log_sum_exp = row_max + xp.log(xp.exp(z - row_max[:, None]).sum(axis=1))
+        picked = xp.take_along_axis(z, labels.reshape(-1, 1), axis=1).reshape(-1)
+        self._saved = (backend, z, log_sum_exp, labels)
+        return (log_sum_exp - picked).mean()
+
+    def _backward(self):
+        backend, z, log_sum_exp, labels = self._saved
+        return backend.softmax_cross_entropy_grad(z, log_sum_exp, labels, 1.0 / z.shape[0])
+
+
+LOSSES = {cls.__name__: cls for cls in (MSELoss, BCELoss, BCEWithLogitsLoss, SoftmaxCrossEntropyLoss)}

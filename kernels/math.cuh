@@ -1,0 +1,13 @@
+// Float-type dispatch for the maths the kernels use.
+// Overloads name the float or double function explicitly, so that float maths stays float on
+// the device (NVRTC, through CuPy) and on the host (nvcc/g++ for the CI comparison alike).
+#pragma once
+
+__host__ __device__ inline float gpunn_exp(float x) { return expf(x); }
+__host__ __device__ inline double gpunn_exp(double x) { return exp(x); }
+__host__ __device__ inline float gpunn_tanh(float x) { return tanhf(x); }
+__host__ __device__ inline double gpunn_tanh(double x) { return tanh(x); }
+__host__ __device__ inline float gpunn_log1p(float x) { return log1pf(x); }
+__host__ __device__ inline double gpunn_log1p(double x) { return log1p(x); }
+__host__ __device__ inline float gpunn_abs(float x) { return fabsf(x); }
+__host__ __device__ inline double gpunn_abs(double x) { return fabs(x); }
