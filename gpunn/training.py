@@ -37,9 +37,10 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32,
     x_all = model.as_input(X, "X")
     if model.out_features is None:
         raise ValueError("fit: the model has no Dense layer to train")
+    rows = T.shape[0] if hasattr(T, "shape") else len(T)
+    if rows != x_all.shape[0]:
+        raise ValueError(f"fit: X has {x_all.shape[0]} rows but T has {rows}")
     t_all = loss.prepare_targets(backend, T, (x_all.shape[0], model.out_features), dtype)
-    if t_all.shape[0] != x_all.shape[0]:
-        raise ValueError(f"fit: X has {x_all.shape[0]} rows but T has {t_all.shape[0]}")
     if t_all.dtype.kind == "f" and not bool(backend.xp.isfinite(t_all).all()):
         raise ValueError("fit: T contains NaN or Inf")
     if not optimizer.params:

@@ -1,0 +1,144 @@
+"""Sequential, fit, SGD and predict: behaviour beyond the maths of single ops."""
+
+import numpy as np
+import pytest
+
+import gpunn as gn
+
+
+@pytest.mark.parametrize("activation", [gn.Sigmoid, gn.Tanh, gn.ReLU])
+def test_fused_dense_activation_equals_unfused(backend, rng, activation):
+    dense = gn.Dense(5, 4, dtype="float64", seed=1)
+    dense.bias.value[...] = backend.asarray(rng.normal(size=4), "float64")
+    fused = gn.Sequential(dense, activation())
+    x, dy = rng.normal(size=(3, 5)), rng.normal(size=(3, 4))
+    y_fused = backend.to_numpy(fused.forward(x)).copy()
+    fused.zero_grad()
+    dx_fused = backend.to_numpy(fused.backward(backend.asarray(dy, "float64"))).copy()
+    dw_fused = backend.to_numpy(dense.dW).copy()
+
+    separate = activation()
+    separate.backend = backend
+    y = separate.forward(dense.forward(backend.asarray(x, "float64")))
+    dense.weight.grad_valid = dense.bias.grad_valid = False
+    dx = dense.backward(separate.backward(backend.asarray(dy, "float64")))
+    np.testing.assert_allclose(y_fused, backend.to_numpy(y), rtol=1e-14)
+    np.testing.assert_allclose(dx_fused, backend.to_numpy(dx), rtol=1e-14)
+    np.testing.assert_allclose(dw_fused, backend.to_numpy(dense.dW), rtol=1e-14)
+
+
+def test_gradients_accumulate_until_zero_grad(backend, rng):
+    model = gn.Sequential(gn.Dense(3, 2, dtype="float64", seed=2))
+    loss, x, t = gn.MSELoss(), rng.normal(size=(4, 3)), rng.normal(size=(4, 2))
+    loss(model.forward(x), t)
+    model.zero_grad()
+    model.backward(loss.backward())
+    once = backend.to_numpy(model.layers[0].dW).copy()
+    loss(model.forward(x), t)
+    model.backward(loss.backward())
+    np.testing.assert_allclose(backend.to_numpy(model.layers[0].dW), 2 * once)
+    model.zero_grad()
+    loss(model.forward(x), t)
+    model.backward(loss.backward())
+    np.testing.assert_allclose(backend.to_numpy(model.layers[0].dW), once)
+
+
+def test_backward_does_not_update_and_sgd_does(backend, rng):
+    model = gn.Sequential(gn.Dense(3, 2, dtype="float64", seed=3), gn.Tanh())
+    before = backend.to_numpy(model.layers[0].W).copy()
+    loss = gn.MSELoss()
+    loss(model.forward(rng.normal(size=(4, 3))), rng.normal(size=(4, 2)))
+    model.backward(loss.backward())
+    np.testing.assert_array_equal(backend.to_numpy(model.layers[0].W), before)
+    gradient = backend.to_numpy(model.layers[0].dW).copy()
+    gn.SGD(model.parameters(), lr=0.5).step()
+    np.testing.assert_allclose(backend.to_numpy(model.layers[0].W), before - 0.5 * gradient)
+
+
+def test_momentum_follows_the_velocity_formula(backend, rng):
+    model = gn.Sequential(gn.Dense(2, 1, dtype="float64", seed=4))
+    optimizer = gn.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss, w, velocity = gn.MSELoss(), backend.to_numpy(model.layers[0].W).copy(), 0.0
+    for _ in range(3):
+        x, t = rng.normal(size=(5, 2)), rng.normal(size=(5, 1))
+        loss(model.forward(x), t)
+        model.zero_grad()
+        model.backward(loss.backward())
+        gradient = backend.to_numpy(model.layers[0].dW).copy()
+        optimizer.step()
+        velocity = 0.9 * velocity + gradient
+        w = w - 0.1 * velocity
+    np.testing.assert_allclose(backend.to_numpy(model.layers[0].W), w, rtol=1e-12)
+
+
+def make_model(seed=0, dtype="float64"):
+    return gn.Sequential(gn.Dense(4, 8, dtype=dtype, seed=seed), gn.Tanh(),
+                         gn.Dense(8, 3, dtype=dtype, seed=seed + 1))
+
+
+def test_fit_handles_a_last_partial_batch_and_records_history(backend, rng):
+    x, labels = rng.normal(size=(10, 4)), rng.integers(0, 3, size=10)
+    model = make_model()
+    seen = []
+    original = model._forward
+    model._forward = lambda batch: seen.append(batch.shape[0]) or original(batch)
+    history = model.fit(x, labels, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=gn.SGD(lr=0.1),
+                        epochs=3, batch_size=4, seed=0, verbose=0)
+    assert seen == [4, 4, 2] * 3
+    assert len(history["loss"]) == 3 and all(np.isfinite(history["loss"]))
+
+
+def test_fit_loss_is_the_mean_over_the_epoch(backend, rng):
+    x, t = rng.normal(size=(6, 4)), rng.normal(size=(6, 3))
+    model = make_model()
+    w = [backend.to_numpy(p.value).copy() for p in model.parameters()]
+    history = model.fit(x, t, loss=gn.MSELoss(), optimizer=gn.SGD(lr=1e-9), epochs=1,
+                        batch_size=6, shuffle=False, verbose=0)
+    hidden = np.tanh(x @ w[0] + w[1])
+    assert history["loss"][0] == pytest.approx(np.mean((hidden @ w[2] + w[3] - t) ** 2), rel=1e-9)
+
+
+def test_fit_is_reproducible_with_a_seed(backend, rng):
+    x, labels = rng.normal(size=(20, 4)), rng.integers(0, 3, size=20)
+    runs = []
+    for _ in range(2):
+        model = make_model(seed=5)
+        history = model.fit(x, labels, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=gn.SGD(lr=0.1, momentum=0.5),
+                            epochs=4, batch_size=3, seed=9, verbose=0)
+        runs.append((history["loss"], model.predict(x)))
+    assert runs[0][0] == runs[1][0]
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    other = make_model(seed=5).fit(x, labels, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=gn.SGD(lr=0.1),
+                                   epochs=4, batch_size=3, seed=10, verbose=0)
+    assert other["loss"] != runs[0][0]
+
+
+def test_fit_callback_adds_to_history(backend, rng):
+    model = make_model()
+    history = model.fit(rng.normal(size=(8, 4)), rng.integers(0, 3, size=8), loss=gn.SoftmaxCrossEntropyLoss(),
+                        optimizer=gn.SGD(lr=0.1), epochs=2, verbose=0,
+                        callback=lambda epoch, logs: logs.update(epoch_seen=epoch))
+    assert history["epoch_seen"] == [0, 1]
+
+
+def test_predict_returns_an_independent_host_array(backend, rng):
+    model = make_model(dtype="float32")
+    x = rng.normal(size=(5, 4))
+    first = model.predict(x)
+    assert isinstance(first, np.ndarray) and first.dtype == np.float32
+    model.predict(rng.normal(size=(5, 4)))
+    np.testing.assert_array_equal(first, model.predict(x))
+    np.testing.assert_allclose(model.predict(x, batch_size=2), first, rtol=1e-5, atol=1e-6)
+
+
+def test_float32_is_the_default_and_float64_is_kept(backend):
+    assert gn.Dense(2, 2).W.dtype == np.float32
+    assert gn.Sequential(gn.Dense(2, 2, dtype="float64")).dtype == np.float64
+
+
+def test_he_and_xavier_initialisation_scales(backend):
+    xavier = backend.to_numpy(gn.Dense(400, 600, seed=0).W)
+    he = backend.to_numpy(gn.Dense(400, 600, init="he", seed=0).W)
+    assert np.abs(xavier).max() <= np.sqrt(6 / 1000) + 1e-6
+    assert he.std() == pytest.approx(np.sqrt(2 / 400), rel=0.02)
+    assert backend.to_numpy(gn.Dense(3, 2).b).tolist() == [0, 0]
