@@ -21,7 +21,8 @@ template <typename C> __host__ __device__ inline C gpunn_sigmoid_backward(C dy, 
 template <typename C> __host__ __device__ inline C gpunn_tanh_backward(C dy, C y) {
     return dy * (C(1) - y * y);
 }
+// A product rather than a select, so that a NaN gradient stays NaN (as in NumPy).
 template <typename C> __host__ __device__ inline C gpunn_relu_backward(C dy, C y) {
-    return y > C(0) ? dy : C(0);
+    return dy * (y > C(0) ? C(1) : C(0));
 }
 template <typename C> __host__ __device__ inline C gpunn_identity_backward(C dy, C y) { return dy; }

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole GPU check in one command, from the repository root of a GPU machine:
+#   bash benchmarks/gpu_check.sh
+# Prints the GPU and library versions, runs the whole test suite with the CuPy backend usable
+# (every backend-parametrised test then runs on CuPy too), and writes a short report and the raw
+# outputs into $OUT if set, else benchmarks/results/gpu-check-<date>/. Nothing is installed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-benchmarks/results/gpu-check-$(date +%Y%m%d-%H%M%S)}"
+mkdir -p "$out"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 GPUNN_BACKEND=cupy
+
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv
+    python3 -c 'import sys, numpy, cupy, gpunn; print("python", sys.version.split()[0]); print("numpy", numpy.__version__); print("cupy", cupy.__version__, "CUDA runtime", cupy.cuda.runtime.runtimeGetVersion()); print("gpunn", gpunn.__version__, "backends", gpunn.available_backends())'
+    python3 -m gpunn info
+} 2>&1 | tee "$out/environment.txt"
+
+python3 -m pytest -p no:cacheprovider -ra tests --junitxml="$out/tests.xml" 2>&1 | tee "$out/tests.log"
+status=${PIPESTATUS[0]}
+
+python3 - "$out" "$status" <<'PY'
+import sys, xml.etree.ElementTree as ET
+out, status = sys.argv[1], sys.argv[2]
+suite = ET.parse(f"{out}/tests.xml").getroot().find("testsuite")
+total, failures, errors, skipped = (int(suite.get(k)) for k in ("tests", "failures", "errors", "skipped"))
+environment = open(f"{out}/environment.txt").read().strip()
+failed = [f"{case.get('classname')}::{case.get('name')}" for case in suite.iter("testcase")
+          if case.find("failure") is not None or case.find("error") is not None]
+gpu_cases = [case for case in suite.iter("testcase") if "cupy" in case.get("name") or "test_cupy_parity" in case.get("classname")]
+gpu_ran = sum(1 for case in gpu_cases if case.find("skipped") is None)
+with open(f"{out}/REPORT.md", "w") as report:
+    report.write(f"# GPU check\n\n```\n{environment}\n```\n\n")
+    report.write(f"pytest exit status {status}: {total} tests, {total - failures - errors - skipped} passed, "
+                 f"{failures} failed, {errors} errors, {skipped} skipped; {gpu_ran} CuPy tests ran.\n")
+    for name in failed:
+        report.write(f"- FAILED {name}\n")
+print(open(f"{out}/REPORT.md").read())
+PY
+exit "$status"

@@ -1,0 +1,311 @@
+"""The command line: ``gpunn info | train | predict | bench`` (also ``python -m gpunn``).
+
+User errors (a missing file, a bad option value, a checkpoint that does not fit) print one
+line and exit with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import __version__
+
+EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
+LOSS_CHOICES = {"softmax-ce": "SoftmaxCrossEntropyLoss", "mse": "MSELoss"}
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for; printed as one line, without a traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _say(line: str, quiet: bool = False) -> None:
+    if quiet:
+        return
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        print(line, flush=True)
+    else:
+        tqdm.write(line)
+
+
+# --- info ---------------------------------------------------------------------------------
+def _cupy_report() -> list[str]:
+    from .backends import cupy_unavailable_reason, resolve_backend
+
+    try:
+        import cupy
+    except ImportError:
+        return ["cupy: not installed (pip install 'gpunn[cuda13]' or 'gpunn[cuda12]')"]
+    lines = [f"cupy: {cupy.__version__}"]
+    try:
+        runtime = cupy.cuda.runtime.runtimeGetVersion()
+        lines.append(f"CUDA runtime: {runtime // 1000}.{runtime % 1000 // 10}")
+    except Exception as error:  # the runtime library itself is missing
+        lines.append(f"CUDA runtime: unavailable ({error})")
+    reason = cupy_unavailable_reason()
+    if reason is not None:
+        return lines + [f"cupy backend: unusable: {reason}"]
+    properties = cupy.cuda.runtime.getDeviceProperties(0)
+    name = properties["name"].decode() if isinstance(properties["name"], bytes) else properties["name"]
+    lines.append(f"device 0: {name}, {properties['totalGlobalMem'] / 2**30:.1f} GiB, compute capability "
+                 f"{properties['major']}.{properties['minor']}")
+    try:
+        backend = resolve_backend("cupy")
+        probe = backend.asarray([[-1.0, 2.0]], "float32")
+        backend.to_numpy(backend.bias_activation(probe, 0, "sigmoid"))
+    except Exception as error:
+        return lines + [f"cupy backend: unusable: kernel compile failed ({error})"]
+    return lines + ["cupy backend: usable"]
+
+
+def command_info(args) -> int:
+    from .backends import available_backends, get_matmul_precision
+
+    lines = [f"gpunn: {__version__}", f"numpy: {np.__version__}", *_cupy_report(),
+             f"backends available: {', '.join(available_backends())}",
+             f"default dtype: float32", f"matmul precision: {get_matmul_precision()}"]
+    print("\n".join(lines))
+    return 0
+
+
+# --- train --------------------------------------------------------------------------------
+def _hidden_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 128,64, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes like 128,64, got {text!r}")
+    return sizes
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _momentum(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def _build_model(features: int, hidden: list[int], classes: int, activation: str, dtype: str, seed: int):
+    import gpunn as gn
+    from .layers import ACTIVATION_LAYERS
+
+    init = "he" if activation == "relu" else "xavier"
+    layers, width = [], features
+    for index, size in enumerate(hidden):
+        layers += [gn.Dense(width, size, init=init, dtype=dtype, seed=(seed, index)), ACTIVATION_LAYERS[activation]()]
+        width = size
+    layers.append(gn.Dense(width, classes, dtype=dtype, seed=(seed, len(hidden))))
+    return gn.Sequential(*layers)
+
+
+def _accuracy(model, X, y) -> float:
+    return float(np.mean(model.predict(X).argmax(axis=1) == y))
+
+
+def _save_plot(history: dict, path: str) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = range(1, len(history["loss"]) + 1)
+    left.plot(epochs, history["loss"])
+    left.set(xlabel="epoch", ylabel="training loss", title="loss")
+    for key in ("train_accuracy", "test_accuracy"):
+        right.plot(epochs, history[key], label=key.replace("_", " "))
+    right.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    right.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def command_train(args) -> int:
+    import gpunn as gn
+    from .data import DataError, Standardizer, load_digits, load_table, stratified_split
+
+    dataset = load_table(args.data, args.label) if args.data else load_digits()
+    train_rows, test_rows = stratified_split(dataset.y, args.test_fraction, args.seed)
+    scaler = Standardizer.fit(dataset.X[train_rows])
+    x_train, x_test = scaler(dataset.X[train_rows]), scaler(dataset.X[test_rows])
+    y_train, y_test = dataset.y[train_rows], dataset.y[test_rows]
+    classes = len(dataset.classes)
+    if len(test_rows) == 0:
+        raise DataError(f"{dataset.name}: too few rows for a test split")
+
+    gn.use_backend(args.backend)
+    backend = gn.get_backend()
+    model = _build_model(dataset.X.shape[1], args.hidden, classes, args.activation, args.dtype, args.seed)
+    loss = getattr(gn, LOSS_CHOICES[args.loss])()
+    targets = y_train if args.loss == "softmax-ce" else np.eye(classes)[y_train]
+    os.makedirs(args.out, exist_ok=True)
+    checkpoint = os.path.join(args.out, "model.npz")
+    extras = {"mean": scaler.mean, "std": scaler.std, "classes": dataset.classes}
+    saved_epoch = [0]
+    say = lambda line: _say(line, args.quiet)  # noqa: E731
+
+    say(f"training on {dataset.name}: {len(train_rows)} train / {len(test_rows)} test rows, "
+        f"{dataset.X.shape[1]} features, {classes} classes; "
+        f"{'-'.join(str(n) for n in [dataset.X.shape[1], *args.hidden, classes])} {args.activation} MLP, "
+        f"{args.loss}, SGD lr={args.lr} momentum={args.momentum}, {args.dtype} on {backend.name}")
+
+    def after_epoch(epoch, logs):
+        logs["train_accuracy"] = _accuracy(model, x_train, y_train)
+        logs["test_accuracy"] = _accuracy(model, x_test, y_test)
+        model.save(checkpoint, extras=extras)
+        saved_epoch[0] = epoch + 1
+        say(f"epoch {epoch + 1:3d}/{args.epochs}  loss {logs['loss']:.4f}  "
+            f"train acc {logs['train_accuracy']:.4f}  test acc {logs['test_accuracy']:.4f}")
+
+    started = time.perf_counter()
+    try:
+        history = model.fit(x_train, targets, loss=loss, optimizer=gn.SGD(lr=args.lr, momentum=args.momentum),
+                            epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                            verbose=0 if args.quiet else 1, callback=after_epoch)
+    except KeyboardInterrupt:
+        kept = (f"the checkpoint of epoch {saved_epoch[0]} is kept at {checkpoint}" if saved_epoch[0]
+                else "no epoch finished, so no checkpoint was written")
+        print(f"gpunn train: interrupted; {kept}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    backend.synchronize()
+    seconds = time.perf_counter() - started
+    plot = _save_plot(history, os.path.join(args.out, "curves.png"))
+    print(f"test accuracy: {history['test_accuracy'][-1]:.4f}")
+    print(f"wall time: {seconds:.2f} s for {args.epochs} epochs on {backend.name}")
+    print(f"checkpoint: {checkpoint}")
+    print(f"curves: {plot}" if plot else "curves: not drawn (pip install 'gpunn[plot]' for a PNG)")
+    return 0
+
+
+# --- predict ------------------------------------------------------------------------------
+def command_predict(args) -> int:
+    import gpunn as gn
+    from .data import DataError, read_features
+
+    gn.use_backend(args.backend)
+    try:
+        model = gn.load(args.checkpoint)
+    except FileNotFoundError:
+        raise DataError(f"{args.checkpoint}: no such checkpoint") from None
+    if "mean" not in model.extras or "classes" not in model.extras:
+        raise DataError(f"{args.checkpoint}: not a checkpoint written by 'gpunn train' (no scaler or classes)")
+    X, _ = read_features(args.input, args.label, need_labels=False)
+    if X.shape[1] != model.in_features:
+        raise DataError(f"{args.input}: {X.shape[1]} features, but the checkpoint expects {model.in_features}")
+    scores = model.predict((X - model.extras["mean"]) / model.extras["std"]).astype(np.float64)
+    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    classes = [str(c) for c in model.extras["classes"]]
+    lines = [",".join(["prediction"] + [f"p_{c}" for c in classes])]
+    for row in probabilities:
+        lines.append(",".join([classes[int(row.argmax())]] + [f"{p:.6f}" for p in row]))
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        from .io import atomic_write
+
+        atomic_write(args.out, lambda file: file.write(text.encode()))
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# --- the parser ---------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gpunn", description="Train multilayer perceptrons on NumPy (CPU) or CuPy (GPU).")
+    parser.add_argument("--version", action="version", version=f"gpunn {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    info = commands.add_parser("info", help="versions, backends, and why CuPy is or is not usable")
+    info.set_defaults(run=command_info)
+
+    train = commands.add_parser(
+        "train", help="train an MLP classifier (default: the bundled handwritten digits)",
+        description="Train an MLP classifier with SGD and report loss and accuracy per epoch. Without --data "
+                    "it uses scikit-learn's bundled 8x8 digits (pip install 'gpunn[data]'). The data is split "
+                    "into stratified train/test parts and standardised on the training part.")
+    train.add_argument("--data", help="your .npz (arrays X, y) or .csv (a header row and a label column)")
+    train.add_argument("--label", default="label", help="the label column of a CSV (default: label)")
+    train.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"],
+                       help="array backend (default: auto, the GPU when one is usable)")
+    train.add_argument("--hidden", type=_hidden_sizes, default=[128, 64], help="hidden layer sizes (default: 128,64)")
+    train.add_argument("--activation", default="tanh", choices=["tanh", "relu", "sigmoid"],
+                       help="hidden activation (default: tanh)")
+    train.add_argument("--loss", default="softmax-ce", choices=list(LOSS_CHOICES),
+                       help="softmax cross-entropy on integer labels, or MSE on one-hot targets")
+    train.add_argument("--epochs", type=_positive(int), default=30, help="passes over the data (default: 30)")
+    train.add_argument("--batch-size", type=_positive(int), default=32, help="mini-batch size (default: 32)")
+    train.add_argument("--lr", type=_positive(float), default=0.05, help="learning rate (default: 0.05)")
+    train.add_argument("--momentum", type=_momentum, default=0.9, help="SGD momentum in [0, 1) (default: 0.9)")
+    train.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="(default: float32)")
+    train.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and shuffling")
+    train.add_argument("--test-fraction", type=float, default=0.2, help="share of rows held out (default: 0.2)")
+    train.add_argument("--out", default="gpunn-run", help="folder for model.npz and curves.png (default: gpunn-run)")
+    train.add_argument("--quiet", action="store_true", help="print only the final summary")
+    train.set_defaults(run=command_train)
+
+    predict = commands.add_parser("predict", help="predict classes for a .npz/.csv with a trained checkpoint",
+                                  description="Write one CSV row per input row: the predicted class and "
+                                              "each class's probability.")
+    predict.add_argument("checkpoint", help="model.npz written by 'gpunn train'")
+    predict.add_argument("input", help=".npz (array X) or .csv with the training features (a label column is ignored)")
+    predict.add_argument("--label", default="label", help="a CSV column to ignore as the label (default: label)")
+    predict.add_argument("--out", help="write the CSV here instead of to standard output")
+    predict.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"])
+    predict.set_defaults(run=command_predict)
+
+    bench = commands.add_parser("bench", help="the benchmark suite (not built yet)")
+    bench.set_defaults(run=lambda args: _not_yet())
+    return parser
+
+
+def _not_yet() -> int:
+    print("gpunn bench: the benchmark suite is not built yet; "
+          "run 'python -m pytest benchmarks --benchmark-only' once it lands", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+def main(argv=None) -> int:
+    from .backends import BackendUnavailableError
+    from .data import DataError
+    from .io import ModelFileError
+    from .training import TrainingDiverged
+
+    try:
+        args = build_parser().parse_args(argv)
+        return args.run(args)
+    except (UserError, DataError, ModelFileError, BackendUnavailableError, TrainingDiverged) as error:
+        message = str(error)
+        print(message if message.startswith("gpunn") else f"gpunn: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
