@@ -1,0 +1,27 @@
+"""The README's commands are the ones that exist: CI runs exactly its test command."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_commands():
+    text = (ROOT / "README.md").read_text()
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split("#")[0].strip() for line in block.strip().splitlines()]
+
+
+def test_ci_runs_the_readme_test_command():
+    install_and_run, test_command = readme_commands()
+    assert install_and_run.startswith("pip install") and install_and_run.endswith("gpunn train")
+    assert test_command in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_readme_api_example_runs(tmp_path, monkeypatch):
+    text = (ROOT / "README.md").read_text()
+    example = text.split("## The API in ten lines\n\n```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(example, "README", "exec"), scope)
+    assert scope["probs"][0, 0] > 0.9 and scope["probs"][1, 0] < 0.1
+    assert (tmp_path / "m.npz").exists()
