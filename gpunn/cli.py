@@ -74,7 +74,7 @@ def command_info(args) -> int:
 
     lines = [f"gpunn: {__version__}", f"numpy: {np.__version__}", *_cupy_report(),
              f"backends available: {', '.join(available_backends())}",
-             f"default dtype: float32", f"matmul precision: {get_matmul_precision()}"]
+             "default dtype: float32", f"matmul precision: {get_matmul_precision()}"]
     print("\n".join(lines))
     return 0
 

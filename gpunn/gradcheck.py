@@ -9,8 +9,7 @@ from __future__ import annotations
 
 def numerical_gradient(function, array, eps: float = 1e-6):
     """d function() / d array by central differences, perturbing ``array`` in place."""
-    backend_array = array
-    flat = backend_array.reshape(-1)
+    flat = array.reshape(-1)
     gradient = [0.0] * flat.size
     for index in range(flat.size):
         original = float(flat[index])

@@ -8,7 +8,6 @@ import inspect
 import numpy as np
 import pytest
 
-import gpunn as gn
 from gpunn.backends import resolve_backend
 from gpunn.backends.base import ACTIVATIONS, Backend
 from gpunn.backends.numpy_backend import NumpyBackend

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 import gpunn as gn
 from gpunn import cli
@@ -153,3 +152,11 @@ def test_entry_point_runs_as_a_module():
     for option in ("--backend", "--hidden", "--activation", "--loss", "--epochs", "--batch-size", "--lr",
                    "--momentum", "--dtype", "--seed", "--out", "--data", "--quiet"):
         assert option in help_text
+
+
+def test_without_matplotlib_train_says_how_to_get_curves(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    code, out, err = train_digits(capsys, tmp_path, "--epochs", "1", "--quiet")
+    assert code == 0, err
+    assert "curves: not drawn (pip install 'gpunn[plot]' for a PNG)" in out
+    assert not (tmp_path / "curves.png").exists()

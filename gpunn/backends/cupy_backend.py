@@ -35,6 +35,11 @@ def _check_cache_dir() -> None:
                            "set CUPY_CACHE_DIR to a writable directory") from error
 
 
+def _launch(kernel, *inputs, out=None):
+    """Run ``kernel``, into ``out`` when given (CuPy allocates the output otherwise)."""
+    return kernel(*inputs) if out is None else kernel(*inputs, out)
+
+
 def _require_device(*arrays) -> None:
     for array in arrays:
         if isinstance(array, numpy.ndarray):
@@ -120,12 +125,12 @@ class CupyBackend(Backend):
     def bias_activation(self, z, bias, activation: str, out=None):
         check_activation(activation)
         _require_device(z, bias)
-        return self._kernel("bias_activation", z.dtype, activation)(z, bias, out)
+        return _launch(self._kernel("bias_activation", z.dtype, activation), z, bias, out=out)
 
     def activation_backward(self, dy, y, activation: str, out=None):
         check_activation(activation)
         _require_device(dy, y)
-        return self._kernel("activation_backward", dy.dtype, activation)(dy, y, out)
+        return _launch(self._kernel("activation_backward", dy.dtype, activation), dy, y, out=out)
 
     def bias_gradient(self, dz, out=None):
         _require_device(dz)
@@ -144,13 +149,13 @@ class CupyBackend(Backend):
 
     def bce_with_logits_grad(self, z, t, scale: float, out=None):
         _require_device(z, t)
-        return self._kernel("bce_with_logits_grad", z.dtype)(z, t, scale, out)
+        return _launch(self._kernel("bce_with_logits_grad", z.dtype), z, t, scale, out=out)
 
     def softmax_cross_entropy_grad(self, z, log_sum_exp, labels, scale: float, out=None):
         _require_device(z, log_sum_exp, labels)
-        kernel = self._kernel("softmax_cross_entropy_grad", z.dtype)
-        return kernel(z, log_sum_exp.reshape(-1, 1).astype(z.dtype, copy=False),
-                      labels.reshape(-1, 1), z.shape[1], scale, out)
+        return _launch(self._kernel("softmax_cross_entropy_grad", z.dtype), z,
+                       log_sum_exp.reshape(-1, 1).astype(z.dtype, copy=False), labels.reshape(-1, 1),
+                       z.shape[1], scale, out=out)
 
 
 def _build(op: str, activation: str, dtype: str):
