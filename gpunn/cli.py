@@ -291,8 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _not_yet() -> int:
-    print("gpunn bench: the benchmark suite is not built yet; "
-          "run 'python -m pytest benchmarks --benchmark-only' once it lands", file=sys.stderr)
+    print("gpunn bench: the benchmark suite is not built yet (see the README's 'Not done yet')",
+          file=sys.stderr)
     return EXIT_USER_ERROR
 
 

@@ -1,5 +1,7 @@
 """Sequential, fit, SGD and predict: behaviour beyond the maths of single ops."""
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -142,3 +144,12 @@ def test_he_and_xavier_initialisation_scales(backend):
     assert np.abs(xavier).max() <= np.sqrt(6 / 1000) + 1e-6
     assert he.std() == pytest.approx(np.sqrt(2 / 400), rel=0.02)
     assert backend.to_numpy(gn.Dense(3, 2).b).tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("verbose,on_terminal,shown", [(1, True, True), (0, True, False), (1, False, False)])
+def test_progress_bar_only_on_a_terminal(backend, rng, capsys, monkeypatch, verbose, on_terminal, shown):
+    pytest.importorskip("tqdm")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: on_terminal, raising=False)
+    make_model().fit(rng.normal(size=(8, 4)), rng.integers(0, 3, size=8), loss=gn.SoftmaxCrossEntropyLoss(),
+                     optimizer=gn.SGD(lr=0.1), epochs=2, verbose=verbose)
+    assert ("2/2" in capsys.readouterr().err) == shown
