@@ -17,11 +17,11 @@ from .layers import Dense, Identity, Parameter, ReLU, Sigmoid, Tanh
 from .losses import BCELoss, BCEWithLogitsLoss, MSELoss, SoftmaxCrossEntropyLoss
 from .model import Sequential
 from .optim import SGD
-from .training import TrainingDiverged
+from .training import TrainingDiverged, TrainStep
 
 __all__ = [
     "BCELoss", "BCEWithLogitsLoss", "BackendUnavailableError", "Dense", "Identity", "MSELoss",
     "ModelFileError", "Parameter", "ReLU", "SGD", "Sequential", "Sigmoid", "SoftmaxCrossEntropyLoss",
-    "Tanh", "TrainingDiverged", "available_backends", "cupy_unavailable_reason", "get_backend",
+    "Tanh", "TrainStep", "TrainingDiverged", "available_backends", "cupy_unavailable_reason", "get_backend",
     "get_matmul_precision", "gradcheck", "load", "set_matmul_precision", "use_backend",
 ]

@@ -21,6 +21,43 @@ def _progress(epochs: int, verbose: int):
     return tqdm(total=epochs, unit="epoch", file=sys.stderr)
 
 
+class TrainStep:
+    """One SGD step on a batch: forward, loss, backward, update; the loss comes back on the device.
+
+    ``prepare(X, T)`` checks a data set once (shapes, dtypes, NaN/Inf) and moves it to the
+    device; calling the step on prepared arrays (or slices of them) then does no checks that
+    would wait for the device, so steps queue back to back.
+    """
+
+    def __init__(self, model, loss, optimizer):
+        if model.out_features is None:
+            raise ValueError("TrainStep: the model has no Dense layer to train")
+        self.model, self.loss, self.optimizer = model, loss, optimizer
+        if not optimizer.params:
+            optimizer.bind(model.parameters())
+
+    def prepare(self, X, T):
+        """(x, t) on the model's device: inputs as ``model.as_input``, targets as the loss wants them."""
+        model = self.model
+        x = model.as_input(X, "X")
+        rows = T.shape[0] if hasattr(T, "shape") else len(T)
+        if rows != x.shape[0]:
+            raise ValueError(f"X has {x.shape[0]} rows but T has {rows}")
+        t = self.loss.prepare_targets(model.backend, T, (x.shape[0], model.out_features), model.dtype)
+        if t.dtype.kind == "f" and not bool(model.backend.xp.isfinite(t).all()):
+            raise ValueError("T contains NaN or Inf")
+        return x, t
+
+    def __call__(self, x, t):
+        """Train on one prepared batch; returns the batch's mean loss as a 0-d device array."""
+        model, loss = self.model, self.loss
+        value = loss._forward(model.backend, model._forward(x), t)
+        model.zero_grad()
+        model.backward(loss.backward(), input_gradient=False)
+        self.optimizer.step()
+        return value
+
+
 def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32,
         shuffle: bool = True, seed=None, verbose: int = 1, callback=None) -> dict:
     """Train ``model`` on (X, T) and return ``{"loss": [mean loss per epoch], ...}``.
@@ -33,19 +70,12 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32,
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"fit: {name} must be a positive int, got {value!r}")
-    backend, dtype = model.backend, model.dtype
-    x_all = model.as_input(X, "X")
-    if model.out_features is None:
-        raise ValueError("fit: the model has no Dense layer to train")
-    rows = T.shape[0] if hasattr(T, "shape") else len(T)
-    if rows != x_all.shape[0]:
-        raise ValueError(f"fit: X has {x_all.shape[0]} rows but T has {rows}")
-    t_all = loss.prepare_targets(backend, T, (x_all.shape[0], model.out_features), dtype)
-    if t_all.dtype.kind == "f" and not bool(backend.xp.isfinite(t_all).all()):
-        raise ValueError("fit: T contains NaN or Inf")
-    if not optimizer.params:
-        optimizer.bind(model.parameters())
-
+    step = TrainStep(model, loss, optimizer)
+    try:
+        x_all, t_all = step.prepare(X, T)
+    except ValueError as error:
+        raise type(error)(f"fit: {error}") from error
+    backend = model.backend
     xp, n = backend.xp, x_all.shape[0]
     generator = backend.random_generator(seed)
     history: dict = {"loss": []}
@@ -53,7 +83,7 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32,
     try:
         for epoch in range(epochs):
             order = backend.asarray(generator.permutation(n)) if shuffle else None
-            total = backend.zeros((), dtype)
+            total = backend.zeros((), model.dtype)
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
                 if order is None:
@@ -61,11 +91,7 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32,
                 else:
                     rows = order[start:stop]
                     xb, tb = xp.take(x_all, rows, axis=0), xp.take(t_all, rows, axis=0)
-                y = model._forward(xb)
-                total += loss._forward(backend, y, tb) * (stop - start)
-                model.zero_grad()
-                model.backward(loss.backward(), input_gradient=False)
-                optimizer.step()
+                total += step(xb, tb) * (stop - start)
             mean = float(total) / n
             if not math.isfinite(mean):
                 raise TrainingDiverged(f"fit: the loss became {mean} in epoch {epoch + 1}; "

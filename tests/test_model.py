@@ -153,3 +153,20 @@ def test_progress_bar_only_on_a_terminal(backend, rng, capsys, monkeypatch, verb
     make_model().fit(rng.normal(size=(8, 4)), rng.integers(0, 3, size=8), loss=gn.SoftmaxCrossEntropyLoss(),
                      optimizer=gn.SGD(lr=0.1), epochs=2, verbose=verbose)
     assert ("2/2" in capsys.readouterr().err) == shown
+
+
+def test_train_step_equals_the_manual_step(backend, rng):
+    x, labels = rng.normal(size=(6, 4)), rng.integers(0, 3, size=6)
+    manual, stepped = make_model(seed=2), make_model(seed=2)
+    loss = gn.SoftmaxCrossEntropyLoss()
+    value = loss(manual.forward(x), labels)
+    manual.zero_grad()
+    manual.backward(loss.backward())
+    gn.SGD(manual.parameters(), lr=0.1).step()
+    step = gn.TrainStep(stepped, gn.SoftmaxCrossEntropyLoss(), gn.SGD(lr=0.1))
+    device_x, device_t = step.prepare(x, labels)
+    assert float(step(device_x, device_t)) == pytest.approx(value)
+    for a, b in zip(manual.parameters(), stepped.parameters()):
+        np.testing.assert_allclose(backend.to_numpy(a.value), backend.to_numpy(b.value), rtol=1e-12)
+    with pytest.raises(ValueError, match="X has 6 rows but T has 5"):
+        step.prepare(x, labels[:5])
