@@ -285,15 +285,43 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"])
     predict.set_defaults(run=command_predict)
 
-    bench = commands.add_parser("bench", help="the benchmark suite (not built yet)")
-    bench.set_defaults(run=lambda args: _not_yet())
+    from .bench import GROUPS
+
+    bench = commands.add_parser(
+        "bench", help="benchmark gpunn against PyTorch on CPU and GPU, and write a report",
+        description="Run the pytest-benchmark suite (gpunn on NumPy and CuPy, PyTorch eager and with CUDA "
+                    "graphs where installed) and write the raw JSON, a markdown report and a plot named by "
+                    "device and date. Needs pip install 'gpunn[bench]'.")
+    bench.add_argument("--quick", action="store_true", help="small sizes (the CPU suite in under 3 minutes)")
+    bench.add_argument("--backend", choices=["numpy", "cupy", "all"], default="all",
+                       help="numpy: CPU peers; cupy: GPU peers; all: whatever can run (default)")
+    bench.add_argument("--peers", help="comma-separated implementations, e.g. gpunn-numpy,torch-cpu")
+    bench.add_argument("--case", action="append", choices=GROUPS, help="only these groups (repeatable)")
+    bench.add_argument("-k", dest="keyword", help="a pytest -k expression over the case names")
+    bench.add_argument("--out", default=os.path.join("benchmarks", "results"), help="(default: benchmarks/results)")
+    bench.add_argument("--threads", type=_positive(int), help="CPU threads for NumPy's BLAS and PyTorch (default: all)")
+    bench.add_argument("--max-time", type=_positive(float), default=1.0, help="seconds per case (default: 1.0)")
+    bench.add_argument("--min-rounds", type=_positive(int), default=5, help="rounds per case at least (default: 5)")
+    bench.set_defaults(run=command_bench)
     return parser
 
 
-def _not_yet() -> int:
-    print("gpunn bench: the benchmark suite is not built yet (see the README's 'Not done yet')",
-          file=sys.stderr)
-    return EXIT_USER_ERROR
+def command_bench(args) -> int:
+    from pathlib import Path
+
+    from .bench import BACKEND_PEERS, run_suite, write_report
+
+    peers = args.peers or (",".join(BACKEND_PEERS.values()) if args.backend == "all" else BACKEND_PEERS[args.backend])
+    out = Path(args.out)
+    try:
+        raw = run_suite(out, args.quick, peers, args.case or [], args.keyword, args.threads, args.max_time,
+                        args.min_rounds)
+        path, text = write_report(raw, out, "gpunn " + " ".join(sys.argv[1:]))
+    except RuntimeError as error:
+        raise UserError(f"gpunn bench: {error}") from None
+    print(text)
+    print(f"report: {path} (raw: {path.with_suffix('.json')})")
+    return 0
 
 
 def main(argv=None) -> int:

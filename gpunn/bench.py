@@ -1,0 +1,223 @@
+"""``gpunn bench``: run the pytest-benchmark suite and turn its JSON into a report.
+
+The report puts every case's median time per implementation side by side, with the ratios
+that matter: gpunn's GPU/CPU speedup, gpunn against PyTorch on the same device (above 1 means
+gpunn is faster), a training step against its GEMMs alone, and each case's fraction of the
+device ceilings (copy bandwidth, matmul rate) measured in the same run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+GROUPS = ("ceiling", "matmul", "activation", "dense", "train-step", "epoch", "transfer")
+BACKEND_PEERS = {"numpy": "gpunn-numpy,torch-cpu", "cupy": "gpunn-cupy,torch-cuda,torch-cuda-graph"}
+IMPL_ORDER = ("gpunn-numpy", "torch-cpu", "gemm-floor-cpu", "gpunn-cupy", "torch-cuda", "torch-cuda-graph",
+              "gemm-floor-gpu")
+BOUND = {"activation": "bytes", "transfer": "bytes"}  # every other group is judged by FLOPs
+
+
+def suite_dir() -> Path:
+    """The benchmark folder: installed beside the package, or ``benchmarks/`` in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "benchmarks", here.parent / "benchmarks"):
+        if (candidate / "test_benchmarks.py").is_file():
+            return candidate
+    raise FileNotFoundError("gpunn's benchmark suite is missing; reinstall gpunn")
+
+
+def run_suite(out_dir: Path, quick: bool, peers: str, groups: list[str], keyword: str | None,
+              threads: int | None, max_time: float, min_rounds: int) -> Path:
+    """Run the suite in a fresh interpreter (so thread counts are fixed before NumPy loads)."""
+    for module, extra in (("pytest", "bench"), ("pytest_benchmark", "bench")):
+        if importlib.util.find_spec(module) is None:
+            raise RuntimeError(f"gpunn bench needs {module}: pip install 'gpunn[{extra}]'")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    raw = out_dir / f".raw-{os.getpid()}.json"
+    threads = threads or os.cpu_count()
+    if groups and "ceiling" not in groups:
+        groups = ["ceiling", *groups]  # every report needs the ceilings of its own run
+    selection = " or ".join(f"test_{group.replace('-', '_')}" for group in groups)
+    keywords = " and ".join(f"({k})" for k in (selection, keyword) if k)
+    command = [sys.executable, "-m", "pytest", str(suite_dir()), "-q", "-p", "no:cacheprovider",
+               f"--rootdir={suite_dir()}", f"--benchmark-json={raw}", f"--benchmark-max-time={max_time}",
+               f"--benchmark-min-rounds={min_rounds}", "--benchmark-warmup=off", f"--peers={peers}",
+               f"--threads={threads}", "-W", "ignore::pytest_benchmark.logger.PytestBenchmarkWarning"]
+    if quick:
+        command.append("--quick")
+    if keywords:
+        command += ["-k", keywords]
+    env = dict(os.environ, **{name: str(threads) for name in
+                              ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
+    result = subprocess.run(command, env=env)
+    if result.returncode not in (0, 5) or not raw.is_file():
+        raise RuntimeError(f"the benchmark run failed (pytest exit status {result.returncode})")
+    return raw
+
+
+# --- the report ---------------------------------------------------------------------------
+def _rows(data: dict) -> list[dict]:
+    rows = []
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        rows.append({"group": bench["group"], "case": info["case"], "impl": info["impl"],
+                     "device": info["device"], "device_name": info["device_name"], "median": bench["stats"]["median"],
+                     "flops": info.get("flops", 0), "bytes": info.get("bytes", 0), "tf32": info.get("tf32", False),
+                     "threads": info.get("threads"), "versions": info.get("versions", {})})
+    return rows
+
+
+def _ceilings(rows) -> dict:
+    """(device, kind) -> the best rate measured: bytes/s for 'copy', FLOP/s for 'matmul' (and tf32)."""
+    best = {}
+    for row in rows:
+        if row["group"] != "ceiling":
+            continue
+        kind = "copy" if row["case"].startswith("copy") else "matmul-tf32" if row["tf32"] else "matmul"
+        rate = (row["bytes"] if kind == "copy" else row["flops"]) / row["median"]
+        best[(row["device"], kind)] = max(rate, best.get((row["device"], kind), 0.0))
+    return best
+
+
+def _fraction(row, ceilings) -> float | None:
+    if BOUND.get(row["group"]) == "bytes":
+        ceiling, work = ceilings.get((row["device"], "copy")), row["bytes"]
+    else:
+        ceiling = ceilings.get((row["device"], "matmul-tf32" if row["tf32"] else "matmul"))
+        work = row["flops"]
+    if not ceiling or not work:
+        return None
+    return work / row["median"] / ceiling
+
+
+def _ratio(numerator, denominator):
+    return numerator / denominator if numerator and denominator else None
+
+
+def summarise(rows) -> list[dict]:
+    """One line per (group, case): medians per implementation and the derived ratios."""
+    ceilings = _ceilings(rows)
+    lines = {}
+    for row in rows:
+        line = lines.setdefault((row["group"], row["case"]), {"group": row["group"], "case": row["case"],
+                                                              "median": {}, "fraction": {}})
+        line["median"][row["impl"]] = row["median"]
+        line["fraction"][row["impl"]] = _fraction(row, ceilings)
+    for line in lines.values():
+        m = line["median"]
+        line["gpu_over_cpu"] = _ratio(m.get("gpunn-numpy"), m.get("gpunn-cupy"))
+        line["vs_torch_cpu"] = _ratio(m.get("torch-cpu"), m.get("gpunn-numpy"))
+        line["vs_torch_gpu"] = _ratio(m.get("torch-cuda"), m.get("gpunn-cupy"))
+        line["vs_torch_graph"] = _ratio(m.get("torch-cuda-graph"), m.get("gpunn-cupy"))
+        line["over_floor_cpu"] = _ratio(m.get("gpunn-numpy"), m.get("gemm-floor-cpu"))
+        line["over_floor_gpu"] = _ratio(m.get("gpunn-cupy"), m.get("gemm-floor-gpu"))
+    order = {group: index for index, group in enumerate(GROUPS)}
+    return sorted(lines.values(), key=lambda line: (order.get(line["group"], 99), line["case"]))
+
+
+RATIO_COLUMNS = [("gpu_over_cpu", "gpunn GPU/CPU"), ("vs_torch_cpu", "vs torch CPU"),
+                 ("vs_torch_gpu", "vs torch GPU"), ("vs_torch_graph", "vs torch graph"),
+                 ("over_floor_cpu", "CPU step/GEMMs"), ("over_floor_gpu", "GPU step/GEMMs")]
+
+
+def _format_time(seconds):
+    return "" if seconds is None else f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
+
+
+def markdown_table(summary, group) -> str:
+    lines = [line for line in summary if line["group"] == group]
+    impls = [impl for impl in IMPL_ORDER if any(impl in line["median"] for line in lines)]
+    ratios = [(key, title) for key, title in RATIO_COLUMNS if any(line[key] for line in lines)]
+    fractions = [impl for impl in ("gpunn-numpy", "gpunn-cupy")
+                 if any(line["fraction"].get(impl) for line in lines)]
+    header = ["case"] + impls + [title for _, title in ratios] + [f"{impl} of ceiling" for impl in fractions]
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for line in lines:
+        cells = [line["case"]] + [_format_time(line["median"].get(impl)) for impl in impls]
+        cells += [f"{line[key]:.2f}×" if line[key] else "" for key, _ in ratios]
+        cells += [f"{line['fraction'][impl]:.0%}" if line["fraction"].get(impl) else "" for impl in fractions]
+        table.append("| " + " | ".join(cells) + " |")
+    return "\n".join(table)
+
+
+def _plot(rows, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    series = {}
+    for row in rows:
+        if row["group"] == "activation":
+            activation, direction, size = row["case"].split()
+            key = (direction, f"{row['impl']} {activation}")
+            series.setdefault(key, []).append((2 ** int(size[2:]), row["bytes"] / row["median"] / 1e9))
+    if not series:
+        return False
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for axis, direction in zip(axes, ("forward", "backward")):
+        for (which, label), points in sorted(series.items()):
+            if which == direction:
+                points.sort()
+                axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        axis.set(xscale="log", yscale="log", xlabel="elements", title=f"bias+activation {direction}")
+        axis.legend(fontsize=7)
+    axes[0].set_ylabel("achieved GB/s (read + write)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def report_stem(rows) -> str:
+    names = {row["device_name"] for row in rows if row["device"] == "gpu"}
+    tag = next(iter(sorted(names)), None)
+    if tag is None:
+        tag = f"cpu-{os.cpu_count()}core"
+    slug = re.sub(r"[^a-z0-9]+", "-", tag.lower()).strip("-")
+    return f"{slug}-{datetime.date.today().isoformat()}"
+
+
+def write_report(raw_json: Path, out_dir: Path, command: str) -> tuple[Path, str]:
+    """Write <device>-<date>.json/.md/.png into ``out_dir``; return the markdown path and text."""
+    data = json.loads(Path(raw_json).read_text())
+    rows = _rows(data)
+    if not rows:
+        raise RuntimeError("the benchmark run measured nothing (every case was skipped or filtered out)")
+    stem = out_dir / report_stem(rows)
+    Path(raw_json).replace(stem.with_suffix(".json"))
+    summary = summarise(rows)
+    devices = sorted({(row["device"], row["device_name"]) for row in rows})
+    versions = {}
+    for row in rows:
+        versions.update(row["versions"])
+    ceilings = _ceilings(rows)
+    parts = [f"# gpunn benchmarks: {stem.name}", "",
+             f"Command: `{command}`. Medians of pytest-benchmark rounds, each step synchronised with its device. "
+             "Ratios: 'vs torch' is PyTorch's time over gpunn's on the same device (above 1: gpunn is faster); "
+             "'step/GEMMs' is a training step over its GEMMs timed alone; 'of ceiling' is achieved FLOP/s "
+             "(bytes/s for activation and transfer) over the ceiling measured in this run.", "",
+             "Devices: " + "; ".join(f"{device}: {name}" for device, name in devices),
+             f"Threads (NumPy BLAS and PyTorch): {rows[0]['threads']}",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())), "",
+             "Ceilings: " + "; ".join(
+                 f"{device} {kind}: " + (f"{rate / 1e9:.1f} GB/s" if kind == "copy" else f"{rate / 1e12:.2f} TFLOP/s")
+                 for (device, kind), rate in sorted(ceilings.items()))]
+    for group in GROUPS:
+        if any(line["group"] == group for line in summary):
+            parts += ["", f"## {group}", "", markdown_table(summary, group)]
+    plot = stem.with_suffix(".png")
+    if _plot(rows, plot):
+        parts += ["", f"![activation bandwidth]({plot.name})"]
+    text = "\n".join(parts) + "\n"
+    stem.with_suffix(".md").write_text(text)
+    return stem.with_suffix(".md"), text

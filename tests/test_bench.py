@@ -1,0 +1,53 @@
+"""The benchmark suite cannot rot: CI runs it once with minimal rounds and reads the report."""
+
+import json
+
+import pytest
+
+from gpunn import bench, cli
+
+
+def test_quick_suite_runs_and_writes_the_report(tmp_path, capsys):
+    code = cli.main(["bench", "--quick", "--backend", "numpy", "--max-time", "0.001", "--min-rounds", "1",
+                     "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    reports = list(tmp_path.glob("*.md"))
+    assert len(reports) == 1 and reports[0].name.startswith("cpu-")
+    text = reports[0].read_text()
+    for group in ("ceiling", "matmul", "activation", "dense", "train-step", "epoch"):
+        assert f"## {group}" in text, group
+    assert "cpu copy:" in text and "cpu matmul:" in text and "CPU step/GEMMs" in text
+    raw = json.loads(reports[0].with_suffix(".json").read_text())
+    impls = {b["extra_info"]["impl"] for b in raw["benchmarks"]}
+    assert {"gpunn-numpy", "gemm-floor-cpu"} <= impls
+    assert all(b["extra_info"]["threads"] >= 1 and "device_name" in b["extra_info"] for b in raw["benchmarks"])
+    assert reports[0].with_suffix(".png").stat().st_size > 1000
+    assert f"report: {reports[0]}" in out
+
+
+def row(group, case, impl, median, device="cpu", flops=0, moved=0, tf32=False):
+    return {"group": group, "case": case, "impl": impl, "device": device, "device_name": "x", "median": median,
+            "flops": flops, "bytes": moved, "tf32": tf32, "threads": 2, "versions": {}}
+
+
+def test_ratios_and_fractions():
+    rows = [row("ceiling", "matmul-1", "gpunn-numpy", 1.0, flops=100.0),
+            row("ceiling", "copy-1", "gpunn-numpy", 1.0, moved=50.0),
+            row("train-step", "S", "gpunn-numpy", 2.0, flops=100.0),
+            row("train-step", "S", "torch-cpu", 3.0, flops=100.0),
+            row("train-step", "S", "gemm-floor-cpu", 1.6, flops=100.0),
+            row("activation", "tanh forward 2^16", "gpunn-numpy", 1.0, moved=25.0)]
+    summary = {(line["group"], line["case"]): line for line in bench.summarise(rows)}
+    step = summary[("train-step", "S")]
+    assert step["vs_torch_cpu"] == pytest.approx(1.5)
+    assert step["over_floor_cpu"] == pytest.approx(1.25)
+    assert step["fraction"]["gpunn-numpy"] == pytest.approx(0.5)  # 50 FLOP/s of a 100 FLOP/s ceiling
+    assert summary[("activation", "tanh forward 2^16")]["fraction"]["gpunn-numpy"] == pytest.approx(0.5)
+    assert step["gpu_over_cpu"] is None
+
+
+def test_bench_without_pytest_benchmark_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(RuntimeError, match=r"pip install 'gpunn\[bench\]'"):
+        bench.run_suite(tmp_path, True, "gpunn-numpy", [], None, 1, 0.001, 1)
