@@ -3,11 +3,11 @@
 #pragma once
 #include "math.cuh"
 
-// σ(z) exponentiates only −|z|: no overflow for any z, exact in both tails, NaN stays NaN.
+// σ(z) = exp(min(z, 0)) / (1 + exp(−|z|)): no overflow for any z, exact in both tails, NaN stays
+// NaN. The NumPy backend evaluates the same formula.
 template <typename C> __host__ __device__ inline C gpunn_sigmoid_forward(C z) {
     C e = gpunn_exp(-gpunn_abs(z));
-    C r = C(1) / (C(1) + e);
-    return z < C(0) ? e * r : r;
+    return (z < C(0) ? e : C(1)) / (C(1) + e);
 }
 template <typename C> __host__ __device__ inline C gpunn_tanh_forward(C z) { return gpunn_tanh(z); }
 // Written as "z < 0 ? 0 : z" so that NaN passes through, as NumPy's maximum does.

@@ -155,3 +155,4 @@ def test_arrays_round_trip(backend, rng):
     assert backend.to_numpy(backend.zeros((2, 2), "float64")).tolist() == [[0, 0], [0, 0]]
     assert backend.empty((4, 1), "float32").shape == (4, 1)
     backend.synchronize()
+

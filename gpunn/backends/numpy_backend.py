@@ -8,16 +8,16 @@ from .base import Backend, check_activation
 
 
 def _sigmoid_inplace(x):
-    """Stable logistic: only ever exponentiates −|x|, so ±1000 gives 1 or 0, never a warning."""
-    negative = x < 0
-    e = np.abs(x)
-    np.negative(e, out=e)
+    """Stable logistic, exp(min(x, 0)) / (1 + exp(−|x|)): nothing overflows, ±1000 gives 0 or 1,
+    both tails keep full relative precision, NaN stays NaN. The same formula as the CUDA kernel."""
+    denominator = np.abs(x)
+    np.negative(denominator, out=denominator)
     with np.errstate(under="ignore"):  # exp(−1000) = 0 is the right answer, not an event
-        np.exp(e, out=e)
-    np.add(e, 1, out=x)
-    np.reciprocal(x, out=x)
-    np.multiply(x, e, out=x, where=negative)  # e/(1+e) for x < 0, exact in the tail
-    return x
+        np.exp(denominator, out=denominator)
+        np.minimum(x, 0, out=x)
+        np.exp(x, out=x)
+    denominator += 1
+    return np.divide(x, denominator, out=x)
 
 
 def _foreign_array_error(x, backend_name):
@@ -79,18 +79,20 @@ class NumpyBackend(Backend):
 
     def activation_backward(self, dy, y, activation: str, out=None):
         check_activation(activation)
+        if out is None:
+            out = np.empty_like(dy)
         if activation == "identity":
-            if out is None:
-                return dy.copy()
             np.copyto(out, dy)
             return out
         if activation == "relu":
             return np.multiply(dy, y > 0, out=out)
+        # The slope is built in ``out`` when that aliases neither input, else in a temporary.
+        slope = np.empty_like(dy) if np.may_share_memory(out, dy) or np.may_share_memory(out, y) else out
         if activation == "sigmoid":
-            slope = np.subtract(1, y)
+            np.subtract(1, y, out=slope)
             slope *= y
         else:  # tanh
-            slope = np.multiply(y, y)
+            np.multiply(y, y, out=slope)
             np.subtract(1, slope, out=slope)
         return np.multiply(dy, slope, out=out)
 
