@@ -194,7 +194,10 @@ def write_report(raw_json: Path, out_dir: Path, command: str) -> tuple[Path, str
     if not rows:
         raise RuntimeError("the benchmark run measured nothing (every case was skipped or filtered out)")
     stem = out_dir / report_stem(rows)
-    Path(raw_json).replace(stem.with_suffix(".json"))
+    for bench in data["benchmarks"]:  # every round's sample would make the file megabytes; stats stay
+        bench["stats"].pop("data", None)
+    stem.with_suffix(".json").write_text(json.dumps(data, indent=1))
+    Path(raw_json).unlink()
     summary = summarise(rows)
     devices = sorted({(row["device"], row["device_name"]) for row in rows})
     versions = {}
