@@ -2,8 +2,10 @@
 # The whole GPU check in one command, from the repository root of a GPU machine:
 #   bash benchmarks/gpu_check.sh
 # Prints the GPU and library versions, runs the whole test suite with the CuPy backend usable
-# (every backend-parametrised test then runs on CuPy too), and writes a short report and the raw
-# outputs into $OUT if set, else benchmarks/results/gpu-check-<date>/. Nothing is installed.
+# (every backend-parametrised test then runs on CuPy too), then the benchmark suite on the GPU and
+# the CPU side by side with PyTorch (skip it with GPUNN_SKIP_BENCH=1), and writes a short report
+# and the raw outputs into $OUT if set, else benchmarks/results/gpu-check-<date>/ (at most 8 files).
+# Nothing is installed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-benchmarks/results/gpu-check-$(date +%Y%m%d-%H%M%S)}"
@@ -19,6 +21,12 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 GPUNN_BAC
 python3 -m pytest -p no:cacheprovider -ra tests --junitxml="$out/tests.xml" 2>&1 | tee "$out/tests.log"
 status=${PIPESTATUS[0]}
 
+if [ "${GPUNN_SKIP_BENCH:-0}" != 1 ]; then
+    python3 -m gpunn bench --backend all --max-time "${GPUNN_BENCH_MAX_TIME:-0.5}" --out "$out" >"$out/bench.log" 2>&1 \
+        || echo "gpunn bench failed: see $out/bench.log" | tee -a "$out/environment.txt"
+    tail -n 80 "$out/bench.log"
+fi
+
 python3 - "$out" "$status" <<'PY'
 import sys, xml.etree.ElementTree as ET
 out, status = sys.argv[1], sys.argv[2]
@@ -27,7 +35,8 @@ total, failures, errors, skipped = (int(suite.get(k)) for k in ("tests", "failur
 environment = open(f"{out}/environment.txt").read().strip()
 failed = [f"{case.get('classname')}::{case.get('name')}" for case in suite.iter("testcase")
           if case.find("failure") is not None or case.find("error") is not None]
-gpu_cases = [case for case in suite.iter("testcase") if "cupy" in case.get("name") or "test_cupy_parity" in case.get("classname")]
+gpu_cases = [case for case in suite.iter("testcase")
+             if "[cupy" in case.get("name") or case.get("classname").endswith("test_cupy_parity")]
 gpu_ran = sum(1 for case in gpu_cases if case.find("skipped") is None)
 with open(f"{out}/REPORT.md", "w") as report:
     report.write(f"# GPU check\n\n```\n{environment}\n```\n\n")
