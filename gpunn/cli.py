@@ -103,14 +103,18 @@ def _positive(kind):
     return parse
 
 
-def _momentum(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
+def _fraction(low_inclusive: bool):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not (0 <= value < 1 if low_inclusive else 0 < value < 1):
+            interval = "[0, 1)" if low_inclusive else "(0, 1)"
+            raise argparse.ArgumentTypeError(f"expected a number in {interval}, got {text!r}")
+        return value
+
+    return parse
 
 
 def _build_model(features: int, hidden: list[int], classes: int, activation: str, dtype: str, seed: int):
@@ -267,10 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=_positive(int), default=30, help="passes over the data (default: 30)")
     train.add_argument("--batch-size", type=_positive(int), default=32, help="mini-batch size (default: 32)")
     train.add_argument("--lr", type=_positive(float), default=0.05, help="learning rate (default: 0.05)")
-    train.add_argument("--momentum", type=_momentum, default=0.9, help="SGD momentum in [0, 1) (default: 0.9)")
+    train.add_argument("--momentum", type=_fraction(low_inclusive=True), default=0.9, help="SGD momentum in [0, 1) (default: 0.9)")
     train.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="(default: float32)")
     train.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and shuffling")
-    train.add_argument("--test-fraction", type=float, default=0.2, help="share of rows held out (default: 0.2)")
+    train.add_argument("--test-fraction", type=_fraction(low_inclusive=False), default=0.2, help="share of rows held out (default: 0.2)")
     train.add_argument("--out", default="gpunn-run", help="folder for model.npz and curves.png (default: gpunn-run)")
     train.add_argument("--quiet", action="store_true", help="print only the final summary")
     train.set_defaults(run=command_train)

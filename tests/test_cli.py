@@ -95,6 +95,8 @@ def test_user_errors_print_one_line(capsys, tmp_path):
         capsys, "train", "--data", str(tmp_path / "data.csv"))
     assert "invalid choice: 'swish'" in user_error(capsys, "train", "--activation", "swish")
     assert "expected a positive int" in user_error(capsys, "train", "--epochs", "0")
+    assert "expected a number in [0, 1), got '1.5'" in user_error(capsys, "train", "--momentum", "1.5")
+    assert "expected a number in (0, 1), got '0'" in user_error(capsys, "train", "--test-fraction", "0")
     assert "expected sizes like 128,64" in user_error(capsys, "train", "--hidden", "12,x")
     (tmp_path / "data.txt").write_text("a,b\n")
     assert "unknown file type" in user_error(capsys, "train", "--data", str(tmp_path / "data.txt"))
