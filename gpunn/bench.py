@@ -38,7 +38,7 @@ def run_suite(out_dir: Path, quick: bool, peers: str, groups: list[str], keyword
     """Run the suite in a fresh interpreter (so thread counts are fixed before NumPy loads)."""
     for module, extra in (("pytest", "bench"), ("pytest_benchmark", "bench")):
         if importlib.util.find_spec(module) is None:
-            raise RuntimeError(f"gpunn bench needs {module}: pip install 'gpunn[{extra}]'")
+            raise RuntimeError(f"{module} is not installed: pip install 'gpunn[{extra}]'")
     out_dir.mkdir(parents=True, exist_ok=True)
     raw = out_dir / f".raw-{os.getpid()}.json"
     threads = threads or os.cpu_count()
