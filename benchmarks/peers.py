@@ -168,21 +168,26 @@ class GpunnPeer(Peer):
         return self._synced(lambda: train_step(x, t))
 
     def gemm_floor(self, config: TrainConfig, dtype, rng):
-        """Only the GEMMs of one training step, into preallocated outputs: the step's floor."""
+        """Only the GEMMs of one training step, into preallocated outputs: the step's floor.
+
+        Nothing is fed back from one round to the next, so the data stays the finite values it
+        starts as (overflowing into Inf/NaN would time something else).
+        """
         backend = self.backend
         pairs = list(zip(config.sizes, config.sizes[1:]))
-        activations = [self._random((config.batch, a), dtype, rng) for a, _ in pairs]
+        inputs = [self._random((config.batch, a), dtype, rng) for a, _ in pairs]
+        weights = [backend.asarray(rng.normal(size=(a, b)) / np.sqrt(a), dtype) for a, b in pairs]
         outputs = [backend.empty((config.batch, b), dtype) for _, b in pairs]
-        weights = [self._random((a, b), dtype, rng) for a, b in pairs]
-        grads = [backend.empty((a, b), dtype) for a, b in pairs]
+        weight_grads = [backend.empty((a, b), dtype) for a, b in pairs]
+        input_grads = [backend.empty((config.batch, a), dtype) for a, _ in pairs]
 
         def work():
-            for x, w, y in zip(activations, weights, outputs):
+            for x, w, y in zip(inputs, weights, outputs):
                 backend.matmul(x, w, out=y)
             for index in range(len(pairs) - 1, -1, -1):
-                backend.matmul_tn(activations[index], outputs[index], out=grads[index])
+                backend.matmul_tn(inputs[index], outputs[index], out=weight_grads[index])
                 if index:
-                    backend.matmul_nt(outputs[index], weights[index], out=activations[index])
+                    backend.matmul_nt(outputs[index], weights[index], out=input_grads[index])
 
         return self._synced(work)
 

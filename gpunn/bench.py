@@ -34,32 +34,38 @@ def suite_dir() -> Path:
 
 
 def run_suite(out_dir: Path, quick: bool, peers: str, groups: list[str], keyword: str | None,
-              threads: int | None, max_time: float, min_rounds: int) -> Path:
-    """Run the suite in a fresh interpreter (so thread counts are fixed before NumPy loads)."""
+              threads: int | None, max_time: float, min_rounds: int, passes: int = 1) -> list[Path]:
+    """Run the suite ``passes`` times, each in a fresh interpreter (so thread counts are fixed
+    before NumPy loads). Several passes spread every case over time: on a shared machine a slow
+    phase of a few seconds then hits one pass of a case, not the whole comparison."""
     for module, extra in (("pytest", "bench"), ("pytest_benchmark", "bench")):
         if importlib.util.find_spec(module) is None:
             raise RuntimeError(f"{module} is not installed: pip install 'gpunn[{extra}]'")
     out_dir.mkdir(parents=True, exist_ok=True)
-    raw = out_dir / f".raw-{os.getpid()}.json"
     threads = threads or os.cpu_count()
     if groups and "ceiling" not in groups:
         groups = ["ceiling", *groups]  # every report needs the ceilings of its own run
     selection = " or ".join(f"test_{group.replace('-', '_')}" for group in groups)
     keywords = " and ".join(f"({k})" for k in (selection, keyword) if k)
     command = [sys.executable, "-m", "pytest", str(suite_dir()), "-q", "-p", "no:cacheprovider",
-               f"--rootdir={suite_dir()}", f"--benchmark-json={raw}", f"--benchmark-max-time={max_time}",
+               f"--rootdir={suite_dir()}", f"--benchmark-max-time={max_time}",
                f"--benchmark-min-rounds={min_rounds}", "--benchmark-warmup=off", f"--peers={peers}",
-               f"--threads={threads}", "-W", "ignore::pytest_benchmark.logger.PytestBenchmarkWarning"]
+               f"--threads={threads}", "-W", "ignore::pytest_benchmark.logger.PytestBenchmarkWarning",
+               "-W", "error::RuntimeWarning"]  # an overflow would mean timing Inf/NaN, not the case
     if quick:
         command.append("--quick")
     if keywords:
         command += ["-k", keywords]
     env = dict(os.environ, **{name: str(threads) for name in
                               ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
-    result = subprocess.run(command, env=env)
-    if result.returncode not in (0, 5) or not raw.is_file():
-        raise RuntimeError(f"the benchmark run failed (pytest exit status {result.returncode})")
-    return raw
+    raws = []
+    for index in range(passes):
+        raw = out_dir / f".raw-{os.getpid()}-{index}.json"
+        result = subprocess.run(command + [f"--benchmark-json={raw}"], env=env)
+        if result.returncode not in (0, 5) or not raw.is_file():
+            raise RuntimeError(f"the benchmark run failed (pytest exit status {result.returncode})")
+        raws.append(raw)
+    return raws
 
 
 # --- the report ---------------------------------------------------------------------------
@@ -101,8 +107,23 @@ def _ratio(numerator, denominator):
     return numerator / denominator if numerator and denominator else None
 
 
+def _combine_passes(rows) -> list[dict]:
+    """One row per (group, case, implementation): the median over passes of the pass medians."""
+    by_key = {}
+    for row in rows:
+        by_key.setdefault((row["group"], row["case"], row["impl"]), []).append(row)
+    combined = []
+    for same in by_key.values():
+        medians = sorted(row["median"] for row in same)
+        middle = len(medians) // 2
+        median = medians[middle] if len(medians) % 2 else (medians[middle - 1] + medians[middle]) / 2
+        combined.append({**same[0], "median": median})
+    return combined
+
+
 def summarise(rows) -> list[dict]:
     """One line per (group, case): medians per implementation and the derived ratios."""
+    rows = _combine_passes(rows)
     ceilings = _ceilings(rows)
     lines = {}
     for row in rows:
@@ -187,25 +208,28 @@ def report_stem(rows) -> str:
     return f"{slug}-{datetime.date.today().isoformat()}"
 
 
-def write_report(raw_json: Path, out_dir: Path, command: str) -> tuple[Path, str]:
+def write_report(raw_jsons: list[Path], out_dir: Path, command: str) -> tuple[Path, str]:
     """Write <device>-<date>.json/.md/.png into ``out_dir``; return the markdown path and text."""
-    data = json.loads(Path(raw_json).read_text())
-    rows = _rows(data)
+    passes = [json.loads(Path(raw).read_text()) for raw in raw_jsons]
+    rows = [row for data in passes for row in _rows(data)]
     if not rows:
         raise RuntimeError("the benchmark run measured nothing (every case was skipped or filtered out)")
     stem = out_dir / report_stem(rows)
-    for bench in data["benchmarks"]:  # every round's sample would make the file megabytes; stats stay
-        bench["stats"].pop("data", None)
-    stem.with_suffix(".json").write_text(json.dumps(data, indent=1))
-    Path(raw_json).unlink()
+    for data in passes:  # every round's sample would make the file megabytes; the stats stay
+        for bench in data["benchmarks"]:
+            bench["stats"].pop("data", None)
+    stem.with_suffix(".json").write_text(json.dumps({"passes": passes}, indent=1))
+    for raw in raw_jsons:
+        Path(raw).unlink()
     summary = summarise(rows)
     devices = sorted({(row["device"], row["device_name"]) for row in rows})
     versions = {}
     for row in rows:
         versions.update(row["versions"])
-    ceilings = _ceilings(rows)
+    ceilings = _ceilings(_combine_passes(rows))
     parts = [f"# gpunn benchmarks: {stem.name}", "",
-             f"Command: `{command}`. Medians of pytest-benchmark rounds, each step synchronised with its device. "
+             f"Command: `{command}`. Each time is the median of pytest-benchmark rounds (the median over "
+             f"{len(passes)} passes of the suite when there are several), each step synchronised with its device. "
              "Ratios: 'vs torch' is PyTorch's time over gpunn's on the same device (above 1: gpunn is faster); "
              "'step/GEMMs' is a training step over its GEMMs timed alone; 'of ceiling' is achieved FLOP/s "
              "(bytes/s for activation and transfer) over the ceiling measured in this run.", "",

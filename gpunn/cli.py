@@ -306,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=_positive(int), help="CPU threads for NumPy's BLAS and PyTorch (default: all)")
     bench.add_argument("--max-time", type=_positive(float), default=1.0, help="seconds per case (default: 1.0)")
     bench.add_argument("--min-rounds", type=_positive(int), default=5, help="rounds per case at least (default: 5)")
+    bench.add_argument("--passes", type=_positive(int), default=1,
+                       help="run the suite this many times; each time reported is the median over passes (default: 1)")
     bench.set_defaults(run=command_bench)
     return parser
 
@@ -318,9 +320,9 @@ def command_bench(args) -> int:
     peers = args.peers or (",".join(BACKEND_PEERS.values()) if args.backend == "all" else BACKEND_PEERS[args.backend])
     out = Path(args.out)
     try:
-        raw = run_suite(out, args.quick, peers, args.case or [], args.keyword, args.threads, args.max_time,
-                        args.min_rounds)
-        path, text = write_report(raw, out, "gpunn " + " ".join(sys.argv[1:]))
+        raws = run_suite(out, args.quick, peers, args.case or [], args.keyword, args.threads, args.max_time,
+                         args.min_rounds, args.passes)
+        path, text = write_report(raws, out, "gpunn " + " ".join(sys.argv[1:]))
     except RuntimeError as error:
         raise UserError(f"gpunn bench: {error}") from None
     print(text)

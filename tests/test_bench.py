@@ -9,7 +9,7 @@ from gpunn import bench, cli
 
 def test_quick_suite_runs_and_writes_the_report(tmp_path, capsys):
     code = cli.main(["bench", "--quick", "--backend", "numpy", "--max-time", "0.001", "--min-rounds", "1",
-                     "--out", str(tmp_path)])
+                     "--passes", "2", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0
     reports = list(tmp_path.glob("*.md"))
@@ -18,10 +18,12 @@ def test_quick_suite_runs_and_writes_the_report(tmp_path, capsys):
     for group in ("ceiling", "matmul", "activation", "dense", "train-step", "epoch"):
         assert f"## {group}" in text, group
     assert "cpu copy:" in text and "cpu matmul:" in text and "CPU step/GEMMs" in text
-    raw = json.loads(reports[0].with_suffix(".json").read_text())
-    impls = {b["extra_info"]["impl"] for b in raw["benchmarks"]}
+    passes = json.loads(reports[0].with_suffix(".json").read_text())["passes"]
+    assert len(passes) == 2 and "median over 2 passes" in text
+    impls = {b["extra_info"]["impl"] for b in passes[0]["benchmarks"]}
     assert {"gpunn-numpy", "gemm-floor-cpu"} <= impls
-    assert all(b["extra_info"]["threads"] >= 1 and "device_name" in b["extra_info"] for b in raw["benchmarks"])
+    assert all(b["extra_info"]["threads"] >= 1 and "device_name" in b["extra_info"] for b in passes[1]["benchmarks"])
+    assert not list(tmp_path.glob(".raw-*")), "the raw pass files are merged, then removed"
     assert reports[0].with_suffix(".png").stat().st_size > 1000
     assert f"report: {reports[0]}" in out
 
@@ -38,6 +40,8 @@ def test_ratios_and_fractions():
             row("train-step", "S", "torch-cpu", 3.0, flops=100.0),
             row("train-step", "S", "gemm-floor-cpu", 1.6, flops=100.0),
             row("activation", "tanh forward 2^16", "gpunn-numpy", 1.0, moved=25.0)]
+    rows += [row("train-step", "S", "torch-cpu", 5.0, flops=100.0),  # two more passes of torch: median 3.0
+             row("train-step", "S", "torch-cpu", 2.5, flops=100.0)]
     summary = {(line["group"], line["case"]): line for line in bench.summarise(rows)}
     step = summary[("train-step", "S")]
     assert step["vs_torch_cpu"] == pytest.approx(1.5)
