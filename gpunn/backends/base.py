@@ -51,6 +51,8 @@ class Backend(abc.ABC):
     supported_dtypes: tuple[str, ...] = ("float32", "float64")
     #: True when the backend's arrays are host memory (so host data needs no copy).
     host_resident: bool = False
+    #: True when ``capture`` can record a step as a CUDA graph.
+    supports_graphs: bool = False
 
     def random_generator(self, seed: int | None) -> HostSeededGenerator:
         """The backend's seedable random generator."""
@@ -141,3 +143,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def softmax_cross_entropy_grad(self, z, log_sum_exp, labels, scale: float, out=None):
         """``(softmax(z) − onehot(labels))·scale`` in one pass, given each row's log-sum-exp."""
+
+    # --- whole-step capture ----------------------------------------------------------------
+    @abc.abstractmethod
+    def capture(self, step):
+        """Run ``step()`` once, then record it for replay: returns ``(result, graph)``.
+
+        ``graph.replay()`` queues the recorded work again on the current stream and leaves its
+        result in ``graph.output`` (the same array every time). ``step`` must allocate nothing
+        that outlives it and touch no host data: a replay repeats the device work only.
+        """
+

@@ -14,7 +14,7 @@ import cupy
 import numpy
 
 from ..kernel_source import kernel_source
-from . import get_matmul_precision
+from . import cublas, get_matmul_precision
 from .base import Backend, check_activation
 
 # Storage dtype -> (compute dtype name for kernel signatures, C++ compute type).
@@ -51,10 +51,16 @@ class CupyBackend(Backend):
     name = "cupy"
     supported_dtypes = ("float16", "float32", "float64")
 
+    supports_graphs = True
+
     def __init__(self):
         self._kernels: dict = {}
-        self._precision_applied = None
         self._cache_checked = False
+        self._tf32_capable = None
+        self._cublas_library = None
+        self._cublas_handles: dict = {}
+        self._workspaces: dict = {}
+        self._ones: dict = {}
 
     # --- arrays -------------------------------------------------------------------------
     @property
@@ -79,37 +85,60 @@ class CupyBackend(Backend):
     def synchronize(self) -> None:
         cupy.cuda.get_current_stream().synchronize()
 
-    # --- matmuls: cupy.dot hands transposed views to cuBLAS as transpose flags, no copies ---
-    def _apply_precision(self) -> None:
-        precision = get_matmul_precision()
-        if precision == self._precision_applied:
-            return
-        from cupy._core import _routines_linalg as linalg
+    # --- matmuls: our own cuBLAS calls (capturable), transposes as flags, no copies ---------
+    def _cublas(self):
+        """This device's cuBLAS handle, made at first use with its workspace."""
+        device = cupy.cuda.Device().id
+        handle = self._cublas_handles.get(device)
+        if handle is None:
+            if self._cublas_library is None:
+                self._cublas_library = cublas.load_library()
+            workspace = cupy.empty(cublas.WORKSPACE_BYTES, dtype=numpy.uint8)
+            handle = cublas.CublasHandle(self._cublas_library, workspace.data.ptr, workspace.nbytes)
+            self._cublas_handles[device] = handle
+            self._workspaces[device] = workspace
+        return handle
 
-        if precision == "tf32":
-            capability = int(cupy.cuda.Device().compute_capability)
-            if capability < 80:
-                raise ValueError(f"matmul precision 'tf32' needs compute capability 8.0 or newer; "
-                                 f"this GPU has {capability / 10:.1f}")
-            linalg.set_compute_type(numpy.float32, linalg.COMPUTE_TYPE_TF32)
-        else:
-            linalg.set_compute_type(numpy.float32, linalg.COMPUTE_TYPE_DEFAULT)
-        self._precision_applied = precision
+    def _compute_type(self, dtype) -> int:
+        if dtype == numpy.float64:
+            return cublas.COMPUTE_64F
+        if dtype == numpy.float32 and get_matmul_precision() == "tf32":
+            if self._tf32_capable is None:
+                capability = int(cupy.cuda.Device().compute_capability)
+                if capability < 80:
+                    raise ValueError(f"matmul precision 'tf32' needs compute capability 8.0 or newer; "
+                                     f"this GPU has {capability / 10:.1f}")
+                self._tf32_capable = True
+            return cublas.COMPUTE_32F_FAST_TF32
+        return cublas.COMPUTE_32F  # float32, and float16 storage with float32 accumulation
+
+    def _gemm(self, kind: str, a, b, out):
+        _require_device(a, b)
+        if a.dtype != b.dtype:
+            raise TypeError(f"matmul: operands have dtypes {a.dtype} and {b.dtype}; a model holds one dtype")
+        if a.dtype.name not in cublas.DATA_TYPES:
+            raise TypeError(f"matmul: dtype {a.dtype} is not supported; expected one of {tuple(cublas.DATA_TYPES)}")
+        a, b = cupy.ascontiguousarray(a), cupy.ascontiguousarray(b)
+        shape = cublas.row_major_gemm(kind, a.shape, b.shape)[0]
+        if out is None:
+            out = cupy.empty(shape, a.dtype)
+        elif out.shape != shape or out.dtype != a.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"matmul: out must be a C-contiguous {a.dtype} array of shape {shape}, got "
+                             f"{out.dtype} {out.shape}{'' if out.flags.c_contiguous else ' (not contiguous)'}")
+        if out.size:
+            self._cublas().gemm(kind, (a.data.ptr, a.shape), (b.data.ptr, b.shape), (out.data.ptr, out.shape),
+                                cublas.DATA_TYPES[a.dtype.name], self._compute_type(a.dtype),
+                                cupy.cuda.get_current_stream().ptr)
+        return out
 
     def matmul(self, a, b, out=None):
-        _require_device(a, b)
-        self._apply_precision()
-        return cupy.dot(a, b, out=out)
+        return self._gemm("nn", a, b, out)
 
     def matmul_nt(self, a, b, out=None):
-        _require_device(a, b)
-        self._apply_precision()
-        return cupy.dot(a, b.T, out=out)
+        return self._gemm("nt", a, b, out)
 
     def matmul_tn(self, a, b, out=None):
-        _require_device(a, b)
-        self._apply_precision()
-        return cupy.dot(a.T, b, out=out)
+        return self._gemm("tn", a, b, out)
 
     # --- kernels ------------------------------------------------------------------------
     def _kernel(self, op: str, dtype, activation: str = ""):
@@ -133,8 +162,16 @@ class CupyBackend(Backend):
         return _launch(self._kernel("activation_backward", dy.dtype, activation), dy, y, out=out)
 
     def bias_gradient(self, dz, out=None):
+        """dzᵀ·1 as a cuBLAS matrix-vector product: coalesced, and float32 accumulation for float16."""
         _require_device(dz)
-        return cupy.sum(dz, axis=0, out=out)
+        key = (cupy.cuda.Device().id, dz.shape[0], dz.dtype.name)
+        ones = self._ones.get(key)
+        if ones is None:
+            ones = self._ones[key] = cupy.ones((dz.shape[0], 1), dz.dtype)
+        if out is None:
+            out = cupy.empty((dz.shape[1],), dz.dtype)
+        self._gemm("tn", dz, ones, out.reshape(-1, 1))
+        return out
 
     def sgd_update(self, param, grad, velocity, lr: float, momentum: float) -> None:
         _require_device(param, grad)
@@ -156,6 +193,39 @@ class CupyBackend(Backend):
         return _launch(self._kernel("softmax_cross_entropy_grad", z.dtype), z,
                        log_sum_exp.reshape(-1, 1).astype(z.dtype, copy=False), labels.reshape(-1, 1),
                        z.shape[1], scale, out=out)
+
+    # --- whole-step capture ------------------------------------------------------------------
+    def capture(self, step):
+        """Run ``step`` once on a private stream and memory pool, then record it as a CUDA graph.
+
+        The eager run fills the private pool with the step's temporaries, so recording allocates
+        nothing new, and no other code ever draws from that pool: the addresses baked into the
+        graph stay the graph's for as long as it lives.
+        """
+        stream, pool = cupy.cuda.Stream(non_blocking=True), cupy.cuda.MemoryPool()
+        cupy.cuda.Device().synchronize()  # work queued on other streams (the inputs) is done
+        with cupy.cuda.using_allocator(pool.malloc), stream:
+            result = step()
+            stream.begin_capture()
+            try:
+                output = step()
+            except BaseException:
+                stream.end_capture()
+                raise
+            graph = stream.end_capture()
+        stream.synchronize()
+        return result, _Graph(graph, pool, output)
+
+
+class _Graph:
+    """A captured step: replaying it queues the recorded kernels on the current stream."""
+
+    def __init__(self, graph, pool, output):
+        self._graph, self._pool, self.output = graph, pool, output
+
+    def replay(self) -> None:
+        self._graph.launch(cupy.cuda.get_current_stream())
+
 
 
 def _build(op: str, activation: str, dtype: str):

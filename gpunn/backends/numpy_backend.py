@@ -128,3 +128,7 @@ class NumpyBackend(Backend):
         out[np.arange(out.shape[0]), labels] -= 1
         out *= scale
         return out
+
+    def capture(self, step):
+        raise NotImplementedError("the numpy backend cannot capture graphs: NumPy runs every step "
+                                  "eagerly (use the cupy backend, or graph=False)")

@@ -1,0 +1,115 @@
+"""cuBLAS GEMMs through ctypes, for the CuPy backend.
+
+CuPy 14 refuses its own cuBLAS wrappers while a stream is being captured into a CUDA graph
+("calling cuBLAS API during stream capture is currently unsupported"), although cuBLAS itself
+supports capture. So the CuPy backend calls ``cublasGemmEx`` here, on a handle of its own: the
+same matmul code runs eagerly and inside a captured training step, and the compute type is
+chosen per call (float32 strict or TF32; float16 storage accumulates in float32).
+
+A row-major array is the column-major transpose of itself, so the row-major product
+``C = op(A)·op(B)`` is the column-major product ``Cᵀ = op(B)ᵀ·op(A)ᵀ``: cuBLAS gets B as its
+first operand and A as its second, and no data moves. This module imports no array library.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+OP_N, OP_T = 0, 1
+DATA_TYPES = {"float16": 2, "float32": 0, "float64": 1}  # cudaDataType: CUDA_R_16F, _32F, _64F
+COMPUTE_32F, COMPUTE_32F_FAST_TF32, COMPUTE_64F = 68, 77, 70  # cublasComputeType_t
+_GEMM_DEFAULT = -1
+#: The workspace cuBLAS gets for its kernels: NVIDIA's recommendation for Hopper GPUs.
+WORKSPACE_BYTES = 32 * 1024 * 1024
+
+_ONE32, _ZERO32 = ctypes.c_float(1.0), ctypes.c_float(0.0)
+_ONE64, _ZERO64 = ctypes.c_double(1.0), ctypes.c_double(0.0)
+
+
+class CublasError(RuntimeError):
+    """cuBLAS returned an error status."""
+
+
+def row_major_gemm(kind: str, a_shape, b_shape):
+    """``(out_shape, trans_first, trans_second, m, n, k, ld_first, ld_second, ldc)``: the
+    cublasGemmEx arguments for the row-major product ``kind`` of C-contiguous ``a`` and ``b``,
+    where cuBLAS's first operand is ``b`` and its second is ``a``. ``"nn"`` is a·b, ``"nt"``
+    is a·bᵀ, ``"tn"`` is aᵀ·b."""
+    if kind not in ("nn", "nt", "tn"):
+        raise ValueError(f"unknown product {kind!r}")
+    rows, inner = (a_shape[1], a_shape[0]) if kind[0] == "t" else (a_shape[0], a_shape[1])
+    inner_b, cols = (b_shape[1], b_shape[0]) if kind[1] == "t" else (b_shape[0], b_shape[1])
+    if inner != inner_b:
+        raise ValueError(f"matmul: shapes {tuple(a_shape)} and {tuple(b_shape)} do not fit for "
+                         f"{'aᵀ·b' if kind == 'tn' else 'a·bᵀ' if kind == 'nt' else 'a·b'}")
+    trans_first = OP_T if kind[1] == "t" else OP_N
+    trans_second = OP_T if kind[0] == "t" else OP_N
+    return ((rows, cols), trans_first, trans_second, cols, rows, inner,
+            max(b_shape[1], 1), max(a_shape[1], 1), max(cols, 1))
+
+
+def _loaded_paths(prefix: str) -> list[str]:
+    """Paths of shared libraries named ``prefix*`` already mapped into this process."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if f"/{prefix}" in line}
+    except OSError:
+        return []
+    return sorted(path for path in paths if path.rsplit("/", 1)[-1].startswith(prefix + "."))
+
+
+def load_library():
+    """The cuBLAS library CuPy already loaded (found through /proc/self/maps), else by soname."""
+    errors = []
+    for candidate in _loaded_paths("libcublas.so") + ["libcublas.so.13", "libcublas.so.12", "libcublas.so"]:
+        try:
+            library = ctypes.CDLL(candidate)
+        except OSError as error:
+            errors.append(str(error))
+            continue
+        void_p, c_int = ctypes.c_void_p, ctypes.c_int
+        library.cublasCreate_v2.argtypes = [ctypes.POINTER(void_p)]
+        library.cublasSetStream_v2.argtypes = [void_p, void_p]
+        library.cublasSetWorkspace_v2.argtypes = [void_p, void_p, ctypes.c_size_t]
+        library.cublasGemmEx.argtypes = [void_p, c_int, c_int, c_int, c_int, c_int, void_p,
+                                         void_p, c_int, c_int, void_p, c_int, c_int, void_p,
+                                         void_p, c_int, c_int, c_int, c_int]
+        library.cublasGetStatusString.restype = ctypes.c_char_p
+        for name in ("cublasCreate_v2", "cublasSetStream_v2", "cublasSetWorkspace_v2", "cublasGemmEx"):
+            getattr(library, name).restype = c_int
+        return library
+    raise OSError("cannot load cuBLAS (libcublas.so.13 or .12): " + "; ".join(errors))
+
+
+class CublasHandle:
+    """A cuBLAS handle of our own on the current device, with a fixed workspace.
+
+    ``cublasSetStream`` resets the workspace, so both are set again whenever the stream changes.
+    """
+
+    def __init__(self, library, workspace_pointer: int, workspace_bytes: int):
+        self._library = library
+        handle = ctypes.c_void_p()
+        self._check(library.cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")
+        self._handle = handle
+        self._workspace = (workspace_pointer, workspace_bytes)
+        self._stream = None
+
+    def _check(self, status: int, call: str) -> None:
+        if status:
+            text = self._library.cublasGetStatusString(status)
+            raise CublasError(f"{call} failed: {text.decode() if text else status}")
+
+    def gemm(self, kind: str, a, b, out, data_type: int, compute_type: int, stream: int) -> None:
+        """``out = op(a)·op(b)`` for row-major device arrays given as ``(pointer, shape)`` pairs."""
+        library = self._library
+        if stream != self._stream:
+            self._check(library.cublasSetStream_v2(self._handle, stream), "cublasSetStream")
+            self._check(library.cublasSetWorkspace_v2(self._handle, *self._workspace), "cublasSetWorkspace")
+            self._stream = stream
+        _, trans_first, trans_second, m, n, k, ld_first, ld_second, ldc = row_major_gemm(kind, a[1], b[1])
+        one, zero = (_ONE64, _ZERO64) if compute_type == COMPUTE_64F else (_ONE32, _ZERO32)
+        self._check(library.cublasGemmEx(self._handle, trans_first, trans_second, m, n, k, ctypes.byref(one),
+                                         b[0], data_type, ld_first, a[0], data_type, ld_second, ctypes.byref(zero),
+                                         out[0], data_type, ldc, compute_type, _GEMM_DEFAULT),
+                    "cublasGemmEx")
