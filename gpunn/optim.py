@@ -48,6 +48,10 @@ class SGD:
                                                                              parameter.value.dtype)
             backend.sgd_update(parameter.value, parameter.grad, velocity, self.lr, self.momentum)
 
+    def state_arrays(self) -> list:
+        """The arrays the update keeps from one step to the next (the velocities)."""
+        return list(self._velocity.values())
+
     def zero_grad(self) -> None:
         for parameter in self.params:
             parameter.grad_valid = False

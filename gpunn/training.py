@@ -27,14 +27,25 @@ class TrainStep:
     ``prepare(X, T)`` checks a data set once (shapes, dtypes, NaN/Inf) and moves it to the
     device; calling the step on prepared arrays (or slices of them) then does no checks that
     would wait for the device, so steps queue back to back.
+
+    With ``graph=True`` (a backend that captures CUDA graphs: cupy) the whole step is recorded
+    once and replayed, one launch instead of one per kernel. The batch shape of the first call
+    is the graph's: its first two steps run eagerly (the second one while recording), later
+    steps of that shape replay the graph, and batches of any other shape (a smaller last batch)
+    run eagerly. Changing the learning rate, the momentum, the matmul precision or the
+    parameters' arrays records the graph again.
     """
 
-    def __init__(self, model, loss, optimizer):
+    def __init__(self, model, loss, optimizer, graph: bool = False):
         if model.out_features is None:
             raise ValueError("TrainStep: the model has no Dense layer to train")
-        self.model, self.loss, self.optimizer = model, loss, optimizer
+        if graph and not model.backend.supports_graphs:
+            raise ValueError(f"TrainStep: graph=True needs a backend that captures CUDA graphs (cupy); "
+                             f"the {model.backend.name} backend runs every step eagerly, so pass graph=False")
+        self.model, self.loss, self.optimizer, self.graph = model, loss, optimizer, graph
         if not optimizer.params:
             optimizer.bind(model.parameters())
+        self._recorded = None
 
     def prepare(self, X, T):
         """(x, t) on the model's device: inputs as ``model.as_input``, targets as the loss wants them."""
@@ -49,7 +60,17 @@ class TrainStep:
         return x, t
 
     def __call__(self, x, t):
-        """Train on one prepared batch; returns the batch's mean loss as a 0-d device array."""
+        """Train on one prepared batch; returns the batch's mean loss as a new 0-d device array."""
+        if not self.graph:
+            return self._step(x, t)
+        recorded = self._recorded
+        if recorded is None:
+            recorded = self._recorded = _RecordedStep(self, x, t)
+        elif not recorded.fits(x, t):
+            return self._step(x, t)
+        return recorded.run(x, t)
+
+    def _step(self, x, t):
         model, loss = self.model, self.loss
         value = loss._forward(model.backend, model._forward(x), t)
         model.zero_grad()
@@ -58,19 +79,69 @@ class TrainStep:
         return value
 
 
+class _RecordedStep:
+    """A TrainStep's graph: static input buffers, the graph, and what it must keep alive."""
+
+    def __init__(self, train_step: TrainStep, x, t):
+        backend = train_step.model.backend
+        self.train_step = train_step
+        self.x, self.t = backend.empty(x.shape, x.dtype), backend.empty(t.shape, t.dtype)
+        self.graph = self.key = self.keep_alive = None
+
+    def fits(self, x, t) -> bool:
+        return x.shape == self.x.shape and t.shape == self.t.shape and t.dtype == self.t.dtype
+
+    def _arrays(self) -> list:
+        """Every lasting array the recorded kernels read or write, besides the inputs."""
+        train_step = self.train_step
+        parameters = train_step.optimizer.params
+        return ([parameter.value for parameter in parameters] + [parameter.grad for parameter in parameters]
+                + train_step.optimizer.state_arrays()
+                + [array for layer in train_step.model.layers for array in layer._buffers.values()])
+
+    def _key(self):
+        """What the recording baked in: the optimizer's numbers, the precision, which arrays."""
+        from .backends import get_matmul_precision
+
+        train_step = self.train_step
+        return (tuple(sorted(train_step.optimizer.config().items())), get_matmul_precision(),
+                tuple(id(parameter.value) for parameter in train_step.optimizer.params),
+                tuple(id(array) for array in train_step.optimizer.state_arrays()))
+
+    def run(self, x, t):
+        train_step = self.train_step
+        xp = train_step.model.backend.xp
+        xp.copyto(self.x, x)
+        xp.copyto(self.t, t)
+        key = self._key()
+        if self.key is None:  # the first step runs eagerly, so that every lasting array exists
+            self.key = key
+            return train_step._step(self.x, self.t)
+        if self.graph is None or key != self.key:
+            self.graph = self.keep_alive = None
+            value, self.graph = train_step.model.backend.capture(lambda: train_step._step(self.x, self.t))
+            self.key = self._key()
+            # An eager batch of another shape may replace layer buffers; the graph keeps its own.
+            self.keep_alive = self._arrays()
+            return value.copy()
+        self.graph.replay()
+        return self.graph.output.copy()
+
+
 def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32,
-        shuffle: bool = True, seed=None, verbose: int = 1, callback=None) -> dict:
+        shuffle: bool = True, seed=None, verbose: int = 1, callback=None, graph: bool = False) -> dict:
     """Train ``model`` on (X, T) and return ``{"loss": [mean loss per epoch], ...}``.
 
     The data is checked once (shapes, NaN/Inf) and moved to the device once. Each epoch draws
     a fresh order from ``seed``; the last batch may be smaller. ``callback(epoch, logs)`` runs
     after each epoch and may add entries to ``logs`` (they are kept in the history). Progress
-    shows with tqdm on a terminal unless ``verbose=0``.
+    shows with tqdm on a terminal unless ``verbose=0``. ``graph=True`` replays each full batch
+    as a CUDA graph (see ``TrainStep``); the smaller last batch runs eagerly.
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"fit: {name} must be a positive int, got {value!r}")
-    step = TrainStep(model, loss, optimizer)
+    step = TrainStep(model, loss, optimizer, graph=graph)
     try:
         x_all, t_all = step.prepare(X, T)
     except ValueError as error:
