@@ -59,6 +59,7 @@ def _cpu_name() -> str:
 
 class Peer:
     name = library = device = ""
+    graph = False  # a CUDA-graph peer runs only the training-step cases
 
     def unavailable(self) -> str | None:
         return None
@@ -73,8 +74,9 @@ class Peer:
 class GpunnPeer(Peer):
     library = "gpunn"
 
-    def __init__(self, backend: str):
-        self.backend_name, self.name = backend, f"gpunn-{backend}"
+    def __init__(self, backend: str, graph: bool = False):
+        self.backend_name, self.graph = backend, graph
+        self.name = f"gpunn-{backend}" + ("-graph" if graph else "")
         self.device = "gpu" if backend == "cupy" else "cpu"
 
     def unavailable(self):
@@ -159,7 +161,7 @@ class GpunnPeer(Peer):
                     layers.append(gn.layers.ACTIVATION_LAYERS[config.activation]())
             model = gn.Sequential(*layers)
             loss = gn.SoftmaxCrossEntropyLoss() if config.loss == "softmax-ce" else gn.MSELoss()
-            train_step = gn.TrainStep(model, loss, gn.SGD(lr=LR, momentum=MOMENTUM))
+            train_step = gn.TrainStep(model, loss, gn.SGD(lr=LR, momentum=MOMENTUM), graph=self.graph)
             x, t = train_step.prepare(rng.normal(size=(config.batch, config.sizes[0])), _targets(config, rng))
         return train_step, x, t
 
@@ -379,5 +381,5 @@ class TorchPeer(Peer):
         return self._synced(lambda: device.cpu())
 
 
-PEERS = {peer.name: peer for peer in (GpunnPeer("numpy"), GpunnPeer("cupy"), TorchPeer("cpu"),
-                                      TorchPeer("cuda"), TorchPeer("cuda", graph=True))}
+PEERS = {peer.name: peer for peer in (GpunnPeer("numpy"), GpunnPeer("cupy"), GpunnPeer("cupy", graph=True),
+                                      TorchPeer("cpu"), TorchPeer("cuda"), TorchPeer("cuda", graph=True))}

@@ -17,12 +17,14 @@ ITEMSIZE = 4
 WARM_UP_CALLS = 3
 
 
-def cases(*, quick, cpu, gpu, peers=None):
-    """Attach per-device case lists to a benchmark; ``pytest_generate_tests`` expands them."""
+def cases(*, quick, cpu, gpu, peers=None, graphs=False):
+    """Attach per-device case lists to a benchmark; ``pytest_generate_tests`` expands them.
+    CUDA-graph peers run only where ``graphs`` is set."""
 
     def attach(function):
         function.case_lists = {"quick": quick, "cpu": cpu, "gpu": gpu}
         function.peer_filter = peers
+        function.graphs = graphs
         return function
 
     return attach
@@ -36,6 +38,8 @@ def pytest_generate_tests(metafunc):
     params, ids = [], []
     for name, peer in PEERS.items():
         if metafunc.function.peer_filter and peer.library not in metafunc.function.peer_filter:
+            continue
+        if peer.graph and not metafunc.function.graphs:
             continue
         chosen = lists["gpu"] if peer.device == "gpu" else lists["quick"] if quick else lists["cpu"]
         for case in chosen:
@@ -65,13 +69,14 @@ def precision(peer, tf32: bool):
         gn.set_matmul_precision(before)
 
 
-def measure(benchmark, peer, step, group, case, threads, impl=None, flops=0, moved_bytes=0, tf32=False, **info):
+def measure(benchmark, peer, step, group, case, threads, impl=None, flops=0, moved_bytes=0, tf32=False,
+            dtype=DTYPE, **info):
     for _ in range(WARM_UP_CALLS):
         step()
     benchmark.group = group
     benchmark.extra_info.update(
         impl=impl or peer.name, library=peer.library, device=peer.device, device_name=peer.device_name(),
-        versions=peer.versions(), dtype=DTYPE, tf32=tf32, threads=threads, case=str(case),
+        versions=peer.versions(), dtype=dtype, tf32=tf32, threads=threads, case=str(case),
         flops=flops, bytes=moved_bytes, **info)
     benchmark(step)
 
@@ -115,26 +120,30 @@ def test_dense(benchmark, peer, case, activation, rng, threads):
             f"{activation} {case}", threads, flops=3 * 2 * batch * inputs * outputs)
 
 
-TRAIN_CASES = {"quick": ["S", "CPU"], "cpu": ["S", "CPU", "M"], "gpu": ["S", "M", "L", "L-tf32", "CPU"]}
+TRAIN_CASES = {"quick": ["S", "CPU"], "cpu": ["S", "CPU", "M"], "gpu": ["S", "M", "L", "L-tf32", "L-fp16", "CPU"]}
 
 
-@cases(**TRAIN_CASES)
+def train_case(case):
+    """(config, dtype, tf32) for a case name such as "L", "L-tf32" or "L-fp16"."""
+    name, _, variant = case.partition("-")
+    return TRAIN_CONFIGS[name], "float16" if variant == "fp16" else DTYPE, variant == "tf32"
+
+
+@cases(graphs=True, **TRAIN_CASES)
 def test_train_step(benchmark, peer, case, rng, threads):
-    config = TRAIN_CONFIGS[case.split("-")[0]]
-    tf32 = case.endswith("tf32")
+    config, dtype, tf32 = train_case(case)
     with precision(peer, tf32):
-        measure(benchmark, peer, peer.train_step(config, DTYPE, rng), "train-step", case, threads,
-                flops=config.gemm_flops(), tf32=tf32, sizes=list(config.sizes), batch=config.batch)
+        measure(benchmark, peer, peer.train_step(config, dtype, rng), "train-step", case, threads,
+                flops=config.gemm_flops(), tf32=tf32, dtype=dtype, sizes=list(config.sizes), batch=config.batch)
 
 
 @cases(peers={"gpunn"}, **TRAIN_CASES)
 def test_train_step_gemm_floor(benchmark, peer, case, rng, threads):
     """The step's GEMMs alone, timed in the same run: the floor a training step is judged against."""
-    config = TRAIN_CONFIGS[case.split("-")[0]]
-    tf32 = case.endswith("tf32")
+    config, dtype, tf32 = train_case(case)
     with precision(peer, tf32):
-        measure(benchmark, peer, peer.gemm_floor(config, DTYPE, rng), "train-step", case, threads,
-                impl=f"gemm-floor-{peer.device}", flops=config.gemm_flops(), tf32=tf32)
+        measure(benchmark, peer, peer.gemm_floor(config, dtype, rng), "train-step", case, threads,
+                impl=f"gemm-floor-{peer.device}", flops=config.gemm_flops(), tf32=tf32, dtype=dtype)
 
 
 @cases(quick=["digits"], cpu=["digits"], gpu=["digits"])
@@ -151,11 +160,11 @@ def test_epoch(benchmark, peer, case, threads):
 
 
 @cases(peers={"gpunn"}, quick=["copy-2^24", "matmul-1024"], cpu=["copy-2^25", "matmul-2048"],
-       gpu=["copy-2^28", "matmul-8192", "matmul-8192-tf32"])
+       gpu=["copy-2^28", "matmul-8192", "matmul-8192-tf32", "matmul-8192-fp16"])
 def test_ceiling(benchmark, peer, case, rng, threads):
     """The device's copy bandwidth and matmul rate, measured in the same run as the cases."""
     kind, size = case.split("-")[:2]
-    tf32 = case.endswith("tf32")
+    tf32, dtype = case.endswith("tf32"), "float16" if case.endswith("fp16") else DTYPE
     if kind == "copy":
         elements = 2 ** int(size[2:])
         measure(benchmark, peer, peer.copy(elements, DTYPE, rng), "ceiling", case, threads,
@@ -163,8 +172,8 @@ def test_ceiling(benchmark, peer, case, rng, threads):
         return
     n = int(size)
     with precision(peer, tf32):
-        measure(benchmark, peer, peer.matmul("forward", n, n, n, DTYPE, rng), "ceiling", case, threads,
-                flops=2 * n ** 3, tf32=tf32)
+        measure(benchmark, peer, peer.matmul("forward", n, n, n, dtype, rng), "ceiling", case, threads,
+                flops=2 * n ** 3, tf32=tf32, dtype=dtype)
 
 
 @pytest.mark.parametrize("direction", ["host_to_device", "device_to_host"])

@@ -18,9 +18,10 @@ import sys
 from pathlib import Path
 
 GROUPS = ("ceiling", "matmul", "activation", "dense", "train-step", "epoch", "transfer")
-BACKEND_PEERS = {"numpy": "gpunn-numpy,torch-cpu", "cupy": "gpunn-cupy,torch-cuda,torch-cuda-graph"}
-IMPL_ORDER = ("gpunn-numpy", "torch-cpu", "gemm-floor-cpu", "gpunn-cupy", "torch-cuda", "torch-cuda-graph",
-              "gemm-floor-gpu")
+BACKEND_PEERS = {"numpy": "gpunn-numpy,torch-cpu",
+                 "cupy": "gpunn-cupy,gpunn-cupy-graph,torch-cuda,torch-cuda-graph"}
+IMPL_ORDER = ("gpunn-numpy", "torch-cpu", "gemm-floor-cpu", "gpunn-cupy", "gpunn-cupy-graph", "torch-cuda",
+              "torch-cuda-graph", "gemm-floor-gpu")
 BOUND = {"activation": "bytes", "transfer": "bytes"}  # every other group is judged by FLOPs
 
 
@@ -76,17 +77,23 @@ def _rows(data: dict) -> list[dict]:
         rows.append({"group": bench["group"], "case": info["case"], "impl": info["impl"],
                      "device": info["device"], "device_name": info["device_name"], "median": bench["stats"]["median"],
                      "flops": info.get("flops", 0), "bytes": info.get("bytes", 0), "tf32": info.get("tf32", False),
+                     "dtype": info.get("dtype", "float32"),
                      "threads": info.get("threads"), "versions": info.get("versions", {})})
     return rows
 
 
+def _matmul_kind(row) -> str:
+    """Which matmul ceiling a row is judged against: float32, TF32 or float16."""
+    return "matmul-tf32" if row["tf32"] else "matmul-fp16" if row.get("dtype") == "float16" else "matmul"
+
+
 def _ceilings(rows) -> dict:
-    """(device, kind) -> the best rate measured: bytes/s for 'copy', FLOP/s for 'matmul' (and tf32)."""
+    """(device, kind) -> the best rate measured: bytes/s for 'copy', FLOP/s for each matmul kind."""
     best = {}
     for row in rows:
         if row["group"] != "ceiling":
             continue
-        kind = "copy" if row["case"].startswith("copy") else "matmul-tf32" if row["tf32"] else "matmul"
+        kind = "copy" if row["case"].startswith("copy") else _matmul_kind(row)
         rate = (row["bytes"] if kind == "copy" else row["flops"]) / row["median"]
         best[(row["device"], kind)] = max(rate, best.get((row["device"], kind), 0.0))
     return best
@@ -96,7 +103,7 @@ def _fraction(row, ceilings) -> float | None:
     if BOUND.get(row["group"]) == "bytes":
         ceiling, work = ceilings.get((row["device"], "copy")), row["bytes"]
     else:
-        ceiling = ceilings.get((row["device"], "matmul-tf32" if row["tf32"] else "matmul"))
+        ceiling = ceilings.get((row["device"], _matmul_kind(row)))
         work = row["flops"]
     if not ceiling or not work:
         return None
@@ -136,7 +143,8 @@ def summarise(rows) -> list[dict]:
         line["gpu_over_cpu"] = _ratio(m.get("gpunn-numpy"), m.get("gpunn-cupy"))
         line["vs_torch_cpu"] = _ratio(m.get("torch-cpu"), m.get("gpunn-numpy"))
         line["vs_torch_gpu"] = _ratio(m.get("torch-cuda"), m.get("gpunn-cupy"))
-        line["vs_torch_graph"] = _ratio(m.get("torch-cuda-graph"), m.get("gpunn-cupy"))
+        line["graph_vs_torch_gpu"] = _ratio(m.get("torch-cuda"), m.get("gpunn-cupy-graph"))
+        line["graph_vs_torch_graph"] = _ratio(m.get("torch-cuda-graph"), m.get("gpunn-cupy-graph"))
         line["over_floor_cpu"] = _ratio(m.get("gpunn-numpy"), m.get("gemm-floor-cpu"))
         line["over_floor_gpu"] = _ratio(m.get("gpunn-cupy"), m.get("gemm-floor-gpu"))
     order = {group: index for index, group in enumerate(GROUPS)}
@@ -144,7 +152,8 @@ def summarise(rows) -> list[dict]:
 
 
 RATIO_COLUMNS = [("gpu_over_cpu", "gpunn GPU/CPU"), ("vs_torch_cpu", "vs torch CPU"),
-                 ("vs_torch_gpu", "vs torch GPU"), ("vs_torch_graph", "vs torch graph"),
+                 ("vs_torch_gpu", "vs torch GPU"), ("graph_vs_torch_gpu", "graph vs torch GPU"),
+                 ("graph_vs_torch_graph", "graph vs torch graph"),
                  ("over_floor_cpu", "CPU step/GEMMs"), ("over_floor_gpu", "GPU step/GEMMs")]
 
 
