@@ -171,6 +171,9 @@ def command_train(args) -> int:
 
     gn.use_backend(args.backend)
     backend = gn.get_backend()
+    if args.graph and not backend.supports_graphs:
+        raise UserError(f"gpunn train: --graph needs the cupy backend (CUDA graphs); the {backend.name} "
+                        "backend runs every step eagerly")
     model = _build_model(dataset.X.shape[1], args.hidden, classes, args.activation, args.dtype, args.seed)
     loss = getattr(gn, LOSS_CHOICES[args.loss])()
     targets = y_train if args.loss == "softmax-ce" else np.eye(classes)[y_train]
@@ -197,7 +200,7 @@ def command_train(args) -> int:
     try:
         history = model.fit(x_train, targets, loss=loss, optimizer=gn.SGD(lr=args.lr, momentum=args.momentum),
                             epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                            verbose=0 if args.quiet else 1, callback=after_epoch)
+                            verbose=0 if args.quiet else 1, callback=after_epoch, graph=args.graph)
     except KeyboardInterrupt:
         kept = (f"the checkpoint of epoch {saved_epoch[0]} is kept at {checkpoint}" if saved_epoch[0]
                 else "no epoch finished, so no checkpoint was written")
@@ -276,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and shuffling")
     train.add_argument("--test-fraction", type=_fraction(low_inclusive=False), default=0.2, help="share of rows held out (default: 0.2)")
     train.add_argument("--out", default="gpunn-run", help="folder for model.npz and curves.png (default: gpunn-run)")
+    train.add_argument("--graph", action="store_true",
+                       help="replay each full batch's step as a CUDA graph (cupy backend)")
     train.add_argument("--quiet", action="store_true", help="print only the final summary")
     train.set_defaults(run=command_train)
 

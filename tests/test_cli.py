@@ -100,6 +100,7 @@ def test_user_errors_print_one_line(capsys, tmp_path):
     assert "expected sizes like 128,64" in user_error(capsys, "train", "--hidden", "12,x")
     (tmp_path / "data.txt").write_text("a,b\n")
     assert "unknown file type" in user_error(capsys, "train", "--data", str(tmp_path / "data.txt"))
+    assert "--graph needs the cupy backend" in user_error(capsys, "train", "--backend", "numpy", "--graph")
 
 
 def test_predict_errors(capsys, tmp_path):

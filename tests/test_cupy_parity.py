@@ -248,3 +248,11 @@ def test_graph_replays_allocate_nothing(cp_backend, rng):
         used.append(pool.used_bytes())
     assert step._recorded.graph is not None
     assert len(set(used[2:])) == 1, f"pool used bytes changed across replays: {used}"
+
+
+def test_cli_trains_with_graphs(tmp_path, capsys):
+    from gpunn.cli import main
+
+    assert main(["train", "--backend", "cupy", "--graph", "--epochs", "5", "--quiet", "--out", str(tmp_path)]) == 0
+    accuracy = float(capsys.readouterr().out.split("test accuracy:")[1].split()[0])
+    assert accuracy > 0.9
