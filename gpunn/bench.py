@@ -23,8 +23,8 @@ BACKEND_PEERS = {"numpy": "gpunn-numpy,torch-cpu",
 IMPL_ORDER = ("gpunn-numpy", "torch-cpu", "gemm-floor-cpu", "gpunn-cupy", "gpunn-cupy-graph", "torch-cuda",
               "torch-cuda-graph", "gemm-floor-gpu")
 # OpenBLAS's idle workers spin for 2^28 cycles (about 0.1 s) by default, and PyTorch's OpenMP
-# workers spin too: in one process each library's spinning threads slowed the other by a quarter
-# on 2 cores (benchmarks/PERF.md). 2^4 cycles lets both run at their stand-alone speed.
+# workers spin too: in one process each library's spinning threads slowed the other by a fifth
+# or more on 2 cores (benchmarks/PERF.md). 2^4 cycles lets both run at their stand-alone speed.
 OPENBLAS_THREAD_TIMEOUT = "4"
 BOUND = {"activation": "bytes", "transfer": "bytes"}  # every other group is judged by FLOPs
 
@@ -248,8 +248,8 @@ def write_report(raw_jsons: list[Path], out_dir: Path, command: str) -> tuple[Pa
              "'step/GEMMs' is a training step over its GEMMs timed alone; 'of ceiling' is achieved FLOP/s "
              "(bytes/s for activation and transfer) over the ceiling measured in this run.", "",
              "Devices: " + "; ".join(f"{device}: {name}" for device, name in devices),
-             f"Threads (NumPy BLAS and PyTorch): {rows[0]['threads']}; OpenBLAS thread timeout: "
-             f"2^{os.environ.get('OPENBLAS_THREAD_TIMEOUT', OPENBLAS_THREAD_TIMEOUT)} cycles",
+             (f"Threads (NumPy BLAS and PyTorch): {rows[0]['threads']}; OpenBLAS thread timeout: "
+              f"2^{os.environ.get('OPENBLAS_THREAD_TIMEOUT', OPENBLAS_THREAD_TIMEOUT)} cycles"),
              "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())), "",
              "Ceilings: " + "; ".join(
                  f"{device} {kind}: " + (f"{rate / 1e9:.1f} GB/s" if kind == "copy" else f"{rate / 1e12:.2f} TFLOP/s")

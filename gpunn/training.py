@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import sys
 
+from .backends import get_matmul_precision
+
 
 class TrainingDiverged(FloatingPointError):
     """The epoch's loss became NaN or Inf."""
@@ -101,8 +103,6 @@ class _RecordedStep:
 
     def _key(self):
         """What the recording baked in: the optimizer's numbers, the precision, which arrays."""
-        from .backends import get_matmul_precision
-
         train_step = self.train_step
         return (tuple(sorted(train_step.optimizer.config().items())), get_matmul_precision(),
                 tuple(id(parameter.value) for parameter in train_step.optimizer.params),
@@ -120,7 +120,7 @@ class _RecordedStep:
         if self.graph is None or key != self.key:
             self.graph = self.keep_alive = None
             value, self.graph = train_step.model.backend.capture(lambda: train_step._step(self.x, self.t))
-            self.key = self._key()
+            self.key = key
             # An eager batch of another shape may replace layer buffers; the graph keeps its own.
             self.keep_alive = self._arrays()
             return value.copy()

@@ -100,16 +100,18 @@ class CublasHandle:
             text = self._library.cublasGetStatusString(status)
             raise CublasError(f"{call} failed: {text.decode() if text else status}")
 
-    def gemm(self, kind: str, a, b, out, data_type: int, compute_type: int, stream: int) -> None:
-        """``out = op(a)·op(b)`` for row-major device arrays given as ``(pointer, shape)`` pairs."""
+    def gemm(self, layout, a_pointer: int, b_pointer: int, out_pointer: int, data_type: int,
+             compute_type: int, stream: int) -> None:
+        """``out = op(a)·op(b)`` for row-major device arrays, ``layout`` from ``row_major_gemm``."""
         library = self._library
         if stream != self._stream:
             self._check(library.cublasSetStream_v2(self._handle, stream), "cublasSetStream")
             self._check(library.cublasSetWorkspace_v2(self._handle, *self._workspace), "cublasSetWorkspace")
             self._stream = stream
-        _, trans_first, trans_second, m, n, k, ld_first, ld_second, ldc = row_major_gemm(kind, a[1], b[1])
+        _, trans_first, trans_second, m, n, k, ld_first, ld_second, ldc = layout
         one, zero = (_ONE64, _ZERO64) if compute_type == COMPUTE_64F else (_ONE32, _ZERO32)
         self._check(library.cublasGemmEx(self._handle, trans_first, trans_second, m, n, k, ctypes.byref(one),
-                                         b[0], data_type, ld_first, a[0], data_type, ld_second, ctypes.byref(zero),
-                                         out[0], data_type, ldc, compute_type, _GEMM_DEFAULT),
+                                         b_pointer, data_type, ld_first, a_pointer, data_type, ld_second,
+                                         ctypes.byref(zero), out_pointer, data_type, ldc, compute_type,
+                                         _GEMM_DEFAULT),
                     "cublasGemmEx")

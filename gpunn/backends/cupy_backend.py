@@ -119,16 +119,16 @@ class CupyBackend(Backend):
         if a.dtype.name not in cublas.DATA_TYPES:
             raise TypeError(f"matmul: dtype {a.dtype} is not supported; expected one of {tuple(cublas.DATA_TYPES)}")
         a, b = cupy.ascontiguousarray(a), cupy.ascontiguousarray(b)
-        shape = cublas.row_major_gemm(kind, a.shape, b.shape)[0]
+        layout = cublas.row_major_gemm(kind, a.shape, b.shape)
+        shape = layout[0]
         if out is None:
             out = cupy.empty(shape, a.dtype)
         elif out.shape != shape or out.dtype != a.dtype or not out.flags.c_contiguous:
             raise ValueError(f"matmul: out must be a C-contiguous {a.dtype} array of shape {shape}, got "
                              f"{out.dtype} {out.shape}{'' if out.flags.c_contiguous else ' (not contiguous)'}")
         if out.size:
-            self._cublas().gemm(kind, (a.data.ptr, a.shape), (b.data.ptr, b.shape), (out.data.ptr, out.shape),
-                                cublas.DATA_TYPES[a.dtype.name], self._compute_type(a.dtype),
-                                cupy.cuda.get_current_stream().ptr)
+            self._cublas().gemm(layout, a.data.ptr, b.data.ptr, out.data.ptr, cublas.DATA_TYPES[a.dtype.name],
+                                self._compute_type(a.dtype), cupy.cuda.get_current_stream().ptr)
         return out
 
     def matmul(self, a, b, out=None):
@@ -225,7 +225,6 @@ class _Graph:
 
     def replay(self) -> None:
         self._graph.launch(cupy.cuda.get_current_stream())
-
 
 
 def _build(op: str, activation: str, dtype: str):
