@@ -1,0 +1,34 @@
+"""Where a gpunn-numpy training step goes: forward, loss, backward and update timed separately.
+
+    python benchmarks/phases.py CPU      # a case of peers.TRAIN_CONFIGS
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from interleave import median_ms
+from peers import TRAIN_CONFIGS, GpunnPeer
+
+
+def main(case="CPU"):
+    train_step, x, t = GpunnPeer("numpy").build_train_step(TRAIN_CONFIGS[case], "float32", np.random.default_rng(0))
+    model, loss, optimizer = train_step.model, train_step.loss, train_step.optimizer
+    train_step(x, t)  # every buffer exists
+    y = model._forward(x)
+    loss._forward(model.backend, y, t)
+    grad = loss.backward()
+
+    def backward():
+        model.zero_grad()
+        model.backward(grad, input_gradient=False)
+
+    phases = {"forward": lambda: model._forward(x), "loss": lambda: loss._forward(model.backend, y, t),
+              "backward": backward, "update": optimizer.step, "whole step": lambda: train_step(x, t)}
+    print("  ".join(f"{name} {median_ms(phase):.2f} ms" for name, phase in phases.items()))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:2])
