@@ -92,7 +92,7 @@ class CupyBackend(Backend):
         handle = self._cublas_handles.get(device)
         if handle is None:
             if self._cublas_library is None:
-                self._cublas_library = cublas.load_library()
+                self._cublas_library = cublas.load_library(cupy.cuda.runtime.runtimeGetVersion() // 1000)
             workspace = cupy.empty(cublas.WORKSPACE_BYTES, dtype=numpy.uint8)
             handle = cublas.CublasHandle(self._cublas_library, workspace.data.ptr, workspace.nbytes)
             self._cublas_handles[device] = handle
