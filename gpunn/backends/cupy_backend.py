@@ -9,13 +9,14 @@ in float32 (the kernels' compute type, and cuBLAS's accumulation type).
 from __future__ import annotations
 
 import os
+from typing import Callable, NamedTuple
 
 import cupy
 import numpy
 
 from ..kernel_source import kernel_source
 from . import cublas, get_matmul_precision
-from .base import Backend, check_activation
+from .base import ACTIVATIONS, Backend, check_activation
 
 # Storage dtype -> (compute dtype name for kernel signatures, C++ compute type).
 _COMPUTE = {"float16": ("float32", "float"), "float32": ("float32", "float"), "float64": ("float64", "double")}
@@ -227,41 +228,105 @@ class _Graph:
         self._graph.launch(cupy.cuda.get_current_stream())
 
 
-def _build(op: str, activation: str, dtype: str):
-    """One kernel for one op and storage dtype; its operation calls a kernels/*.cuh function."""
+class Arg(NamedTuple):
+    """One argument as gpunn passes it at launch: an array of the batch's shape (``"array"``), a
+    vector broadcast over the rows (``"row"``, a bias) or the columns (``"column"``), or a scalar."""
+    dtype: str
+    kind: str = "array"
+
+
+class KernelSpec(NamedTuple):
+    """A kernel the backend builds, once per variant (an activation, or ``""``) and storage dtype.
+
+    ``arguments(dtype)`` lists the launch's inputs then outputs, so that a test can generate the
+    source CuPy will compile and compile it with NVRTC (tests/test_nvrtc_compile.py)."""
+    build: Callable[[str, str], object]  # (variant, storage dtype) -> cupy kernel
+    arguments: Callable[[str], tuple]  # storage dtype -> (Arg, ...)
+    variants: tuple[str, ...] = ("",)
+    dtypes: tuple[str, ...] = tuple(_COMPUTE)
+
+
+def _elementwise(in_params, out_params, operation, name, *files):
+    return cupy.ElementwiseKernel(in_params, out_params, operation, name, preamble=kernel_source(*files))
+
+
+def _bias_activation(activation, dtype):
+    compute = _COMPUTE[dtype][1]
+    return _elementwise("T z, T b", "T y", f"y = (T) gpunn_{activation}_forward(({compute}) z + ({compute}) b)",
+                        f"gpunn_bias_{activation}_kernel", "activations.cuh")
+
+
+def _activation_backward(activation, dtype):
+    compute = _COMPUTE[dtype][1]
+    return _elementwise("T dy, T y", "T dz",
+                        f"dz = (T) gpunn_{activation}_backward(({compute}) dy, ({compute}) y)",
+                        f"gpunn_{activation}_backward_kernel", "activations.cuh")
+
+
+def _sgd(_, dtype):
     compute_name, compute = _COMPUTE[dtype]
-    if op == "bias_activation":
-        return cupy.ElementwiseKernel(
-            "T z, T b", "T y", f"y = (T) gpunn_{activation}_forward(({compute}) z + ({compute}) b)",
-            f"gpunn_bias_{activation}", preamble=kernel_source("activations.cuh"))
-    if op == "activation_backward":
-        return cupy.ElementwiseKernel(
-            "T dy, T y", "T dz", f"dz = (T) gpunn_{activation}_backward(({compute}) dy, ({compute}) y)",
-            f"gpunn_{activation}_backward", preamble=kernel_source("activations.cuh"))
-    if op == "sgd":
-        return cupy.ElementwiseKernel(
-            f"T g, {compute_name} lr", "T p", f"p = (T) gpunn_sgd_step(({compute}) p, ({compute}) g, lr)",
-            "gpunn_sgd_step", preamble=kernel_source("sgd.cuh"))
-    if op == "sgd_momentum":
-        return cupy.ElementwiseKernel(
-            f"T g, {compute_name} lr, {compute_name} momentum", "T p, T v",
-            f"{compute} pc = p, vc = v; gpunn_sgd_momentum_step(pc, vc, ({compute}) g, lr, momentum); "
-            "p = (T) pc; v = (T) vc;",
-            "gpunn_sgd_momentum_step", preamble=kernel_source("sgd.cuh"))
-    if op == "bce_with_logits_loss":
-        return cupy.ReductionKernel(
-            "T z, T t", f"{compute_name} loss", f"gpunn_bce_with_logits(({compute}) z, ({compute}) t)",
-            "a + b", f"loss = a / ({compute}) (_in_ind.size() / _out_ind.size())", "0",
-            "gpunn_bce_with_logits_mean", preamble=kernel_source("losses.cuh"))
-    if op == "bce_with_logits_grad":
-        return cupy.ElementwiseKernel(
-            f"T z, T t, {compute_name} scale", "T grad",
-            f"grad = (T) gpunn_bce_with_logits_grad(({compute}) z, ({compute}) t, scale)",
-            "gpunn_bce_with_logits_grad", preamble=kernel_source("losses.cuh"))
-    if op == "softmax_cross_entropy_grad":
-        return cupy.ElementwiseKernel(
-            f"T z, T lse, I label, int64 columns, {compute_name} scale", "T grad",
-            f"grad = (T) gpunn_softmax_xent_grad(({compute}) z, ({compute}) lse, "
-            "label == (I) (i % columns), scale)",
-            "gpunn_softmax_xent_grad", preamble=kernel_source("losses.cuh"))
-    raise ValueError(f"unknown kernel {op!r}")
+    return _elementwise(f"T g, {compute_name} lr", "T p", f"p = (T) gpunn_sgd_step(({compute}) p, ({compute}) g, lr)",
+                        "gpunn_sgd_kernel", "sgd.cuh")
+
+
+def _sgd_momentum(_, dtype):
+    compute_name, compute = _COMPUTE[dtype]
+    return _elementwise(f"T g, {compute_name} lr, {compute_name} momentum", "T p, T v",
+                        f"{compute} pc = p, vc = v; gpunn_sgd_momentum_step(pc, vc, ({compute}) g, lr, momentum); "
+                        "p = (T) pc; v = (T) vc;", "gpunn_sgd_momentum_kernel", "sgd.cuh")
+
+
+def _bce_with_logits_loss(_, dtype):
+    compute_name, compute = _COMPUTE[dtype]
+    return cupy.ReductionKernel(
+        "T z, T t", f"{compute_name} loss", f"gpunn_bce_with_logits(({compute}) z, ({compute}) t)",
+        "a + b", f"loss = a / ({compute}) (_in_ind.size() / _out_ind.size())", "0",
+        "gpunn_bce_with_logits_mean_kernel", preamble=kernel_source("losses.cuh"))
+
+
+def _bce_with_logits_grad(_, dtype):
+    compute_name, compute = _COMPUTE[dtype]
+    return _elementwise(f"T z, T t, {compute_name} scale", "T grad",
+                        f"grad = (T) gpunn_bce_with_logits_grad(({compute}) z, ({compute}) t, scale)",
+                        "gpunn_bce_with_logits_grad_kernel", "losses.cuh")
+
+
+def _softmax_cross_entropy_grad(_, dtype):
+    compute_name, compute = _COMPUTE[dtype]
+    return _elementwise(f"T z, T lse, I label, int64 columns, {compute_name} scale", "T grad",
+                        f"grad = (T) gpunn_softmax_xent_grad(({compute}) z, ({compute}) lse, "
+                        "label == (I) (i % columns), scale)", "gpunn_softmax_xent_grad_kernel", "losses.cuh")
+
+
+def _compute_name(dtype):
+    return _COMPUTE[dtype][0]
+
+
+#: Every kernel the backend builds. A new fused op is one entry here (and its ``.cuh`` function):
+#: the backend builds it through ``_build`` and the NVRTC test compiles every variant and dtype.
+KERNELS: dict[str, KernelSpec] = {
+    "bias_activation": KernelSpec(_bias_activation, lambda d: (Arg(d), Arg(d, "row"), Arg(d)), ACTIVATIONS),
+    "activation_backward": KernelSpec(_activation_backward, lambda d: (Arg(d), Arg(d), Arg(d)), ACTIVATIONS),
+    "sgd": KernelSpec(_sgd, lambda d: (Arg(d), Arg(_compute_name(d), "scalar"), Arg(d))),
+    "sgd_momentum": KernelSpec(_sgd_momentum, lambda d: (Arg(d), Arg(_compute_name(d), "scalar"),
+                                                         Arg(_compute_name(d), "scalar"), Arg(d), Arg(d))),
+    "bce_with_logits_loss": KernelSpec(_bce_with_logits_loss, lambda d: (Arg(d), Arg(d), Arg(_compute_name(d)))),
+    "bce_with_logits_grad": KernelSpec(_bce_with_logits_grad,
+                                       lambda d: (Arg(d), Arg(d), Arg(_compute_name(d), "scalar"), Arg(d))),
+    "softmax_cross_entropy_grad": KernelSpec(
+        _softmax_cross_entropy_grad, lambda d: (Arg(d), Arg(d, "column"), Arg("int64", "column"),
+                                                Arg("int64", "scalar"), Arg(_compute_name(d), "scalar"), Arg(d))),
+}
+
+
+def kernel_catalogue():
+    """``(op, variant, dtype)`` for every kernel the backend can build."""
+    return [(op, variant, dtype) for op, spec in KERNELS.items() for variant in spec.variants for dtype in spec.dtypes]
+
+
+def _build(op: str, variant: str, dtype: str):
+    """One kernel for one op, variant and storage dtype; its operation calls a kernels/*.cuh function."""
+    spec = KERNELS.get(op)
+    if spec is None:
+        raise ValueError(f"unknown kernel {op!r}; known: {sorted(KERNELS)}")
+    return spec.build(variant, dtype)
