@@ -250,6 +250,31 @@ def test_graph_replays_allocate_nothing(cp_backend, rng):
     assert len(set(used[2:])) == 1, f"pool used bytes changed across replays: {used}"
 
 
+def test_re_recording_reuses_one_pool_and_frees_it(cp_backend, rng):
+    """A new learning rate records again into the same private pool (no growth), and dropping the
+    TrainStep frees the pool's cached blocks (CuPy 14.1+ keeps a dropped pool's blocks forever)."""
+    import gc
+
+    model = gn.Sequential(gn.Dense(64, 128, seed=1), gn.ReLU(), gn.Dense(128, 10, seed=2))
+    optimizer = gn.SGD(lr=0.01, momentum=0.9)
+    step = gn.TrainStep(model, gn.MSELoss(), optimizer, graph=True)
+    x, t = step.prepare(rng.normal(size=(32, 64)), rng.normal(size=(32, 10)))
+    step(x, t), step(x, t)  # eager, then recorded
+    memory = step._recorded.graph._memory
+    cp_backend.synchronize()
+    recorded = memory.pool.total_bytes()
+    assert recorded > 0
+    for lr in (0.005, 0.002, 0.001):
+        optimizer.lr = lr
+        step(x, t), step(x, t)  # recorded again, then replayed
+        assert step._recorded.graph._memory is memory
+    cp_backend.synchronize()
+    assert memory.pool.total_bytes() == recorded, "re-recording grew the private pool"
+    del step
+    gc.collect()
+    assert memory.pool.total_bytes() == memory.pool.used_bytes(), "the dropped graph's free blocks were kept"
+
+
 def test_cli_trains_with_graphs(tmp_path, capsys):
     from gpunn.cli import main
 

@@ -125,6 +125,12 @@ class CublasHandle:
             text = self._library.cublasGetStatusString(status)
             raise CublasError(f"{call} failed: {text.decode() if text else status}")
 
+    def forget_stream(self, stream: int) -> None:
+        """Point the handle back at the default stream if it holds ``stream``, which may be destroyed."""
+        if self._stream == stream:
+            self._check(self._library.cublasSetStream_v2(self._handle, None), "cublasSetStream")
+            self._stream = None
+
     def gemm(self, layout, a_pointer: int, b_pointer: int, out_pointer: int, data_type: int,
              compute_type: int, stream: int) -> None:
         """``out = op(a)·op(b)`` for row-major device arrays, ``layout`` from ``row_major_gemm``."""

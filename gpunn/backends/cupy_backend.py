@@ -9,6 +9,7 @@ in float32 (the kernels' compute type, and cuBLAS's accumulation type).
 from __future__ import annotations
 
 import os
+import sys
 from typing import Callable, NamedTuple
 
 import cupy
@@ -196,36 +197,76 @@ class CupyBackend(Backend):
                        z.shape[1], scale, out=out)
 
     # --- whole-step capture ------------------------------------------------------------------
-    def capture(self, step):
+    def capture(self, step, previous=None):
         """Run ``step`` once on a private stream and memory pool, then record it as a CUDA graph.
 
-        The eager run fills the private pool with the step's temporaries, so recording allocates
-        nothing new, and no other code ever draws from that pool: the addresses baked into the
-        graph stay the graph's for as long as it lives.
+        ``previous`` (a graph this backend recorded, now stale) hands over its stream and pool and
+        can no longer replay: its blocks serve the new recording, so recording again allocates no
+        new device memory. A graph's blocks are freed when it is dropped: CuPy 14.1+ never frees
+        the cached blocks of a dropped MemoryPool (cupy PR #9437; cupy/cuda/memory.pyx, _Arena).
+
+        Allocations while recording (the loss heads' temporaries) come from the private pool, which
+        the eager run filled with blocks of the same sizes; the recorded kernels keep their
+        addresses, and no other code draws from that pool while the graph lives.
         """
-        stream, pool = cupy.cuda.Stream(non_blocking=True), cupy.cuda.MemoryPool()
+        self._cublas()  # the handle and its workspace outlive every graph: made outside the pool
+        memory = previous.take_memory() if previous is not None else _GraphMemory()
         cupy.cuda.Device().synchronize()  # work queued on other streams (the inputs) is done
-        with cupy.cuda.using_allocator(pool.malloc), stream:
-            result = step()
-            stream.begin_capture()
-            try:
-                output = step()
-            except BaseException:
-                stream.end_capture()
-                raise
-            graph = stream.end_capture()
-        stream.synchronize()
-        return result, _Graph(graph, pool, output)
+        try:
+            with cupy.cuda.using_allocator(memory.pool.malloc), memory.stream:
+                result = step()
+                memory.stream.begin_capture()
+                try:
+                    output = step()
+                except BaseException as error:
+                    try:
+                        memory.stream.end_capture()
+                    except Exception:  # a failed step often invalidates the capture: its error is the one to see
+                        pass
+                    raise error
+                graph = memory.stream.end_capture()
+            memory.stream.synchronize()
+        except BaseException:
+            memory.release()
+            raise
+        finally:
+            for handle in self._cublas_handles.values():  # cuBLAS keeps the last stream it was given
+                handle.forget_stream(memory.stream.ptr)
+        return result, _Graph(graph, memory, output)
+
+
+class _GraphMemory:
+    """A private stream and memory pool: one per recorded step, reused by each of its recordings."""
+
+    def __init__(self):
+        self.stream, self.pool = cupy.cuda.Stream(non_blocking=True), cupy.cuda.MemoryPool()
+
+    def release(self) -> None:
+        """Free the pool's cached blocks once no queued replay can still use them."""
+        cupy.cuda.Device().synchronize()
+        self.pool.free_all_blocks()
 
 
 class _Graph:
     """A captured step: replaying it queues the recorded kernels on the current stream."""
 
-    def __init__(self, graph, pool, output):
-        self._graph, self._pool, self.output = graph, pool, output
+    def __init__(self, graph, memory, output):
+        self._graph, self._memory, self.output = graph, memory, output
 
     def replay(self) -> None:
         self._graph.launch(cupy.cuda.get_current_stream())
+
+    def take_memory(self) -> _GraphMemory:
+        """Give this graph's stream and pool to a new recording; this graph is dropped."""
+        memory, self._memory = self._memory, None
+        self._graph = self.output = None  # the output's block goes back to the pool
+        return memory
+
+    def __del__(self):
+        memory = getattr(self, "_memory", None)
+        if memory is not None and not sys.is_finalizing():
+            self._graph = self.output = None
+            memory.release()
 
 
 class Arg(NamedTuple):

@@ -129,6 +129,6 @@ class NumpyBackend(Backend):
         out *= scale
         return out
 
-    def capture(self, step):
+    def capture(self, step, previous=None):
         raise NotImplementedError("the numpy backend cannot capture graphs: NumPy runs every step "
                                   "eagerly (use the cupy backend, or graph=False)")
