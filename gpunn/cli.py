@@ -47,6 +47,8 @@ def _cupy_report() -> list[str]:
         import cupy
     except ImportError:
         return ["cupy: not installed (pip install 'gpunn[cuda13]' or 'gpunn[cuda12]')"]
+    except OSError:  # CuPy's import could not create its kernel cache folder
+        return [f"cupy backend: unusable: {cupy_unavailable_reason()}"]
     lines = [f"cupy: {cupy.__version__}"]
     try:
         runtime = cupy.cuda.runtime.runtimeGetVersion()

@@ -3,7 +3,8 @@
 A layer's ``forward`` saves what its ``backward`` needs; ``backward`` fills the parameters'
 gradients and returns the gradient of its input. Updating the parameters is the optimizer's
 job, never backward's. Outputs live in per-layer buffers that are reused from one call to
-the next, so a training step allocates nothing once the batch shape is known.
+the next, so the layers allocate nothing once the batch shape is known; the loss heads' small
+temporaries come from the array library's allocator (on CuPy, cached blocks of its memory pool).
 """
 
 from __future__ import annotations

@@ -136,8 +136,8 @@ class _RecordedStep:
             self.key = key
             return train_step._step(self.x, self.t)
         if self.graph is None or key != self.key:
-            self.graph = self.keep_alive = None
-            value, self.graph = train_step.model.backend.capture(lambda: train_step._step(self.x, self.t))
+            previous, self.graph, self.keep_alive = self.graph, None, None  # one pool per step, reused
+            value, self.graph = train_step.model.backend.capture(lambda: train_step._step(self.x, self.t), previous)
             self.key = key
             # An eager batch of another shape may replace layer buffers; the graph keeps its own.
             self.keep_alive = self._arrays()

@@ -37,3 +37,15 @@ def rng():
 def tolerance(dtype):
     """(rtol, atol) for comparing a dtype's results with a float64 reference."""
     return {"float16": (2e-2, 2e-3), "float32": (2e-5, 1e-6), "float64": (1e-12, 1e-14)}[np.dtype(dtype).name]
+
+
+def matmul_error_bound(a, b, dtype):
+    """How far a GEMM of ``a·b`` (float64 copies of the stored operands) may be from the float64
+    product: accumulating k products in the compute type (float32 for float16 and float32 storage,
+    float64 for float64) errs by at most λ·√k·u·Σ|a||b| with overwhelming probability (Higham and
+    Mary's probabilistic bound, λ = 4; for k ≤ 16 it also covers the worst case k·u), then the
+    result is rounded once to the storage type (u_out·|a·b|)."""
+    k = a.shape[1]
+    u_accumulate = np.finfo("float64" if dtype == "float64" else "float32").eps / 2
+    u_out = np.finfo(dtype).eps / 2
+    return 4 * np.sqrt(k) * u_accumulate * (np.abs(a) @ np.abs(b)) + u_out * np.abs(a @ b)

@@ -8,6 +8,8 @@ changed, trains differently from the eager step and these tests fail. The real c
 tests/test_cupy_parity.py on a GPU.
 """
 
+import gc
+
 import numpy as np
 import pytest
 
@@ -20,10 +22,16 @@ class ReplayingBackend(NumpyBackend):
 
     def __init__(self):
         super().__init__()
-        self.recordings = self.replays = 0
+        self.recordings = self.replays = self.pools = self.pools_freed = 0
 
-    def capture(self, step):
+    def capture(self, step, previous=None):
+        """Counts private pools as CupyBackend.capture makes them: a new one unless ``previous``
+        hands its own over; a pool is freed when the graph holding it is dropped."""
         self.recordings += 1
+        if previous is None:
+            self.pools += 1
+        else:
+            previous.pool_owned = False
         result = step()
         return result, _Replay(self, step, result)
 
@@ -31,10 +39,16 @@ class ReplayingBackend(NumpyBackend):
 class _Replay:
     def __init__(self, backend, step, like):
         self.backend, self.step, self.output = backend, step, np.empty_like(like)
+        self.pool_owned = True
 
     def replay(self):
+        assert self.pool_owned, "a graph replayed after handing its memory to a new recording"
         self.backend.replays += 1
         np.copyto(self.output, self.step())
+
+    def __del__(self):
+        if self.pool_owned:
+            self.backend.pools_freed += 1
 
 
 def make_model(backend, seed=1):
@@ -112,6 +126,9 @@ def test_a_changed_momentum_records_again(data):
     optimizer.momentum = 0.5
     step(x, t)
     assert replaying.recordings == 2
+    del step
+    gc.collect()
+    assert (replaying.pools, replaying.pools_freed) == (1, 1), "one private pool per TrainStep, freed with it"
 
 
 def test_steps_return_independent_loss_values(rng):

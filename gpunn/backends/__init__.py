@@ -50,6 +50,10 @@ def cupy_unavailable_reason() -> str | None:
         import cupy
     except ImportError as error:
         return f"CuPy is not installed ({error}); install gpunn[cuda13] or gpunn[cuda12]"
+    except OSError as error:  # CuPy 14 creates its kernel cache folder at import (cupy/cuda/_compiler_cache.py)
+        folder = os.environ.get("CUPY_CACHE_DIR") or os.path.expanduser("~/.cupy/kernel_cache")
+        return (f"importing CuPy failed: it could not create its kernel cache folder {folder} ({error}); "
+                "set CUPY_CACHE_DIR to a writable folder")
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as error:  # CUDARuntimeError, or a missing libcuda

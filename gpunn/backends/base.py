@@ -172,11 +172,12 @@ class Backend(abc.ABC):
 
     # --- whole-step capture ----------------------------------------------------------------
     @abc.abstractmethod
-    def capture(self, step):
+    def capture(self, step, previous=None):
         """Run ``step()`` once, then record it for replay: returns ``(result, graph)``.
 
         ``graph.replay()`` queues the recorded work again on the current stream and leaves its
         result in ``graph.output`` (the same array every time). ``step`` must allocate nothing
         that outlives it and touch no host data: a replay repeats the device work only.
+        ``previous``, the stale graph of the same step, is dropped and its memory reused.
         """
 

@@ -48,37 +48,62 @@ def row_major_gemm(kind: str, a_shape, b_shape):
             max(b_shape[1], 1), max(a_shape[1], 1), max(cols, 1))
 
 
-def _loaded_paths(prefix: str) -> list[str]:
-    """Paths of shared libraries named ``prefix*`` already mapped into this process."""
+def _find_with_pathfinder(major: int, tried: list) -> str | None:
+    """Where ``cuda.pathfinder`` finds cuBLAS, the way CuPy 14 loads it for its own wrappers
+    (``cupy_backends/cuda/libs/__init__.py``): NVIDIA's wheels, conda, then the system loader.
+    It may return another major's cuBLAS; that one is refused here."""
     try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if f"/{prefix}" in line}
-    except OSError:
-        return []
-    return sorted(path for path in paths if path.rsplit("/", 1)[-1].startswith(prefix + "."))
+        from cuda import pathfinder
+    except ImportError as error:
+        tried.append(f"cuda.pathfinder: not installed ({error})")
+        return None
+    try:
+        path = pathfinder.load_nvidia_dynamic_lib("cublas").abs_path
+    except Exception as error:  # DynamicLibNotFoundError and friends
+        tried.append(f"cuda.pathfinder: {error}".strip())
+        return None
+    if path is None or not path.rsplit("/", 1)[-1].startswith(f"libcublas.so.{major}"):
+        tried.append(f"cuda.pathfinder found {path}, not the cuBLAS {major} that CuPy's CUDA {major} needs")
+        return None
+    return path
 
 
-def load_library():
-    """The cuBLAS library CuPy already loaded (found through /proc/self/maps), else by soname."""
-    errors = []
-    for candidate in _loaded_paths("libcublas.so") + ["libcublas.so.13", "libcublas.so.12", "libcublas.so"]:
+def load_library(runtime_major: int):
+    """cuBLAS for CUDA ``runtime_major`` (CuPy's ``runtimeGetVersion() // 1000``).
+
+    First as CuPy finds it (``cuda.pathfinder``), then by soname through the system loader
+    (``LD_LIBRARY_PATH``, ``ldconfig``); the error lists every place tried.
+    """
+    tried: list[str] = []
+    soname = f"libcublas.so.{runtime_major}"
+    for candidate in (_find_with_pathfinder(runtime_major, tried), soname):
+        if candidate is None:
+            continue
         try:
             library = ctypes.CDLL(candidate)
         except OSError as error:
-            errors.append(str(error))
+            tried.append(f"dlopen({candidate}): {error}")
             continue
-        void_p, c_int = ctypes.c_void_p, ctypes.c_int
-        library.cublasCreate_v2.argtypes = [ctypes.POINTER(void_p)]
-        library.cublasSetStream_v2.argtypes = [void_p, void_p]
-        library.cublasSetWorkspace_v2.argtypes = [void_p, void_p, ctypes.c_size_t]
-        library.cublasGemmEx.argtypes = [void_p, c_int, c_int, c_int, c_int, c_int, void_p,
-                                         void_p, c_int, c_int, void_p, c_int, c_int, void_p,
-                                         void_p, c_int, c_int, c_int, c_int]
-        library.cublasGetStatusString.restype = ctypes.c_char_p
-        for name in ("cublasCreate_v2", "cublasSetStream_v2", "cublasSetWorkspace_v2", "cublasGemmEx"):
-            getattr(library, name).restype = c_int
+        _declare(library)
+        library.gpunn_path = candidate
         return library
-    raise OSError("cannot load cuBLAS (libcublas.so.13 or .12): " + "; ".join(errors))
+    raise OSError(f"cannot load {soname} for CuPy's CUDA {runtime_major} runtime; tried: " + "; ".join(tried)
+                  + f". Install it with pip install 'gpunn[cuda{runtime_major}]', or put a CUDA "
+                  f"{runtime_major} toolkit's lib64 on LD_LIBRARY_PATH")
+
+
+def _declare(library) -> None:
+    """The argument and result types of the cuBLAS calls gpunn makes."""
+    void_p, c_int = ctypes.c_void_p, ctypes.c_int
+    library.cublasCreate_v2.argtypes = [ctypes.POINTER(void_p)]
+    library.cublasSetStream_v2.argtypes = [void_p, void_p]
+    library.cublasSetWorkspace_v2.argtypes = [void_p, void_p, ctypes.c_size_t]
+    library.cublasGemmEx.argtypes = [void_p, c_int, c_int, c_int, c_int, c_int, void_p,
+                                     void_p, c_int, c_int, void_p, c_int, c_int, void_p,
+                                     void_p, c_int, c_int, c_int, c_int]
+    library.cublasGetStatusString.restype = ctypes.c_char_p
+    for name in ("cublasCreate_v2", "cublasSetStream_v2", "cublasSetWorkspace_v2", "cublasGemmEx"):
+        getattr(library, name).restype = c_int
 
 
 class CublasHandle:
@@ -99,6 +124,12 @@ class CublasHandle:
         if status:
             text = self._library.cublasGetStatusString(status)
             raise CublasError(f"{call} failed: {text.decode() if text else status}")
+
+    def forget_stream(self, stream: int) -> None:
+        """Point the handle back at the default stream if it holds ``stream``, which may be destroyed."""
+        if self._stream == stream:
+            self._check(self._library.cublasSetStream_v2(self._handle, None), "cublasSetStream")
+            self._stream = None
 
     def gemm(self, layout, a_pointer: int, b_pointer: int, out_pointer: int, data_type: int,
              compute_type: int, stream: int) -> None:

@@ -9,6 +9,8 @@ in float32 (the kernels' compute type, and cuBLAS's accumulation type).
 from __future__ import annotations
 
 import os
+import sys
+from typing import Callable, NamedTuple
 
 import cupy
 import numpy
@@ -17,7 +19,7 @@ from ..flat import PADDING
 from ..kernel_source import kernel_source
 from ..optim.rules import RULES
 from . import cublas, get_matmul_precision
-from .base import Backend, check_activation
+from .base import ACTIVATIONS, Backend, check_activation
 
 # Storage dtype -> (compute dtype name for kernel signatures, C++ compute type).
 _COMPUTE = {"float16": ("float32", "float"), "float32": ("float32", "float"), "float64": ("float64", "double")}
@@ -96,7 +98,7 @@ class CupyBackend(Backend):
         handle = self._cublas_handles.get(device)
         if handle is None:
             if self._cublas_library is None:
-                self._cublas_library = cublas.load_library()
+                self._cublas_library = cublas.load_library(cupy.cuda.runtime.runtimeGetVersion() // 1000)
             workspace = cupy.empty(cublas.WORKSPACE_BYTES, dtype=numpy.uint8)
             handle = cublas.CublasHandle(self._cublas_library, workspace.data.ptr, workspace.nbytes)
             self._cublas_handles[device] = handle
@@ -233,90 +235,148 @@ class CupyBackend(Backend):
                        z.shape[1], scale, self._loss_scale(loss_scale), out=out)
 
     # --- whole-step capture ------------------------------------------------------------------
-    def capture(self, step):
+    def capture(self, step, previous=None):
         """Run ``step`` once on a private stream and memory pool, then record it as a CUDA graph.
 
-        The eager run fills the private pool with the step's temporaries, so recording allocates
-        nothing new, and no other code ever draws from that pool: the addresses baked into the
-        graph stay the graph's for as long as it lives.
+        ``previous`` (a graph this backend recorded, now stale) hands over its stream and pool and
+        can no longer replay: its blocks serve the new recording, so recording again allocates no
+        new device memory. A graph's blocks are freed when it is dropped: CuPy 14.1+ never frees
+        the cached blocks of a dropped MemoryPool (cupy PR #9437; cupy/cuda/memory.pyx, _Arena).
+
+        Allocations while recording (the loss heads' temporaries) come from the private pool, which
+        the eager run filled with blocks of the same sizes; the recorded kernels keep their
+        addresses, and no other code draws from that pool while the graph lives.
         """
-        stream, pool = cupy.cuda.Stream(non_blocking=True), cupy.cuda.MemoryPool()
+        self._cublas()  # the handle and its workspace outlive every graph: made outside the pool
+        memory = previous.take_memory() if previous is not None else _GraphMemory()
         cupy.cuda.Device().synchronize()  # work queued on other streams (the inputs) is done
-        with cupy.cuda.using_allocator(pool.malloc), stream:
-            result = step()
-            stream.begin_capture()
-            try:
-                output = step()
-            except BaseException:
-                stream.end_capture()
-                raise
-            graph = stream.end_capture()
-        stream.synchronize()
-        return result, _Graph(graph, pool, output)
+        try:
+            with cupy.cuda.using_allocator(memory.pool.malloc), memory.stream:
+                result = step()
+                memory.stream.begin_capture()
+                try:
+                    output = step()
+                except BaseException as error:
+                    try:
+                        memory.stream.end_capture()
+                    except Exception:  # a failed step often invalidates the capture: its error is the one to see
+                        pass
+                    raise error
+                graph = memory.stream.end_capture()
+            memory.stream.synchronize()
+        except BaseException:
+            memory.release()
+            raise
+        finally:
+            for handle in self._cublas_handles.values():  # cuBLAS keeps the last stream it was given
+                handle.forget_stream(memory.stream.ptr)
+        return result, _Graph(graph, memory, output)
+
+
+class _GraphMemory:
+    """A private stream and memory pool: one per recorded step, reused by each of its recordings."""
+
+    def __init__(self):
+        self.stream, self.pool = cupy.cuda.Stream(non_blocking=True), cupy.cuda.MemoryPool()
+
+    def release(self) -> None:
+        """Free the pool's cached blocks once no queued replay can still use them."""
+        cupy.cuda.Device().synchronize()
+        self.pool.free_all_blocks()
 
 
 class _Graph:
     """A captured step: replaying it queues the recorded kernels on the current stream."""
 
-    def __init__(self, graph, pool, output):
-        self._graph, self._pool, self.output = graph, pool, output
+    def __init__(self, graph, memory, output):
+        self._graph, self._memory, self.output = graph, memory, output
 
     def replay(self) -> None:
         self._graph.launch(cupy.cuda.get_current_stream())
 
+    def take_memory(self) -> _GraphMemory:
+        """Give this graph's stream and pool to a new recording; this graph is dropped."""
+        memory, self._memory = self._memory, None
+        self._graph = self.output = None  # the output's block goes back to the pool
+        return memory
 
-def _build(op: str, activation: str, dtype: str):
-    """One kernel for one op and storage dtype; its operation calls a kernels/*.cuh function."""
+    def __del__(self):
+        memory = getattr(self, "_memory", None)
+        if memory is not None and not sys.is_finalizing():
+            self._graph = self.output = None
+            memory.release()
+
+
+class Arg(NamedTuple):
+    """One argument as gpunn passes it at launch: an array of the batch's shape (``"array"``), a
+    vector broadcast over the rows (``"row"``, a bias) or the columns (``"column"``), a scalar,
+    a 1-d ``"raw"`` array the operation indexes itself, or a reduction's 2-d input reduced along
+    each row (``"matrix"``) into a 1-d output (``"rows"``)."""
+    dtype: str
+    kind: str = "array"
+
+
+class KernelSpec(NamedTuple):
+    """A kernel the backend builds, once per variant (an activation, or ``""``) and storage dtype.
+
+    ``arguments(dtype)`` lists the launch's inputs then outputs, so that a test can generate the
+    source CuPy will compile and compile it with NVRTC (tests/test_nvrtc_compile.py)."""
+    build: Callable[[str, str], object]  # (variant, storage dtype) -> cupy kernel
+    arguments: Callable[[str], tuple]  # storage dtype -> (Arg, ...)
+    variants: tuple[str, ...] = ("",)
+    dtypes: tuple[str, ...] = tuple(_COMPUTE)
+
+
+def _elementwise(in_params, out_params, operation, name, *files):
+    return cupy.ElementwiseKernel(in_params, out_params, operation, name, preamble=kernel_source(*files))
+
+
+def _bias_activation(activation, dtype):
+    compute = _COMPUTE[dtype][1]
+    return _elementwise("T z, T b", "T y", f"y = (T) gpunn_{activation}_forward(({compute}) z + ({compute}) b)",
+                        f"gpunn_bias_{activation}_kernel", "activations.cuh")
+
+
+def _activation_backward(activation, dtype):
+    compute = _COMPUTE[dtype][1]
+    return _elementwise("T dy, T y", "T dz",
+                        f"dz = (T) gpunn_{activation}_backward(({compute}) dy, ({compute}) y)",
+                        f"gpunn_{activation}_backward_kernel", "activations.cuh")
+
+
+def _bce_with_logits_loss(_, dtype):
     compute_name, compute = _COMPUTE[dtype]
-    if op == "bias_activation":
-        return cupy.ElementwiseKernel(
-            "T z, T b", "T y", f"y = (T) gpunn_{activation}_forward(({compute}) z + ({compute}) b)",
-            f"gpunn_bias_{activation}", preamble=kernel_source("activations.cuh"))
-    if op == "activation_backward":
-        return cupy.ElementwiseKernel(
-            "T dy, T y", "T dz", f"dz = (T) gpunn_{activation}_backward(({compute}) dy, ({compute}) y)",
-            f"gpunn_{activation}_backward", preamble=kernel_source("activations.cuh"))
-    if op.startswith("update_"):
-        return _update_kernel(RULES[op[len("update_"):].removesuffix("_master")], op.endswith("_master"))
-    if op == "optimizer_counters":
-        return cupy.ElementwiseKernel(
-            "raw C norm, bool dynamic, float64 growth_interval", "raw float64 scalars",
-            "if (i == 0) gpunn_after_update(&scalars[0], norm[0], dynamic, growth_interval);",
-            "gpunn_optimizer_counters", preamble=kernel_source("optim.cuh"))
-    if op == "sum_of_squares":
-        return cupy.ReductionKernel(
-            "T x", "C total", "(C) x * (C) x", "a + b", "total = a", "0", "gpunn_sum_of_squares")
-    if op == "norm_of_partials":
-        return cupy.ReductionKernel(
-            "T partial", "T norm", "partial", "a + b", "norm = gpunn_sqrt(a)", "0", "gpunn_norm_of_partials",
-            preamble=kernel_source("math.cuh"))
-    if op == "mse_grad":
-        return cupy.ElementwiseKernel(
-            f"T y, T t, {compute_name} scale, raw float64 loss_scale", "T grad",
-            f"grad = (T) gpunn_mse_grad(({compute}) y, ({compute}) t, scale * ({compute}) loss_scale[0])",
-            "gpunn_mse_grad_kernel", preamble=kernel_source("losses.cuh"))
-    if op == "bce_with_logits_loss":
-        return cupy.ReductionKernel(
-            "T z, T t", f"{compute_name} loss", f"gpunn_bce_with_logits(({compute}) z, ({compute}) t)",
-            "a + b", f"loss = a / ({compute}) (_in_ind.size() / _out_ind.size())", "0",
-            "gpunn_bce_with_logits_mean", preamble=kernel_source("losses.cuh"))
-    if op == "bce_with_logits_grad":
-        return cupy.ElementwiseKernel(
-            f"T z, T t, {compute_name} scale, raw float64 loss_scale", "T grad",
-            f"grad = (T) gpunn_bce_with_logits_grad(({compute}) z, ({compute}) t, scale * ({compute}) loss_scale[0])",
-            "gpunn_bce_with_logits_grad", preamble=kernel_source("losses.cuh"))
-    if op == "softmax_cross_entropy_grad":
-        return cupy.ElementwiseKernel(
-            f"T z, T lse, I label, int64 columns, {compute_name} scale, raw float64 loss_scale", "T grad",
-            f"grad = (T) gpunn_softmax_xent_grad(({compute}) z, ({compute}) lse, "
-            f"label == (I) (i % columns), scale * ({compute}) loss_scale[0])",
-            "gpunn_softmax_xent_grad", preamble=kernel_source("losses.cuh"))
-    raise ValueError(f"unknown kernel {op!r}")
+    return cupy.ReductionKernel(
+        "T z, T t", f"{compute_name} loss", f"gpunn_bce_with_logits(({compute}) z, ({compute}) t)",
+        "a + b", f"loss = a / ({compute}) (_in_ind.size() / _out_ind.size())", "0",
+        "gpunn_bce_with_logits_mean_kernel", preamble=kernel_source("losses.cuh"))
 
 
-def _update_kernel(rule, with_master: bool):
-    """One rule's fused update over flat buffers: learning rate from the device's table, the step
-    and loss scale from its counters, unscale and clip, the rule, float16 rounding of masters."""
+def _mse_grad(_, dtype):
+    compute_name, compute = _COMPUTE[dtype]
+    return _elementwise(f"T y, T t, {compute_name} scale, raw float64 loss_scale", "T grad",
+                        f"grad = (T) gpunn_mse_grad(({compute}) y, ({compute}) t, scale * ({compute}) loss_scale[0])",
+                        "gpunn_mse_grad_kernel", "losses.cuh")
+
+
+def _bce_with_logits_grad(_, dtype):
+    compute_name, compute = _COMPUTE[dtype]
+    return _elementwise(f"T z, T t, {compute_name} scale, raw float64 loss_scale", "T grad",
+                        f"grad = (T) gpunn_bce_with_logits_grad(({compute}) z, ({compute}) t, "
+                        f"scale * ({compute}) loss_scale[0])", "gpunn_bce_with_logits_grad_kernel", "losses.cuh")
+
+
+def _softmax_cross_entropy_grad(_, dtype):
+    compute_name, compute = _COMPUTE[dtype]
+    return _elementwise(f"T z, T lse, I label, int64 columns, {compute_name} scale, raw float64 loss_scale", "T grad",
+                        f"grad = (T) gpunn_softmax_xent_grad(({compute}) z, ({compute}) lse, "
+                        f"label == (I) (i % columns), scale * ({compute}) loss_scale[0])",
+                        "gpunn_softmax_xent_grad_kernel", "losses.cuh")
+
+
+def _update(rule, with_master: bool):
+    """One rule's fused update over flat buffers: the learning rate from the device's table, the
+    step and loss scale from its counters, unscale and clip, the rule, float16 rounding of masters."""
     states = list(rule.states)
     outputs = (["C master"] if with_master else []) + ["T p"] + [f"C {name}" for name in states]
     source = "master" if with_master else "p"
@@ -334,7 +394,77 @@ def _update_kernel(rule, with_master: bool):
             {"master = param;" if with_master else ""}
             p = (T) param;
         }}"""
-    return cupy.ElementwiseKernel(
-        "T g, raw float64 scalars, raw float64 lr_table, int64 lr_length, raw C norm, C max_norm, bool dynamic, "
-        "C weight_decay, int64 decay_end, C h0, C h1, C h2, bool flag", ", ".join(outputs), operation,
-        f"{rule.function}_kernel", preamble=kernel_source("optim.cuh"))
+
+    def build(_, dtype):
+        return _elementwise(
+            "T g, raw float64 scalars, raw float64 lr_table, int64 lr_length, raw C norm, C max_norm, bool dynamic, "
+            "C weight_decay, int64 decay_end, C h0, C h1, C h2, bool flag", ", ".join(outputs), operation,
+            f"{rule.function}_kernel", "optim.cuh")
+
+    def arguments_for(dtype):
+        compute = _compute_name(dtype)
+        scalar = Arg(compute, "scalar")
+        return (Arg(dtype), Arg("float64", "raw"), Arg("float64", "raw"), Arg("int64", "scalar"), Arg(compute, "raw"),
+                scalar, Arg("bool", "scalar"), scalar, Arg("int64", "scalar"), scalar, scalar, scalar,
+                Arg("bool", "scalar"), *([Arg(compute)] if with_master else []), Arg(dtype),
+                *(Arg(compute) for _ in states))
+
+    return KernelSpec(build, arguments_for, dtypes=("float16",) if with_master else ("float32", "float64"))
+
+
+def _optimizer_counters(_, dtype):
+    return _elementwise("raw C norm, bool dynamic, float64 growth_interval", "raw float64 scalars",
+                        "if (i == 0) gpunn_after_update(&scalars[0], norm[0], dynamic, growth_interval);",
+                        "gpunn_optimizer_counters_kernel", "optim.cuh")
+
+
+def _sum_of_squares(_, dtype):
+    return cupy.ReductionKernel("T x", "C total", "(C) x * (C) x", "a + b", "total = a", "0",
+                                "gpunn_sum_of_squares_kernel")
+
+
+def _norm_of_partials(_, dtype):
+    return cupy.ReductionKernel("T partial", "T norm", "partial", "a + b", "norm = gpunn_sqrt(a)", "0",
+                                "gpunn_norm_of_partials_kernel", preamble=kernel_source("math.cuh"))
+
+
+def _compute_name(dtype):
+    return _COMPUTE[dtype][0]
+
+
+#: Every kernel the backend builds. A new fused op is one entry here (and its ``.cuh`` function):
+#: the backend builds it through ``_build`` and the NVRTC test compiles every variant and dtype.
+KERNELS: dict[str, KernelSpec] = {
+    "bias_activation": KernelSpec(_bias_activation, lambda d: (Arg(d), Arg(d, "row"), Arg(d)), ACTIVATIONS),
+    "activation_backward": KernelSpec(_activation_backward, lambda d: (Arg(d), Arg(d), Arg(d)), ACTIVATIONS),
+    **{f"update_{name}{suffix}": _update(rule, bool(suffix)) for name, rule in RULES.items()
+       for suffix in ("", "_master")},
+    "optimizer_counters": KernelSpec(
+        _optimizer_counters, lambda d: (Arg(d, "raw"), Arg("bool", "scalar"), Arg("float64", "scalar"),
+                                        Arg("float64", "raw")), dtypes=("float32", "float64")),
+    "sum_of_squares": KernelSpec(_sum_of_squares, lambda d: (Arg(d, "matrix"), Arg(_compute_name(d), "rows"))),
+    "norm_of_partials": KernelSpec(_norm_of_partials, lambda d: (Arg(d), Arg(d)), dtypes=("float32", "float64")),
+    "mse_grad": KernelSpec(_mse_grad, lambda d: (Arg(d), Arg(d), Arg(_compute_name(d), "scalar"),
+                                                 Arg("float64", "raw"), Arg(d))),
+    "bce_with_logits_loss": KernelSpec(_bce_with_logits_loss, lambda d: (Arg(d), Arg(d), Arg(_compute_name(d)))),
+    "bce_with_logits_grad": KernelSpec(
+        _bce_with_logits_grad, lambda d: (Arg(d), Arg(d), Arg(_compute_name(d), "scalar"), Arg("float64", "raw"),
+                                          Arg(d))),
+    "softmax_cross_entropy_grad": KernelSpec(
+        _softmax_cross_entropy_grad, lambda d: (Arg(d), Arg(d, "column"), Arg("int64", "column"),
+                                                Arg("int64", "scalar"), Arg(_compute_name(d), "scalar"),
+                                                Arg("float64", "raw"), Arg(d))),
+}
+
+
+def kernel_catalogue():
+    """``(op, variant, dtype)`` for every kernel the backend can build."""
+    return [(op, variant, dtype) for op, spec in KERNELS.items() for variant in spec.variants for dtype in spec.dtypes]
+
+
+def _build(op: str, variant: str, dtype: str):
+    """One kernel for one op, variant and storage dtype; its operation calls a kernels/*.cuh function."""
+    spec = KERNELS.get(op)
+    if spec is None:
+        raise ValueError(f"unknown kernel {op!r}; known: {sorted(KERNELS)}")
+    return spec.build(variant, dtype)

@@ -208,6 +208,6 @@ class NumpyBackend(Backend):
         out *= _total_scale(scale, loss_scale)
         return out
 
-    def capture(self, step):
+    def capture(self, step, previous=None):
         raise NotImplementedError("the numpy backend cannot capture graphs: NumPy runs every step "
                                   "eagerly (use the cupy backend, or graph=False)")

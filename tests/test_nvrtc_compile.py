@@ -1,0 +1,131 @@
+"""Every kernel the CuPy backend builds compiles as CuPy 14 will compile it on the GPU, with no GPU.
+
+For each entry of ``cupy_backend.KERNELS`` (every op, variant and storage dtype), the source comes
+from CuPy's own code generator fed the argument types gpunn passes at launch
+(``cupy._core._kernel._get_elementwise_kernel_code``, and for reductions
+``cupy._core._reduction._ReductionKernel_get_cached_function_code``), behind CuPy's headers
+(``core._cupy_header_list``), compiled by CuPy's NVRTC wrapper with CuPy's options
+(``core.assemble_cupy_compiler_options``: bundled CCCL, ``--std=c++17``, CuPy's and CUDA's
+include folders; then ``-ftz=true``, ``-arch=sm_XX`` and ``--device-as-default-execution-space``
+as ``cupy/cuda/compiler.py`` adds them) into a cubin for sm_90 and sm_80. NVRTC needs no driver.
+
+The internals used are CuPy 14.2's; if they move, these tests fail with a message naming the CuPy
+version, so the generator is followed, never silently skipped.
+"""
+
+import numpy as np
+import pytest
+
+try:
+    import cupy
+except ImportError as error:  # the README's test command installs it: pip install -e ".[test,cuda13]"
+    raise RuntimeError("the NVRTC compile check needs CuPy: pip install -e '.[test,cuda13]'") from error
+
+from gpunn.backends import cupy_backend
+
+#: (architecture, 32-bit indexing): CuPy indexes with 64 bits for arrays of 2**31 elements or more.
+TARGETS = [("90", True), ("90", False), ("80", True)]
+ARRAY, INDEXER, SCALAR = 1, 2, 3  # cupy/_core/_kernel.pxd: _ArgKind
+
+
+def internals():
+    try:
+        from cupy._core import _carray, _kernel, _reduction, _scalar, core
+        from cupy.cuda import compiler
+
+        return (_kernel, _reduction, core, compiler, _kernel._ArgInfo, _carray.Indexer, _scalar.CScalar,
+                core.assemble_cupy_compiler_options, core._cupy_header_list, compiler._NVRTCProgram)
+    except (ImportError, AttributeError) as error:
+        pytest.fail(f"CuPy {cupy.__version__}: its kernel code generator is not where CuPy 14.2 keeps it "
+                    f"({error}); update tests/test_nvrtc_compile.py to this CuPy's internals")
+
+
+def array_infos(arguments, index_32_bits):
+    """CuPy's _ArgInfo for each argument after its broadcasting and ``_reduce_dims``: contiguous
+    arrays of one shape collapse to 1-d; with a broadcast operand they stay 2-d, that one strided."""
+    _, _, _, _, ArgInfo, _, CScalar, *_ = internals()
+    ndim = 2 if any(arg.kind in ("row", "column", "matrix") for arg in arguments) else 1
+    infos = []
+    for arg in arguments:
+        if arg.kind == "scalar":
+            infos.append(ArgInfo(SCALAR, CScalar, np.dtype(arg.dtype), 0, True, True))
+        elif arg.kind == "raw":  # not broadcast: a contiguous 1-d array as it is
+            infos.append(ArgInfo(ARRAY, cupy.ndarray, np.dtype(arg.dtype), 1, True, index_32_bits))
+        else:
+            infos.append(ArgInfo(ARRAY, cupy.ndarray, np.dtype(arg.dtype), ndim, arg.kind == "array",
+                                 index_32_bits))
+    return infos, ndim
+
+
+def generated_source(kernel, arguments, index_32_bits):
+    """(source, options) exactly as CuPy builds them for this launch."""
+    _kernel, _reduction, _, _, ArgInfo, Indexer, CScalar, *_ = internals()
+    try:
+        if isinstance(kernel, cupy.ElementwiseKernel):
+            infos, ndim = array_infos(arguments, index_32_bits)
+            in_dtypes = tuple(np.dtype(a.dtype) if a.kind != "scalar" else None for a in arguments[:kernel.nin])
+            out_dtypes = tuple(np.dtype(a.dtype) for a in arguments[kernel.nin:])
+            in_types, _, type_map = kernel._decide_params_type(in_dtypes, out_dtypes)
+            for arg, decided in zip(arguments, in_types):  # CuPy casts a scalar to its parameter's type
+                assert arg.kind != "scalar" or np.dtype(decided) == np.dtype(arg.dtype), (arg, decided)
+            infos.append(ArgInfo(INDEXER, Indexer, None, ndim, True, index_32_bits))
+            options = kernel.kwargs.get("options", ())
+            return _kernel._get_elementwise_kernel_code(tuple(infos), type_map, kernel.params, kernel.operation,
+                                                        kernel.name, kernel.preamble, **kernel.kwargs), options
+        # A ReductionKernel over every element of contiguous inputs (gpunn's loss means): the inputs
+        # collapse to 1-d, the output is 0-d, the block stride is an int32 scalar, and ``IndexT`` is
+        # int32 unless there are 2**31 elements or more (_AbstractReductionKernel._call). CUB takes
+        # only one-input reductions (_cub_reduction._can_use_cub_block_reduction), so not these.
+        # A reduction along each row of a 2-d input ("matrix", the gradient norm's partial sums)
+        # keeps the input 2-d and gives a 1-d output.
+        inputs, outputs = arguments[:kernel.nin], arguments[kernel.nin:]
+        infos, in_ndim = array_infos(inputs, index_32_bits)
+        out_ndim = in_ndim - 1
+        infos += [ArgInfo(ARRAY, cupy.ndarray, np.dtype(a.dtype), out_ndim, True, True) for a in outputs]
+        infos += [ArgInfo(INDEXER, Indexer, None, in_ndim, True, index_32_bits),
+                  ArgInfo(INDEXER, Indexer, None, out_ndim, True, True),
+                  ArgInfo(SCALAR, CScalar, np.dtype("int32"), 0, True, True)]
+        _, _, type_map = _kernel._decide_params_type(kernel.in_params, kernel.out_params,
+                                                     tuple(np.dtype(a.dtype).type for a in inputs),
+                                                     tuple(np.dtype(a.dtype).type for a in outputs))
+        type_map = _kernel._TypeMap(type_map._pairs + (("IndexT", "int32" if index_32_bits else "int64"),))
+        size = 1 << 20
+        block_size, _, _ = _reduction._get_block_specs(size, 1, size, -1)
+        return _reduction._ReductionKernel_get_cached_function_code(
+            kernel.nin, kernel.nout, kernel._params, tuple(infos), type_map, kernel.name, block_size,
+            kernel.reduce_type, kernel.identity, kernel.map_expr, kernel.reduce_expr, kernel.post_map_expr,
+            kernel.preamble, kernel.options), kernel.options
+    except (AttributeError, TypeError) as error:
+        pytest.fail(f"CuPy {cupy.__version__}: its kernel code generator changed ({type(error).__name__}: {error}); "
+                    "update tests/test_nvrtc_compile.py to this CuPy's internals")
+
+
+def compile_for(kernel, source, options, arch):
+    """The cubin NVRTC makes of ``source`` with the options CuPy's compile_with_cache passes."""
+    *_, assemble, headers, NVRTCProgram = internals()
+    full_source = "".join(f"#include <{header}>\n" for header in headers) + source
+    full_options = assemble(tuple(options)) + ("-ftz=true", f"-arch=sm_{arch}", "--device-as-default-execution-space")
+    cubin, _ = NVRTCProgram(full_source, f"{kernel.name}.cu", method="cubin").compile(full_options)
+    return cubin
+
+
+@pytest.mark.parametrize("op,variant,dtype", cupy_backend.kernel_catalogue())
+def test_kernel_compiles_with_nvrtc_as_cupy_compiles_it(op, variant, dtype):
+    kernel = cupy_backend._build(op, variant, dtype)
+    arguments = cupy_backend.KERNELS[op].arguments(dtype)
+    for arch, index_32_bits in TARGETS:
+        source, options = generated_source(kernel, arguments, index_32_bits)
+        assert f'extern "C" __global__ void {kernel.name}(' in source
+        cubin = compile_for(kernel, source, options, arch)
+        assert cubin[:4] == b"\x7fELF" and kernel.name.encode() in cubin, (arch, index_32_bits)
+
+
+def test_a_kernel_calling_an_undefined_function_fails_to_compile():
+    """The check can fail: an operation calling what its preamble lacks is an NVRTC error."""
+    from cupy.cuda.compiler import CompileException
+
+    kernel = cupy.ElementwiseKernel("T z, T b", "T y", "y = gpunn_softplus_forward(z + b)", "gpunn_broken_kernel",
+                                    preamble=cupy_backend.kernel_source("activations.cuh"))
+    source, options = generated_source(kernel, cupy_backend.KERNELS["bias_activation"].arguments("float32"), True)
+    with pytest.raises(CompileException, match="gpunn_softplus_forward"):
+        compile_for(kernel, source, options, "90")
