@@ -31,10 +31,12 @@ def _float16_computes_in_float32(method):
         if not any(isinstance(a, np.ndarray) and a.dtype == np.float16 for a in args):
             return method(self, *args, out=out, **kwargs)
         wide = [a.astype(np.float32) if isinstance(a, np.ndarray) and a.dtype == np.float16 else a for a in args]
-        result = method(self, *wide, **kwargs)
-        if out is None:
-            return result.astype(np.float16)
-        np.copyto(out, result, casting="same_kind")
+        # Overflow to Inf in float16 is what the dynamic loss scale detects and undoes: no warning.
+        with np.errstate(over="ignore", invalid="ignore"):
+            result = method(self, *wide, **kwargs)
+            if out is None:
+                return result.astype(np.float16)
+            np.copyto(out, result, casting="same_kind")
         return out
 
     return wrapper
@@ -155,7 +157,8 @@ class NumpyBackend(Backend):
         step, loss_scale = float(scalars[0]) + 1.0, float(scalars[2])
         target = param if master is None else master
         gradient, work = self._scratch_pair(grad.size, target.dtype)
-        np.divide(grad, loss_scale, out=gradient)
+        np.copyto(gradient, grad)  # widened first: 2^16 is no float16 number
+        gradient /= loss_scale
         if max_norm > 0:
             coefficient = max_norm / (norm_value / loss_scale + 1e-6)
             gradient *= 1.0 if coefficient > 1 else coefficient

@@ -260,7 +260,9 @@ class Optimizer:
             arrays[name] = backend.to_numpy(state).copy()
         if self._master is not None:
             arrays["master"] = backend.to_numpy(self._master).copy()
-        return {"config": {**self.config(), "steps": self._steps_issued}, "arrays": arrays}
+        shapes = [list(parameter.shape) for parameter in self.params]
+        return {"config": {**self.config(), "steps": self._steps_issued, "parameter_shapes": shapes},
+                "arrays": arrays}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what ``state_dict`` returned: hyperparameters, schedule, counters and flat state."""
@@ -272,6 +274,10 @@ class Optimizer:
                              f"got {type(state).__name__}") from error
         if config.get("type") != self._owner:
             raise ValueError(f"{self._owner}.load_state_dict: the state is of a {config.get('type')!r} optimizer")
+        shapes = [list(parameter.shape) for parameter in self.params]
+        if "parameter_shapes" in config and config["parameter_shapes"] != shapes:
+            raise ValueError(f"{self._owner}.load_state_dict: the state is for parameters of shapes "
+                             f"{config['parameter_shapes']}, these have {shapes} (a different model?)")
         expected = {"scalars": self._scalars, **dict(zip(self.rule.states, self._states))}
         if self._master is not None:
             expected["master"] = self._master
@@ -295,7 +301,7 @@ class Optimizer:
 
 
 def _constructor_arguments(config: dict) -> dict:
-    arguments = {k: v for k, v in config.items() if k not in ("type", "schedule", "steps")}
+    arguments = {k: v for k, v in config.items() if k not in ("type", "schedule", "steps", "parameter_shapes")}
     arguments["lr"] = from_config(config["schedule"]) if isinstance(config.get("schedule"), dict) else config["lr"]
     if "betas" in arguments:
         arguments["betas"] = tuple(arguments["betas"])
