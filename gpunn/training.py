@@ -99,7 +99,7 @@ class _RecordedStep:
         parameters = train_step.optimizer.params
         return ([parameter.value for parameter in parameters] + [parameter.grad for parameter in parameters]
                 + train_step.optimizer.state_arrays()
-                + [array for layer in train_step.model.layers for array in layer._buffers.values()])
+                + [array for layer in train_step.model.all_layers() for array in layer._buffers.values()])
 
     def _key(self):
         """What the recording baked in: the optimizer's numbers, the precision, which arrays."""
@@ -136,7 +136,8 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32,
     a fresh order from ``seed``; the last batch may be smaller. ``callback(epoch, logs)`` runs
     after each epoch and may add entries to ``logs`` (they are kept in the history). Progress
     shows with tqdm on a terminal unless ``verbose=0``. ``graph=True`` replays each full batch
-    as a CUDA graph (see ``TrainStep``); the smaller last batch runs eagerly.
+    as a CUDA graph (see ``TrainStep``); the smaller last batch runs eagerly. Training runs in
+    training mode (dropout on); the model's mode comes back afterwards, also on an error.
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -151,6 +152,8 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32,
     generator = backend.random_generator(seed)
     history: dict = {"loss": []}
     bar = _progress(epochs, verbose)
+    was_training = model.training
+    model.train()
     try:
         for epoch in range(epochs):
             order = backend.asarray(generator.permutation(n)) if shuffle else None
@@ -179,6 +182,7 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32,
                 print(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={v:.4g}" for k, v in logs.items()),
                       file=sys.stderr)
     finally:
+        model.train(was_training)
         if bar is not None:
             bar.close()
     return history

@@ -15,7 +15,8 @@ import numpy
 
 from ..kernel_source import kernel_source
 from . import cublas, get_matmul_precision
-from .base import Backend, check_activation
+from .activations import REGISTRY
+from .base import Backend, as_activation_function
 
 # Storage dtype -> (compute dtype name for kernel signatures, C++ compute type).
 _COMPUTE = {"float16": ("float32", "float"), "float32": ("float32", "float"), "float64": ("float64", "double")}
@@ -61,6 +62,7 @@ class CupyBackend(Backend):
         self._cublas_handles: dict = {}
         self._workspaces: dict = {}
         self._ones: dict = {}
+        self._no_step: dict = {}
 
     # --- arrays -------------------------------------------------------------------------
     @property
@@ -141,6 +143,19 @@ class CupyBackend(Backend):
         return self._gemm("tn", a, b, out)
 
     # --- kernels ------------------------------------------------------------------------
+    def _dropout_arguments(self, dropout) -> tuple:
+        """(step, key words, threshold, scale) for a kernel; no dropout is threshold 0, scale 1."""
+        if dropout is None:
+            device = cupy.cuda.Device().id
+            step = self._no_step.get(device)
+            if step is None:
+                step = self._no_step[device] = cupy.zeros((1,), numpy.uint64)
+            return step, numpy.uint64(0), numpy.uint64(0), numpy.uint64(0), 1.0
+        _require_device(dropout.step)
+        low, high = dropout.key_words
+        return (dropout.step, numpy.uint64(low), numpy.uint64(high), numpy.uint64(dropout.threshold),
+                dropout.scale)
+
     def _kernel(self, op: str, dtype, activation: str = ""):
         key = (op, activation, numpy.dtype(dtype).name)
         kernel = self._kernels.get(key)
@@ -151,15 +166,44 @@ class CupyBackend(Backend):
             kernel = self._kernels[key] = _build(op, activation, numpy.dtype(dtype).name)
         return kernel
 
-    def bias_activation(self, z, bias, activation: str, out=None):
-        check_activation(activation)
+    def bias_activation(self, z, bias, activation, out=None, saved=None, dropout=None):
+        function = as_activation_function(activation)
         _require_device(z, bias)
-        return _launch(self._kernel("bias_activation", z.dtype, activation), z, bias, out=out)
+        arguments = (z, bias, *self._dropout_arguments(dropout), *function.values)
+        if saved is None:
+            return _launch(self._kernel("bias_activation", z.dtype, function.name), *arguments, out=out)
+        if out is None:
+            out = cupy.empty_like(saved)
+        self._kernel("bias_activation_saving", z.dtype, function.name)(*arguments, out, saved)
+        return out
 
-    def activation_backward(self, dy, y, activation: str, out=None):
-        check_activation(activation)
-        _require_device(dy, y)
-        return _launch(self._kernel("activation_backward", dy.dtype, activation), dy, y, out=out)
+    def activation_backward(self, dy, saved, activation, out=None, dropout=None):
+        function = as_activation_function(activation)
+        _require_device(dy, saved)
+        return _launch(self._kernel("activation_backward", dy.dtype, function.name), dy, saved,
+                       *self._dropout_arguments(dropout), *function.values, out=out)
+
+    # --- layer normalisation: row statistics by ReductionKernels, the rest elementwise ----------
+    def layer_norm_forward(self, x, gain, bias, eps: float, out, mean, rstd):
+        _require_device(x, gain, bias, out, mean, rstd)
+        cols = x.shape[1]
+        self._kernel("layer_norm_mean", x.dtype)(x, cols, mean, axis=1)
+        self._kernel("layer_norm_rstd", x.dtype)(x, mean.reshape(-1, 1), cols, eps, rstd, axis=1)
+        return self._kernel("layer_norm_forward", x.dtype)(x, mean.reshape(-1, 1), rstd.reshape(-1, 1),
+                                                          gain, bias, out)
+
+    def layer_norm_backward(self, dy, x, gain, mean, rstd, out=None):
+        _require_device(dy, x, gain, mean, rstd)
+        cols, mean, rstd = x.shape[1], mean.reshape(-1, 1), rstd.reshape(-1, 1)
+        mean_g = self._kernel("layer_norm_mean_g", x.dtype)(dy, gain, cols, axis=1)
+        mean_g_xhat = self._kernel("layer_norm_mean_g_xhat", x.dtype)(dy, x, gain, mean, rstd, cols, axis=1)
+        return _launch(self._kernel("layer_norm_backward", x.dtype), dy, x, gain, mean, rstd,
+                       mean_g.reshape(-1, 1), mean_g_xhat.reshape(-1, 1), out=out)
+
+    def layer_norm_gain_gradient(self, dy, x, mean, rstd, out=None):
+        _require_device(dy, x, mean, rstd)
+        kernel = self._kernel("layer_norm_gain_gradient", x.dtype)
+        return kernel(dy, x, mean.reshape(-1, 1), rstd.reshape(-1, 1), axis=0, out=out)
 
     def bias_gradient(self, dz, out=None):
         """dzᵀ·1 as a cuBLAS matrix-vector product: coalesced, and float32 accumulation for float16."""
@@ -227,17 +271,80 @@ class _Graph:
         self._graph.launch(cupy.cuda.get_current_stream())
 
 
+DROPOUT_PARAMETERS = "raw uint64 dropout_step, uint64 dropout_k0, uint64 dropout_k1, uint64 dropout_threshold"
+DROPOUT_CALL = "i, dropout_step[0], dropout_k0, dropout_k1, dropout_threshold, dropout_scale"
+
+# Layer normalisation's row and column sums. Every ReductionKernel here takes two or more inputs,
+# so CuPy never swaps in its CUB block reduction (cupy/_core/_cub_reduction.pyx,
+# _can_use_cub_block_reduction: "1 input and 1 output" only), whose post-map rewrites
+# _in_ind.size(); the plain kernel reduces each output with a block of threads
+# (_reduction.pyx, _get_block_specs) and writes into the given ``out`` without allocating.
+_LAYER_NORM_REDUCTIONS = {
+    # op: (inputs, output, map expression, post-map expression)
+    "layer_norm_mean": ("T x, int64 cols", "{cn} mean", "({c}) x", "mean = a / ({c}) cols"),
+    "layer_norm_rstd": ("T x, {cn} mean, int64 cols, {cn} eps", "{cn} rstd",
+                        "(({c}) x - mean) * (({c}) x - mean)", "rstd = gpunn_layer_norm_rstd(a, ({c}) cols, eps)"),
+    "layer_norm_mean_g": ("T dy, T gain, int64 cols", "{cn} mean_g", "({c}) dy * ({c}) gain",
+                          "mean_g = a / ({c}) cols"),
+    "layer_norm_mean_g_xhat": ("T dy, T x, T gain, {cn} mean, {cn} rstd, int64 cols", "{cn} mean_g_xhat",
+                               "({c}) dy * ({c}) gain * ((({c}) x - mean) * rstd)", "mean_g_xhat = a / ({c}) cols"),
+    "layer_norm_gain_gradient": ("T dy, T x, {cn} mean, {cn} rstd", "T dgain",
+                                 "({c}) dy * ((({c}) x - mean) * rstd)", "dgain = (T) a"),
+}
+
+
+def kernel_catalogue() -> list[tuple[str, str]]:
+    """Every (op, activation) that ``_build`` makes: the kernel-definition tests walk it."""
+    per_activation = [(op, name) for op in ("bias_activation", "bias_activation_saving", "activation_backward")
+                      for name in REGISTRY]
+    plain = ["sgd", "sgd_momentum", "bce_with_logits_loss", "bce_with_logits_grad", "softmax_cross_entropy_grad",
+             "layer_norm_forward", "layer_norm_backward", *_LAYER_NORM_REDUCTIONS]
+    return per_activation + [(op, "") for op in plain]
+
+
+def _build_activation(op: str, name: str, compute_name: str, compute: str):
+    """An activation kernel from its registry entry: parameters become scalar arguments."""
+    kind = REGISTRY[name]
+    parameters = "".join(f", {compute_name} {parameter}" for parameter, _ in kind.parameters)
+    values = [parameter for parameter, _ in kind.parameters]
+    inputs = f"T {'dy, T saved' if op == 'activation_backward' else 'z, T b'}, {DROPOUT_PARAMETERS}, " \
+             f"{compute_name} dropout_scale{parameters}"
+    preamble = kernel_source("activations.cuh", "dropout.cuh")
+    if op == "activation_backward":
+        kept = f"gpunn_dropout(({compute}) dy, {DROPOUT_CALL})"
+        return cupy.ElementwiseKernel(inputs, "T dz", f"dz = (T) {kind.backward_call(kept, f'({compute}) saved', values)}",
+                                      f"gpunn_{name}_backward", preamble=preamble)
+    forward = f"{compute} a = {kind.forward_call('pre', values)}; y = (T) gpunn_dropout(a, {DROPOUT_CALL});"
+    if op == "bias_activation":
+        return cupy.ElementwiseKernel(inputs, "T y", f"{compute} pre = ({compute}) z + ({compute}) b; {forward}",
+                                      f"gpunn_bias_{name}", preamble=preamble)
+    return cupy.ElementwiseKernel(
+        inputs, "T y, T saved",
+        f"{compute} pre = ({compute}) z + ({compute}) b; {forward} saved = (T) {'pre' if kind.reads_input else 'a'};",
+        f"gpunn_bias_{name}_saving", preamble=preamble)
+
+
 def _build(op: str, activation: str, dtype: str):
     """One kernel for one op and storage dtype; its operation calls a kernels/*.cuh function."""
     compute_name, compute = _COMPUTE[dtype]
-    if op == "bias_activation":
+    if op in ("bias_activation", "bias_activation_saving", "activation_backward"):
+        return _build_activation(op, activation, compute_name, compute)
+    if op in _LAYER_NORM_REDUCTIONS:
+        inputs, output, map_expression, post_map = (text.format(cn=compute_name, c=compute)
+                                                    for text in _LAYER_NORM_REDUCTIONS[op])
+        return cupy.ReductionKernel(inputs, output, map_expression, "a + b", post_map, "0", f"gpunn_{op}",
+                                    reduce_type=compute, preamble=kernel_source("layer_norm.cuh"))
+    if op == "layer_norm_forward":
         return cupy.ElementwiseKernel(
-            "T z, T b", "T y", f"y = (T) gpunn_{activation}_forward(({compute}) z + ({compute}) b)",
-            f"gpunn_bias_{activation}", preamble=kernel_source("activations.cuh"))
-    if op == "activation_backward":
+            f"T x, {compute_name} mean, {compute_name} rstd, T gain, T bias", "T y",
+            f"y = (T) gpunn_layer_norm_forward(({compute}) x, mean, rstd, ({compute}) gain, ({compute}) bias)",
+            "gpunn_layer_norm_forward", preamble=kernel_source("layer_norm.cuh"))
+    if op == "layer_norm_backward":
         return cupy.ElementwiseKernel(
-            "T dy, T y", "T dz", f"dz = (T) gpunn_{activation}_backward(({compute}) dy, ({compute}) y)",
-            f"gpunn_{activation}_backward", preamble=kernel_source("activations.cuh"))
+            f"T dy, T x, T gain, {compute_name} mean, {compute_name} rstd, {compute_name} mean_g, "
+            f"{compute_name} mean_g_xhat", "T dx",
+            f"dx = (T) gpunn_layer_norm_backward(({compute}) dy, ({compute}) x, ({compute}) gain, mean, rstd, "
+            "mean_g, mean_g_xhat)", "gpunn_layer_norm_backward", preamble=kernel_source("layer_norm.cuh"))
     if op == "sgd":
         return cupy.ElementwiseKernel(
             f"T g, {compute_name} lr", "T p", f"p = (T) gpunn_sgd_step(({compute}) p, ({compute}) g, lr)",
