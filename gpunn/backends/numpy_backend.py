@@ -27,6 +27,15 @@ def _apply_dropout(values, mask):
     return values
 
 
+def _saturating(function):
+    """Run a twin where exp over- and underflowing to ∞ and 0 are the intended limits, not events."""
+    def run(*arguments):
+        with np.errstate(over="ignore", under="ignore"):
+            return function(*arguments)
+
+    return run
+
+
 def _copy(source, out):
     if out is None:
         return source.copy()
@@ -82,7 +91,7 @@ class NumpyBackend(Backend):
 
     def bias_activation(self, z, bias, activation, out=None, saved=None, dropout=None):
         function = as_activation_function(activation)
-        forward = TWINS[function.name][0]
+        forward = _saturating(TWINS[function.name][0])
         if saved is None:
             out = np.add(z, bias, out=out)
             forward(out, *function.values)
@@ -105,7 +114,7 @@ class NumpyBackend(Backend):
             return _apply_dropout(out, dropout)
         # The slope is built in ``out`` when that aliases neither input, else in a temporary.
         aliased = np.may_share_memory(out, dy) or np.may_share_memory(out, saved)
-        slope = TWINS[function.name][1](saved, np.empty_like(dy) if aliased else out, *function.values)
+        slope = _saturating(TWINS[function.name][1])(saved, np.empty_like(dy) if aliased else out, *function.values)
         np.multiply(dy, slope, out=out)
         return _apply_dropout(out, dropout)
 
