@@ -44,8 +44,9 @@ __host__ __device__ inline bool gpunn_dropout_keep(gpunn_u64 index, gpunn_u64 st
 }
 
 // Kept values are scaled by 1/(1 − rate) (inverted dropout), so evaluation needs no rescaling.
+// A product, not a select: a dropped NaN or ∞ stays NaN, as in NumPy and torch.
 template <typename C>
 __host__ __device__ inline C gpunn_dropout(C value, gpunn_u64 index, gpunn_u64 step, gpunn_u64 k0,
                                            gpunn_u64 k1, gpunn_u64 threshold, C scale) {
-    return gpunn_dropout_keep(index, step, k0, k1, threshold) ? value * scale : C(0);
+    return value * (gpunn_dropout_keep(index, step, k0, k1, threshold) ? scale : C(0));
 }

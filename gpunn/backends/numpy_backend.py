@@ -22,15 +22,17 @@ def _apply_dropout(values, mask):
     """``values ⊙ keep · scale`` in place; nothing when ``mask`` is None."""
     if mask is not None and mask.threshold:
         keep = dropout_keep(mask, values.shape)
-        np.multiply(values, keep, out=values)
+        with np.errstate(invalid="ignore"):  # a dropped ∞ becomes NaN, as in the kernel and torch
+            np.multiply(values, keep, out=values)
         values *= values.dtype.type(mask.scale)
     return values
 
 
 def _saturating(function):
-    """Run a twin where exp over- and underflowing to ∞ and 0 are the intended limits, not events."""
+    """Run a twin where exp over- and underflowing to ∞ and 0 are the intended limits, not events
+    (and ±∞ inputs give what the kernels give, NaN where torch's formula does)."""
     def run(*arguments):
-        with np.errstate(over="ignore", under="ignore"):
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
             return function(*arguments)
 
     return run
