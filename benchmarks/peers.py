@@ -38,7 +38,9 @@ TRAIN_CONFIGS = {
     "M": TrainConfig((4096, 2048, 1024), "sigmoid", "mse", 640),
     "L": TrainConfig((4096, 4096, 4096, 4096, 4096), "tanh", "mse", 8192),
     "CPU": TrainConfig((784, 1024, 1024, 10), "tanh", "mse", 256),
+    "GELU": TrainConfig((784, 1024, 1024, 10), "gelu", "mse", 256),
 }
+TORCH_ACTIVATIONS = {"tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "ReLU", "gelu": "GELU", "silu": "SiLU"}
 
 
 def _targets(config: TrainConfig, rng):
@@ -128,13 +130,22 @@ class GpunnPeer(Peer):
         return self._synced(lambda: backend.matmul_tn(x, dy, out=out))
 
     def activation(self, activation, direction, rows, cols, dtype, rng):
+        """The training-mode fused pass: an activation whose backward reads its input (GELU,
+        SiLU) also writes the pre-activation, into the matmul's buffer as Dense does."""
+        from gpunn.backends.activations import REGISTRY
+
         backend = self.backend
         z, dy = self._random((rows, cols), dtype, rng), self._random((rows, cols), dtype, rng)
         bias, out = self._random((cols,), dtype, rng), backend.empty((rows, cols), dtype)
-        y = backend.bias_activation(z, bias, activation)
+        saving = REGISTRY[activation].reads_input
+        saved = z.copy() if saving else backend.bias_activation(z, bias, activation)
+        if saving:
+            backend.bias_activation(saved, bias, activation, out=out, saved=saved)
+        if direction == "forward" and saving:
+            return self._synced(lambda: backend.bias_activation(z, bias, activation, out=out, saved=saved))
         if direction == "forward":
             return self._synced(lambda: backend.bias_activation(z, bias, activation, out=out))
-        return self._synced(lambda: backend.activation_backward(dy, y, activation, out=out))
+        return self._synced(lambda: backend.activation_backward(dy, saved, activation, out=out))
 
     def dense(self, batch, inputs, outputs, activation, dtype, rng):
         with gn.use_backend(self.backend_name):
@@ -274,12 +285,20 @@ class TorchPeer(Peer):
         z, dy, bias = self._random((rows, cols), dtype, rng), self._random((rows, cols), dtype, rng), \
             self._random((cols,), dtype, rng)
         out = torch.empty_like(z)
-        forward = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu, "identity": lambda v, out: v}
-        backward = {"sigmoid": torch.ops.aten.sigmoid_backward, "tanh": torch.ops.aten.tanh_backward,
-                    "relu": lambda g, y: torch.ops.aten.threshold_backward(g, y, 0)}
-        y = forward[activation](z + bias) if activation != "identity" else z + bias
+        aten = torch.ops.aten
+        forward = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu, "identity": lambda v, out: v,
+                   "gelu": lambda v, out: aten.gelu.out(v, out=out), "silu": lambda v, out: aten.silu.out(v, out=out)}
+        backward = {"sigmoid": aten.sigmoid_backward, "tanh": aten.tanh_backward,
+                    "relu": lambda g, y: aten.threshold_backward(g, y, 0), "gelu": aten.gelu_backward,
+                    "silu": aten.silu_backward}
+        pre = z + bias
+        y = pre if activation in ("identity", "gelu", "silu") else forward[activation](pre)  # what backward reads
         if direction == "forward":  # eager PyTorch: the bias add and the activation are two passes
             def work():
+                if activation in ("gelu", "silu"):  # autograd keeps the pre-activation
+                    torch.add(z, bias, out=pre)
+                    forward[activation](pre, out=out)
+                    return
                 torch.add(z, bias, out=out)
                 if activation == "relu":
                     torch.relu_(out)
@@ -302,12 +321,12 @@ class TorchPeer(Peer):
             nn.init.zeros_(linear.bias)
             layers.append(linear)
             if index < len(pairs) - 1:
-                layers.append({"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "relu": nn.ReLU}[activation]())
+                layers.append(getattr(nn, TORCH_ACTIVATIONS[activation])())
         return nn.Sequential(*layers).to(device=self.torch_device, dtype=getattr(torch, dtype))
 
     def dense(self, batch, inputs, outputs, activation, dtype, rng):
         model = self._mlp((inputs, outputs), activation, dtype)
-        act = {"tanh": self.torch.tanh, "sigmoid": self.torch.sigmoid, "relu": self.torch.relu}[activation]
+        act = getattr(self.torch.nn, TORCH_ACTIVATIONS[activation])()
         x = self._random((batch, inputs), dtype, rng).requires_grad_(True)
         dy = self._random((batch, outputs), dtype, rng)
 

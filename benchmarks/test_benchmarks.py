@@ -102,7 +102,7 @@ def test_matmul(benchmark, peer, case, op, rng, threads):
 
 
 @pytest.mark.parametrize("direction", ["forward", "backward"])
-@pytest.mark.parametrize("activation", ["sigmoid", "tanh", "relu"])
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh", "relu", "gelu", "silu"])
 @cases(quick=[16, 20], cpu=[16, 20, 24, 26], gpu=[16, 20, 24, 26, 28])
 def test_activation(benchmark, peer, case, activation, direction, rng, threads):
     elements = 2 ** case
@@ -112,7 +112,7 @@ def test_activation(benchmark, peer, case, activation, direction, rng, threads):
             moved_bytes=3 * elements * ITEMSIZE, elements=elements)
 
 
-@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("activation", ["tanh", "relu", "gelu"])
 @cases(quick=["128x512x512"], cpu=["256x1024x1024"], gpu=["8192x4096x4096"])
 def test_dense(benchmark, peer, case, activation, rng, threads):
     batch, inputs, outputs = (int(v) for v in case.split("x"))
@@ -120,7 +120,8 @@ def test_dense(benchmark, peer, case, activation, rng, threads):
             f"{activation} {case}", threads, flops=3 * 2 * batch * inputs * outputs)
 
 
-TRAIN_CASES = {"quick": ["S", "CPU"], "cpu": ["S", "CPU", "M"], "gpu": ["S", "M", "L", "L-tf32", "L-fp16", "CPU"]}
+TRAIN_CASES = {"quick": ["S", "CPU", "GELU"], "cpu": ["S", "CPU", "GELU", "M"],
+               "gpu": ["S", "M", "L", "L-tf32", "L-fp16", "CPU", "GELU"]}
 
 
 def train_case(case):

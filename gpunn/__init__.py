@@ -13,7 +13,10 @@ from .backends import (
 )
 from .gradcheck import gradcheck
 from .io import ModelFileError, load, load_optimizer
-from .layers import Dense, Identity, Parameter, ReLU, Sigmoid, Tanh
+from .dropout import Dropout
+from .layers import GELU, Dense, Identity, LeakyReLU, Parameter, ReLU, Sigmoid, SiLU, Softplus, Tanh
+from .normalization import LayerNorm
+from .residual import Residual
 from .losses import BCELoss, BCEWithLogitsLoss, MSELoss, SoftmaxCrossEntropyLoss
 from .model import Sequential
 from .optim import SGD, Adam, AdamW, Optimizer
@@ -23,8 +26,8 @@ from . import schedules
 
 __all__ = [
     "Adam", "AdamW", "EarlyStopping", "Optimizer", "TrainingWarning", "load_optimizer", "schedules",
-    "BCELoss", "BCEWithLogitsLoss", "BackendUnavailableError", "Dense", "Identity", "MSELoss",
-    "ModelFileError", "Parameter", "ReLU", "SGD", "Sequential", "Sigmoid", "SoftmaxCrossEntropyLoss",
-    "Tanh", "TrainStep", "TrainingDiverged", "available_backends", "cupy_unavailable_reason", "get_backend",
+    "BCELoss", "BCEWithLogitsLoss", "BackendUnavailableError", "Dense", "Dropout", "GELU", "Identity",
+    "LayerNorm", "LeakyReLU", "MSELoss", "ModelFileError", "Parameter", "ReLU", "Residual", "SGD", "Sequential",
+    "SiLU", "Sigmoid", "Softplus", "SoftmaxCrossEntropyLoss", "Tanh", "TrainStep", "TrainingDiverged", "available_backends", "cupy_unavailable_reason", "get_backend",
     "get_matmul_precision", "gradcheck", "load", "set_matmul_precision", "use_backend",
 ]

@@ -17,6 +17,8 @@ from . import __version__
 
 EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
 LOSS_CHOICES = {"softmax-ce": "SoftmaxCrossEntropyLoss", "mse": "MSELoss"}
+ACTIVATION_CHOICES = {"tanh": "Tanh", "relu": "ReLU", "sigmoid": "Sigmoid", "gelu": "GELU", "silu": "SiLU",
+                      "leaky-relu": "LeakyReLU"}
 
 
 class UserError(Exception):
@@ -119,14 +121,23 @@ def _fraction(low_inclusive: bool):
     return parse
 
 
-def _build_model(features: int, hidden: list[int], classes: int, activation: str, dtype: str, seed: int):
+def _build_model(features: int, hidden: list[int], classes: int, activation: str, dtype: str, seed: int,
+                 dropout: float = 0.0, layer_norm: bool = False, residual: bool = False):
+    """Dense [→ LayerNorm] → activation [→ Dropout] per hidden layer; with ``residual``, a hidden
+    layer as wide as the one before it becomes x + f(x)."""
     import gpunn as gn
-    from .layers import ACTIVATION_LAYERS
 
-    init = "he" if activation == "relu" else "xavier"
+    if residual and not any(a == b for a, b in zip(hidden, hidden[1:])):
+        raise UserError(f"gpunn train: --residual needs two consecutive hidden layers of the same size "
+                        f"(x + f(x)), e.g. --hidden 128,128; got --hidden {','.join(map(str, hidden))}")
+    init = "he" if activation in ("relu", "leaky-relu") else "xavier"
     layers, width = [], features
     for index, size in enumerate(hidden):
-        layers += [gn.Dense(width, size, init=init, dtype=dtype, seed=(seed, index)), ACTIVATION_LAYERS[activation]()]
+        block = [gn.Dense(width, size, init=init, dtype=dtype, seed=(seed, index))]
+        block += [gn.LayerNorm(size, dtype=dtype)] if layer_norm else []
+        block.append(getattr(gn, ACTIVATION_CHOICES[activation])())
+        block += [gn.Dropout(dropout, seed=seed * 1000 + index)] if dropout else []
+        layers += [gn.Residual(*block)] if residual and size == width else block
         width = size
     layers.append(gn.Dense(width, classes, dtype=dtype, seed=(seed, len(hidden))))
     return gn.Sequential(*layers)
@@ -176,7 +187,8 @@ def command_train(args) -> int:
     if args.graph and not backend.supports_graphs:
         raise UserError(f"gpunn train: --graph needs the cupy backend (CUDA graphs); the {backend.name} "
                         "backend runs every step eagerly")
-    model = _build_model(dataset.X.shape[1], args.hidden, classes, args.activation, args.dtype, args.seed)
+    model = _build_model(dataset.X.shape[1], args.hidden, classes, args.activation, args.dtype, args.seed,
+                         args.dropout, args.layer_norm, args.residual)
     loss = getattr(gn, LOSS_CHOICES[args.loss])()
     targets = y_train if args.loss == "softmax-ce" else np.eye(classes)[y_train]
     os.makedirs(args.out, exist_ok=True)
@@ -269,8 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"],
                        help="array backend (default: auto, the GPU when one is usable)")
     train.add_argument("--hidden", type=_hidden_sizes, default=[128, 64], help="hidden layer sizes (default: 128,64)")
-    train.add_argument("--activation", default="tanh", choices=["tanh", "relu", "sigmoid"],
+    train.add_argument("--activation", default="tanh", choices=list(ACTIVATION_CHOICES),
                        help="hidden activation (default: tanh)")
+    train.add_argument("--dropout", type=_fraction(low_inclusive=True), default=0.0,
+                       help="dropout rate after each hidden activation, in [0, 1) (default: 0, none)")
+    train.add_argument("--layer-norm", action="store_true", help="LayerNorm after each hidden Dense")
+    train.add_argument("--residual", action="store_true",
+                       help="hidden layers as wide as the previous one become residual blocks x + f(x)")
     train.add_argument("--loss", default="softmax-ce", choices=list(LOSS_CHOICES),
                        help="softmax cross-entropy on integer labels, or MSE on one-hot targets")
     train.add_argument("--epochs", type=_positive(int), default=30, help="passes over the data (default: 30)")

@@ -134,6 +134,7 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
         metrics=(), early_stopping: EarlyStopping | None = None, initial_epoch: int = 0) -> dict:
     """Train ``model`` on (X, T) from epoch ``initial_epoch`` up to ``epochs``; returns the history.
 
+    Training runs in training mode (dropout on); the model's mode comes back afterwards.
     The history holds, per epoch, ``loss`` (the mean training loss), each metric (``accuracy``,
     ``mse``, ``mae``; training values are running means over the epoch's batches), ``val_loss``
     and ``val_<metric>`` with ``validation_data=(Xv, Tv)``, ``skipped_steps`` for float16 models
@@ -175,6 +176,8 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
     history: dict = {"loss": []}
     best_loss, skipped_before = math.inf, optimizer.skipped_steps
     bar = _progress(epochs - initial_epoch, verbose)
+    was_training = model.training
+    model.train()  # dropout on; the mode found comes back afterwards, also on an error
     try:
         for epoch in range(initial_epoch, epochs):
             order = backend.asarray(backend.random_generator((seed, epoch)).permutation(n)) if shuffle else None
@@ -210,6 +213,7 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
             if early_stopping is not None and early_stopping.update(epoch, logs, model):
                 break
     finally:
+        model.train(was_training)
         if bar is not None:
             bar.close()
     if early_stopping is not None:

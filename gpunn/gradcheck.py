@@ -22,6 +22,12 @@ def numerical_gradient(function, array, eps: float = 1e-6):
     return gradient
 
 
+def _gradient_name(name: str) -> str:
+    """"layer2.0.W" -> "layer2.0.dW"."""
+    head, _, last = name.rpartition(".")
+    return f"{head}.d{last}"
+
+
 def gradcheck(model, loss, X, T, eps: float = 1e-6, rtol: float = 1e-5, atol: float = 1e-8) -> dict:
     """Compare every analytic gradient of ``loss(model(X), T)`` with central differences.
 
@@ -40,13 +46,12 @@ def gradcheck(model, loss, X, T, eps: float = 1e-6, rtol: float = 1e-5, atol: fl
     value()
     model.zero_grad()
     analytic = {"dX": backend.to_numpy(model.backward(loss.backward())).copy()}
-    for index, layer in enumerate(model.layers):
-        for parameter in layer.parameters():
-            analytic[f"layer{index}.d{parameter.name}"] = backend.to_numpy(parameter.grad).copy()
+    named = [(_gradient_name(name), parameter) for name, parameter in model.named_parameters()]
+    for name, parameter in named:
+        analytic[name] = backend.to_numpy(parameter.grad).copy()
 
     errors = {}
-    targets = [("dX", x)] + [(f"layer{i}.d{p.name}", p.value)
-                             for i, layer in enumerate(model.layers) for p in layer.parameters()]
+    targets = [("dX", x)] + [(name, parameter.value) for name, parameter in named]
     for name, array in targets:
         numeric = numerical_gradient(value, array, eps)
         exact = analytic[name].reshape(-1).tolist()

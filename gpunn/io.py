@@ -42,17 +42,18 @@ def atomic_write(path, write) -> None:
 
 
 def _layer_record(layer) -> dict:
-    return {"type": type(layer).__name__, **layer.config()}
+    """A layer's type and config; a residual block's branch nests as its "layers"."""
+    record = {"type": type(layer).__name__, **layer.config()}
+    if layer.sublayers():
+        record["layers"] = [_layer_record(inner) for inner in layer.sublayers()]
+    return record
 
 
 def save(model, path, extras: dict | None = None, optimizer=None) -> None:
     """Write ``model`` (host arrays in ``extras``, e.g. a scaler, and ``optimizer``'s state) to ``path``."""
     from . import __version__
 
-    arrays = {}
-    for index, layer in enumerate(model.layers):
-        for parameter in layer.parameters():
-            arrays[f"layer{index}.{parameter.name}"] = model.backend.to_numpy(parameter.value)
+    arrays = {name: model.backend.to_numpy(parameter.value) for name, parameter in model.named_parameters()}
     for name, value in (extras or {}).items():
         arrays[f"extra.{name}"] = np.asarray(value)
     optimizer_config = None
@@ -96,29 +97,39 @@ def _read(path):
     return meta, arrays
 
 
+def _build_layer(path, record, position: str, arrays: dict, dtype):
+    """The layer ``record`` describes, nested layers first, with its saved arrays copied in."""
+    from .layers import LAYER_TYPES
+
+    kind = record.get("type") if isinstance(record, dict) else None
+    cls = LAYER_TYPES.get(kind)
+    if cls is None:
+        raise ModelFileError(f"{path}: unknown layer type {kind!r} at position {position}")
+    config = {key: value for key, value in record.items() if key not in ("type", "layers")}
+    try:
+        sublayers = [_build_layer(path, inner, f"{position}.{index}", arrays, dtype)
+                     for index, inner in enumerate(record.get("layers", []))]
+        layer = cls.from_config(config, dtype, sublayers)
+        if not sublayers:
+            for name, parameter in layer.named_parameters(f"layer{position}"):
+                saved = layer.backend.asarray(arrays[name], parameter.value.dtype)
+                if saved.shape != parameter.shape:
+                    raise ValueError(f"{name} has shape {saved.shape}, expected {parameter.shape}")
+                parameter.value[...] = saved
+    except (KeyError, ValueError, TypeError) as error:
+        raise ModelFileError(f"{path}: layer {position} ({kind}) is damaged: {error}") from error
+    return layer
+
+
 def load(path, backend=None):
     """Rebuild a saved model on ``backend`` (default: the current one); extras land in ``model.extras``."""
     from .backends import use_backend, get_backend
-    from .layers import ACTIVATION_LAYERS, Dense
     from .model import Sequential
 
     meta, arrays = _read(path)
-    activation_types = {cls.__name__: cls for cls in ACTIVATION_LAYERS.values()}
     with use_backend(backend if backend is not None else get_backend()):
-        layers = []
-        for index, record in enumerate(meta.get("layers", [])):
-            kind = record.get("type")
-            if kind == "Dense":
-                try:
-                    weight, bias = arrays[f"layer{index}.W"], arrays[f"layer{index}.b"]
-                    layers.append(Dense(record["in_features"], record["out_features"], weight=weight,
-                                        bias=bias, init=record.get("init", "xavier"), dtype=meta["dtype"]))
-                except (KeyError, ValueError) as error:
-                    raise ModelFileError(f"{path}: layer {index} (Dense) is damaged: {error}") from error
-            elif kind in activation_types:
-                layers.append(activation_types[kind]())
-            else:
-                raise ModelFileError(f"{path}: unknown layer type {kind!r} at position {index}")
+        layers = [_build_layer(path, record, str(index), arrays, meta.get("dtype"))
+                  for index, record in enumerate(meta.get("layers", []))]
         model = Sequential(*layers)
     model.extras = {name[len("extra."):]: value for name, value in arrays.items() if name.startswith("extra.")}
     return model

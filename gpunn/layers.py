@@ -12,6 +12,16 @@ from __future__ import annotations
 import math
 
 from .backends import Backend, get_backend
+from .backends.activations import IDENTITY, activation_function
+
+LAYER_TYPES: dict = {}
+"""Every layer class by name: how ``load`` turns a saved record back into a layer."""
+
+
+def register_layer(cls):
+    """Class decorator: make ``cls`` loadable by its name."""
+    LAYER_TYPES[cls.__name__] = cls
+    return cls
 
 
 class Parameter:
@@ -68,20 +78,43 @@ class Parameter:
 
 
 class Layer:
-    """Base of every layer. Subclasses set ``backend`` and ``dtype`` when they hold arrays."""
+    """Base of every layer. Subclasses set ``backend`` and ``dtype`` when they hold arrays.
+
+    ``in_features``/``out_features`` are None for layers that keep any width (activations,
+    dropout); ``training`` is switched by the model's ``train()``/``eval()``.
+    """
 
     backend: Backend | None = None
     dtype = None
+    in_features: int | None = None
+    out_features: int | None = None
 
     def __init__(self):
         self._buffers: dict = {}
+        self.training = True
 
     def parameters(self) -> list[Parameter]:
         return []
 
+    def named_parameters(self, prefix: str) -> list[tuple[str, Parameter]]:
+        """(``prefix.name``, parameter) pairs, in the order of ``parameters()``."""
+        return [(f"{prefix}.{parameter.name}", parameter) for parameter in self.parameters()]
+
+    def sublayers(self) -> tuple:
+        """The layers this one holds (a residual block's branch); none for a plain layer."""
+        return ()
+
     def config(self) -> dict:
         """The constructor arguments (without arrays) that rebuild this layer."""
         return {}
+
+    @classmethod
+    def from_config(cls, config: dict, dtype, sublayers: list):
+        """The layer a saved ``config`` describes (its arrays are copied in by ``load``)."""
+        return cls(**config)
+
+    def backward(self, dy, input_gradient: bool = True):
+        raise NotImplementedError
 
     def _buffer(self, name: str, shape, backend: Backend, dtype):
         """A workspace array reused across calls while shape and dtype stay the same."""
@@ -105,6 +138,7 @@ def _initial_weight(init: str, in_features: int, out_features: int, generator, d
     raise ValueError(f"init: unknown initializer {init!r}; expected 'xavier', 'glorot' or 'he'")
 
 
+@register_layer
 class Dense(Layer):
     """``Y = X·W + b`` with W of shape (in_features, out_features).
 
@@ -129,7 +163,7 @@ class Dense(Layer):
             self._own_array(bias, (out_features,), "bias")
         self.weight = Parameter(weight, "W", backend)
         self.bias = Parameter(bias, "b", backend)
-        self._x = self._y = None
+        self._x = self._y = self._saved = self._mask = None
 
     def _own_array(self, array, shape, argument):
         converted = self.backend.asarray(array, self.dtype)
@@ -148,23 +182,36 @@ class Dense(Layer):
     def config(self) -> dict:
         return {"in_features": self.in_features, "out_features": self.out_features, "init": self.init}
 
-    def forward(self, x, activation: str = "identity"):
-        """``f(X·W + b)``; with an activation, the bias add and f run as one fused pass."""
+    @classmethod
+    def from_config(cls, config: dict, dtype, sublayers: list):
+        return cls(**config, dtype=dtype)
+
+    def forward(self, x, activation=IDENTITY, dropout=None):
+        """``dropout(f(X·W + b))``; the bias add, f and dropout run as one fused pass, which also
+        keeps what backward reads (the output, or the pre-activation where f needs it)."""
         backend = self.backend
-        y = self._buffer("y", (x.shape[0], self.out_features), backend, self.dtype)
-        backend.matmul(x, self.weight.value, out=y)
-        backend.bias_activation(y, self.bias.value, activation, out=y)
-        self._x, self._y = x, y
+        shape = (x.shape[0], self.out_features)
+        y = self._buffer("y", shape, backend, self.dtype)
+        mask = dropout.forward_mask() if dropout is not None else None
+        if mask is None and not activation.reads_input:
+            backend.matmul(x, self.weight.value, out=y)
+            backend.bias_activation(y, self.bias.value, activation, out=y)
+            saved = y
+        else:
+            saved = self._buffer("saved", shape, backend, self.dtype)
+            backend.matmul(x, self.weight.value, out=saved)
+            backend.bias_activation(saved, self.bias.value, activation, out=y, saved=saved, dropout=mask)
+        self._x, self._y, self._saved, self._mask = x, y, saved, mask
         return y
 
-    def backward(self, dy, activation: str = "identity", input_gradient: bool = True):
+    def backward(self, dy, activation=IDENTITY, dropout=None, input_gradient: bool = True):
         """Fill dW and db from dL/dY; return dL/dX (None when ``input_gradient`` is False)."""
         if self._x is None:
             raise RuntimeError("Dense.backward called before forward")
         backend = self.backend
         dz = dy
-        if activation != "identity":
-            dz = backend.activation_backward(dy, self._y, activation,
+        if activation.name != "identity" or self._mask is not None:
+            dz = backend.activation_backward(dy, self._saved, activation, dropout=self._mask,
                                              out=self._buffer("dz", dy.shape, backend, self.dtype))
         x = self._x
         self.weight.accept_gradient(lambda out: backend.matmul_tn(x, dz, out=out))
@@ -176,36 +223,102 @@ class Dense(Layer):
 
 
 class Activation(Layer):
-    """An elementwise nonlinearity; backward uses the saved output (σ' = y(1−y), tanh' = 1−y²)."""
+    """An elementwise nonlinearity from the activation registry (gpunn/backends/activations.py).
+
+    After a Dense it fuses into the Dense's pass; alone it keeps what its backward reads: its
+    output (sigmoid, tanh, relu) or its input (the others).
+    """
 
     activation = "identity"
+
+    def __init__(self, **parameters):
+        super().__init__()
+        self.function = activation_function(self.activation, **parameters)
 
     def forward(self, x):
         backend = self.backend = get_backend() if self.backend is None else self.backend
         y = self._buffer("y", x.shape, backend, x.dtype)
-        self._y = backend.bias_activation(x, 0, self.activation, out=y)
-        return self._y
+        backend.bias_activation(x, 0, self.function, out=y)
+        self._saved = x if self.function.reads_input else y
+        return y
 
     def backward(self, dy, input_gradient: bool = True):
         backend = self.backend
         dx = self._buffer("dx", dy.shape, backend, dy.dtype)
-        return backend.activation_backward(dy, self._y, self.activation, out=dx)
+        return backend.activation_backward(dy, self._saved, self.function, out=dx)
 
 
+@register_layer
 class Sigmoid(Activation):
     activation = "sigmoid"
 
 
+@register_layer
 class Tanh(Activation):
     activation = "tanh"
 
 
+@register_layer
 class ReLU(Activation):
     activation = "relu"
 
 
+@register_layer
 class Identity(Activation):
     activation = "identity"
 
 
-ACTIVATION_LAYERS = {cls.activation: cls for cls in (Sigmoid, Tanh, ReLU, Identity)}
+@register_layer
+class GELU(Activation):
+    """x·Φ(x), exactly with erf (``approximate="none"``) or with torch's tanh approximation."""
+
+    def __init__(self, approximate: str = "none"):
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+        self.activation = "gelu" if approximate == "none" else "gelu_tanh"
+        super().__init__()
+
+    def config(self) -> dict:
+        return {"approximate": self.approximate}
+
+
+@register_layer
+class SiLU(Activation):
+    """x·σ(x) (also called swish)."""
+
+    activation = "silu"
+
+
+@register_layer
+class LeakyReLU(Activation):
+    """x for x > 0, ``negative_slope``·x otherwise."""
+
+    activation = "leaky_relu"
+
+    def __init__(self, negative_slope: float = 0.01):
+        super().__init__(negative_slope=negative_slope)
+        self.negative_slope = negative_slope
+
+    def config(self) -> dict:
+        return {"negative_slope": self.negative_slope}
+
+
+@register_layer
+class Softplus(Activation):
+    """log(1 + exp(β·x))/β, and x itself where β·x exceeds ``threshold`` (torch's definition)."""
+
+    activation = "softplus"
+
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0):
+        super().__init__(beta=beta, threshold=threshold)
+        if beta == 0:
+            raise ValueError("Softplus: beta must not be 0")
+        self.beta, self.threshold = beta, threshold
+
+    def config(self) -> dict:
+        return {"beta": self.beta, "threshold": self.threshold}
+
+
+ACTIVATION_LAYERS = {cls.activation: cls for cls in (Sigmoid, Tanh, ReLU, Identity, SiLU, LeakyReLU, Softplus)}
+ACTIVATION_LAYERS.update(gelu=GELU, gelu_tanh=lambda: GELU(approximate="tanh"))

@@ -1,76 +1,85 @@
-"""Sequential: layers in order, with each Dense+activation pair run as one fused step."""
+"""Sequential: layers in order, with each Dense+activation(+dropout) run as one fused step."""
 
 from __future__ import annotations
 
+import contextlib
+
 from .flat import FlatBuffers
-from .layers import Activation, Dense, Layer, Parameter
 
-
-def _plan(layers):
-    """Pair every Dense with the activation after it, so bias add and activation fuse."""
-    steps, i = [], 0
-    while i < len(layers):
-        layer = layers[i]
-        if isinstance(layer, Dense) and i + 1 < len(layers) and isinstance(layers[i + 1], Activation):
-            steps.append((layer, layers[i + 1].activation))
-            i += 2
-        else:
-            steps.append((layer, None))
-            i += 1
-    return steps
+from .chain import Chain, check_layers, walk
+from .layers import Layer, Parameter
 
 
 class Sequential:
     """A feed-forward network. ``forward`` returns the last layer's output buffer, which the
-    next forward call reuses; ``predict`` returns an independent NumPy array."""
+    next forward call reuses; ``predict`` returns an independent NumPy array.
+
+    A model starts in training mode (dropout active); ``eval()`` or ``with model.evaluating():``
+    switch to evaluation, and ``predict`` always evaluates.
+    """
 
     def __init__(self, *layers: Layer):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
-        for index, layer in enumerate(layers):
-            if not isinstance(layer, Layer):
-                raise TypeError(f"Sequential: layer {index} is {type(layer).__name__}, not a gpunn Layer")
-        dense = [(i, layer) for i, layer in enumerate(layers) if isinstance(layer, Dense)]
-        for i, layer in dense[1:]:
-            first_index, first = dense[0]
-            if layer.dtype != first.dtype:
-                raise TypeError(f"Sequential: mixed dtypes: layer {first_index} holds {first.dtype}, "
-                                f"layer {i} holds {layer.dtype}; a model holds one dtype")
-            if layer.backend is not first.backend:
-                raise ValueError(f"Sequential: layer {first_index} lives on the {first.backend.name} "
-                                 f"backend, layer {i} on {layer.backend.name}")
-        for (i, layer), (j, following) in zip(dense, dense[1:]):
-            if layer.out_features != following.in_features:
-                raise ValueError(f"Sequential: layer {i} gives {layer.out_features} features but "
-                                 f"layer {j} expects {following.in_features}")
+        first, self.in_features, self.out_features = check_layers(layers, "Sequential")
         self.layers = list(layers)
-        if dense:
-            self.backend, self.dtype = dense[0][1].backend, dense[0][1].dtype
+        if first is not None:
+            self.backend, self.dtype = first.backend, first.dtype
         else:
             from .backends import get_backend
 
             self.backend = get_backend()
             self.dtype = self.backend.check_dtype("float32")
-        for layer in self.layers:
-            if isinstance(layer, Activation):
+        for _, layer in walk(self.layers):
+            if layer.dtype is None:
                 layer.backend = self.backend
-        self._steps = _plan(self.layers)
+        self._chain = Chain(self.layers)
+        self._steps = self._chain.steps
         self.extras: dict = {}
         #: Every parameter's value and gradient are views into these two flat arrays.
         self.flat = FlatBuffers(self.parameters(), self.backend, self.dtype)
+        self.train()
 
-    @property
-    def in_features(self) -> int | None:
-        dense = [layer for layer in self.layers if isinstance(layer, Dense)]
-        return dense[0].in_features if dense else None
-
-    @property
-    def out_features(self) -> int | None:
-        dense = [layer for layer in self.layers if isinstance(layer, Dense)]
-        return dense[-1].out_features if dense else None
+    def all_layers(self) -> list[Layer]:
+        """Every layer, nested ones (inside Residual) too, depth first."""
+        return [layer for _, layer in walk(self.layers)]
 
     def parameters(self) -> list[Parameter]:
         return [p for layer in self.layers for p in layer.parameters()]
+
+    def named_parameters(self) -> list[tuple[str, Parameter]]:
+        """("layer2.0.W", parameter) pairs in the order of ``parameters()``: stable names for
+        files and gradient checks (layer index, then the index inside a residual block)."""
+        return [pair for index, layer in enumerate(self.layers) for pair in layer.named_parameters(f"layer{index}")]
+
+    # --- training and evaluation modes ----------------------------------------------------
+    @property
+    def training(self) -> bool:
+        return self._training
+
+    def train(self, mode: bool = True) -> "Sequential":
+        """Training mode (dropout active) or, with ``mode=False``, evaluation mode."""
+        self._training = bool(mode)
+        for layer in self.all_layers():
+            layer.training = self._training
+        return self
+
+    def eval(self) -> "Sequential":
+        return self.train(False)
+
+    @contextlib.contextmanager
+    def mode(self, training: bool):
+        """Inside the block the model is in the given mode; the mode it had comes back after."""
+        before = self._training
+        self.train(training)
+        try:
+            yield self
+        finally:
+            self.train(before)
+
+    def evaluating(self):
+        """``with model.evaluating():`` runs the block in evaluation mode (dropout off)."""
+        return self.mode(False)
 
     def zero_grad(self) -> None:
         """Mark every gradient stale: the next backward overwrites instead of adding."""
@@ -106,20 +115,11 @@ class Sequential:
     __call__ = forward
 
     def _forward(self, x):
-        for layer, activation in self._steps:
-            x = layer.forward(x, activation) if activation else layer.forward(x)
-        return x
+        return self._chain.forward(x)
 
     def backward(self, grad_output, input_gradient: bool = True):
         """Fill every layer's gradients from dL/dY; return dL/dX (None if not asked for)."""
-        for index in range(len(self._steps) - 1, -1, -1):
-            layer, activation = self._steps[index]
-            wanted = input_gradient or index > 0
-            if activation:
-                grad_output = layer.backward(grad_output, activation, input_gradient=wanted)
-            else:
-                grad_output = layer.backward(grad_output, input_gradient=wanted)
-        return grad_output
+        return self._chain.backward(grad_output, input_gradient=input_gradient)
 
     def _outputs(self, X, batch_size: int | None):
         """The outputs for ``X`` as a device array of their own, in evaluation mode, in batches."""

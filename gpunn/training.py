@@ -116,7 +116,7 @@ class _RecordedStep:
         train_step = self.train_step
         model = train_step.model
         return ([model.flat.values, model.flat.grads] + train_step.optimizer.device_arrays()
-                + [array for layer in model.layers for array in layer._buffers.values()])
+                + [array for layer in model.all_layers() for array in layer._buffers.values()])
 
     def _key(self):
         """What the recording baked in: hyperparameters passed as kernel arguments, the precision,

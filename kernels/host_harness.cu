@@ -2,20 +2,23 @@
 //  * as host code into a shared library, loaded with ctypes and compared with the NumPy backend;
 //  * as device code for sm_90, through the __global__ wrappers below, so every CI run proves that
 //    the functions CuPy compiles at run time also compile for the GPU (float16 storage included).
+// The activations' wrappers are generated from the registry by the tests and appended to this
+// file, so that every registered activation is checked without an entry here.
 #include <cmath>
 #include <cuda_fp16.h>
 
 #include "activations.cuh"
+#include "dropout.cuh"
+#include "layer_norm.cuh"
 #include "losses.cuh"
 #include "optim.cuh"
 
-#define GPUNN_ACTIVATION_HOST(ACT, T, SUFFIX)                                                    \
-    extern "C" void bias_##ACT##_##SUFFIX(const T* z, const T* b, T* y, long rows, long cols) { \
-        for (long i = 0; i < rows * cols; ++i) y[i] = gpunn_##ACT##_forward(z[i] + b[i % cols]);          \
-    }                                                                                            \
-    extern "C" void ACT##_backward_##SUFFIX(const T* dy, const T* y, T* dz, long n) {            \
-        for (long i = 0; i < n; ++i) dz[i] = gpunn_##ACT##_backward(dy[i], y[i]);               \
-    }
+// Blocks of Philox4x64-10 for counters (c0[j], c1[j], 0, 0): out[4j .. 4j+3].
+extern "C" void philox4x64_10(const gpunn_u64* c0, const gpunn_u64* c1, gpunn_u64 k0, gpunn_u64 k1,
+                              gpunn_u64* out, long n) {
+    for (long j = 0; j < n; ++j)
+        for (int word = 0; word < 4; ++word) out[4 * j + word] = gpunn_philox4x64_10(c0[j], c1[j], k0, k1, word);
+}
 
 // One update rule over n elements, weight decay on [0, decay_end) only, as the CuPy kernel applies it.
 #define GPUNN_UPDATE_HOST(RULE, T, SUFFIX)                                                       \
@@ -27,12 +30,33 @@
     }
 
 #define GPUNN_HOST(T, SUFFIX)                                                                    \
-    GPUNN_ACTIVATION_HOST(sigmoid, T, SUFFIX)                                                    \
-    GPUNN_ACTIVATION_HOST(relu, T, SUFFIX)                                                       \
-    GPUNN_ACTIVATION_HOST(identity, T, SUFFIX)                                                   \
-    GPUNN_ACTIVATION_HOST(tanh, T, SUFFIX)                                                       \
     GPUNN_UPDATE_HOST(sgd, T, SUFFIX)                                                            \
     GPUNN_UPDATE_HOST(adam, T, SUFFIX)                                                           \
+    extern "C" void layer_norm_forward_##SUFFIX(const T* x, const T* gain, const T* bias, T eps, T* y, \
+                                                T* mean, T* rstd, long rows, long cols) {        \
+        for (long r = 0; r < rows; ++r) {                                                        \
+            T sum = T(0), squares = T(0);                                                        \
+            for (long c = 0; c < cols; ++c) sum += x[r * cols + c];                              \
+            mean[r] = sum / T(cols);                                                             \
+            for (long c = 0; c < cols; ++c) squares += (x[r * cols + c] - mean[r]) * (x[r * cols + c] - mean[r]); \
+            rstd[r] = gpunn_layer_norm_rstd(squares, T(cols), eps);                              \
+            for (long c = 0; c < cols; ++c)                                                      \
+                y[r * cols + c] = gpunn_layer_norm_forward(x[r * cols + c], mean[r], rstd[r], gain[c], bias[c]); \
+        }                                                                                        \
+    }                                                                                            \
+    extern "C" void layer_norm_backward_##SUFFIX(const T* dy, const T* x, const T* gain, const T* mean, \
+                                                 const T* rstd, T* dx, long rows, long cols) {   \
+        for (long r = 0; r < rows; ++r) {                                                        \
+            T g = T(0), g_xhat = T(0);                                                           \
+            for (long c = 0; c < cols; ++c) {                                                    \
+                g += dy[r * cols + c] * gain[c];                                                 \
+                g_xhat += dy[r * cols + c] * gain[c] * ((x[r * cols + c] - mean[r]) * rstd[r]);  \
+            }                                                                                    \
+            for (long c = 0; c < cols; ++c)                                                      \
+                dx[r * cols + c] = gpunn_layer_norm_backward(dy[r * cols + c], x[r * cols + c], gain[c], mean[r], \
+                                                             rstd[r], g / T(cols), g_xhat / T(cols)); \
+        }                                                                                        \
+    }                                                                                            \
     extern "C" void effective_grad_##SUFFIX(const T* g, T loss_scale, T norm, T max_norm, T* out, long n) { \
         for (long i = 0; i < n; ++i) out[i] = gpunn_effective_grad(g[i], loss_scale, norm, max_norm); \
     }                                                                                            \
@@ -60,10 +84,10 @@ __global__ void gpunn_device_check(const S* z, const S* b, const S* t, S* y, S* 
     long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
     if (i >= n) return;
     C zc = C(z[i]) + C(b[i % cols]);
-    C out = gpunn_sigmoid_forward(zc) + gpunn_tanh_forward(zc) + gpunn_relu_forward(zc) + gpunn_identity_forward(zc);
     C dy = C(t[i]);
-    out += gpunn_sigmoid_backward(dy, out) + gpunn_tanh_backward(dy, out) +
-           gpunn_relu_backward(dy, out) + gpunn_identity_backward(dy, out);
+    C out = gpunn_layer_norm_forward(zc, C(0.5), C(2), dy, C(1)) +
+            gpunn_layer_norm_backward(dy, zc, C(2), C(0.5), C(2), C(0.1), C(0.2)) + gpunn_layer_norm_rstd(zc, C(8), C(1e-5));
+    out = gpunn_dropout(out, (gpunn_u64)i, 3ULL, 5ULL, 7ULL, 1ULL << 62, C(1.25));
     out += gpunn_bce_with_logits(zc, dy) + gpunn_bce_with_logits_grad(zc, dy, C(0.5)) +
            gpunn_softmax_xent_grad(zc, C(1), i % cols == 0, C(0.5));
     C param = out, velocity = C(v[i]), second = C(0);

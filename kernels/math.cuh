@@ -11,6 +11,8 @@ __host__ __device__ inline float gpunn_log1p(float x) { return log1pf(x); }
 __host__ __device__ inline double gpunn_log1p(double x) { return log1p(x); }
 __host__ __device__ inline float gpunn_abs(float x) { return fabsf(x); }
 __host__ __device__ inline double gpunn_abs(double x) { return fabs(x); }
+__host__ __device__ inline float gpunn_erf(float x) { return erff(x); }
+__host__ __device__ inline double gpunn_erf(double x) { return erf(x); }
 __host__ __device__ inline float gpunn_sqrt(float x) { return sqrtf(x); }
 __host__ __device__ inline double gpunn_sqrt(double x) { return sqrt(x); }
 __host__ __device__ inline float gpunn_pow(float x, float y) { return powf(x, y); }

@@ -4,11 +4,13 @@ Parametrised over the backends, so the CuPy backend inherits the whole suite on 
 """
 
 import inspect
+import math
 
 import numpy as np
 import pytest
 
 from gpunn.backends import resolve_backend
+from gpunn.backends.activations import REGISTRY
 from gpunn.backends.base import ACTIVATIONS, Backend
 from gpunn.backends.numpy_backend import NumpyBackend
 
@@ -17,14 +19,32 @@ from conftest import tolerance
 DTYPES = ["float32", "float64"]
 
 
+erf = np.vectorize(math.erf)
+SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+
+
 def reference_forward(activation, z):
-    return {"sigmoid": lambda: 1 / (1 + np.exp(-z)), "tanh": lambda: np.tanh(z),
-            "relu": lambda: np.maximum(z, 0), "identity": lambda: z}[activation]()
+    """Closed forms in float64, written independently of the backends (default parameters)."""
+    sigmoid = 1 / (1 + np.exp(-z))
+    inner = SQRT_2_OVER_PI * (z + 0.044715 * z ** 3)
+    return {"sigmoid": lambda: sigmoid, "tanh": lambda: np.tanh(z), "relu": lambda: np.maximum(z, 0),
+            "identity": lambda: z, "gelu": lambda: z * 0.5 * (1 + erf(z / math.sqrt(2))),
+            "gelu_tanh": lambda: 0.5 * z * (1 + np.tanh(inner)), "silu": lambda: z * sigmoid,
+            "leaky_relu": lambda: np.where(z > 0, z, 0.01 * z),
+            "softplus": lambda: np.where(z > 20, z, np.log1p(np.exp(np.minimum(z, 20))))}[activation]()
 
 
-def reference_slope(activation, y):
-    return {"sigmoid": y * (1 - y), "tanh": 1 - y * y, "relu": (y > 0).astype(float),
-            "identity": np.ones_like(y)}[activation]
+def reference_slope(activation, z):
+    """f'(z) in closed form, from the pre-activation z."""
+    y, sigmoid = reference_forward(activation, z), 1 / (1 + np.exp(-z))
+    inner = SQRT_2_OVER_PI * (z + 0.044715 * z ** 3)
+    return {"sigmoid": lambda: y * (1 - y), "tanh": lambda: 1 - y * y, "relu": lambda: (z > 0).astype(float),
+            "identity": lambda: np.ones_like(z),
+            "gelu": lambda: 0.5 * (1 + erf(z / math.sqrt(2))) + z * np.exp(-z * z / 2) / math.sqrt(2 * math.pi),
+            "gelu_tanh": lambda: 0.5 * (1 + np.tanh(inner)) + 0.5 * z * (1 - np.tanh(inner) ** 2) * SQRT_2_OVER_PI
+            * (1 + 3 * 0.044715 * z * z),
+            "silu": lambda: sigmoid * (1 + z * (1 - sigmoid)), "leaky_relu": lambda: np.where(z > 0, 1.0, 0.01),
+            "softplus": lambda: np.where(z > 20, 1.0, sigmoid)}[activation]()
 
 
 def close(backend, actual, expected, dtype):
@@ -70,14 +90,19 @@ def test_matmuls(backend, rng, dtype):
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_bias_activation_and_backward(backend, rng, dtype, activation):
     z, b, dy = rng.normal(size=(6, 9)) * 3, rng.normal(size=9), rng.normal(size=(6, 9))
-    Z, B, dY = (backend.asarray(a, dtype) for a in (z, b, dy))
+    Z, B, dY = (backend.asarray(a.copy(), dtype) for a in (z, b, dy))  # Z is overwritten below
     y = reference_forward(activation, z + b)
     close(backend, backend.bias_activation(Z, B, activation), y, dtype)
     in_place = backend.bias_activation(Z, B, activation, out=Z)
     assert in_place is Z
     close(backend, Z, y, dtype)
-    Y = backend.asarray(y, dtype)
-    close(backend, backend.activation_backward(dY, Y, activation), dy * reference_slope(activation, y), dtype)
+    saved = backend.asarray(z + b if REGISTRY[activation].reads_input else y, dtype)
+    close(backend, backend.activation_backward(dY, saved, activation), dy * reference_slope(activation, z + b), dtype)
+    # With ``saved``, the same pass also writes what backward reads.
+    out, kept = backend.empty((6, 9), dtype), backend.asarray(z.copy(), dtype)
+    backend.bias_activation(kept, B, activation, out=out, saved=kept)
+    close(backend, out, y, dtype)
+    close(backend, kept, z + b if REGISTRY[activation].reads_input else y, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -91,8 +116,8 @@ def test_sigmoid_never_overflows(backend, dtype):
 
 def test_unknown_activation_is_an_error(backend):
     z = backend.asarray([[1.0]], "float32")
-    with pytest.raises(ValueError, match="unknown activation 'softplus'"):
-        backend.bias_activation(z, 0, "softplus")
+    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+        backend.bias_activation(z, 0, "swish")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -163,3 +163,24 @@ def test_without_matplotlib_train_says_how_to_get_curves(capsys, tmp_path, monke
     assert code == 0, err
     assert "curves: not drawn (pip install 'gpunn[plot]' for a PNG)" in out
     assert not (tmp_path / "curves.png").exists()
+
+
+def test_train_a_modern_mlp(capsys, tmp_path):
+    code, out, err = train_digits(capsys, tmp_path, "--activation", "gelu", "--dropout", "0.1", "--layer-norm",
+                                  "--residual", "--hidden", "32,32", "--quiet")
+    assert code == 0, err
+    assert float(out.split("test accuracy: ")[1].split()[0]) > 0.9
+    model = gn.load(tmp_path / "model.npz")
+    assert [type(layer).__name__ for layer in model.layers] == ["Dense", "LayerNorm", "GELU", "Dropout", "Residual", "Dense"]
+    assert [type(layer).__name__ for layer in model.layers[4].layers] == ["Dense", "LayerNorm", "GELU", "Dropout"]
+
+
+def test_other_new_activations_and_a_residual_without_equal_widths(capsys, tmp_path):
+    for activation in ("silu", "leaky-relu"):
+        code, _, err = train_digits(capsys, tmp_path / activation, "--activation", activation, "--hidden", "16",
+                                    "--quiet")
+        assert code == 0, err
+    code, _, err = train_digits(capsys, tmp_path / "r", "--residual", "--hidden", "16,8")
+    assert code == 2 and "--residual needs two consecutive hidden layers of the same size" in err
+    code, _, err = train_digits(capsys, tmp_path / "d", "--dropout", "1.5")
+    assert code == 2 and "expected a number in [0, 1)" in err

@@ -280,3 +280,75 @@ def test_cli_trains_with_graphs(tmp_path, capsys):
     assert main(["train", "--backend", "cupy", "--graph", "--epochs", "5", "--quiet", "--out", str(tmp_path)]) == 0
     accuracy = float(capsys.readouterr().out.split("test accuracy:")[1].split()[0])
     assert accuracy > 0.9
+
+
+# --- the layers of issue 12 -----------------------------------------------------------------
+@pytest.mark.parametrize("dropout", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_saving_forward_and_dropout_backward(cp_backend, np_backend, rng, dtype, activation, dropout):
+    """The fused forward with ``saved`` and dropout, and its backward: the same numbers and, for
+    a seed and step, the same mask as NumPy."""
+    from gpunn.backends.base import DropoutMask
+
+    ref = reference(dtype)
+    z, b, dy = (rng.normal(size=(37, 29)) * 3).astype(dtype), rng.normal(size=29).astype(dtype), \
+        rng.normal(size=(37, 29)).astype(dtype)
+    masks = [DropoutMask(987654321, int(0.3 * 2 ** 64), 1 / 0.7, backend.asarray(np.array([5], np.uint64)))
+             if dropout else None for backend in (np_backend, cp_backend)]
+    saved_ref = np.empty(z.shape, ref)
+    y_ref = np_backend.bias_activation(z.astype(ref), b.astype(ref), activation, saved=saved_ref, dropout=masks[0])
+    saved = cp_backend.empty(z.shape, dtype)
+    y = cp_backend.bias_activation(cp_backend.asarray(z), cp_backend.asarray(b), activation, saved=saved,
+                                   dropout=masks[1])
+    compare(cp_backend, y, y_ref, dtype)
+    compare(cp_backend, saved, saved_ref, dtype)
+    np.testing.assert_array_equal(cp_backend.to_numpy(y) == 0, y_ref == 0)
+    grad_ref = np_backend.activation_backward(dy.astype(ref), saved_ref.astype(dtype).astype(ref), activation,
+                                              dropout=masks[0])
+    grad = cp_backend.activation_backward(cp_backend.asarray(dy), saved, activation, dropout=masks[1])
+    compare(cp_backend, grad, grad_ref, dtype)
+
+
+@pytest.mark.parametrize("shape", [(1, 7), (333, 129), (64, 1000)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layer_norm_ops(cp_backend, np_backend, rng, shape, dtype):
+    ref = reference(dtype)
+    x = (rng.normal(size=shape) * 3 + 1).astype(dtype)
+    gain, bias, dy = (rng.normal(size=s).astype(dtype) for s in (shape[1], shape[1], shape))
+    stats = "float32" if dtype == "float16" else dtype
+    mean, rstd = np.empty(shape[0], ref), np.empty(shape[0], ref)
+    y_ref = np_backend.layer_norm_forward(x.astype(ref), gain.astype(ref), bias.astype(ref), 1e-5,
+                                          np.empty(shape, ref), mean, rstd)
+    X, G, B, dY = (cp_backend.asarray(a) for a in (x, gain, bias, dy))
+    Mean, Rstd = cp_backend.empty((shape[0],), stats), cp_backend.empty((shape[0],), stats)
+    compare(cp_backend, cp_backend.layer_norm_forward(X, G, B, 1e-5, cp_backend.empty(shape, dtype), Mean, Rstd),
+            y_ref, dtype)
+    compare(cp_backend, Rstd, rstd, stats)
+    compare(cp_backend, cp_backend.layer_norm_backward(dY, X, G, Mean, Rstd),
+            np_backend.layer_norm_backward(dy.astype(ref), x.astype(ref), gain.astype(ref), mean, rstd), dtype)
+    scale = np.sqrt(shape[0]) if dtype == "float16" else 1.0
+    rtol, atol = tolerance(dtype)
+    np.testing.assert_allclose(cp_backend.to_numpy(cp_backend.layer_norm_gain_gradient(dY, X, Mean, Rstd)).astype(float),
+                               np_backend.layer_norm_gain_gradient(dy.astype(ref), x.astype(ref), mean, rstd),
+                               rtol=rtol * scale * 10, atol=atol * scale * 10)
+
+
+def test_modern_fit_matches_numpy_and_graphs_replay_dropout(rng):
+    """A whole fit with GELU, LayerNorm, Residual and Dropout agrees across backends (same seed,
+    same masks), also when each step replays a CUDA graph (the dropout step advances on the device)."""
+    x, labels = rng.normal(size=(64, 12)), rng.integers(0, 4, size=64)
+    results = {}
+    for name, graph in (("numpy", False), ("cupy", False), ("cupy", True)):
+        with gn.use_backend(name):
+            model = gn.Sequential(gn.Dense(12, 16, dtype="float64", seed=1), gn.GELU(), gn.Dropout(0.2, seed=7),
+                                  gn.Residual(gn.LayerNorm(16, dtype="float64"), gn.Dense(16, 16, dtype="float64", seed=2),
+                                              gn.SiLU(), gn.Dropout(0.1, seed=8)),
+                                  gn.Dense(16, 4, dtype="float64", seed=3))
+            history = model.fit(x, labels, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=gn.SGD(lr=0.1, momentum=0.9),
+                                epochs=3, batch_size=16, seed=3, verbose=0, graph=graph)
+            results[(name, graph)] = (history["loss"], model.predict(x), model.layers[2].step)
+    for key in (("cupy", False), ("cupy", True)):
+        np.testing.assert_allclose(results[key][0], results[("numpy", False)][0], rtol=1e-9)
+        np.testing.assert_allclose(results[key][1], results[("numpy", False)][1], rtol=1e-9, atol=1e-12)
+        assert results[key][2] == 12

@@ -12,7 +12,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from gpunn.backends.base import ACTIVATIONS
+from gpunn.backends.activations import REGISTRY, activation_function
+from gpunn.backends.base import ACTIVATIONS, DropoutMask
 from gpunn.backends.numpy_backend import NumpyBackend
 from gpunn.kernel_source import kernel_dir, kernel_source
 
@@ -29,15 +30,62 @@ def nvcc(*arguments):
     assert result.returncode == 0, f"nvcc {' '.join(arguments)} failed:\n{result.stderr}"
 
 
+# Test parameter values, not the defaults, so that a parameter passed in the wrong place shows.
+PARAMETERS = {"leaky_relu": {"negative_slope": 0.2}, "softplus": {"beta": 1.5, "threshold": 4.0}}
+
+
+def activation_wrappers() -> str:
+    """Host and device wrappers for every registry entry: the harness reads the registry."""
+    parts = []
+    for name, kind in REGISTRY.items():
+        values = [f"p[{index}]" for index in range(len(kind.parameters))]
+        saved = "pre" if kind.reads_input else "a"
+        for c_type, suffix in (("float", "f32"), ("double", "f64")):
+            parts.append(f"""
+extern "C" void bias_{name}_{suffix}(const {c_type}* z, const {c_type}* b, {c_type}* y, {c_type}* saved, long rows,
+        long cols, const {c_type}* p, gpunn_u64 step, gpunn_u64 k0, gpunn_u64 k1, gpunn_u64 threshold, {c_type} scale) {{
+    for (long i = 0; i < rows * cols; ++i) {{
+        {c_type} pre = z[i] + b[i % cols];
+        {c_type} a = {kind.forward_call("pre", values)};
+        saved[i] = {saved};
+        y[i] = gpunn_dropout(a, (gpunn_u64)i, step, k0, k1, threshold, scale);
+    }}
+}}
+extern "C" void {name}_backward_{suffix}(const {c_type}* dy, const {c_type}* s, {c_type}* dz, long n, const {c_type}* p,
+        gpunn_u64 step, gpunn_u64 k0, gpunn_u64 k1, gpunn_u64 threshold, {c_type} scale) {{
+    for (long i = 0; i < n; ++i)
+        dz[i] = {kind.backward_call("gpunn_dropout(dy[i], (gpunn_u64)i, step, k0, k1, threshold, scale)", "s[i]", values)};
+}}""")
+        device_values = [f"C({index + 1}) / C(2)" for index in range(len(kind.parameters))]
+        parts.append(f"""
+template <typename S, typename C> __global__ void {name}_device_check(const S* z, S* y, long n) {{
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    C a = {kind.forward_call("C(z[i])", device_values)};
+    y[i] = S({kind.backward_call("a", "C(z[i])", device_values)});
+}}
+template __global__ void {name}_device_check<float, float>(const float*, float*, long);
+template __global__ void {name}_device_check<double, double>(const double*, double*, long);
+template __global__ void {name}_device_check<__half, float>(const __half*, __half*, long);""")
+    return "\n".join(parts)
+
+
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory):
+def harness_source(tmp_path_factory):
+    unit = tmp_path_factory.mktemp("source") / "harness.cu"
+    unit.write_text(f'#include "{HARNESS}"\n{activation_wrappers()}\n')
+    return unit
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory, harness_source):
     library = tmp_path_factory.mktemp("kernels") / "libgpunn_host.so"
-    nvcc("-O2", "-shared", "-Xcompiler", "-fPIC", str(HARNESS), "-o", str(library))
+    nvcc("-O2", "-shared", "-Xcompiler", "-fPIC", str(harness_source), "-o", str(library))
     return ctypes.CDLL(str(library))
 
 
-def test_device_build_for_hopper(tmp_path):
-    nvcc("-arch=sm_90", "-c", str(HARNESS), "-o", str(tmp_path / "device.o"))
+def test_device_build_for_hopper(tmp_path, harness_source):
+    nvcc("-arch=sm_90", "-c", str(harness_source), "-o", str(tmp_path / "device.o"))
 
 
 @pytest.mark.parametrize("header", sorted(path.name for path in kernel_dir().glob("*.cuh")))
@@ -67,32 +115,104 @@ def extremes(dtype, rng, shape=(7, 9)):
     return values.astype(dtype)
 
 
+def assert_rounding_close(got, expected, pre, dtype):
+    """Equal up to rounding: relative to the value, or to the pre-activation where a formula
+    cancels (GELU's 1 + erf in the far negative tail amplifies erf's last bit)."""
+    bound = RTOL[dtype] * np.abs(expected) + 4 * np.finfo(dtype).eps * (np.abs(np.nan_to_num(pre)) + 1)
+    same = (got == expected) | (np.isnan(got) & np.isnan(expected))
+    with np.errstate(invalid="ignore"):
+        assert np.all(same | (np.abs(got - expected) <= bound)), (got, expected)
+
+
+def run_activation(harness, dtype, activation, z, bias, mask, backward_dy=None):
+    """The harness's fused forward (y, saved) or, given dy, its backward from ``z`` as saved."""
+    c_type, suffix = CTYPES[dtype]
+    function = activation_function(activation, **PARAMETERS.get(activation, {}))
+    params = np.array(function.values or [0.0], dtype)
+    step = int(mask.step[0]) if mask else 0
+    k0, k1 = mask.key_words if mask else (0, 0)
+    dropout = [ctypes.c_ulonglong(v) for v in (step, k0, k1, mask.threshold if mask else 0)]
+    dropout.append(c_type(mask.scale if mask else 1.0))
+    if backward_dy is None:
+        y, saved = np.empty_like(z), np.empty_like(z)
+        getattr(harness, f"bias_{activation}_{suffix}")(pointer(z), pointer(bias), pointer(y), pointer(saved),
+                                                        ctypes.c_long(z.shape[0]), ctypes.c_long(z.shape[1]),
+                                                        pointer(params), *dropout)
+        return function, y, saved
+    dz = np.empty_like(z)
+    getattr(harness, f"{activation}_backward_{suffix}")(pointer(backward_dy), pointer(z), pointer(dz),
+                                                        ctypes.c_long(z.size), pointer(params), *dropout)
+    return function, dz
+
+
+@pytest.mark.parametrize("dropout", [False, True])
 @pytest.mark.parametrize("dtype", CTYPES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_bias_activation_matches_numpy(harness, rng, dtype, activation):
+def test_bias_activation_matches_numpy(harness, rng, dtype, activation, dropout):
     z = extremes(dtype, rng)
     bias = np.zeros(z.shape[1], dtype)
     bias[-3:] = rng.normal(size=3)
-    got = np.empty_like(z)
-    function = getattr(harness, f"bias_{activation}_{CTYPES[dtype][1]}")
-    function(pointer(z), pointer(bias), pointer(got), ctypes.c_long(z.shape[0]), ctypes.c_long(z.shape[1]))
-    expected = numpy_backend.bias_activation(z, bias, activation)
-    np.testing.assert_allclose(got, expected, rtol=RTOL[dtype], atol=0, equal_nan=True)
+    mask = DropoutMask(int(rng.integers(1 << 62)) << 40, 1 << 63, 2.0, np.array([7], np.uint64)) if dropout else None
+    function, got, got_saved = run_activation(harness, dtype, activation, z, bias, mask)
+    saved = np.empty_like(z)
+    expected = numpy_backend.bias_activation(z, bias, function, saved=saved, dropout=mask)
+    pre = z + bias
+    assert_rounding_close(got, expected, pre * 2, dtype)
+    assert_rounding_close(got_saved, saved, pre, dtype)
+    if dropout:
+        assert 0 < np.mean(got == 0) < 1
     if activation == "sigmoid":
-        assert got[0, 0] == 1.0 and got[0, 1] == 0.0  # ±1000: exactly 1 and 0, no NaN
+        assert got_saved[0, 0] == 1.0 and got_saved[0, 1] == 0.0  # ±1000: exactly 1 and 0, no NaN
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+@pytest.mark.parametrize("dtype", CTYPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_activation_backward_matches_numpy(harness, rng, dtype, activation, dropout):
+    z = extremes(dtype, rng)
+    function = activation_function(activation, **PARAMETERS.get(activation, {}))
+    saved = z if function.reads_input else numpy_backend.bias_activation(z, 0, function)
+    dy = rng.normal(size=z.shape).astype(dtype)
+    dy.flat[-1] = np.nan
+    mask = DropoutMask(12345, 1 << 62, 4 / 3, np.array([3], np.uint64)) if dropout else None
+    _, got = run_activation(harness, dtype, activation, np.ascontiguousarray(saved), None, mask, backward_dy=dy)
+    expected = numpy_backend.activation_backward(dy, saved, function, dropout=mask)
+    assert_rounding_close(got, expected, z * dy * 2, dtype)
+
+
+def test_philox_matches_numpy_random_philox(harness, rng):
+    """Blocks for counters (c0, c1, 0, 0) equal numpy.random.Philox started one counter before."""
+    c0 = rng.integers(0, 1 << 63, size=40, dtype=np.uint64) * np.uint64(2)
+    c1 = rng.integers(0, 1 << 63, size=40, dtype=np.uint64)
+    c0[:3] = [0, 1, np.iinfo(np.uint64).max]
+    c1[:3] = [1, 0, 5]
+    key = int(rng.integers(1 << 62)) * 3 + (int(rng.integers(1 << 62)) << 64)
+    got = np.empty(4 * c0.size, np.uint64)
+    harness.philox4x64_10(pointer(c0), pointer(c1), ctypes.c_ulonglong(key & (2 ** 64 - 1)),
+                          ctypes.c_ulonglong(key >> 64), pointer(got), ctypes.c_long(c0.size))
+    for index, (low, high) in enumerate(zip(c0.tolist(), c1.tolist())):
+        counter = (low + (high << 64) - 1) % (1 << 256)
+        expected = np.random.Philox(key=key, counter=counter).random_raw(4)
+        np.testing.assert_array_equal(got[4 * index: 4 * index + 4], expected)
 
 
 @pytest.mark.parametrize("dtype", CTYPES)
-@pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_activation_backward_matches_numpy(harness, rng, dtype, activation):
-    y = numpy_backend.bias_activation(extremes(dtype, rng), 0, activation)
-    dy = rng.normal(size=y.shape).astype(dtype)
-    dy.flat[-1] = np.nan
-    got = np.empty_like(y)
-    getattr(harness, f"{activation}_backward_{CTYPES[dtype][1]}")(pointer(dy), pointer(y), pointer(got),
-                                                                   ctypes.c_long(y.size))
-    expected = numpy_backend.activation_backward(dy, y, activation)
-    np.testing.assert_allclose(got, expected, rtol=RTOL[dtype], atol=0, equal_nan=True)
+def test_layer_norm_matches_numpy(harness, rng, dtype):
+    c_type, suffix = CTYPES[dtype]
+    rows, cols = 5, 7
+    x = (rng.normal(size=(rows, cols)) * 3 + 1).astype(dtype)
+    gain, bias, dy = (rng.normal(size=shape).astype(dtype) for shape in (cols, cols, (rows, cols)))
+    y, mean, rstd, dx = np.empty_like(x), np.empty(rows, dtype), np.empty(rows, dtype), np.empty_like(x)
+    harness[f"layer_norm_forward_{suffix}"](pointer(x), pointer(gain), pointer(bias), c_type(1e-5), pointer(y),
+                                            pointer(mean), pointer(rstd), ctypes.c_long(rows), ctypes.c_long(cols))
+    harness[f"layer_norm_backward_{suffix}"](pointer(dy), pointer(x), pointer(gain), pointer(mean), pointer(rstd),
+                                             pointer(dx), ctypes.c_long(rows), ctypes.c_long(cols))
+    expected_mean, expected_rstd = np.empty(rows, dtype), np.empty(rows, dtype)
+    expected = numpy_backend.layer_norm_forward(x, gain, bias, 1e-5, np.empty_like(x), expected_mean, expected_rstd)
+    rtol = RTOL[dtype] * 20
+    np.testing.assert_allclose(y, expected, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(rstd, expected_rstd, rtol=rtol)
+    np.testing.assert_allclose(dx, numpy_backend.layer_norm_backward(dy, x, gain, mean, rstd), rtol=rtol, atol=rtol)
 
 
 UPDATE_CASES = [("sgd", (0.0, 0.0, 0.0), False), ("sgd", (0.9, 0.0, 0.0), False), ("sgd", (0.9, 0.0, 0.0), True),

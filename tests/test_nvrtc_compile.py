@@ -112,7 +112,7 @@ def compile_for(kernel, source, options, arch):
 @pytest.mark.parametrize("op,variant,dtype", cupy_backend.kernel_catalogue())
 def test_kernel_compiles_with_nvrtc_as_cupy_compiles_it(op, variant, dtype):
     kernel = cupy_backend._build(op, variant, dtype)
-    arguments = cupy_backend.KERNELS[op].arguments(dtype)
+    arguments = cupy_backend.KERNELS[op].arguments(variant, dtype)
     for arch, index_32_bits in TARGETS:
         source, options = generated_source(kernel, arguments, index_32_bits)
         assert f'extern "C" __global__ void {kernel.name}(' in source
@@ -126,6 +126,7 @@ def test_a_kernel_calling_an_undefined_function_fails_to_compile():
 
     kernel = cupy.ElementwiseKernel("T z, T b", "T y", "y = gpunn_softplus_forward(z + b)", "gpunn_broken_kernel",
                                     preamble=cupy_backend.kernel_source("activations.cuh"))
-    source, options = generated_source(kernel, cupy_backend.KERNELS["bias_activation"].arguments("float32"), True)
+    arguments = (cupy_backend.Arg("float32"), cupy_backend.Arg("float32", "row"), cupy_backend.Arg("float32"))
+    source, options = generated_source(kernel, arguments, True)
     with pytest.raises(CompileException, match="gpunn_softplus_forward"):
         compile_for(kernel, source, options, "90")

@@ -8,16 +8,31 @@ backend modules import an array library. A new backend implements every abstract
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 
 import numpy as np
 
-ACTIVATIONS = ("sigmoid", "tanh", "relu", "identity")
+from .activations import ACTIVATIONS, ActivationFunction, as_activation_function  # noqa: F401 (re-exported)
 
 
-def check_activation(activation: str) -> str:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
-    return activation
+@dataclass(frozen=True)
+class DropoutMask:
+    """Which elements inverted dropout keeps at the current step, and how survivors scale.
+
+    Element i survives when word i mod 4 of the Philox4x64-10 block with counter
+    (⌊i/4⌋, step[0], 0, 0) and key (key & (2^64 − 1), key >> 64) is at least ``threshold``
+    (= ⌊rate·2^64⌋); survivors are multiplied by ``scale`` (= 1/(1 − rate)). ``step`` is a
+    1-element uint64 array on the backend's device, read by the kernels there.
+    """
+
+    key: int
+    threshold: int
+    scale: float
+    step: object
+
+    @property
+    def key_words(self) -> tuple[int, int]:
+        return self.key & 0xFFFFFFFFFFFFFFFF, self.key >> 64
 
 
 class HostSeededGenerator:
@@ -116,16 +131,38 @@ class Backend(abc.ABC):
 
     # --- fused elementwise work ----------------------------------------------------------
     @abc.abstractmethod
-    def bias_activation(self, z, bias, activation: str, out=None):
-        """``f(z + bias)`` in one pass, the bias broadcast over rows; ``out`` may be ``z``."""
+    def bias_activation(self, z, bias, activation, out=None, saved=None, dropout=None):
+        """``dropout(f(z + bias))`` in one pass, the bias broadcast over rows; ``out`` may be ``z``.
+
+        ``activation`` is a registry name or an ``ActivationFunction``. With ``saved``, the same
+        pass also writes what backward reads: ``z + bias`` when the activation's backward reads
+        the input, ``f(z + bias)`` (before dropout) when it reads the output; ``saved`` may be
+        ``z`` but not ``out``. ``dropout`` is a ``DropoutMask`` or None.
+        """
 
     @abc.abstractmethod
-    def activation_backward(self, dy, y, activation: str, out=None):
-        """``dy ⊙ f'(·)`` from the saved output ``y`` in one pass; ``out`` may be ``dy``."""
+    def activation_backward(self, dy, saved, activation, out=None, dropout=None):
+        """``dropout(dy) ⊙ f'(·)`` in one pass, f' from ``saved`` (the output, or the input where
+        the registry says so; see ``bias_activation``); ``out`` may be ``dy``."""
 
     @abc.abstractmethod
     def bias_gradient(self, dz, out=None):
         """Column sums of ``dz``: the bias gradient."""
+
+    # --- layer normalisation ---------------------------------------------------------------
+    @abc.abstractmethod
+    def layer_norm_forward(self, x, gain, bias, eps: float, out, mean, rstd):
+        """``out = (x − mean)·rstd·gain + bias`` per row, ``rstd = 1/√(var + eps)`` (biased
+        variance); writes the row statistics into ``mean`` and ``rstd`` ((rows,), in the compute
+        dtype: float32 for float16 storage) for backward. Returns ``out``."""
+
+    @abc.abstractmethod
+    def layer_norm_backward(self, dy, x, gain, mean, rstd, out=None):
+        """dL/dx of layer normalisation, from the statistics its forward wrote."""
+
+    @abc.abstractmethod
+    def layer_norm_gain_gradient(self, dy, x, mean, rstd, out=None):
+        """Column sums of ``dy ⊙ x̂`` (x̂ = (x − mean)·rstd): the gain gradient."""
 
     # --- optimizers over flat buffers (see gpunn/optim and kernels/optim.cuh) ----------------
     @abc.abstractmethod

@@ -19,7 +19,8 @@ from ..flat import PADDING
 from ..kernel_source import kernel_source
 from ..optim.rules import RULES
 from . import cublas, get_matmul_precision
-from .base import ACTIVATIONS, Backend, check_activation
+from .activations import REGISTRY
+from .base import Backend, as_activation_function
 
 # Storage dtype -> (compute dtype name for kernel signatures, C++ compute type).
 _COMPUTE = {"float16": ("float32", "float"), "float32": ("float32", "float"), "float64": ("float64", "double")}
@@ -67,6 +68,7 @@ class CupyBackend(Backend):
         self._ones: dict = {}
         self._unit_scale = None
         self._partials: dict = {}
+        self._no_step: dict = {}
 
     # --- arrays -------------------------------------------------------------------------
     @property
@@ -147,6 +149,19 @@ class CupyBackend(Backend):
         return self._gemm("tn", a, b, out)
 
     # --- kernels ------------------------------------------------------------------------
+    def _dropout_arguments(self, dropout) -> tuple:
+        """(step, key words, threshold, scale) for a kernel; no dropout is threshold 0, scale 1."""
+        if dropout is None:
+            device = cupy.cuda.Device().id
+            step = self._no_step.get(device)
+            if step is None:
+                step = self._no_step[device] = cupy.zeros((1,), numpy.uint64)
+            return step, numpy.uint64(0), numpy.uint64(0), numpy.uint64(0), 1.0
+        _require_device(dropout.step)
+        low, high = dropout.key_words
+        return (dropout.step, numpy.uint64(low), numpy.uint64(high), numpy.uint64(dropout.threshold),
+                dropout.scale)
+
     def _kernel(self, op: str, dtype, activation: str = ""):
         key = (op, activation, numpy.dtype(dtype).name)
         kernel = self._kernels.get(key)
@@ -157,15 +172,44 @@ class CupyBackend(Backend):
             kernel = self._kernels[key] = _build(op, activation, numpy.dtype(dtype).name)
         return kernel
 
-    def bias_activation(self, z, bias, activation: str, out=None):
-        check_activation(activation)
+    def bias_activation(self, z, bias, activation, out=None, saved=None, dropout=None):
+        function = as_activation_function(activation)
         _require_device(z, bias)
-        return _launch(self._kernel("bias_activation", z.dtype, activation), z, bias, out=out)
+        arguments = (z, bias, *self._dropout_arguments(dropout), *function.values)
+        if saved is None:
+            return _launch(self._kernel("bias_activation", z.dtype, function.name), *arguments, out=out)
+        if out is None:
+            out = cupy.empty_like(saved)
+        self._kernel("bias_activation_saving", z.dtype, function.name)(*arguments, out, saved)
+        return out
 
-    def activation_backward(self, dy, y, activation: str, out=None):
-        check_activation(activation)
-        _require_device(dy, y)
-        return _launch(self._kernel("activation_backward", dy.dtype, activation), dy, y, out=out)
+    def activation_backward(self, dy, saved, activation, out=None, dropout=None):
+        function = as_activation_function(activation)
+        _require_device(dy, saved)
+        return _launch(self._kernel("activation_backward", dy.dtype, function.name), dy, saved,
+                       *self._dropout_arguments(dropout), *function.values, out=out)
+
+    # --- layer normalisation: row statistics by ReductionKernels, the rest elementwise ----------
+    def layer_norm_forward(self, x, gain, bias, eps: float, out, mean, rstd):
+        _require_device(x, gain, bias, out, mean, rstd)
+        cols = x.shape[1]
+        self._kernel("layer_norm_mean", x.dtype)(x, cols, mean, axis=1)
+        self._kernel("layer_norm_rstd", x.dtype)(x, mean.reshape(-1, 1), cols, eps, rstd, axis=1)
+        return self._kernel("layer_norm_forward", x.dtype)(x, mean.reshape(-1, 1), rstd.reshape(-1, 1),
+                                                          gain, bias, out)
+
+    def layer_norm_backward(self, dy, x, gain, mean, rstd, out=None):
+        _require_device(dy, x, gain, mean, rstd)
+        cols, mean, rstd = x.shape[1], mean.reshape(-1, 1), rstd.reshape(-1, 1)
+        mean_g = self._kernel("layer_norm_mean_g", x.dtype)(dy, gain, cols, axis=1)
+        mean_g_xhat = self._kernel("layer_norm_mean_g_xhat", x.dtype)(dy, x, gain, mean, rstd, cols, axis=1)
+        return _launch(self._kernel("layer_norm_backward", x.dtype), dy, x, gain, mean, rstd,
+                       mean_g.reshape(-1, 1), mean_g_xhat.reshape(-1, 1), out=out)
+
+    def layer_norm_gain_gradient(self, dy, x, mean, rstd, out=None):
+        _require_device(dy, x, mean, rstd)
+        kernel = self._kernel("layer_norm_gain_gradient", x.dtype)
+        return kernel(dy, x, mean.reshape(-1, 1), rstd.reshape(-1, 1), axis=0, out=out)
 
     def bias_gradient(self, dz, out=None):
         """dzᵀ·1 as a cuBLAS matrix-vector product: coalesced, and float32 accumulation for float16."""
@@ -307,6 +351,28 @@ class _Graph:
             memory.release()
 
 
+DROPOUT_PARAMETERS = "raw uint64 dropout_step, uint64 dropout_k0, uint64 dropout_k1, uint64 dropout_threshold"
+DROPOUT_CALL = "i, dropout_step[0], dropout_k0, dropout_k1, dropout_threshold, dropout_scale"
+
+# Layer normalisation's row and column sums. Every ReductionKernel here takes two or more inputs,
+# so CuPy never swaps in its CUB block reduction (cupy/_core/_cub_reduction.pyx,
+# _can_use_cub_block_reduction: "1 input and 1 output" only), whose post-map rewrites
+# _in_ind.size(); the plain kernel reduces each output with a block of threads
+# (_reduction.pyx, _get_block_specs) and writes into the given ``out`` without allocating.
+_LAYER_NORM_REDUCTIONS = {
+    # op: (inputs, output, map expression, post-map expression)
+    "layer_norm_mean": ("T x, int64 cols", "{cn} mean", "({c}) x", "mean = a / ({c}) cols"),
+    "layer_norm_rstd": ("T x, {cn} mean, int64 cols, {cn} eps", "{cn} rstd",
+                        "(({c}) x - mean) * (({c}) x - mean)", "rstd = gpunn_layer_norm_rstd(a, ({c}) cols, eps)"),
+    "layer_norm_mean_g": ("T dy, T gain, int64 cols", "{cn} mean_g", "({c}) dy * ({c}) gain",
+                          "mean_g = a / ({c}) cols"),
+    "layer_norm_mean_g_xhat": ("T dy, T x, T gain, {cn} mean, {cn} rstd, int64 cols", "{cn} mean_g_xhat",
+                               "({c}) dy * ({c}) gain * ((({c}) x - mean) * rstd)", "mean_g_xhat = a / ({c}) cols"),
+    "layer_norm_gain_gradient": ("T dy, T x, {cn} mean, {cn} rstd", "T dgain",
+                                 "({c}) dy * ((({c}) x - mean) * rstd)", "dgain = (T) a"),
+}
+
+
 class Arg(NamedTuple):
     """One argument as gpunn passes it at launch: an array of the batch's shape (``"array"``), a
     vector broadcast over the rows (``"row"``, a bias) or the columns (``"column"``), a scalar,
@@ -319,29 +385,16 @@ class Arg(NamedTuple):
 class KernelSpec(NamedTuple):
     """A kernel the backend builds, once per variant (an activation, or ``""``) and storage dtype.
 
-    ``arguments(dtype)`` lists the launch's inputs then outputs, so that a test can generate the
+    ``arguments(variant, dtype)`` lists the launch's inputs then outputs, so that a test can generate the
     source CuPy will compile and compile it with NVRTC (tests/test_nvrtc_compile.py)."""
     build: Callable[[str, str], object]  # (variant, storage dtype) -> cupy kernel
-    arguments: Callable[[str], tuple]  # storage dtype -> (Arg, ...)
+    arguments: Callable[[str, str], tuple]  # (variant, storage dtype) -> (Arg, ...)
     variants: tuple[str, ...] = ("",)
     dtypes: tuple[str, ...] = tuple(_COMPUTE)
 
 
 def _elementwise(in_params, out_params, operation, name, *files):
     return cupy.ElementwiseKernel(in_params, out_params, operation, name, preamble=kernel_source(*files))
-
-
-def _bias_activation(activation, dtype):
-    compute = _COMPUTE[dtype][1]
-    return _elementwise("T z, T b", "T y", f"y = (T) gpunn_{activation}_forward(({compute}) z + ({compute}) b)",
-                        f"gpunn_bias_{activation}_kernel", "activations.cuh")
-
-
-def _activation_backward(activation, dtype):
-    compute = _COMPUTE[dtype][1]
-    return _elementwise("T dy, T y", "T dz",
-                        f"dz = (T) gpunn_{activation}_backward(({compute}) dy, ({compute}) y)",
-                        f"gpunn_{activation}_backward_kernel", "activations.cuh")
 
 
 def _bce_with_logits_loss(_, dtype):
@@ -401,7 +454,7 @@ def _update(rule, with_master: bool):
             "C weight_decay, int64 decay_end, C h0, C h1, C h2, bool flag", ", ".join(outputs), operation,
             f"{rule.function}_kernel", "optim.cuh")
 
-    def arguments_for(dtype):
+    def arguments_for(_, dtype):
         compute = _compute_name(dtype)
         scalar = Arg(compute, "scalar")
         return (Arg(dtype), Arg("float64", "raw"), Arg("float64", "raw"), Arg("int64", "scalar"), Arg(compute, "raw"),
@@ -428,6 +481,80 @@ def _norm_of_partials(_, dtype):
                                 "gpunn_norm_of_partials_kernel", preamble=kernel_source("math.cuh"))
 
 
+def _build_activation(op: str, name: str, compute_name: str, compute: str):
+    """An activation kernel from its registry entry: parameters become scalar arguments."""
+    kind = REGISTRY[name]
+    parameters = "".join(f", {compute_name} {parameter}" for parameter, _ in kind.parameters)
+    values = [parameter for parameter, _ in kind.parameters]
+    inputs = f"T {'dy, T saved' if op == 'activation_backward' else 'z, T b'}, {DROPOUT_PARAMETERS}, " \
+             f"{compute_name} dropout_scale{parameters}"
+    preamble = kernel_source("activations.cuh", "dropout.cuh")
+    if op == "activation_backward":
+        kept = f"gpunn_dropout(({compute}) dy, {DROPOUT_CALL})"
+        return cupy.ElementwiseKernel(inputs, "T dz", f"dz = (T) {kind.backward_call(kept, f'({compute}) saved', values)}",
+                                      f"gpunn_{name}_backward_kernel", preamble=preamble)
+    forward = f"{compute} a = {kind.forward_call('pre', values)}; y = (T) gpunn_dropout(a, {DROPOUT_CALL});"
+    if op == "bias_activation":
+        return cupy.ElementwiseKernel(inputs, "T y", f"{compute} pre = ({compute}) z + ({compute}) b; {forward}",
+                                      f"gpunn_bias_{name}_kernel", preamble=preamble)
+    return cupy.ElementwiseKernel(
+        inputs, "T y, T saved",
+        f"{compute} pre = ({compute}) z + ({compute}) b; {forward} saved = (T) {'pre' if kind.reads_input else 'a'};",
+        f"gpunn_bias_{name}_saving_kernel", preamble=preamble)
+
+
+def _activation(op):
+    def build(name, dtype):
+        compute_name, compute = _COMPUTE[dtype]
+        return _build_activation(op, name, compute_name, compute)
+
+    def arguments(name, dtype):
+        compute = _compute_name(dtype)
+        parameters = tuple(Arg(compute, "scalar") for _ in REGISTRY[name].parameters)
+        inputs = (Arg(dtype), Arg(dtype) if op == "activation_backward" else Arg(dtype, "row"),
+                  Arg("uint64", "raw"), *(Arg("uint64", "scalar") for _ in range(3)), Arg(compute, "scalar"),
+                  *parameters)
+        return inputs + ((Arg(dtype), Arg(dtype)) if op == "bias_activation_saving" else (Arg(dtype),))
+
+    return KernelSpec(build, arguments, tuple(REGISTRY))
+
+
+def _layer_norm_reduction(op):
+    def build(_, dtype):
+        compute_name, compute = _COMPUTE[dtype]
+        inputs, output, map_expression, post_map = (text.format(cn=compute_name, c=compute)
+                                                    for text in _LAYER_NORM_REDUCTIONS[op])
+        return cupy.ReductionKernel(inputs, output, map_expression, "a + b", post_map, "0", f"gpunn_{op}_kernel",
+                                    reduce_type=compute, preamble=kernel_source("layer_norm.cuh"))
+
+    def arguments(_, dtype):
+        compute = _compute_name(dtype)
+        kinds = {"T": lambda name: Arg(dtype, "row" if name == "gain" else "matrix"),
+                 "{cn}": lambda name: Arg(compute, "column" if name in ("mean", "rstd") else "scalar"),
+                 "int64": lambda name: Arg("int64", "scalar")}
+        inputs, output = _LAYER_NORM_REDUCTIONS[op][:2]
+        parsed = [kinds[kind](name) for kind, name in (item.split() for item in inputs.split(", "))]
+        result_type = dtype if output.startswith("T ") else compute
+        return (*parsed, Arg(result_type, "rows"))
+
+    return KernelSpec(build, arguments)
+
+
+def _layer_norm_forward(_, dtype):
+    compute_name, compute = _COMPUTE[dtype]
+    return _elementwise(f"T x, {compute_name} mean, {compute_name} rstd, T gain, T bias", "T y",
+                        f"y = (T) gpunn_layer_norm_forward(({compute}) x, mean, rstd, ({compute}) gain, ({compute}) bias)",
+                        "gpunn_layer_norm_forward_kernel", "layer_norm.cuh")
+
+
+def _layer_norm_backward(_, dtype):
+    compute_name, compute = _COMPUTE[dtype]
+    return _elementwise(f"T dy, T x, T gain, {compute_name} mean, {compute_name} rstd, {compute_name} mean_g, "
+                        f"{compute_name} mean_g_xhat", "T dx",
+                        f"dx = (T) gpunn_layer_norm_backward(({compute}) dy, ({compute}) x, ({compute}) gain, mean, "
+                        "rstd, mean_g, mean_g_xhat)", "gpunn_layer_norm_backward_kernel", "layer_norm.cuh")
+
+
 def _compute_name(dtype):
     return _COMPUTE[dtype][0]
 
@@ -435,23 +562,27 @@ def _compute_name(dtype):
 #: Every kernel the backend builds. A new fused op is one entry here (and its ``.cuh`` function):
 #: the backend builds it through ``_build`` and the NVRTC test compiles every variant and dtype.
 KERNELS: dict[str, KernelSpec] = {
-    "bias_activation": KernelSpec(_bias_activation, lambda d: (Arg(d), Arg(d, "row"), Arg(d)), ACTIVATIONS),
-    "activation_backward": KernelSpec(_activation_backward, lambda d: (Arg(d), Arg(d), Arg(d)), ACTIVATIONS),
+    **{op: _activation(op) for op in ("bias_activation", "bias_activation_saving", "activation_backward")},
+    **{op: _layer_norm_reduction(op) for op in _LAYER_NORM_REDUCTIONS},
+    "layer_norm_forward": KernelSpec(_layer_norm_forward, lambda v, d: (
+        Arg(d), Arg(_compute_name(d), "column"), Arg(_compute_name(d), "column"), Arg(d, "row"), Arg(d, "row"), Arg(d))),
+    "layer_norm_backward": KernelSpec(_layer_norm_backward, lambda v, d: (
+        Arg(d), Arg(d), Arg(d, "row"), *(Arg(_compute_name(d), "column") for _ in range(4)), Arg(d))),
     **{f"update_{name}{suffix}": _update(rule, bool(suffix)) for name, rule in RULES.items()
        for suffix in ("", "_master")},
     "optimizer_counters": KernelSpec(
-        _optimizer_counters, lambda d: (Arg(d, "raw"), Arg("bool", "scalar"), Arg("float64", "scalar"),
+        _optimizer_counters, lambda v, d: (Arg(d, "raw"), Arg("bool", "scalar"), Arg("float64", "scalar"),
                                         Arg("float64", "raw")), dtypes=("float32", "float64")),
-    "sum_of_squares": KernelSpec(_sum_of_squares, lambda d: (Arg(d, "matrix"), Arg(_compute_name(d), "rows"))),
-    "norm_of_partials": KernelSpec(_norm_of_partials, lambda d: (Arg(d), Arg(d)), dtypes=("float32", "float64")),
-    "mse_grad": KernelSpec(_mse_grad, lambda d: (Arg(d), Arg(d), Arg(_compute_name(d), "scalar"),
+    "sum_of_squares": KernelSpec(_sum_of_squares, lambda v, d: (Arg(d, "matrix"), Arg(_compute_name(d), "rows"))),
+    "norm_of_partials": KernelSpec(_norm_of_partials, lambda v, d: (Arg(d), Arg(d)), dtypes=("float32", "float64")),
+    "mse_grad": KernelSpec(_mse_grad, lambda v, d: (Arg(d), Arg(d), Arg(_compute_name(d), "scalar"),
                                                  Arg("float64", "raw"), Arg(d))),
-    "bce_with_logits_loss": KernelSpec(_bce_with_logits_loss, lambda d: (Arg(d), Arg(d), Arg(_compute_name(d)))),
+    "bce_with_logits_loss": KernelSpec(_bce_with_logits_loss, lambda v, d: (Arg(d), Arg(d), Arg(_compute_name(d)))),
     "bce_with_logits_grad": KernelSpec(
-        _bce_with_logits_grad, lambda d: (Arg(d), Arg(d), Arg(_compute_name(d), "scalar"), Arg("float64", "raw"),
+        _bce_with_logits_grad, lambda v, d: (Arg(d), Arg(d), Arg(_compute_name(d), "scalar"), Arg("float64", "raw"),
                                           Arg(d))),
     "softmax_cross_entropy_grad": KernelSpec(
-        _softmax_cross_entropy_grad, lambda d: (Arg(d), Arg(d, "column"), Arg("int64", "column"),
+        _softmax_cross_entropy_grad, lambda v, d: (Arg(d), Arg(d, "column"), Arg("int64", "column"),
                                                 Arg("int64", "scalar"), Arg(_compute_name(d), "scalar"),
                                                 Arg("float64", "raw"), Arg(d))),
 }

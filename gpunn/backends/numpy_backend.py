@@ -6,20 +6,45 @@ import functools
 
 import numpy as np
 
-from .base import Backend, check_activation
+from .base import Backend, as_activation_function
+from .numpy_activations import TWINS, _sigmoid_inplace
 
 
-def _sigmoid_inplace(x):
-    """Stable logistic, exp(min(x, 0)) / (1 + exp(−|x|)): nothing overflows, ±1000 gives 0 or 1,
-    both tails keep full relative precision, NaN stays NaN. The same formula as the CUDA kernel."""
-    denominator = np.abs(x)
-    np.negative(denominator, out=denominator)
-    with np.errstate(under="ignore"):  # exp(−1000) = 0 is the right answer, not an event
-        np.exp(denominator, out=denominator)
-        np.minimum(x, 0, out=x)
-        np.exp(x, out=x)
-    denominator += 1
-    return np.divide(x, denominator, out=x)
+def dropout_keep(mask, shape):
+    """Which elements survive: numpy.random.Philox itself, started one block before
+    (0, step, 0, 0), yields word i mod 4 of block (⌊i/4⌋, step) as its i-th raw draw, the very
+    stream kernels/dropout.cuh computes per element."""
+    counter = (int(mask.step[0]) << 64) - 1
+    generator = np.random.Philox(key=mask.key, counter=counter % (1 << 256))
+    size = int(np.prod(shape))
+    return (generator.random_raw(size) >= np.uint64(mask.threshold)).reshape(shape)
+
+
+def _apply_dropout(values, mask):
+    """``values ⊙ keep · scale`` in place; nothing when ``mask`` is None."""
+    if mask is not None and mask.threshold:
+        keep = dropout_keep(mask, values.shape)
+        with np.errstate(invalid="ignore"):  # a dropped ∞ becomes NaN, as in the kernel and torch
+            np.multiply(values, keep, out=values)
+        values *= values.dtype.type(mask.scale)
+    return values
+
+
+def _saturating(function):
+    """Run a twin where exp over- and underflowing to ∞ and 0 are the intended limits, not events
+    (and ±∞ inputs give what the kernels give, NaN where torch's formula does)."""
+    def run(*arguments):
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            return function(*arguments)
+
+    return run
+
+
+def _copy(source, out):
+    if out is None:
+        return source.copy()
+    np.copyto(out, source)
+    return out
 
 
 def _float16_computes_in_float32(method):
@@ -100,36 +125,63 @@ class NumpyBackend(Backend):
         return np.matmul(a.T, b, out=out)
 
     @_float16_computes_in_float32
-    def bias_activation(self, z, bias, activation: str, out=None):
-        check_activation(activation)
-        out = np.add(z, bias, out=out)
-        if activation == "sigmoid":
-            _sigmoid_inplace(out)
-        elif activation == "tanh":
-            np.tanh(out, out=out)
-        elif activation == "relu":
-            np.maximum(out, 0, out=out)
-        return out
+    def bias_activation(self, z, bias, activation, out=None, saved=None, dropout=None):
+        function = as_activation_function(activation)
+        forward = _saturating(TWINS[function.name][0])
+        if saved is None:
+            out = np.add(z, bias, out=out)
+            forward(out, *function.values)
+            return _apply_dropout(out, dropout)
+        np.add(z, bias, out=saved)
+        if function.reads_input:
+            out = _copy(saved, out)
+            forward(out, *function.values)
+        else:
+            forward(saved, *function.values)
+            out = _copy(saved, out)
+        return _apply_dropout(out, dropout)
 
     @_float16_computes_in_float32
-    def activation_backward(self, dy, y, activation: str, out=None):
-        check_activation(activation)
+    def activation_backward(self, dy, saved, activation, out=None, dropout=None):
+        function = as_activation_function(activation)
         if out is None:
             out = np.empty_like(dy)
-        if activation == "identity":
+        if function.name == "identity":
             np.copyto(out, dy)
-            return out
-        if activation == "relu":
-            return np.multiply(dy, y > 0, out=out)
+            return _apply_dropout(out, dropout)
         # The slope is built in ``out`` when that aliases neither input, else in a temporary.
-        slope = np.empty_like(dy) if np.may_share_memory(out, dy) or np.may_share_memory(out, y) else out
-        if activation == "sigmoid":
-            np.subtract(1, y, out=slope)
-            slope *= y
-        else:  # tanh
-            np.multiply(y, y, out=slope)
-            np.subtract(1, slope, out=slope)
-        return np.multiply(dy, slope, out=out)
+        aliased = np.may_share_memory(out, dy) or np.may_share_memory(out, saved)
+        slope = _saturating(TWINS[function.name][1])(saved, np.empty_like(dy) if aliased else out, *function.values)
+        np.multiply(dy, slope, out=out)
+        return _apply_dropout(out, dropout)
+
+    def layer_norm_forward(self, x, gain, bias, eps: float, out, mean, rstd):
+        np.mean(x, axis=1, out=mean)
+        centered = x - mean[:, None]
+        variance = np.mean(np.square(centered), axis=1)
+        variance += eps
+        np.sqrt(variance, out=variance)
+        np.divide(1, variance, out=rstd)
+        np.multiply(centered, rstd[:, None], out=out)
+        out *= gain
+        out += bias
+        return out
+
+    def layer_norm_backward(self, dy, x, gain, mean, rstd, out=None):
+        xhat = (x - mean[:, None]) * rstd[:, None]
+        scaled = dy * gain
+        mean_scaled = scaled.mean(axis=1, keepdims=True)
+        mean_scaled_xhat = np.mean(scaled * xhat, axis=1, keepdims=True)
+        xhat *= mean_scaled_xhat
+        out = np.subtract(scaled, mean_scaled, out=out)
+        out -= xhat
+        out *= rstd[:, None]
+        return out
+
+    def layer_norm_gain_gradient(self, dy, x, mean, rstd, out=None):
+        xhat = (x - mean[:, None]) * rstd[:, None]
+        xhat *= dy
+        return np.sum(xhat, axis=0, out=out)
 
     @_float16_computes_in_float32
     def bias_gradient(self, dz, out=None):

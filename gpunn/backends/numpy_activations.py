@@ -1,0 +1,216 @@
+"""The NumPy twins of ``kernels/activations.cuh``: one forward and one slope per registry entry.
+
+``forward(x, *values)`` overwrites ``x`` with f(x); ``slope(saved, scratch, *values)`` returns
+f'(·) from what backward reads (the output or the pre-activation, as the registry says), built
+in ``scratch`` where it can. Formulas and constants are the kernels', term for term.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# erf on the host: NumPy has none, and math.erf one element at a time is ~100 ns per value.
+# |x| < 2:  erf(x) = x·A(x²/2 − 1);  2 ≤ |x| < 6:  erf(|x|) = 1 − exp(−x²)·B((|x| − 4)/2);
+# |x| ≥ 6:  ±1 (erfc(6) < 2^−55). A and B are Chebyshev-economised polynomials (monomial, highest
+# degree first) fitted to erf(√t)/√t and erfc(x)·exp(x²) with 50-digit mpmath values
+# (tests/test_numpy_erf.py refits them); within 3 ulp of math.erf everywhere.
+_ERF_SMALL = (1.7169664781829218e-11, -1.4817570672621855e-10, 1.1333579234901372e-09,
+              -8.603632056264318e-09, 6.119703939808185e-08, -4.045225228502215e-07,
+              2.4758013291882113e-06, -1.3946266839339954e-05, 7.180100865470197e-05,
+              -0.0003351435355952211, 0.0014050914236176134, -0.005234875835829469,
+              0.017128344571819113, -0.04866277744917855, 0.11947913860985182, -0.2611118609312449,
+              0.674933236039655)
+_ERFC_SCALED = (2.289129018275158e-09, -6.7237580409382605e-09, 7.51985535709463e-09,
+                -2.0848628708497824e-08, 8.400637713845437e-08, -2.3270040011180073e-07,
+                6.024756248132528e-07, -1.618701135767133e-06, 4.314825741710838e-06,
+                -1.1275073990509855e-05, 2.9011515082962187e-05, -7.352008568773549e-05,
+                0.00018330777006575385, -0.000449327170817165, 0.0010819615443804634,
+                -0.002557084145437522, 0.005925639504306034, -0.013449456615099843,
+                0.029861732979897134, -0.06476701219002746, 0.13699945762506138)
+_SQRT1_2, _INV_SQRT_2PI, _SQRT_2_OVER_PI, _KAPPA = (0.70710678118654752440, 0.39894228040143267794,
+                                                     0.79788456080286535588, 0.044715)
+
+
+def _horner(coefficients, u):
+    total = np.full_like(u, coefficients[0])
+    for coefficient in coefficients[1:]:
+        total *= u
+        total += coefficient
+    return total
+
+
+def erf(x):
+    """The error function, elementwise, computed in float64 and returned in x's dtype."""
+    x64 = np.asarray(x, dtype=np.float64)
+    size = np.abs(x64)
+    result = np.copysign(np.ones_like(x64), x64)  # |x| ≥ 6, ±Inf
+    small = size < 2
+    values = x64[small]
+    result[small] = values * _horner(_ERF_SMALL, values * values * 0.5 - 1)
+    middle = (size >= 2) & (size < 6)
+    values = size[middle]
+    with np.errstate(under="ignore"):
+        tail = np.exp(-values * values) * _horner(_ERFC_SCALED, (values - 4) * 0.5)
+    result[middle] = np.copysign(1 - tail, x64[middle])
+    result[np.isnan(x64)] = np.nan
+    return result.astype(np.asarray(x).dtype, copy=False)
+
+
+def _sigmoid_inplace(x):
+    """Stable logistic, exp(min(x, 0)) / (1 + exp(−|x|)): nothing overflows, ±1000 gives 0 or 1,
+    both tails keep full relative precision, NaN stays NaN. The same formula as the CUDA kernel."""
+    denominator = np.abs(x)
+    np.negative(denominator, out=denominator)
+    with np.errstate(under="ignore"):  # exp(−1000) = 0 is the right answer, not an event
+        np.exp(denominator, out=denominator)
+        np.minimum(x, 0, out=x)
+        np.exp(x, out=x)
+    denominator += 1
+    return np.divide(x, denominator, out=x)
+
+
+def _nothing(x):
+    return x
+
+
+def _relu_forward(x):
+    return np.maximum(x, 0, out=x)
+
+
+def _tanh_forward(x):
+    return np.tanh(x, out=x)
+
+
+def _gelu_forward(x):
+    cdf = erf(x * x.dtype.type(_SQRT1_2))
+    cdf += 1
+    x *= 0.5
+    return np.multiply(x, cdf, out=x)
+
+
+def _gelu_tanh_forward(x):
+    inner = x * x
+    inner *= x
+    inner *= _KAPPA
+    inner += x
+    inner *= _SQRT_2_OVER_PI
+    np.tanh(inner, out=inner)
+    inner += 1
+    x *= 0.5
+    return np.multiply(x, inner, out=x)
+
+
+def _silu_forward(x):
+    with np.errstate(over="ignore"):  # exp(1000) = ∞ gives −0, the limit
+        denominator = np.exp(-x)
+    denominator += 1
+    return np.divide(x, denominator, out=x)
+
+
+def _leaky_relu_forward(x, negative_slope):
+    return np.multiply(x, np.where(x > 0, 1.0, negative_slope).astype(x.dtype, copy=False), out=x)
+
+
+def _softplus_forward(x, beta, threshold):
+    scaled = x * beta
+    linear = scaled > threshold
+    smooth = np.abs(scaled)
+    np.negative(smooth, out=smooth)
+    with np.errstate(under="ignore"):
+        np.exp(smooth, out=smooth)
+    np.log1p(smooth, out=smooth)
+    smooth += np.maximum(scaled, 0)
+    smooth /= beta
+    np.copyto(x, smooth, where=~linear)
+    return x
+
+
+def _ones_slope(saved, scratch):
+    scratch[...] = 1
+    return scratch
+
+
+def _sigmoid_slope(y, scratch):
+    np.subtract(1, y, out=scratch)
+    return np.multiply(scratch, y, out=scratch)
+
+
+def _tanh_slope(y, scratch):
+    np.multiply(y, y, out=scratch)
+    return np.subtract(1, scratch, out=scratch)
+
+
+def _relu_slope(y, scratch):
+    return np.greater(y, 0, out=scratch, casting="unsafe")
+
+
+def _gelu_slope(x, scratch):
+    cdf = erf(x * x.dtype.type(_SQRT1_2))
+    cdf += 1
+    cdf *= 0.5
+    np.multiply(x, x, out=scratch)
+    scratch *= -0.5
+    np.exp(scratch, out=scratch)
+    scratch *= _INV_SQRT_2PI
+    scratch *= x
+    return np.add(cdf, scratch, out=scratch)
+
+
+def _gelu_tanh_slope(x, scratch):
+    squared = x * x
+    t = squared * x
+    t *= _KAPPA
+    t += x
+    t *= _SQRT_2_OVER_PI
+    np.tanh(t, out=t)
+    np.multiply(t, t, out=scratch)
+    np.subtract(1, scratch, out=scratch)  # the tanh slope; where it is 0 the right term is 0
+    squared *= 3 * _KAPPA
+    squared += 1
+    squared *= _SQRT_2_OVER_PI
+    saturated = scratch == 0
+    scratch *= squared
+    scratch *= x
+    scratch *= 0.5
+    scratch[saturated] = 0
+    t += 1
+    t *= 0.5
+    return np.add(t, scratch, out=scratch)
+
+
+def _silu_slope(x, scratch):
+    with np.errstate(over="ignore"):
+        np.exp(-x, out=scratch)
+    scratch += 1
+    np.divide(1, scratch, out=scratch)  # σ(x), as torch computes it
+    term = 1 - scratch
+    term *= x
+    term += 1
+    return np.multiply(scratch, term, out=scratch)
+
+
+def _leaky_relu_slope(x, scratch, negative_slope):
+    scratch[...] = negative_slope
+    np.copyto(scratch, 1, where=x > 0)
+    return scratch
+
+
+def _softplus_slope(x, scratch, beta, threshold):
+    np.multiply(x, beta, out=scratch)
+    linear = scratch > threshold
+    _sigmoid_inplace(scratch)
+    np.copyto(scratch, 1, where=linear)
+    return scratch
+
+
+TWINS = {
+    "identity": (_nothing, _ones_slope),
+    "sigmoid": (_sigmoid_inplace, _sigmoid_slope),
+    "tanh": (_tanh_forward, _tanh_slope),
+    "relu": (_relu_forward, _relu_slope),
+    "gelu": (_gelu_forward, _gelu_slope),
+    "gelu_tanh": (_gelu_tanh_forward, _gelu_tanh_slope),
+    "silu": (_silu_forward, _silu_slope),
+    "leaky_relu": (_leaky_relu_forward, _leaky_relu_slope),
+    "softplus": (_softplus_forward, _softplus_slope),
+}
