@@ -1,7 +1,8 @@
-"""CuPy against NumPy on a GPU: every op, many shapes and dtypes, a whole fit, memory behaviour.
+"""CuPy against NumPy: every op, many shapes and dtypes, a whole fit, memory behaviour.
 
-Skipped, with the reason, where no CUDA device is usable (as on CI); run by
-``benchmarks/gpu_check.sh`` on a GPU machine.
+On a GPU (``benchmarks/gpu_check.sh``) the real CuPy runs; elsewhere, as on CI, the CPU stand-in
+(gpunn/testing/cupy_standin) runs the CuPy backend's code instead. The tests of what only a GPU
+can show (memory pools, TF32, allocation hooks, the largest shapes) skip there with the reason.
 """
 
 import numpy as np
@@ -11,11 +12,29 @@ import gpunn as gn
 from gpunn.backends import resolve_backend
 from gpunn.backends.base import ACTIVATIONS
 
+from gpunn.testing import cupy_standin
+
 from conftest import tolerance
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(gn.cupy_unavailable_reason() is not None,
-                                 reason=f"no usable GPU: {gn.cupy_unavailable_reason()}")]
+ON_GPU = gn.cupy_unavailable_reason() is None
+#: What the stand-in cannot show (memory pools, allocation hooks, TF32) or has no time for (4096³).
+GPU_ONLY = [pytest.mark.gpu, pytest.mark.skipif(not ON_GPU, reason="needs a GPU (beyond the CPU stand-in)")]
+
+
+@pytest.fixture(autouse=True)
+def cupy_device():
+    """The real CuPy on a GPU, else the CPU stand-in for the test's duration."""
+    if ON_GPU:
+        yield None
+        return
+    with cupy_standin.installed() as standin:
+        yield standin
+
+@pytest.fixture
+def on_gpu_only():
+    if not ON_GPU:
+        pytest.skip("needs a GPU: the CPU stand-in has no memory pool, allocation hook or TF32")
+
 
 SHAPES = [(1, 1), (1, 7), (333, 129), (64, 1000)]
 DTYPES = ["float16", "float32", "float64"]
@@ -66,7 +85,7 @@ def test_sigmoid_extremes_on_gpu(cp_backend, dtype):
     assert y[0, 0] == 0 and y[0, 3] == 1 and y[0, 1] == 0.5 and np.isnan(y[0, 4])
 
 
-@pytest.mark.parametrize("shape", [(1, 7, 3), (333, 129, 65), (4096, 4096, 4096)])
+@pytest.mark.parametrize("shape", [(1, 7, 3), (333, 129, 65), pytest.param((4096, 4096, 4096), marks=GPU_ONLY)])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_matmuls(cp_backend, np_backend, rng, shape, dtype):
     n, k, m = shape
@@ -92,6 +111,7 @@ def test_non_contiguous_inputs(cp_backend, np_backend, rng):
     compare(cp_backend, cp_backend.matmul(Z, cp_backend.asarray(w)), z[::2, ::2] @ w, "float64")
 
 
+@pytest.mark.usefixtures("on_gpu_only")
 def test_matmuls_make_no_copies(cp_backend, rng):
     import cupy
 
@@ -115,6 +135,7 @@ def test_matmuls_make_no_copies(cp_backend, rng):
     assert hook.count == 0, "a transposed operand was copied"
 
 
+@pytest.mark.usefixtures("on_gpu_only")
 def test_tf32_switches_at_any_time(cp_backend, rng):
     x, w = rng.normal(size=(512, 512)), rng.normal(size=(512, 512))
     exact = x @ w
@@ -170,6 +191,7 @@ def test_whole_fit_matches_numpy(rng):
     np.testing.assert_allclose(results["cupy"][1], results["numpy"][1], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.usefixtures("on_gpu_only")
 def test_no_new_memory_after_warm_up(cp_backend, rng):
     import cupy
 
@@ -234,6 +256,7 @@ def test_graph_training_matches_eager_training(rng, dtype):
     np.testing.assert_allclose(results[True][1], results[False][1], rtol=rtol, atol=rtol)
 
 
+@pytest.mark.usefixtures("on_gpu_only")
 def test_graph_replays_allocate_nothing(cp_backend, rng):
     import cupy
 

@@ -48,9 +48,11 @@ class Graph:
         self.recorded = recorded
 
     def launch(self, stream=None) -> None:
+        current().launch("graph", f"graph of {len(self.recorded)} launches", self._replay)
+
+    def _replay(self) -> None:
         for _, _, replay in self.recorded:
             replay()
-        current().launch("graph", f"graph of {len(self.recorded)} launches", self.launch)
 
     def upload(self, stream=None) -> None:
         return None

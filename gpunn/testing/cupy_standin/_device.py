@@ -62,7 +62,10 @@ class Device:
         if owner() is None or pointer + nbytes > start + size:
             raise StandinViolation(f"{nbytes} bytes at {pointer:#x} run past the allocation at {start:#x} "
                                    f"({size} bytes): an out-of-bounds access")
-        buffer = (ctypes.c_char * nbytes).from_address(pointer) if nbytes else b""
+        if not nbytes:
+            return np.empty(0, dtype)
+        buffer = (ctypes.c_char * nbytes).from_address(pointer)
+        buffer.owner = owner()  # the view keeps the allocation alive, as a graph keeps its memory
         return np.frombuffer(buffer, dtype=dtype)
 
     # --- launches ------------------------------------------------------------------------

@@ -161,13 +161,18 @@ def declarations(params, arguments, dtypes) -> str:
     return "\n  ".join(lines)
 
 
-def launch(name: str, source: str, arguments: list) -> None:
-    """Compile (once) and run a kernel on the argument block; log it as one kernel launch."""
+def launch(name: str, source: str, arguments: list, hosts: list) -> None:
+    """Compile (once) and run a kernel on the argument block; log it as one kernel launch.
+    The launch holds ``hosts`` (the arrays behind the block), as a captured graph holds its memory."""
     entry = _host.load(source)
     block = (ctypes.c_void_p * len(arguments))(*(ctypes.addressof(a) if isinstance(a, ctypes.Structure)
                                                  else a.ctypes.data for a in arguments))
 
-    current().launch("kernel", name, lambda: entry(block))
+
+    def run(held=(hosts, arguments)):  # the memory behind ``block`` lives as long as the launch
+        entry(block)
+
+    current().launch("kernel", name, run)
 
 
 def launch_arguments(hosts, dtypes) -> list:
@@ -224,7 +229,7 @@ class ElementwiseKernel:
             return result
         hosts = views[:self.nin] + [a._host for a in out_args]
         arguments = launch_arguments(hosts, in_types + out_types) + [_host.indexer_argument(shape)]
-        launch(self.name, self._source(arguments, in_types + out_types, type_map), arguments)
+        launch(self.name, self._source(arguments, in_types + out_types, type_map), arguments, hosts)
         return result
 
     def _source(self, arguments, dtypes, type_map) -> str:
@@ -296,9 +301,10 @@ class ReductionKernel:
         in_shape = tuple(shape[i] for i in permutation)
         views = [v.transpose(permutation) if isinstance(v, np.ndarray) and not p.raw else v
                  for v, p in zip(views, self.in_params)]
-        arguments = (launch_arguments(views + [a._host for a in out_args], in_types + out_types)
+        hosts = views + [a._host for a in out_args]
+        arguments = (launch_arguments(hosts, in_types + out_types)
                      + [_host.indexer_argument(in_shape), _host.indexer_argument(out_shape)])
-        launch(self.name, self._source(arguments, in_types + out_types, type_map), arguments)
+        launch(self.name, self._source(arguments, in_types + out_types, type_map), arguments, hosts)
         return result
 
     def _source(self, arguments, dtypes, type_map) -> str:
