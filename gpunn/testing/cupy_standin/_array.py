@@ -108,6 +108,7 @@ class ndarray(NDArrayOperatorsMixin):
     """A device array: a NumPy buffer that only device routines may touch."""
 
     __slots__ = ("_host", "__weakref__")
+    __module__ = "cupy"  # as CuPy's class reports itself (error messages name the library)
     __array_priority__ = 100
 
     def __init__(self, shape, dtype=float, order="C"):
@@ -217,6 +218,8 @@ class ndarray(NDArrayOperatorsMixin):
         return device_call(f"cupy.{function.__name__}", function, args, kwargs)
 
     def __getattr__(self, name):
+        if name.startswith("__"):  # NumPy's protocols (__array_interface__, ...) stay hidden, as in CuPy
+            raise AttributeError(name)
         attribute = getattr(self._host, name)
         if not callable(attribute):
             return wrap(attribute)

@@ -30,6 +30,11 @@ PRELUDE = r"""
 #define CUPY_FOR(i, n) for (ptrdiff_t i = 0; i < (ptrdiff_t)(n); ++i)
 #define GPUNN_STANDIN_MAX_DIMS @MAX_DIMS@
 
+// CUDA overloads the math functions for float; the C library's global ones take double.
+using std::abs; using std::sqrt; using std::exp; using std::log; using std::log1p; using std::expm1;
+using std::tanh; using std::sin; using std::cos; using std::pow; using std::erf; using std::erfc;
+using std::fabs; using std::fmin; using std::fmax; using std::floor; using std::ceil; using std::round;
+using std::isnan; using std::isinf; using std::isfinite; using std::signbit; using std::cbrt; using std::atan;
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline double rsqrt(double x) { return 1.0 / sqrt(x); }
 inline float __expf(float x) { return expf(x); }

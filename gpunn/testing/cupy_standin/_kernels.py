@@ -77,7 +77,8 @@ class Scalar:
         self.dtype = np.asarray(value).dtype
 
     def storage(self, dtype) -> np.ndarray:
-        return np.array(self.value, dtype=dtype)
+        with np.errstate(over="ignore"):  # float16(2**32) is inf, as PyArray_Pack makes it
+            return np.array(self.value, dtype=dtype)
 
 
 def _preprocess(argument):
@@ -118,8 +119,12 @@ def broadcast(args, params, use_size: bool):
         raise ValueError("Specified 'size' can be used only if all of the ndarray are 'raw'.")
     if not use_size and not arrays:
         raise ValueError("Loop size is undecided.")
-    shape = np.broadcast_shapes(*(a.shape for a in arrays)) if arrays else ()
-    views = [np.broadcast_to(a._host, shape) if not p.raw and isinstance(a, ndarray) else a
+    try:
+        shape = np.broadcast_shapes(*(a.shape for a in arrays)) if arrays else ()
+    except ValueError:  # internal.pyx, _broadcast_core's message
+        raise ValueError("operands could not be broadcast together with shapes {}".format(
+            " ".join(str(a.shape) if isinstance(a, ndarray) else "()" for a in args))) from None
+    views = [(a._host if p.raw else np.broadcast_to(a._host, shape)) if isinstance(a, ndarray) else a
              for a, p in zip(args, params)]
     return views, shape
 
