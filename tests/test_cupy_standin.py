@@ -163,13 +163,15 @@ def test_device_arrays_stay_on_the_device(cp):
 
 def test_installation_is_undone():
     before = {name: sys.modules.get(name) for name in ("cupy", "gpunn.backends.cupy_backend")}
-    loader = cublas.load_library
+    loader, current = cublas.load_library, gn.get_backend()
     with cupy_standin.installed() as standin:
         import cupy
 
         assert cupy is standin.cupy
         assert resolve_backend("cupy").xp is standin.cupy
+        gn.use_backend("cupy")  # for the rest of the context, as the CLI does
     assert {name: sys.modules.get(name) for name in before} == before
+    assert gn.get_backend() is current
     assert cublas.load_library is loader
     assert "__standin__" not in vars(sys.modules.get("cupy") or sys)
 

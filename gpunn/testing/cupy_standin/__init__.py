@@ -66,6 +66,7 @@ def installed():
     saved = {name: sys.modules.get(name) for name in _MODULES + (BACKEND_MODULE,)}
     saved_attribute = backends.__dict__.get("cupy_backend")
     saved_loader = cublas.load_library
+    saved_backend = backends._current.get()  # a `use_backend(...)` without `with` inside must not leak
     device, library = Device(), CublasLibrary()
     sys.modules.update({"cupy": module, "cupy.cuda": module.cuda, "cupy.cuda.runtime": module.cuda.runtime})
     sys.modules.pop(BACKEND_MODULE, None)
@@ -87,6 +88,7 @@ def installed():
         else:
             backends.cupy_backend = saved_attribute
         backends._instance.cache_clear()
+        backends._current.set(saved_backend)
 
 
 __all__ = ["KINDS", "CublasLibrary", "Standin", "StandinViolation", "column_major", "column_major_gemm",

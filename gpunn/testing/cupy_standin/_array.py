@@ -245,7 +245,11 @@ class Namespace(types.ModuleType):
     def __getattr__(self, name):
         if name.startswith("__"):
             raise AttributeError(name)
-        attribute = getattr(self._numpy, name)
+        try:
+            attribute = getattr(self._numpy, name)
+        except AttributeError:
+            raise AttributeError(f"the CuPy stand-in has no {self.__name__}.{name} (NumPy has none to stand in "
+                                 "for it): add it to gpunn/testing/cupy_standin") from None
         if isinstance(attribute, type) or not callable(attribute) and not isinstance(attribute, types.ModuleType):
             return attribute  # dtypes, scalar types, constants
         if isinstance(attribute, types.ModuleType):

@@ -5,6 +5,7 @@ every process of the machine through a folder in the temp dir)."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import shutil
@@ -133,11 +134,14 @@ def indexer_argument(shape) -> IndexerArgument:
     return IndexerArgument(size, len(shape), (ctypes.c_ssize_t * MAX_DIMS)(*shape))
 
 
-def compiler() -> str:
-    """The host C++ compiler: $CXX, else g++, else c++."""
+@functools.cache
+def compiler() -> tuple[str, str]:
+    """The host C++ compiler ($CXX, else g++, else c++) and its version line (part of the cache key)."""
     for candidate in (os.environ.get("CXX"), "g++", "c++"):
         if candidate and shutil.which(candidate):
-            return shutil.which(candidate)
+            path = shutil.which(candidate)
+            version = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
+            return path, version.split("\n", 1)[0]
     raise RuntimeError("the CuPy stand-in compiles kernels as host C++ and found no compiler: "
                        "install g++ or set CXX")
 
@@ -155,8 +159,9 @@ _loaded: dict[str, object] = {}
 def load(source: str):
     """The entry function of ``PRELUDE + source`` built as a shared object (cached)."""
     text = PRELUDE + source
-    command = [compiler(), *_FLAGS]
-    key = hashlib.sha256("\0".join(command + [text]).encode()).hexdigest()[:24]
+    path, version = compiler()
+    command = [path, *_FLAGS]
+    key = hashlib.sha256("\0".join(command + [version, text]).encode()).hexdigest()[:24]
     entry = _loaded.get(key)
     if entry is not None:
         return entry
