@@ -222,6 +222,24 @@ def report_stem(rows) -> str:
     return f"{slug}-{datetime.date.today().isoformat()}"
 
 
+def _launch_section(cases) -> list[str]:
+    """Kernel launches and cuBLAS calls per train-step case (counted on the CuPy stand-in) beside
+    PyTorch's operators for the same step: benchmarks/launches.py."""
+    if not cases:
+        return []
+    sys.path.insert(0, str(suite_dir()))
+    import launches
+
+    try:
+        table = launches.markdown(cases)
+    except RuntimeError as error:  # no host C++ compiler for the stand-in's kernels
+        table = f"not counted: {error}"
+    return ["", "## launches per train step", "",
+            "One eager step, counted on the CPU: gpunn's CuPy backend on the stand-in (gpunn/testing/cupy_standin), "
+            "PyTorch's leaf operators under torch.profiler. The floor is a model (launches × a fixed cost; "
+            "benchmarks/PERF.md), not a measurement.", "", table]
+
+
 def write_report(raw_jsons: list[Path], out_dir: Path, command: str) -> tuple[Path, str]:
     """Write <device>-<date>.json/.md/.png into ``out_dir``; return the markdown path and text."""
     passes = [json.loads(Path(raw).read_text()) for raw in raw_jsons]
@@ -257,6 +275,7 @@ def write_report(raw_jsons: list[Path], out_dir: Path, command: str) -> tuple[Pa
     for group in GROUPS:
         if any(line["group"] == group for line in summary):
             parts += ["", f"## {group}", "", markdown_table(summary, group)]
+    parts += _launch_section([line["case"] for line in summary if line["group"] == "train-step"])
     plot = stem.with_suffix(".png")
     if _plot(rows, plot):
         parts += ["", f"![activation bandwidth]({plot.name})"]

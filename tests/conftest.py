@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 
 import gpunn as gn
+from gpunn.testing import cupy_standin
 
-BACKENDS = ("numpy", "cupy")
+#: "cupy-standin" is the CuPy backend's own code on the CPU stand-in (gpunn/testing/cupy_standin):
+#: it runs on every CI run; "cupy" needs a GPU.
+BACKENDS = ("numpy", "cupy", "cupy-standin")
 
 
 def skip_reason(name):
@@ -20,6 +23,10 @@ def skip_reason(name):
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     """The backend under test, made current for the test's duration."""
+    if request.param == "cupy-standin":
+        with cupy_standin.installed(), gn.use_backend("cupy") as selected:
+            yield selected
+        return
     reason = skip_reason(request.param)
     if reason:
         pytest.skip(reason)

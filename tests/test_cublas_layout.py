@@ -1,30 +1,17 @@
 """The row-major to column-major mapping of the CuPy backend's cuBLAS calls, checked on the CPU.
 
-A NumPy model of cublasGemmEx (column-major operands with leading dimensions) runs the
-arguments that ``row_major_gemm`` chooses on the flat buffers of row-major arrays; the result,
-read back row-major, must be the product that was asked for. The GPU run compares the real
-calls with NumPy as well (tests/test_cupy_parity.py).
+A NumPy model of cublasGemmEx (column-major operands with leading dimensions, the CuPy
+stand-in's) runs the arguments that ``row_major_gemm`` chooses on the flat buffers of row-major
+arrays; the result, read back row-major, must be the product that was asked for. The stand-in
+feeds the backend's real calls to the same model (tests/test_cupy_standin.py), and the GPU run
+compares the real calls with NumPy (tests/test_cupy_parity.py).
 """
 
 import numpy as np
 import pytest
-from numpy.lib.stride_tricks import as_strided
 
-from gpunn.backends.cublas import OP_T, load_library, row_major_gemm
-
-
-def column_major(flat, rows, cols, ld):
-    """The rows×cols column-major matrix with leading dimension ``ld`` stored in ``flat``."""
-    assert ld >= rows and (cols - 1) * ld + rows <= flat.size
-    return as_strided(flat, shape=(rows, cols), strides=(flat.itemsize, ld * flat.itemsize))
-
-
-def blas_gemm(trans_first, trans_second, m, n, k, first, ld_first, second, ld_second, out, ldc):
-    """C = op(A)·op(B), column-major, as BLAS defines it (A is the first operand)."""
-    a = column_major(first, k, m, ld_first).T if trans_first == OP_T else column_major(first, m, k, ld_first)
-    b = column_major(second, n, k, ld_second).T if trans_second == OP_T else column_major(second, k, n, ld_second)
-    column_major(out, m, n, ldc)[...] = a @ b
-
+from gpunn.backends.cublas import load_library, row_major_gemm
+from gpunn.testing.cupy_standin import column_major_gemm
 
 CASES = {"nn": lambda a, b: a @ b, "nt": lambda a, b: a @ b.T, "tn": lambda a, b: a.T @ b}
 
@@ -38,7 +25,8 @@ def test_row_major_products_map_to_column_major_gemm(rng, kind, rows, inner, col
     out_shape, trans_first, trans_second, m, n, k, ld_first, ld_second, ldc = row_major_gemm(kind, a.shape, b.shape)
     assert out_shape == (rows, cols)
     out = np.full(rows * cols, np.nan)
-    blas_gemm(trans_first, trans_second, m, n, k, b.ravel(), ld_first, a.ravel(), ld_second, out, ldc)
+    column_major_gemm(trans_first, trans_second, m, n, k, 1.0, b.ravel(), ld_first, a.ravel(), ld_second, 0.0,
+                      out, ldc)
     np.testing.assert_allclose(out.reshape(out_shape), CASES[kind](a, b), rtol=1e-12, atol=1e-12)
 
 

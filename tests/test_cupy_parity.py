@@ -1,7 +1,8 @@
-"""CuPy against NumPy on a GPU: every op, many shapes and dtypes, a whole fit, memory behaviour.
+"""CuPy against NumPy: every op, many shapes and dtypes, a whole fit, memory behaviour.
 
-Skipped, with the reason, where no CUDA device is usable (as on CI); run by
-``benchmarks/gpu_check.sh`` on a GPU machine.
+On a GPU (``benchmarks/gpu_check.sh``) the real CuPy runs; elsewhere, as on CI, the CPU stand-in
+(gpunn/testing/cupy_standin) runs the CuPy backend's code instead. The tests of what only a GPU
+can show (memory pools, TF32, allocation hooks, the largest shapes) skip there with the reason.
 """
 
 import numpy as np
@@ -11,11 +12,29 @@ import gpunn as gn
 from gpunn.backends import resolve_backend
 from gpunn.backends.base import ACTIVATIONS
 
+from gpunn.testing import cupy_standin
+
 from conftest import matmul_error_bound, tolerance
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(gn.cupy_unavailable_reason() is not None,
-                                 reason=f"no usable GPU: {gn.cupy_unavailable_reason()}")]
+ON_GPU = gn.cupy_unavailable_reason() is None
+#: What the stand-in cannot show (memory pools, allocation hooks, TF32) or has no time for (4096³).
+GPU_ONLY = [pytest.mark.gpu, pytest.mark.skipif(not ON_GPU, reason="needs a GPU (beyond the CPU stand-in)")]
+
+
+@pytest.fixture(autouse=True)
+def cupy_device():
+    """The real CuPy on a GPU, else the CPU stand-in for the test's duration."""
+    if ON_GPU:
+        yield None
+        return
+    with cupy_standin.installed() as standin:
+        yield standin
+
+@pytest.fixture
+def on_gpu_only():
+    if not ON_GPU:
+        pytest.skip("needs a GPU: the CPU stand-in has no memory pool, allocation hook or TF32")
+
 
 SHAPES = [(1, 1), (1, 7), (333, 129), (64, 1000)]
 DTYPES = ["float16", "float32", "float64"]
@@ -36,6 +55,16 @@ def compare(cp_backend, got, expected, dtype):
     rtol, atol = tolerance(dtype)
     np.testing.assert_allclose(cp_backend.to_numpy(got).astype(np.float64), expected.astype(np.float64),
                                rtol=rtol, atol=atol, equal_nan=True)
+
+
+def compare_cancelling(cp_backend, got, expected, scale, dtype):
+    """As ``compare``, and also within a few roundings of ``scale`` where a formula cancels (GELU's
+    1 + tanh or 1 + erf in the far negative tail amplifies the last bit of the compute type)."""
+    rtol, atol = tolerance(dtype)
+    got = cp_backend.to_numpy(got).astype(np.float64)
+    bound = rtol * np.abs(expected) + atol + 8 * np.finfo(reference(dtype)).eps * scale
+    with np.errstate(invalid="ignore"):
+        assert np.all((np.abs(got - expected) <= bound) | (np.isnan(got) & np.isnan(expected))), (got, expected)
 
 
 def reference(dtype):
@@ -66,7 +95,7 @@ def test_sigmoid_extremes_on_gpu(cp_backend, dtype):
     assert y[0, 0] == 0 and y[0, 3] == 1 and y[0, 1] == 0.5 and np.isnan(y[0, 4])
 
 
-@pytest.mark.parametrize("shape", [(1, 7, 3), (333, 129, 65), (4096, 4096, 4096)])
+@pytest.mark.parametrize("shape", [(1, 7, 3), (333, 129, 65), pytest.param((4096, 4096, 4096), marks=GPU_ONLY)])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_matmuls(cp_backend, rng, shape, dtype):
     n, k, m = shape
@@ -91,6 +120,7 @@ def test_non_contiguous_inputs(cp_backend, np_backend, rng):
     compare(cp_backend, cp_backend.matmul(Z, cp_backend.asarray(w)), z[::2, ::2] @ w, "float64")
 
 
+@pytest.mark.usefixtures("on_gpu_only")
 def test_matmuls_make_no_copies(cp_backend, rng):
     import cupy
 
@@ -114,6 +144,7 @@ def test_matmuls_make_no_copies(cp_backend, rng):
     assert hook.count == 0, "a transposed operand was copied"
 
 
+@pytest.mark.usefixtures("on_gpu_only")
 def test_tf32_switches_at_any_time(cp_backend, rng):
     x, w = rng.normal(size=(512, 512)), rng.normal(size=(512, 512))
     exact = x @ w
@@ -132,16 +163,36 @@ def test_tf32_switches_at_any_time(cp_backend, rng):
     assert error() == pytest.approx(strict)
 
 
+@pytest.mark.parametrize("rule,hyper,flag", [("sgd", (0.9, 0.0, 0.0), True), ("adam", (0.9, 0.999, 1e-8), True)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_sgd_and_loss_heads(cp_backend, np_backend, rng, dtype):
+def test_fused_updates_match_numpy(cp_backend, np_backend, rng, dtype, rule, hyper, flag):
+    """One fused update over a flat buffer, clipping and loss scale included (float16: master weights)."""
+    from gpunn.optim.rules import RULES
+
+    compute = reference(dtype)
+    n = 3 * 1024
+    p, g = rng.normal(size=n).astype(dtype), (rng.normal(size=n) * 4).astype(dtype)
+    states = [rng.uniform(0.1, 1, size=n).astype(compute) for _ in RULES[rule].states]
+    results = []
+    for backend in (np_backend, cp_backend):
+        P, G = backend.asarray(p.copy()), backend.asarray(g)
+        S = [backend.asarray(state.copy()) for state in states]
+        master = backend.asarray(p.astype(compute)) if dtype == "float16" else None
+        scalars = backend.asarray([4.0, 4.0, 4.0, 0.0, 0.0], "float64")
+        norm = backend.zeros((1,), compute)
+        backend.global_norm(G, out=norm)
+        backend.optimizer_update(RULES[rule], P, G, S, master, scalars, backend.asarray([0.1, 0.05], "float64"),
+                                 norm, hyper, flag, 0.01, n // 2, 1.0, dtype == "float16")
+        backend.optimizer_counters(scalars, norm, dtype == "float16", 2000.0)
+        results.append([backend.to_numpy(a) for a in (P, *S, scalars, norm)])
+    for expected, got in zip(*results):
+        np.testing.assert_allclose(got.astype(float), expected.astype(float), rtol=tolerance(dtype)[0],
+                                   atol=tolerance(dtype)[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_loss_heads(cp_backend, np_backend, rng, dtype):
     ref = reference(dtype)
-    p, g, v = (rng.normal(size=(17, 5)).astype(dtype) for _ in range(3))
-    P, G, V = (cp_backend.asarray(a.copy()) for a in (p, g, v))
-    p_ref, v_ref = p.astype(ref), v.astype(ref)
-    np_backend.sgd_update(p_ref, g.astype(ref), v_ref, 0.1, 0.9)
-    cp_backend.sgd_update(P, G, V, 0.1, 0.9)
-    compare(cp_backend, P, p_ref, dtype)
-    compare(cp_backend, V, v_ref, dtype)
     z, t = (rng.normal(size=(9, 4)) * 3).astype(dtype), rng.uniform(size=(9, 4)).astype(dtype)
     Z, T = cp_backend.asarray(z), cp_backend.asarray(t)
     assert float(cp_backend.bce_with_logits_loss(Z, T)) == pytest.approx(
@@ -169,6 +220,7 @@ def test_whole_fit_matches_numpy(rng):
     np.testing.assert_allclose(results["cupy"][1], results["numpy"][1], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.usefixtures("on_gpu_only")
 def test_no_new_memory_after_warm_up(cp_backend, rng):
     import cupy
 
@@ -233,6 +285,7 @@ def test_graph_training_matches_eager_training(rng, dtype):
     np.testing.assert_allclose(results[True][1], results[False][1], rtol=rtol, atol=rtol)
 
 
+@pytest.mark.usefixtures("on_gpu_only")
 def test_graph_replays_allocate_nothing(cp_backend, rng):
     import cupy
 
@@ -249,8 +302,9 @@ def test_graph_replays_allocate_nothing(cp_backend, rng):
     assert len(set(used[2:])) == 1, f"pool used bytes changed across replays: {used}"
 
 
+@pytest.mark.usefixtures("on_gpu_only")
 def test_re_recording_reuses_one_pool_and_frees_it(cp_backend, rng):
-    """A new learning rate records again into the same private pool (no growth), and dropping the
+    """A new momentum records again into the same private pool (no growth), and dropping the
     TrainStep frees the pool's cached blocks (CuPy 14.1+ keeps a dropped pool's blocks forever)."""
     import gc
 
@@ -263,8 +317,8 @@ def test_re_recording_reuses_one_pool_and_frees_it(cp_backend, rng):
     cp_backend.synchronize()
     recorded = memory.pool.total_bytes()
     assert recorded > 0
-    for lr in (0.005, 0.002, 0.001):
-        optimizer.lr = lr
+    for momentum in (0.8, 0.7, 0.6):
+        optimizer.momentum = momentum
         step(x, t), step(x, t)  # recorded again, then replayed
         assert step._recorded.graph._memory is memory
     cp_backend.synchronize()
@@ -301,13 +355,17 @@ def test_saving_forward_and_dropout_backward(cp_backend, np_backend, rng, dtype,
     saved = cp_backend.empty(z.shape, dtype)
     y = cp_backend.bias_activation(cp_backend.asarray(z), cp_backend.asarray(b), activation, saved=saved,
                                    dropout=masks[1])
-    compare(cp_backend, y, y_ref, dtype)
+    pre = np.abs(z.astype(ref) + b.astype(ref)) + 1
+    compare_cancelling(cp_backend, y, y_ref, pre * 2, dtype)
     compare(cp_backend, saved, saved_ref, dtype)
-    np.testing.assert_array_equal(cp_backend.to_numpy(y) == 0, y_ref == 0)
+    # The dropped elements agree; where the reference is within rounding of 0 (GELU's far tail, float16
+    # underflow) the kernel may round to 0 as well.
+    visible = np.abs(y_ref) > tolerance(dtype)[1]
+    np.testing.assert_array_equal((cp_backend.to_numpy(y) == 0)[visible], (y_ref == 0)[visible])
     grad_ref = np_backend.activation_backward(dy.astype(ref), saved_ref.astype(dtype).astype(ref), activation,
                                               dropout=masks[0])
     grad = cp_backend.activation_backward(cp_backend.asarray(dy), saved, activation, dropout=masks[1])
-    compare(cp_backend, grad, grad_ref, dtype)
+    compare_cancelling(cp_backend, grad, grad_ref, pre * 2 * np.abs(dy.astype(ref)), dtype)
 
 
 @pytest.mark.parametrize("shape", [(1, 7), (333, 129), (64, 1000)])
@@ -322,11 +380,14 @@ def test_layer_norm_ops(cp_backend, np_backend, rng, shape, dtype):
                                           np.empty(shape, ref), mean, rstd)
     X, G, B, dY = (cp_backend.asarray(a) for a in (x, gain, bias, dy))
     Mean, Rstd = cp_backend.empty((shape[0],), stats), cp_backend.empty((shape[0],), stats)
-    compare(cp_backend, cp_backend.layer_norm_forward(X, G, B, 1e-5, cp_backend.empty(shape, dtype), Mean, Rstd),
-            y_ref, dtype)
+    terms = np.abs((x.astype(ref) - mean[:, None]) * rstd[:, None] * gain.astype(ref)) + np.abs(bias.astype(ref))
+    compare_cancelling(cp_backend, cp_backend.layer_norm_forward(X, G, B, 1e-5, cp_backend.empty(shape, dtype), Mean,
+                                                                 Rstd), y_ref, terms, dtype)
     compare(cp_backend, Rstd, rstd, stats)
-    compare(cp_backend, cp_backend.layer_norm_backward(dY, X, G, Mean, Rstd),
-            np_backend.layer_norm_backward(dy.astype(ref), x.astype(ref), gain.astype(ref), mean, rstd), dtype)
+    dx_ref = np_backend.layer_norm_backward(dy.astype(ref), x.astype(ref), gain.astype(ref), mean, rstd)
+    # dx = rstd·(g − mean(g) − x̂·mean(g·x̂)) cancels: its error scales with the terms, not the result.
+    terms = np.abs(dy.astype(ref) * gain.astype(ref)).max() * rstd.max() * np.sqrt(shape[1])
+    compare_cancelling(cp_backend, cp_backend.layer_norm_backward(dY, X, G, Mean, Rstd), dx_ref, terms, dtype)
     scale = np.sqrt(shape[0]) if dtype == "float16" else 1.0
     rtol, atol = tolerance(dtype)
     np.testing.assert_allclose(cp_backend.to_numpy(cp_backend.layer_norm_gain_gradient(dY, X, Mean, Rstd)).astype(float),

@@ -1,0 +1,91 @@
+"""Launches per training step: a GPU cost counted on the CPU.
+
+Small MLPs on a GPU are launch-bound: each kernel launch costs a few microseconds of host and
+driver time whatever its size. gpunn's step runs on the CuPy stand-in (gpunn/testing/cupy_standin),
+which logs every kernel launch, cuBLAS call and memset/memcpy; PyTorch's same step (the peer of
+the benchmarks) runs under torch.profiler on the CPU, and its leaf operators (views and
+allocations left out) are counted. Counts do not depend on sizes, so each case runs on a scaled-down
+copy of its network (same layers, loss, optimizer and dtype). ``python benchmarks/launches.py``
+prints the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import TRAIN_CONFIGS, GpunnPeer, TorchPeer  # noqa: E402
+
+#: The launch overhead of the model in benchmarks/PERF.md: a prediction's parameter, not a measurement.
+LAUNCH_MICROSECONDS = 5.0
+#: aten operators that launch no kernel: views, reshapes, allocations, no-op conversions.
+NO_KERNEL = {"aten::view", "aten::_unsafe_view", "aten::t", "aten::transpose", "aten::as_strided", "aten::expand",
+             "aten::reshape", "aten::_reshape_alias", "aten::detach", "aten::alias", "aten::permute",
+             "aten::unsqueeze", "aten::squeeze", "aten::select", "aten::slice", "aten::empty", "aten::empty_like",
+             "aten::empty_strided", "aten::resize_", "aten::lift_fresh", "aten::result_type", "aten::numpy_T",
+             "aten::resolve_conj", "aten::resolve_neg", "aten::conj", "aten::to"}
+
+
+def scaled(config, limit: int = 16):
+    """The same network with every width and the batch at most ``limit``."""
+    return dataclasses.replace(config, sizes=tuple(min(s, limit) for s in config.sizes),
+                               batch=min(config.batch, limit))
+
+
+def case_config(case: str):
+    """(config, dtype) of a train-step case name such as "S", "L-tf32" or "L-fp16"."""
+    name, _, variant = case.partition("-")
+    return TRAIN_CONFIGS[name], "float16" if variant == "fp16" else "float32"
+
+
+def gpunn_launches(case: str) -> dict:
+    """Device operations per kind in one eager gpunn step on the CuPy backend (the stand-in)."""
+    from gpunn.testing import cupy_standin
+
+    config, dtype = case_config(case)
+    with cupy_standin.installed() as standin:
+        step, x, t = GpunnPeer("cupy").build_train_step(scaled(config), dtype, np.random.default_rng(0))
+        step(x, t)  # the first step makes the buffers
+        return dict(standin.count(lambda: step(x, t)))
+
+
+def torch_operators(case: str) -> int | None:
+    """Leaf aten operators that launch work in one eager PyTorch step, or None without PyTorch."""
+    try:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+    except ImportError:
+        return None
+    config, dtype = case_config(case)
+    step = TorchPeer("cpu").train_step(scaled(config), dtype, np.random.default_rng(0))
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        step()
+    del torch
+
+    def works(event) -> bool:
+        return event.name.startswith("aten::") and event.name not in NO_KERNEL
+
+    # An operator counts when none of the operators it calls does work itself (the leaves).
+    return sum(1 for event in profiler.events() if works(event) and not any(map(works, event.cpu_children)))
+
+
+def markdown(cases) -> str:
+    """The report's table: counts per case and the launch-bound time they predict."""
+    lines = ["| case | gpunn kernels | gpunn cuBLAS calls | gpunn memset/memcpy | gpunn total | PyTorch operators "
+             f"| gpunn launch-bound floor ({LAUNCH_MICROSECONDS:g} µs/launch, a model) |", "|" + "---|" * 7]
+    for case in cases:
+        counts, torch_count = gpunn_launches(case), torch_operators(case)
+        total = sum(counts.values())
+        lines.append(f"| {case} | {counts.get('kernel', 0)} | {counts.get('cublas', 0)} | {counts.get('memory', 0)} "
+                     f"| {total} | {'' if torch_count is None else torch_count} "
+                     f"| {total * LAUNCH_MICROSECONDS:.0f} µs |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown(sys.argv[1:] or ["S", "M", "L", "L-fp16", "CPU"]))

@@ -1,0 +1,1 @@
+"""Helpers for testing gpunn without a GPU (the CuPy stand-in); never imported by the library."""

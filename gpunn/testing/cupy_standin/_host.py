@@ -1,0 +1,184 @@
+"""Compiling a kernel's C++ for the host: the prelude that stands in for CuPy's headers, and a
+cache of shared objects keyed by the source's hash (one compile per distinct kernel, shared by
+every process of the machine through a folder in the temp dir)."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+MAX_DIMS = 32
+
+#: What kernel code finds on the device, defined for the host: CuPy's CArray, CIndexer, float16
+#: and CUPY_FOR (cupy/_core/include/cupy/carray.cuh, float16.cuh), and the CUDA math-API names
+#: that the C library lacks. One thread runs the whole index range in order.
+PRELUDE = r"""
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#define __host__
+#define __device__
+#define __global__
+#define __forceinline__ inline
+#define __restrict__
+#define CUPY_FOR(i, n) for (ptrdiff_t i = 0; i < (ptrdiff_t)(n); ++i)
+#define GPUNN_STANDIN_MAX_DIMS @MAX_DIMS@
+
+// CUDA overloads the math functions for float; the C library's global ones take double.
+using std::abs; using std::sqrt; using std::exp; using std::log; using std::log1p; using std::expm1;
+using std::tanh; using std::sin; using std::cos; using std::pow; using std::erf; using std::erfc;
+using std::fabs; using std::fmin; using std::fmax; using std::floor; using std::ceil; using std::round;
+using std::isnan; using std::isinf; using std::isfinite; using std::signbit; using std::cbrt; using std::atan;
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline double rsqrt(double x) { return 1.0 / sqrt(x); }
+inline float __expf(float x) { return expf(x); }
+inline float __logf(float x) { return logf(x); }
+inline float __powf(float x, float y) { return powf(x, y); }
+inline float __fdividef(float x, float y) { return x / y; }
+inline float __saturatef(float x) { return x < 0.0f ? 0.0f : x > 1.0f ? 1.0f : x; }
+inline float normcdff(float x) { return 0.5f * erfcf(-x * 0.70710678118654752f); }
+inline double normcdf(double x) { return 0.5 * erfc(-x * 0.70710678118654752); }
+template <typename A, typename B> inline auto min(A a, B b) -> decltype(a + b) { return b < a ? b : a; }
+template <typename A, typename B> inline auto max(A a, B b) -> decltype(a + b) { return a < b ? b : a; }
+
+// CuPy's float16 (float16.cuh): half storage, arithmetic through float.
+class float16 {
+  _Float16 data_;
+ public:
+  float16() {}
+  float16(float v) : data_((_Float16)v) {}
+  explicit float16(bool v) : data_((_Float16)(float)v) {}
+  explicit float16(double v) : data_((_Float16)(float)v) {}
+  explicit float16(int v) : data_((_Float16)(float)v) {}
+  explicit float16(unsigned int v) : data_((_Float16)(float)v) {}
+  explicit float16(long long v) : data_((_Float16)(float)v) {}
+  explicit float16(unsigned long long v) : data_((_Float16)(float)v) {}
+  operator float() const { return (float)data_; }
+  float16& operator=(const float16&) = default;
+  template <typename T> float16& operator=(const T& rhs) { *this = static_cast<float16>(rhs); return *this; }
+  template <typename T> float16& operator+=(const T& rhs) { *this = *this + rhs; return *this; }
+  template <typename T> float16& operator-=(const T& rhs) { *this = *this - rhs; return *this; }
+  template <typename T> float16& operator*=(const T& rhs) { *this = *this * rhs; return *this; }
+  template <typename T> float16& operator/=(const T& rhs) { *this = *this / rhs; return *this; }
+};
+inline float16 min(float16 x, float16 y) { return float16(fminf(float(x), float(y))); }
+inline float16 max(float16 x, float16 y) { return float16(fmaxf(float(x), float(y))); }
+inline int isnan(float16 x) { return std::isnan(float(x)); }
+inline int isinf(float16 x) { return std::isinf(float(x)); }
+inline int isfinite(float16 x) { return std::isfinite(float(x)); }
+
+// CuPy's CArray and CIndexer (carray.cuh), with the number of dimensions held at run time.
+template <typename T> struct CArray {
+  T* data_;
+  ptrdiff_t size_, ndim_;
+  ptrdiff_t shape_[GPUNN_STANDIN_MAX_DIMS], strides_[GPUNN_STANDIN_MAX_DIMS];
+  ptrdiff_t size() const { return size_; }
+  const ptrdiff_t* shape() const { return shape_; }
+  const ptrdiff_t* strides() const { return strides_; }
+  T* data() const { return data_; }
+  T& operator[](const ptrdiff_t* idx) const {
+    ptrdiff_t diff = 0;
+    for (ptrdiff_t dim = 0; dim < ndim_; ++dim) diff += strides_[dim] * idx[dim];
+    return *reinterpret_cast<T*>(reinterpret_cast<char*>(data_) + diff);
+  }
+  // Any integer index (a literal 0 too, which would otherwise also fit the pointer overload, where
+  // CuPy's carray.cuh takes an array reference instead).
+  template <typename I, typename = typename std::enable_if<std::is_integral<I>::value>::type>
+  T& operator[](I index) const {
+    ptrdiff_t i = (ptrdiff_t) index, diff = 0;
+    for (ptrdiff_t dim = ndim_; --dim > 0;) { diff += strides_[dim] * (i % shape_[dim]); i /= shape_[dim]; }
+    if (ndim_ > 0) diff += strides_[0] * i;
+    return *reinterpret_cast<T*>(reinterpret_cast<char*>(data_) + diff);
+  }
+};
+struct CIndexer {
+  ptrdiff_t size_, ndim_;
+  ptrdiff_t shape_[GPUNN_STANDIN_MAX_DIMS], index_[GPUNN_STANDIN_MAX_DIMS];
+  ptrdiff_t size() const { return size_; }
+  const ptrdiff_t* get() const { return index_; }
+  void set(ptrdiff_t i) {
+    for (ptrdiff_t dim = ndim_; --dim > 0;) { index_[dim] = i % shape_[dim]; i /= shape_[dim]; }
+    if (ndim_ > 0) index_[0] = i;
+  }
+};
+""".replace("@MAX_DIMS@", str(MAX_DIMS))
+
+ENTRY = "gpunn_standin_entry"
+
+
+class CArrayArgument(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("size", ctypes.c_ssize_t), ("ndim", ctypes.c_ssize_t),
+                ("shape", ctypes.c_ssize_t * MAX_DIMS), ("strides", ctypes.c_ssize_t * MAX_DIMS)]
+
+
+class IndexerArgument(ctypes.Structure):
+    _fields_ = [("size", ctypes.c_ssize_t), ("ndim", ctypes.c_ssize_t),
+                ("shape", ctypes.c_ssize_t * MAX_DIMS), ("index", ctypes.c_ssize_t * MAX_DIMS)]
+
+
+def array_argument(host) -> CArrayArgument:
+    if host.ndim > MAX_DIMS:
+        raise ValueError(f"the CuPy stand-in handles at most {MAX_DIMS} dimensions, got {host.ndim}")
+    return CArrayArgument(host.__array_interface__["data"][0], host.size, host.ndim,
+                          (ctypes.c_ssize_t * MAX_DIMS)(*host.shape), (ctypes.c_ssize_t * MAX_DIMS)(*host.strides))
+
+
+def indexer_argument(shape) -> IndexerArgument:
+    size = 1
+    for extent in shape:
+        size *= extent
+    return IndexerArgument(size, len(shape), (ctypes.c_ssize_t * MAX_DIMS)(*shape))
+
+
+@functools.cache
+def compiler() -> tuple[str, str]:
+    """The host C++ compiler ($CXX, else g++, else c++) and its version line (part of the cache key)."""
+    for candidate in (os.environ.get("CXX"), "g++", "c++"):
+        if candidate and shutil.which(candidate):
+            path = shutil.which(candidate)
+            version = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
+            return path, version.split("\n", 1)[0]
+    raise RuntimeError("the CuPy stand-in compiles kernels as host C++ and found no compiler: "
+                       "install g++ or set CXX")
+
+
+def cache_dir() -> Path:
+    folder = os.environ.get("GPUNN_STANDIN_CACHE") or Path(tempfile.gettempdir()) / f"gpunn-cupy-standin-{os.getuid()}"
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return Path(folder)
+
+
+_FLAGS = ("-std=c++17", "-O1", "-shared", "-fPIC")  # CuPy compiles with --std=c++17 (cupy/cuda/compiler.py)
+_loaded: dict[str, object] = {}
+
+
+def load(source: str):
+    """The entry function of ``PRELUDE + source`` built as a shared object (cached)."""
+    text = PRELUDE + source
+    path, version = compiler()
+    command = [path, *_FLAGS]
+    key = hashlib.sha256("\0".join(command + [version, text]).encode()).hexdigest()[:24]
+    entry = _loaded.get(key)
+    if entry is not None:
+        return entry
+    library = cache_dir() / f"{key}.so"
+    if not library.is_file():
+        unit = cache_dir() / f"{key}-{os.getpid()}.cpp"
+        unit.write_text(text)
+        partial = library.with_name(f"{key}-{os.getpid()}.so")
+        result = subprocess.run(command + [str(unit), "-o", str(partial)], capture_output=True, text=True)
+        if result.returncode:
+            raise RuntimeError(f"the kernel did not compile as host C++ (kept in {unit}):\n{result.stderr}")
+        unit.unlink()
+        os.replace(partial, library)  # atomic: another process may build the same kernel
+    entry = getattr(ctypes.CDLL(str(library)), ENTRY)
+    entry.argtypes, entry.restype = [ctypes.POINTER(ctypes.c_void_p)], None
+    _loaded[key] = entry
+    return entry
