@@ -39,11 +39,12 @@ def column_major_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
     """C = alpha·op(A)·op(B) + beta·C on flat column-major buffers, as BLAS defines it."""
     first = column_major(a, k, m, lda).T if trans_a != OP_N else column_major(a, m, k, lda)
     second = column_major(b, n, k, ldb).T if trans_b != OP_N else column_major(b, k, n, ldb)
-    product = compute(alpha) * (first.astype(compute) @ second.astype(compute))
-    target = as_strided(c, shape=(m, n), strides=(c.itemsize, ldc * c.itemsize))
-    if beta:  # with beta = 0, C is not read (it may hold NaN)
-        product += compute(beta) * target.astype(compute)
-    target[...] = product
+    with np.errstate(over="ignore", invalid="ignore"):  # a GPU raises nothing for Inf/NaN either
+        product = compute(alpha) * (first.astype(compute) @ second.astype(compute))
+        target = as_strided(c, shape=(m, n), strides=(c.itemsize, ldc * c.itemsize))
+        if beta:  # with beta = 0, C is not read (it may hold NaN)
+            product += compute(beta) * target.astype(compute)
+        target[...] = product
 
 
 class _Function:
