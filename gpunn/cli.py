@@ -71,8 +71,9 @@ def _cupy_report() -> list[str]:
 
 def command_info(args) -> int:
     from .backends import available_backends, get_matmul_precision
+    from .distributed import mpi_report, nccl_report
 
-    lines = [f"gpunn: {__version__}", f"numpy: {np.__version__}", *_cupy_report(),
+    lines = [f"gpunn: {__version__}", f"numpy: {np.__version__}", *_cupy_report(), mpi_report(), nccl_report(),
              f"backends available: {', '.join(available_backends())}",
              "default dtype: float32", f"matmul precision: {get_matmul_precision()}"]
     print("\n".join(lines))
