@@ -271,6 +271,11 @@ class World:
     def is_root(self) -> bool:
         return self.rank == 0
 
+    def serves(self, backend) -> bool:
+        """True when this world's transport can sum ``backend``'s arrays: its own backend, or
+        any host-resident backend when the transport is MPI on host memory."""
+        return backend is self.backend or (backend.host_resident and self.transport.name == "mpi")
+
     def allreduce_sum(self, buffer):
         """Sum ``buffer`` (one contiguous array on the backend's device) over all ranks, in place."""
         if self.size > 1:
@@ -372,7 +377,7 @@ def init(backend=None, transport: str | None = None) -> World:
     backend = get_backend() if backend is None else resolve_backend(backend)
     if _world:
         world = _world[0]
-        if world.backend is not backend:
+        if not world.serves(backend):
             raise DistributedError(f"the distributed world was initialised for the {world.backend.name} "
                                    f"backend; it cannot also run on {backend.name}")
         return world

@@ -38,13 +38,14 @@ class TrainStep:
     parameters' arrays records the graph again.
     """
 
-    def __init__(self, model, loss, optimizer, graph: bool = False):
+    def __init__(self, model, loss, optimizer, graph: bool = False, data_parallel=None):
         if model.out_features is None:
             raise ValueError("TrainStep: the model has no Dense layer to train")
         if graph and not model.backend.supports_graphs:
             raise ValueError(f"TrainStep: graph=True needs a backend that captures CUDA graphs (cupy); "
                              f"the {model.backend.name} backend runs every step eagerly, so pass graph=False")
         self.model, self.loss, self.optimizer, self.graph = model, loss, optimizer, graph
+        self.data_parallel, self._share = data_parallel, 1.0
         if not optimizer.params:
             optimizer.bind(model.parameters())
         self._recorded = None
@@ -61,9 +62,14 @@ class TrainStep:
             raise ValueError("T contains NaN or Inf")
         return x, t
 
-    def __call__(self, x, t):
-        """Train on one prepared batch; returns the batch's mean loss as a new 0-d device array."""
-        if not self.graph:
+    def __call__(self, x, t, share: float = 1.0, replay: bool = True):
+        """Train on one prepared batch; returns the batch's mean loss as a new 0-d device array.
+
+        Data parallel: ``x, t`` are this rank's shard, ``share`` its fraction of the global
+        batch, and ``replay`` (the same on every rank: is the global batch full?) allows the graph.
+        """
+        self._share = share
+        if not self.graph or not replay:
             return self._step(x, t)
         recorded = self._recorded
         if recorded is None:
@@ -73,10 +79,16 @@ class TrainStep:
         return recorded.run(x, t)
 
     def _step(self, x, t):
-        model, loss = self.model, self.loss
-        value = loss._forward(model.backend, model._forward(x), t)
-        model.zero_grad()
-        model.backward(loss.backward(), input_gradient=False)
+        model, loss, parallel = self.model, self.loss, self.data_parallel
+        if parallel is not None and x.shape[0] == 0:  # an empty shard: no loss, zero gradient
+            value = model.backend.zeros((), model.dtype)
+            parallel.empty_shard_gradients()
+        else:
+            value = loss._forward(model.backend, model._forward(x), t)
+            model.zero_grad()
+            model.backward(loss.backward(), input_gradient=False)
+        if parallel is not None:
+            parallel.reduce_gradients(self._share)
         self.optimizer.step()
         return value
 
@@ -104,7 +116,7 @@ class _RecordedStep:
     def _key(self):
         """What the recording baked in: the optimizer's numbers, the precision, which arrays."""
         train_step = self.train_step
-        return (tuple(sorted(train_step.optimizer.config().items())), get_matmul_precision(),
+        return (tuple(sorted(train_step.optimizer.config().items())), get_matmul_precision(), train_step._share,
                 tuple(id(parameter.value) for parameter in train_step.optimizer.params),
                 tuple(id(array) for array in train_step.optimizer.state_arrays()))
 
@@ -129,7 +141,8 @@ class _RecordedStep:
 
 
 def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32,
-        shuffle: bool = True, seed=None, verbose: int = 1, callback=None, graph: bool = False) -> dict:
+        shuffle: bool = True, seed=None, verbose: int = 1, callback=None, graph: bool = False,
+        distributed: bool = False) -> dict:
     """Train ``model`` on (X, T) and return ``{"loss": [mean loss per epoch], ...}``.
 
     The data is checked once (shapes, NaN/Inf) and moved to the device once. Each epoch draws
@@ -137,15 +150,31 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32,
     after each epoch and may add entries to ``logs`` (they are kept in the history). Progress
     shows with tqdm on a terminal unless ``verbose=0``. ``graph=True`` replays each full batch
     as a CUDA graph (see ``TrainStep``); the smaller last batch runs eagerly.
+
+    ``distributed=True`` trains data-parallel over the MPI world (``gpunn.distributed.init``):
+    every rank passes the same data and settings; ``batch_size`` is global, and each global
+    batch is split into contiguous shards by rank (``gpunn.data_parallel``). Losses are global;
+    only rank 0 shows progress.
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"fit: {name} must be a positive int, got {value!r}")
-    step = TrainStep(model, loss, optimizer, graph=graph)
+    parallel = None
+    if distributed:
+        from .data_parallel import DataParallel
+        from .distributed import init
+
+        parallel = DataParallel(init(model.backend), model)
+    step = TrainStep(model, loss, optimizer, graph=graph, data_parallel=parallel)
     try:
         x_all, t_all = step.prepare(X, T)
     except ValueError as error:
         raise type(error)(f"fit: {error}") from error
+    if parallel is not None:
+        parallel.check_agreement(rows=x_all.shape[0], epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                                 seed=seed, graph=graph)
+        parallel.broadcast_state(optimizer)
+        verbose = verbose if parallel.world.is_root else 0
     backend = model.backend
     xp, n = backend.xp, x_all.shape[0]
     generator = backend.random_generator(seed)
@@ -157,13 +186,15 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32,
             total = backend.zeros((), model.dtype)
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
+                first, last = (start, stop) if parallel is None else parallel.shard(start, stop)
                 if order is None:
-                    xb, tb = x_all[start:stop], t_all[start:stop]
+                    xb, tb = x_all[first:last], t_all[first:last]
                 else:
-                    rows = order[start:stop]
+                    rows = order[first:last]
                     xb, tb = xp.take(x_all, rows, axis=0), xp.take(t_all, rows, axis=0)
-                total += step(xb, tb) * (stop - start)
-            mean = float(total) / n
+                share = (last - first) / (stop - start)
+                total += step(xb, tb, share, replay=stop - start == batch_size) * (last - first)
+            mean = (float(total) if parallel is None else parallel.global_loss_total(float(total))) / n
             if not math.isfinite(mean):
                 raise TrainingDiverged(f"fit: the loss became {mean} in epoch {epoch + 1}; "
                                        "lower the learning rate or check the data")

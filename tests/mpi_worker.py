@@ -94,7 +94,137 @@ def init_only(out: Path):
     gn.distributed.init("numpy")
 
 
-SCENARIOS = {"collectives": collectives, "fail-on-one-rank": fail_on_one_rank, "init": init_only}
+# --- training ---------------------------------------------------------------------------------
+LR, MOMENTUM, EPOCHS = 0.2, 0.9, 3
+
+
+def make_model(backend="numpy"):
+    with gn.use_backend(backend):
+        return gn.Sequential(gn.Dense(5, 8, dtype="float64", seed=1), gn.Tanh(),
+                             gn.Dense(8, 3, dtype="float64", seed=2))
+
+
+def data(seed, rows=23):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(rows, 5)), rng.integers(0, 3, size=rows)
+
+
+def flat_parameters(model):
+    return np.concatenate([np.asarray(p.value).ravel() for p in model.parameters()])
+
+
+def shard_loop_reference(X, labels, ranks, batch_size, seed, epochs=EPOCHS):
+    """One process doing what `ranks` ranks do together, written without fit or gpunn.distributed:
+    each global batch split with np.array_split, each shard's mean gradient scaled by its share,
+    the contributions summed in rank order, then one SGD step. Returns (losses, params per epoch)."""
+    model = make_model()
+    parameters = model.parameters()
+    optimizer = gn.SGD(parameters, lr=LR, momentum=MOMENTUM)
+    loss = gn.SoftmaxCrossEntropyLoss()
+    generator = np.random.default_rng(seed)
+    losses, snapshots = [], []
+    for _ in range(epochs):
+        order, totals = generator.permutation(len(X)), [0.0] * ranks
+        for start in range(0, len(X), batch_size):
+            batch = order[start:start + batch_size]
+            summed = None
+            for rank, part in enumerate(np.array_split(batch, ranks)):
+                if len(part):
+                    totals[rank] += loss(model.forward(X[part]), labels[part]) * len(part)
+                    model.zero_grad()
+                    model.backward(loss.backward())
+                    contribution = [np.asarray(p.grad) * (len(part) / len(batch)) for p in parameters]
+                else:
+                    contribution = [np.zeros(p.shape) for p in parameters]
+                summed = contribution if summed is None else [a + b for a, b in zip(summed, contribution)]
+            for parameter, gradient in zip(parameters, summed):
+                parameter.grad[...] = gradient
+                parameter.grad_valid = True
+            optimizer.step()
+        losses.append(sum(totals) / len(X))
+        snapshots.append(flat_parameters(model))
+    return np.array(losses), np.array(snapshots)
+
+
+def distributed_fit(world, X, labels, batch_size, seed, backend="numpy", graph=False, epochs=EPOCHS):
+    """fit(distributed=True); after every epoch every rank must hold the same bits."""
+    model, snapshots = make_model(backend), []
+
+    def after_epoch(epoch, logs):
+        parameters = flat_parameters(model)
+        assert same_everywhere(world.comm, parameters), f"parameters differ across ranks after epoch {epoch}"
+        snapshots.append(parameters)
+
+    history = model.fit(X, labels, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=gn.SGD(lr=LR, momentum=MOMENTUM),
+                        epochs=epochs, batch_size=batch_size, seed=seed, verbose=0, callback=after_epoch,
+                        graph=graph, distributed=True)
+    assert same_everywhere(world.comm, np.array(history["loss"]))
+    return np.array(history["loss"]), np.array(snapshots)
+
+
+def training(out: Path, seed: int):
+    """Uneven shards with a partial last batch, empty shards, full batch; graphs in the stand-in."""
+    world = gn.distributed.init("numpy")
+    X, labels = data(seed)
+    results = {}
+    # 23 rows: batch 5 gives uneven shards and a last batch of 3; batch size-1 leaves the last rank empty.
+    for name, batch_size in (("uneven", 5), ("empty", world.size - 1), ("full", len(X))):
+        results[f"{name}_loss"], results[f"{name}_params"] = distributed_fit(world, X, labels, batch_size, seed)
+        if world.is_root and name != "full":
+            results[f"{name}_ref_loss"], results[f"{name}_ref_params"] = shard_loop_reference(
+                X, labels, world.size, batch_size, seed)
+
+    replaying = ReplayingBackend()
+    graph_loss, graph_params = distributed_fit(world, X, labels, 5, seed, backend=replaying, graph=True)
+    assert np.array_equal(graph_loss, results["uneven_loss"]) and np.array_equal(graph_params, results["uneven_params"])
+    # 4 full global batches an epoch: the first eager, the second recorded, then replays; the last batch eager.
+    counts = (replaying.recordings, replaying.replays)
+    assert same_everywhere(world.comm, np.array(counts)), counts
+    results["graph_counts"] = np.array(counts)
+    if world.is_root:
+        np.savez(out / "training.npz", **results)
+
+
+class ReplayingBackend(NumpyBackend):
+    """CUDA-graph stand-in as in tests/test_graph_step.py: a replay runs the recorded step again,
+    all-reduce included, so a step recorded without its all-reduce would train differently."""
+
+    supports_graphs = True
+
+    def __init__(self):
+        self.recordings = self.replays = 0
+
+    def capture(self, step):
+        self.recordings += 1
+        result = step()
+        return result, _Replay(self, step, result)
+
+
+class _Replay:
+    def __init__(self, backend, step, like):
+        self.backend, self.step, self.output = backend, step, np.empty_like(like)
+
+    def replay(self):
+        self.backend.replays += 1
+        np.copyto(self.output, self.step())
+
+
+def command_line(out: Path):
+    """`gpunn train --distributed` on every rank; which ranks write checkpoints is recorded."""
+    from gpunn import cli
+
+    saves = []
+    save = gn.Sequential.save
+    gn.Sequential.save = lambda model, path, **options: (saves.append(str(path)), save(model, path, **options))
+    status = cli.main(["train", "--distributed", "--data", str(out / "data.npz"), "--hidden", "8", "--epochs", "2",
+                       "--batch-size", "15", "--backend", "numpy", "--out", str(out / "run")])
+    world = gn.distributed.current_world()
+    (out / f"saves-rank{world.rank}.json").write_text(json.dumps(saves))
+    sys.exit(status)
+
+
+SCENARIOS = {"cli": command_line, "collectives": collectives, "fail-on-one-rank": fail_on_one_rank, "init": init_only,
+             "training": training}
 
 if __name__ == "__main__":
-    SCENARIOS[sys.argv[1]](Path(sys.argv[2]))
+    SCENARIOS[sys.argv[1]](Path(sys.argv[2]), *map(int, sys.argv[3:]))
