@@ -35,16 +35,16 @@ def time_allreduce(world, buffer, rounds: int, max_time: float) -> list[float]:
     for _ in range(WARM_UP_CALLS):
         world.transport.allreduce_sum(buffer)
     backend.synchronize()
-    times, started = [], time.perf_counter()
-    while len(times) < rounds or (time.perf_counter() - started < max_time and len(times) < 10_000):
+    times, started, done = [], time.perf_counter(), False
+    while not done:
         world.comm.Barrier()
         begin = time.perf_counter()
         world.transport.allreduce_sum(buffer)
         backend.synchronize()
         times.append(world.comm.allreduce(time.perf_counter() - begin, op=MPI.MAX))
-        # every rank agrees on when to stop: rank 0's clock decides
-        if world.comm.bcast(len(times) >= rounds and time.perf_counter() - started >= max_time, root=0):
-            break
+        # Rank 0's clock alone decides when to stop, so every rank leaves after the same round.
+        done = len(times) >= rounds and (time.perf_counter() - started >= max_time or len(times) >= 10_000)
+        done = world.comm.bcast(done, root=0)
     return times
 
 
