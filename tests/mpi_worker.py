@@ -15,6 +15,7 @@ import numpy as np
 import gpunn as gn
 from gpunn import distributed
 from gpunn.backends.numpy_backend import NumpyBackend
+from test_graph_step import ReplayingBackend  # CUDA graphs on the CPU: a replay runs the recorded step again
 
 
 class DeviceStandIn(NumpyBackend):
@@ -183,30 +184,6 @@ def training(out: Path, seed: int):
     results["graph_counts"] = np.array(counts)
     if world.is_root:
         np.savez(out / "training.npz", **results)
-
-
-class ReplayingBackend(NumpyBackend):
-    """CUDA-graph stand-in as in tests/test_graph_step.py: a replay runs the recorded step again,
-    all-reduce included, so a step recorded without its all-reduce would train differently."""
-
-    supports_graphs = True
-
-    def __init__(self):
-        self.recordings = self.replays = 0
-
-    def capture(self, step):
-        self.recordings += 1
-        result = step()
-        return result, _Replay(self, step, result)
-
-
-class _Replay:
-    def __init__(self, backend, step, like):
-        self.backend, self.step, self.output = backend, step, np.empty_like(like)
-
-    def replay(self):
-        self.backend.replays += 1
-        np.copyto(self.output, self.step())
 
 
 def command_line(out: Path):
