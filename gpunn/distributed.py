@@ -326,7 +326,9 @@ _world: list[World] = []  # the one world of this process (see the module docstr
 
 def _select_device(comm, local_comm) -> None:
     """Each rank of a node takes its own GPU: device ``local_rank``, or device 0 when the
-    scheduler shows each rank one GPU (CUDA_VISIBLE_DEVICES per task)."""
+    scheduler shows each rank one GPU (CUDA_VISIBLE_DEVICES per task). (CuPy 14.2,
+    cupy/cuda/device.pyx: ``Device.use()`` makes it current for this thread; ``pci_bus_id`` is
+    runtime.deviceGetPCIBusId, which tells two ranks on one physical GPU apart from two GPUs.)"""
     import cupy
 
     count = cupy.cuda.runtime.getDeviceCount()
