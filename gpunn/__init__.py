@@ -13,14 +13,17 @@ from .backends import (
 )
 from . import distributed
 from .gradcheck import gradcheck
-from .io import ModelFileError, load
+from .io import ModelFileError, load, load_optimizer
 from .layers import Dense, Identity, Parameter, ReLU, Sigmoid, Tanh
 from .losses import BCELoss, BCEWithLogitsLoss, MSELoss, SoftmaxCrossEntropyLoss
 from .model import Sequential
-from .optim import SGD
+from .optim import SGD, Adam, AdamW, Optimizer
+from .fit import EarlyStopping, TrainingWarning
 from .training import TrainingDiverged, TrainStep
+from . import schedules
 
 __all__ = [
+    "Adam", "AdamW", "EarlyStopping", "Optimizer", "TrainingWarning", "load_optimizer", "schedules",
     "BCELoss", "BCEWithLogitsLoss", "BackendUnavailableError", "Dense", "Identity", "MSELoss",
     "ModelFileError", "Parameter", "ReLU", "SGD", "Sequential", "Sigmoid", "SoftmaxCrossEntropyLoss",
     "Tanh", "TrainStep", "TrainingDiverged", "available_backends", "cupy_unavailable_reason", "get_backend",

@@ -10,23 +10,15 @@ from .distributed import shard_bounds
 
 
 def gradient_buffers(model) -> list:
-    """The arrays that hold the model's gradients, in a fixed order.
-
-    The one place that knows how gradients are stored: one array per parameter today, one flat
-    buffer once the model packs its parameters (issue 11), and then the all-reduce is one call.
-    """
-    backend = model.backend
-    buffers = []
-    for parameter in model.parameters():
-        if parameter.grad is None:
-            parameter.grad = backend.zeros(parameter.shape, parameter.value.dtype)
-        buffers.append(parameter.grad)
-    return buffers
+    """The arrays that hold the model's gradients: its one flat gradient buffer (gpunn.flat), so
+    the all-reduce is one call per step."""
+    return [model.flat.grads]
 
 
 def state_buffers(model, optimizer) -> list:
-    """Everything rank 0 sends before training: parameters, then the optimizer's state."""
-    return [parameter.value for parameter in model.parameters()] + list(optimizer.state_arrays())
+    """Everything rank 0 sends before training: the flat parameters, then the optimizer's
+    device arrays (its state, counters, loss scale and table of rates)."""
+    return [model.flat.values] + list(optimizer.device_arrays())
 
 
 class DataParallel:
@@ -60,11 +52,8 @@ class DataParallel:
 
     def empty_shard_gradients(self) -> None:
         """A rank without rows contributes zero (it still joins the all-reduce and the update)."""
+        self.model.flat.grads[...] = 0
         for parameter in self.model.parameters():
-            if parameter.grad is None:
-                parameter.grad = self.model.backend.zeros(parameter.shape, parameter.value.dtype)
-            else:
-                parameter.grad[...] = 0
             parameter.grad_valid = True
 
     def reduce_gradients(self, share: float) -> None:
@@ -74,5 +63,7 @@ class DataParallel:
                 buffer *= share
             self.world.allreduce_sum(buffer)
 
-    def global_loss_total(self, local_total: float) -> float:
-        return self.world.sum_scalar(local_total)
+    def global_sums(self, local: dict) -> dict:
+        """Per-epoch sums (loss, metrics) added over ranks in one collective."""
+        names = list(local)  # the same order on every rank: the same metrics
+        return dict(zip(names, self.world.sum_floats([float(local[name]) for name in names])))

@@ -288,9 +288,12 @@ class World:
             self.transport.broadcast(buffer, root)
         return buffer
 
-    def sum_scalar(self, value: float) -> float:
-        """A host number summed over all ranks (epoch totals; not for the step's hot path)."""
-        return float(self.comm.allreduce(float(value))) if self.size > 1 else float(value)
+    def sum_floats(self, values) -> list[float]:
+        """Host numbers summed over all ranks, in rank order, so every rank gets the same bits
+        (epoch totals; not for the step's hot path)."""
+        values = [float(value) for value in values]
+        everyone = self.comm.allgather(values) if self.size > 1 else [values]
+        return [sum(rank_values[index] for rank_values in everyone) for index in range(len(values))]
 
     def broadcast_object(self, value, root: int = 0):
         return self.comm.bcast(value, root=root) if self.size > 1 else value

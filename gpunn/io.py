@@ -15,7 +15,9 @@ import zipfile
 import numpy as np
 
 FORMAT = "gpunn-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this gpunn reads: 1 had no optimizer state.
+READABLE_VERSIONS = (1, 2)
 _META_KEY = "__gpunn_meta__"
 
 
@@ -43,8 +45,8 @@ def _layer_record(layer) -> dict:
     return {"type": type(layer).__name__, **layer.config()}
 
 
-def save(model, path, extras: dict | None = None) -> None:
-    """Write ``model`` (and host arrays in ``extras``, e.g. a scaler) to ``path``."""
+def save(model, path, extras: dict | None = None, optimizer=None) -> None:
+    """Write ``model`` (host arrays in ``extras``, e.g. a scaler, and ``optimizer``'s state) to ``path``."""
     from . import __version__
 
     arrays = {}
@@ -53,12 +55,19 @@ def save(model, path, extras: dict | None = None) -> None:
             arrays[f"layer{index}.{parameter.name}"] = model.backend.to_numpy(parameter.value)
     for name, value in (extras or {}).items():
         arrays[f"extra.{name}"] = np.asarray(value)
+    optimizer_config = None
+    if optimizer is not None:
+        state = optimizer.state_dict()
+        optimizer_config = state["config"]
+        for name, value in state["arrays"].items():
+            arrays[f"optimizer.{name}"] = value
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "gpunn_version": __version__,
         "dtype": str(model.dtype),
         "layers": [_layer_record(layer) for layer in model.layers],
+        "optimizer": optimizer_config,
     }
     arrays[_META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     atomic_write(path, lambda file: np.savez(file, **arrays))
@@ -80,10 +89,10 @@ def _read(path):
         raise ModelFileError(f"{path}: corrupt gpunn metadata ({error})") from error
     if meta.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a gpunn model file (format {meta.get('format')!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise ModelFileError(f"{path}: written in gpunn model format version "
                              f"{meta.get('format_version')!r} by gpunn {meta.get('gpunn_version')}; "
-                             f"this gpunn reads version {FORMAT_VERSION}")
+                             f"this gpunn reads versions {READABLE_VERSIONS}")
     return meta, arrays
 
 
@@ -113,3 +122,25 @@ def load(path, backend=None):
         model = Sequential(*layers)
     model.extras = {name[len("extra."):]: value for name, value in arrays.items() if name.startswith("extra.")}
     return model
+
+
+def read_optimizer_state(path) -> dict:
+    """The optimizer state saved with a model: ``{"config": ..., "arrays": ...}`` (see Optimizer.state_dict)."""
+    meta, arrays = _read(path)
+    config = meta.get("optimizer")
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{path}: holds no optimizer state (save it with model.save(path, optimizer=opt))")
+    prefix = "optimizer."
+    return {"config": config, "arrays": {name[len(prefix):]: value for name, value in arrays.items()
+                                         if name.startswith(prefix)}}
+
+
+def load_optimizer(path, model):
+    """The optimizer saved in ``path``, bound to ``model`` (load the model from the same file first)."""
+    from .optim import load_optimizer_state
+
+    state = read_optimizer_state(path)
+    try:
+        return load_optimizer_state(state, model)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelFileError(f"{path}: the optimizer state does not fit this model: {error}") from error

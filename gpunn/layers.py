@@ -14,29 +14,56 @@ from .backends import Backend, get_backend
 
 
 class Parameter:
-    """A trainable array and its gradient; ``grad_valid`` is False until a backward writes it."""
+    """A trainable array and its gradient; ``grad_valid`` is False until a backward writes it.
+
+    Inside a model both arrays are views into the model's flat buffers (``gpunn.flat``), so one
+    fused update and one all-reduce cover every parameter. Writing into ``value`` in place works
+    as usual; assigning a new array copies it into the same storage (after checking its shape), so
+    training always sees what was assigned.
+    """
 
     def __init__(self, value, name: str, backend: Backend):
-        self.value = value
+        self._value = value
         self.backend = backend
         self.grad = None
         self.grad_valid = False
         self.name = name
+        #: The FlatBuffers holding this parameter once a model packs it, else None.
+        self.owner = None
+
+    @property
+    def value(self):
+        return self._value
+
+    @value.setter
+    def value(self, array):
+        converted = self.backend.asarray(array, self._value.dtype)
+        if tuple(converted.shape) != tuple(self._value.shape):
+            raise ValueError(f"Parameter {self.name}: cannot assign an array of shape {tuple(converted.shape)} "
+                             f"to a parameter of shape {tuple(self._value.shape)}")
+        self._value[...] = converted
 
     @property
     def shape(self):
-        return self.value.shape
+        return self._value.shape
+
+    @property
+    def size(self) -> int:
+        return int(self._value.size)
 
     def accept_gradient(self, compute):
         """Store ``compute(out)``: written straight into the buffer, or added when zero_grad was skipped."""
         backend = self.backend
         if self.grad is None:
-            self.grad = backend.empty(self.value.shape, self.value.dtype)
+            self.grad = backend.zeros(self._value.shape, self._value.dtype)
         if self.grad_valid:  # accumulate, as with several backward calls between steps
             self.grad += compute(None)
         else:
             compute(self.grad)
             self.grad_valid = True
+
+    def __repr__(self) -> str:
+        return f"Parameter({self.name}, shape={tuple(self.shape)}, dtype={self._value.dtype})"
 
 
 class Layer:

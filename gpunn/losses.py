@@ -14,6 +14,9 @@ from .backends import backend_of
 class Loss:
     """Base class: subclasses implement ``_forward`` and ``_backward``."""
 
+    #: True when the loss takes logits (so a metric thresholds outputs at 0, not 0.5).
+    takes_logits = False
+
     def __init__(self):
         self._saved = None
 
@@ -33,11 +36,16 @@ class Loss:
         t = self.prepare_targets(backend, t, y.shape, y.dtype)
         return self._forward(backend, y, t)
 
-    def backward(self):
-        """dL/dy for the last forward, averaged over the batch as the loss is."""
+    def backward(self, loss_scale=None):
+        """dL/dy for the last forward, averaged over the batch as the loss is.
+
+        ``loss_scale`` (a 1-element device array, from the optimizer of a float16 model) multiplies
+        the gradient inside the same pass, in the compute dtype, so the mean's small factor never
+        rounds to zero in float16.
+        """
         if self._saved is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before the loss was computed")
-        return self._backward()
+        return self._backward(loss_scale)
 
     def prepare_targets(self, backend, t, output_shape, dtype):
         """Targets of the outputs' shape and dtype; (batch,) is accepted for one output."""
@@ -53,17 +61,22 @@ class Loss:
         return {}
 
 
+def _computed(array):
+    """float16 storage computes in float32 (a float16 square or sum overflows at 65504)."""
+    return array.astype("float32") if array.dtype.name == "float16" else array
+
+
 class MSELoss(Loss):
     """Mean squared error over all elements, as the seeds define it."""
 
     def _forward(self, backend, y, t):
-        difference = y - t
-        self._saved = (difference, 2.0 / difference.size)
+        self._saved = (backend, y, t)
+        difference = _computed(y) - _computed(t)
         return (difference * difference).mean()
 
-    def _backward(self):
-        difference, scale = self._saved
-        return difference * scale
+    def _backward(self, loss_scale):
+        backend, y, t = self._saved
+        return backend.mse_grad(y, t, 2.0 / y.size, loss_scale)
 
 
 class BCELoss(Loss):
@@ -76,30 +89,39 @@ class BCELoss(Loss):
     def _forward(self, backend, y, t):
         xp = backend.xp
         eps = self.eps if self.eps is not None else (1e-7 if y.dtype.itemsize <= 4 else 1e-12)
-        p = xp.clip(y, eps, 1 - eps)
-        self._saved = (y, p, t, eps)
+        y_computed, t = _computed(y), _computed(t)
+        p = xp.clip(y_computed, eps, 1 - eps)
+        self._saved = (y, y_computed, p, t, eps)
         return -(t * xp.log(p) + (1 - t) * xp.log(1 - p)).mean()
 
-    def _backward(self):
-        y, p, t, eps = self._saved
-        inside = (y > eps) & (y < 1 - eps)  # the clipped function is flat outside
-        return ((p - t) / (p * (1 - p))) * inside * (1.0 / y.size)
+    def _backward(self, loss_scale):
+        y, y_computed, p, t, eps = self._saved
+        inside = (y_computed > eps) & (y_computed < 1 - eps)  # the clipped function is flat outside
+        factor = 1.0 / y.size
+        grad = ((p - t) / (p * (1 - p))) * inside * factor
+        if loss_scale is not None:
+            grad *= loss_scale.astype(grad.dtype)
+        return grad.astype(y.dtype, copy=False)
 
 
 class BCEWithLogitsLoss(Loss):
     """Binary cross-entropy on logits, stable for any logit; its gradient is σ(z) − y."""
 
+    takes_logits = True
+
     def _forward(self, backend, z, t):
         self._saved = (backend, z, t)
         return backend.bce_with_logits_loss(z, t)
 
-    def _backward(self):
+    def _backward(self, loss_scale):
         backend, z, t = self._saved
-        return backend.bce_with_logits_grad(z, t, 1.0 / z.size)
+        return backend.bce_with_logits_grad(z, t, 1.0 / z.size, loss_scale)
 
 
 class SoftmaxCrossEntropyLoss(Loss):
     """Softmax then cross-entropy on logits, from integer labels (batch,) or one-hot rows."""
+
+    takes_logits = True
 
     def prepare_targets(self, backend, t, output_shape, dtype):
         xp = backend.xp
@@ -124,17 +146,18 @@ class SoftmaxCrossEntropyLoss(Loss):
                              f"got {int(t.min())}..{int(t.max())}")
         return t
 
-    def _forward(self, backend, z, labels):
+    def _forward(self, backend, z_stored, labels):
         xp = backend.xp
+        z = _computed(z_stored)
         row_max = z.max(axis=1)
         log_sum_exp = row_max + xp.log(xp.exp(z - row_max[:, None]).sum(axis=1))
         picked = xp.take_along_axis(z, labels.reshape(-1, 1), axis=1).reshape(-1)
-        self._saved = (backend, z, log_sum_exp, labels)
+        self._saved = (backend, z_stored, log_sum_exp, labels)
         return (log_sum_exp - picked).mean()
 
-    def _backward(self):
+    def _backward(self, loss_scale):
         backend, z, log_sum_exp, labels = self._saved
-        return backend.softmax_cross_entropy_grad(z, log_sum_exp, labels, 1.0 / z.shape[0])
+        return backend.softmax_cross_entropy_grad(z, log_sum_exp, labels, 1.0 / z.shape[0], loss_scale)
 
 
 LOSSES = {cls.__name__: cls for cls in (MSELoss, BCELoss, BCEWithLogitsLoss, SoftmaxCrossEntropyLoss)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .flat import FlatBuffers
 from .layers import Activation, Dense, Layer, Parameter
 
 
@@ -55,6 +56,8 @@ class Sequential:
                 layer.backend = self.backend
         self._steps = _plan(self.layers)
         self.extras: dict = {}
+        #: Every parameter's value and gradient are views into these two flat arrays.
+        self.flat = FlatBuffers(self.parameters(), self.backend, self.dtype)
 
     @property
     def in_features(self) -> int | None:
@@ -118,27 +121,67 @@ class Sequential:
                 grad_output = layer.backward(grad_output, input_gradient=wanted)
         return grad_output
 
-    def predict(self, X, batch_size: int | None = None):
-        """The outputs for ``X`` as a new NumPy array on the host."""
+    def _outputs(self, X, batch_size: int | None):
+        """The outputs for ``X`` as a device array of their own, in evaluation mode, in batches."""
+        from .fit import evaluation_mode
+
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise ValueError(f"predict: batch_size must be a positive int or None, got {batch_size!r}")
         x = self.as_input(X)
-        if batch_size is None or batch_size >= x.shape[0]:
-            return self.backend.to_numpy(self._forward(x).copy())
-        result = self.backend.empty((x.shape[0], self.out_features), self.dtype)
-        for start in range(0, x.shape[0], batch_size):
-            result[start:start + batch_size] = self._forward(x[start:start + batch_size])
-        return self.backend.to_numpy(result)
+        with evaluation_mode(self):
+            if batch_size is None or batch_size >= x.shape[0]:
+                return self._forward(x).copy()
+            result = self.backend.empty((x.shape[0], self.out_features), self.dtype)
+            for start in range(0, x.shape[0], batch_size):
+                result[start:start + batch_size] = self._forward(x[start:start + batch_size])
+            return result
+
+    def predict(self, X, batch_size: int | None = None):
+        """The outputs for ``X`` as a new NumPy array on the host (evaluation mode)."""
+        return self.backend.to_numpy(self._outputs(X, batch_size))
+
+    def predict_proba(self, X, batch_size: int | None = None):
+        """Class probabilities as a NumPy array whose rows sum to 1: the softmax of several
+        outputs (logits), or [1 − p, p] for one output, p = σ(output) (or the output itself when
+        the model ends in Sigmoid)."""
+        from .layers import Sigmoid
+
+        xp = self.backend.xp
+        y = self._outputs(X, batch_size).astype("float64")
+        ends_in_sigmoid = bool(self.layers) and isinstance(self.layers[-1], Sigmoid)
+        if y.shape[1] == 1:
+            p = y if ends_in_sigmoid else 1 / (1 + xp.exp(-y))
+            return self.backend.to_numpy(xp.concatenate([1 - p, p], axis=1))
+        if ends_in_sigmoid:
+            raise ValueError("predict_proba: the model ends in Sigmoid over several outputs (independent "
+                             "labels), so its rows are not one distribution; use predict()")
+        shifted = xp.exp(y - y.max(axis=1, keepdims=True))
+        return self.backend.to_numpy(shifted / shifted.sum(axis=1, keepdims=True))
+
+    def evaluate(self, X, T, loss, metrics=(), batch_size: int = 4096) -> dict:
+        """``{"loss": mean loss, metric: value, ...}`` over (X, T), in evaluation mode."""
+        from .fit import evaluate_prepared
+        from .metrics import check_metrics
+        from .training import TrainStep
+
+        metrics = check_metrics(metrics)
+        x, t = TrainStep.prepare_data(self, loss, X, T)
+        if x.shape[0] == 0:
+            raise ValueError("evaluate: X has no rows")
+        return evaluate_prepared(self, x, t, loss, metrics, batch_size)
 
     def fit(self, X, T, *, loss, optimizer, **options):
-        """Train with mini-batch SGD; see ``gpunn.training.fit`` for the options."""
-        from .training import fit
+        """Train; see ``gpunn.fit.fit`` for the options (validation, metrics, early stopping, resume)."""
+        from .fit import fit
 
         return fit(self, X, T, loss=loss, optimizer=optimizer, **options)
 
-    def save(self, path, extras: dict | None = None) -> None:
-        """Write architecture, weights and optional host ``extras`` to ``path`` atomically."""
+    def save(self, path, extras: dict | None = None, optimizer=None) -> None:
+        """Write architecture, weights, optional host ``extras`` and the optimizer's state atomically."""
         from .io import save
 
-        save(self, path, extras=extras)
+        save(self, path, extras=extras, optimizer=optimizer)
 
     def __repr__(self) -> str:
         inner = ",\n  ".join(repr(layer) for layer in self.layers)

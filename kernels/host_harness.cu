@@ -7,7 +7,7 @@
 
 #include "activations.cuh"
 #include "losses.cuh"
-#include "sgd.cuh"
+#include "optim.cuh"
 
 #define GPUNN_ACTIVATION_HOST(ACT, T, SUFFIX)                                                    \
     extern "C" void bias_##ACT##_##SUFFIX(const T* z, const T* b, T* y, long rows, long cols) { \
@@ -17,16 +17,27 @@
         for (long i = 0; i < n; ++i) dz[i] = gpunn_##ACT##_backward(dy[i], y[i]);               \
     }
 
+// One update rule over n elements, weight decay on [0, decay_end) only, as the CuPy kernel applies it.
+#define GPUNN_UPDATE_HOST(RULE, T, SUFFIX)                                                       \
+    extern "C" void RULE##_update_##SUFFIX(T* p, T* s0, T* s1, const T* g, T lr, T step, T wd, T h0, T h1, \
+                                           T h2, int flag, long decay_end, long n) {             \
+        for (long i = 0; i < n; ++i)                                                             \
+            gpunn_##RULE##_update(p[i], s0[i], s1[i], g[i], lr, step, i < decay_end ? wd : T(0), h0, h1, h2, \
+                                  flag != 0);                                                    \
+    }
+
 #define GPUNN_HOST(T, SUFFIX)                                                                    \
     GPUNN_ACTIVATION_HOST(sigmoid, T, SUFFIX)                                                    \
     GPUNN_ACTIVATION_HOST(relu, T, SUFFIX)                                                       \
     GPUNN_ACTIVATION_HOST(identity, T, SUFFIX)                                                   \
     GPUNN_ACTIVATION_HOST(tanh, T, SUFFIX)                                                       \
-    extern "C" void sgd_step_##SUFFIX(T* p, const T* g, T lr, long n) {                          \
-        for (long i = 0; i < n; ++i) p[i] = gpunn_sgd_step(p[i], g[i], lr);                      \
+    GPUNN_UPDATE_HOST(sgd, T, SUFFIX)                                                            \
+    GPUNN_UPDATE_HOST(adam, T, SUFFIX)                                                           \
+    extern "C" void effective_grad_##SUFFIX(const T* g, T loss_scale, T norm, T max_norm, T* out, long n) { \
+        for (long i = 0; i < n; ++i) out[i] = gpunn_effective_grad(g[i], loss_scale, norm, max_norm); \
     }                                                                                            \
-    extern "C" void sgd_momentum_step_##SUFFIX(T* p, T* v, const T* g, T lr, T mu, long n) {     \
-        for (long i = 0; i < n; ++i) gpunn_sgd_momentum_step(p[i], v[i], g[i], lr, mu);          \
+    extern "C" void after_update_##SUFFIX(double* scalars, T norm, int dynamic, double growth) { \
+        gpunn_after_update(scalars, norm, dynamic != 0, growth);                                  \
     }                                                                                            \
     extern "C" void bce_with_logits_##SUFFIX(const T* z, const T* t, T* out, long n) {           \
         for (long i = 0; i < n; ++i) out[i] = gpunn_bce_with_logits(z[i], t[i]);                 \
@@ -55,9 +66,11 @@ __global__ void gpunn_device_check(const S* z, const S* b, const S* t, S* y, S* 
            gpunn_relu_backward(dy, out) + gpunn_identity_backward(dy, out);
     out += gpunn_bce_with_logits(zc, dy) + gpunn_bce_with_logits_grad(zc, dy, C(0.5)) +
            gpunn_softmax_xent_grad(zc, C(1), i % cols == 0, C(0.5));
-    C param = out, velocity = C(v[i]);
-    gpunn_sgd_momentum_step(param, velocity, dy, C(0.1), C(0.9));
-    y[i] = S(gpunn_sgd_step(param, dy, C(0.1)));
+    C param = out, velocity = C(v[i]), second = C(0);
+    C grad = gpunn_effective_grad(dy, C(2), C(3), C(1));
+    gpunn_sgd_update(param, velocity, second, grad, C(0.1), C(1), C(0.01), C(0.9), C(0), C(0), true);
+    gpunn_adam_update(param, velocity, second, grad, C(0.1), C(2), C(0.01), C(0.9), C(0.999), C(1e-8), false);
+    y[i] = S(param);
     v[i] = S(velocity);
 }
 

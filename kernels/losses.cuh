@@ -2,6 +2,8 @@
 #pragma once
 #include "activations.cuh"
 
+// Mean squared error's gradient (y − t)·scale, where scale = 2/size times the loss scale.
+template <typename C> __host__ __device__ inline C gpunn_mse_grad(C y, C t, C scale) { return (y - t) * scale; }
 // Binary cross-entropy on a logit: max(z,0) − z·t + log1p(exp(−|z|)), finite for any z.
 template <typename C> __host__ __device__ inline C gpunn_bce_with_logits(C z, C t) {
     C positive = z > C(0) ? z : C(0);

@@ -11,3 +11,9 @@ __host__ __device__ inline float gpunn_log1p(float x) { return log1pf(x); }
 __host__ __device__ inline double gpunn_log1p(double x) { return log1p(x); }
 __host__ __device__ inline float gpunn_abs(float x) { return fabsf(x); }
 __host__ __device__ inline double gpunn_abs(double x) { return fabs(x); }
+__host__ __device__ inline float gpunn_sqrt(float x) { return sqrtf(x); }
+__host__ __device__ inline double gpunn_sqrt(double x) { return sqrt(x); }
+__host__ __device__ inline float gpunn_pow(float x, float y) { return powf(x, y); }
+__host__ __device__ inline double gpunn_pow(double x, double y) { return pow(x, y); }
+// x − x is 0 for finite x and NaN for ±Inf and NaN: no library isfinite needed on host or device.
+template <typename C> __host__ __device__ inline bool gpunn_isfinite(C x) { return x - x == C(0); }

@@ -50,7 +50,7 @@ def collectives(out: Path):
     values = np.full(4, float(rank))
     world.broadcast(values)
     assert np.array_equal(values, np.zeros(4))
-    assert world.sum_scalar(rank + 0.5) == sum(r + 0.5 for r in range(size))
+    assert world.sum_floats([rank + 0.5, -rank]) == [sum(r + 0.5 for r in range(size)), -sum(range(size))]
 
     staged = distributed.HostStagedTransport(comm, DeviceStandIn())
     buffer = np.full(3, rank + 1.0)
@@ -122,10 +122,9 @@ def shard_loop_reference(X, labels, ranks, batch_size, seed, epochs=EPOCHS):
     parameters = model.parameters()
     optimizer = gn.SGD(parameters, lr=LR, momentum=MOMENTUM)
     loss = gn.SoftmaxCrossEntropyLoss()
-    generator = np.random.default_rng(seed)
     losses, snapshots = [], []
-    for _ in range(epochs):
-        order, totals = generator.permutation(len(X)), [0.0] * ranks
+    for epoch in range(epochs):  # fit's shuffle: epoch e's order depends on (seed, e) alone
+        order, totals = np.random.default_rng((seed, epoch)).permutation(len(X)), [0.0] * ranks
         for start in range(0, len(X), batch_size):
             batch = order[start:start + batch_size]
             summed = None
@@ -147,20 +146,24 @@ def shard_loop_reference(X, labels, ranks, batch_size, seed, epochs=EPOCHS):
     return np.array(losses), np.array(snapshots)
 
 
-def distributed_fit(world, X, labels, batch_size, seed, backend="numpy", graph=False, epochs=EPOCHS):
+def distributed_fit(world, X, labels, batch_size, seed, backend="numpy", graph=False, epochs=EPOCHS,
+                    model=None, optimizer=None, **options):
     """fit(distributed=True); after every epoch every rank must hold the same bits."""
-    model, snapshots = make_model(backend), []
+    model = make_model(backend) if model is None else model
+    optimizer = gn.SGD(lr=LR, momentum=MOMENTUM) if optimizer is None else optimizer
+    snapshots = []
 
     def after_epoch(epoch, logs):
         parameters = flat_parameters(model)
         assert same_everywhere(world.comm, parameters), f"parameters differ across ranks after epoch {epoch}"
         snapshots.append(parameters)
 
-    history = model.fit(X, labels, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=gn.SGD(lr=LR, momentum=MOMENTUM),
-                        epochs=epochs, batch_size=batch_size, seed=seed, verbose=0, callback=after_epoch,
-                        graph=graph, distributed=True)
-    assert same_everywhere(world.comm, np.array(history["loss"]))
-    return np.array(history["loss"]), np.array(snapshots)
+    history = model.fit(X, labels, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=optimizer, epochs=epochs,
+                        batch_size=batch_size, seed=seed, verbose=0, callback=after_epoch, graph=graph,
+                        distributed=True, **options)
+    for values in history.values():
+        assert same_everywhere(world.comm, np.array(values)), history
+    return np.array(history["loss"]), np.array(snapshots), history
 
 
 def training(out: Path, seed: int):
@@ -169,14 +172,29 @@ def training(out: Path, seed: int):
     X, labels = data(seed)
     results = {}
     # 23 rows: batch 5 gives uneven shards and a last batch of 3; batch size-1 leaves the last rank empty.
-    for name, batch_size in (("uneven", 5), ("empty", world.size - 1), ("full", len(X))):
-        results[f"{name}_loss"], results[f"{name}_params"] = distributed_fit(world, X, labels, batch_size, seed)
-        if world.is_root and name != "full":
+    for name, batch_size in (("uneven", 5), ("empty", world.size - 1)):
+        results[f"{name}_loss"], results[f"{name}_params"], _ = distributed_fit(world, X, labels, batch_size, seed)
+        if world.is_root:
             results[f"{name}_ref_loss"], results[f"{name}_ref_params"] = shard_loop_reference(
                 X, labels, world.size, batch_size, seed)
 
+    # Full batch, with global metrics and validation (every rank evaluates the whole validation set).
+    results["full_loss"], results["full_params"], history = distributed_fit(
+        world, X, labels, len(X), seed, metrics=("accuracy",), validation_data=(X[:7], labels[:7]))
+    results.update({f"full_{key}": np.array(value) for key, value in history.items()})
+
+    # Resume: 2 epochs, rank 0 writes model and Adam's state, every rank loads them, 2 more epochs.
+    _, straight, _ = distributed_fit(world, X, labels, 5, seed, epochs=4, optimizer=gn.Adam(lr=0.01))
+    model, optimizer = make_model(), gn.Adam(lr=0.01)
+    distributed_fit(world, X, labels, 5, seed, epochs=2, model=model, optimizer=optimizer)
+    world.save(model, out / "resume.npz", optimizer=optimizer)
+    model = gn.load(out / "resume.npz", backend="numpy")
+    _, resumed, _ = distributed_fit(world, X, labels, 5, seed, epochs=4, model=model, initial_epoch=2,
+                                    optimizer=gn.load_optimizer(out / "resume.npz", model))
+    assert np.array_equal(resumed[-1], straight[-1]), "a resumed run differs from an uninterrupted one"
+
     replaying = ReplayingBackend()
-    graph_loss, graph_params = distributed_fit(world, X, labels, 5, seed, backend=replaying, graph=True)
+    graph_loss, graph_params, _ = distributed_fit(world, X, labels, 5, seed, backend=replaying, graph=True)
     assert np.array_equal(graph_loss, results["uneven_loss"]) and np.array_equal(graph_params, results["uneven_params"])
     # 4 full global batches an epoch: the first eager, the second recorded, then replays; the last batch eager.
     counts = (replaying.recordings, replaying.replays)

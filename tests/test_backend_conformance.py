@@ -101,19 +101,115 @@ def test_bias_gradient(backend, rng, dtype):
     close(backend, backend.bias_gradient(backend.asarray(dz, dtype)), dz.sum(axis=0), dtype)
 
 
-@pytest.mark.parametrize("momentum", [0.0, 0.9])
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_sgd_update(backend, rng, dtype, momentum):
-    p, g, v = rng.normal(size=(3, 4)), rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
-    P, G = backend.asarray(p.copy(), dtype), backend.asarray(g, dtype)  # the update is in place
-    V = backend.asarray(v.copy(), dtype) if momentum else None
-    backend.sgd_update(P, G, V, 0.05, momentum)
-    if momentum:
-        v = momentum * v + g
-        close(backend, V, v, dtype)
-        close(backend, P, p - 0.05 * v, dtype)
+def reference_update(rule, p, g, states, lr, step, wd, decay_end, hyper, flag):
+    """torch.optim's formulas in float64, written out independently of optim.rules."""
+    p, g, states = p.copy(), g.copy(), [s.copy() for s in states]
+    mask = np.arange(p.size) < decay_end
+    if rule == "sgd":
+        momentum = hyper[0]
+        g = g + wd * p * mask
+        if momentum:
+            states[0] = momentum * states[0] + g
+            g = g + momentum * states[0] if flag else states[0]
+        return p - lr * g, states
+    beta1, beta2, eps = hyper
+    if flag:
+        p = p * np.where(mask, 1 - lr * wd, 1.0)
     else:
-        close(backend, P, p - 0.05 * g, dtype)
+        g = g + wd * p * mask
+    states[0] = beta1 * states[0] + (1 - beta1) * g
+    states[1] = beta2 * states[1] + (1 - beta2) * g * g
+    denominator = np.sqrt(states[1]) / np.sqrt(1 - beta2 ** step) + eps
+    return p - lr / (1 - beta1 ** step) * states[0] / denominator, states
+
+
+UPDATE_CASES = [("sgd", (0.0, 0, 0), False), ("sgd", (0.9, 0, 0), False), ("sgd", (0.9, 0, 0), True),
+                ("adam", (0.9, 0.999, 1e-8), False), ("adam", (0.8, 0.99, 1e-6), True)]
+
+
+@pytest.mark.parametrize("rule,hyper,flag", UPDATE_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_optimizer_update(backend, rng, dtype, rule, hyper, flag):
+    """One fused update over a flat buffer: the learning rate from the table, the step from the
+    counters, the loss scale undone, weight decay only before decay_end, clipping by the norm."""
+    from gpunn.optim.rules import RULES
+
+    n, decay_end, lr_table = 37, 20, np.array([0.5, 0.1, 0.05])
+    p, g = rng.normal(size=n), rng.normal(size=n)
+    states = [rng.uniform(0.1, 1.0, size=n) for _ in RULES[rule].states]
+    scalars = np.array([2.0, 1.0, 4.0, 0.0, 0.0])  # 2 updates applied, 1 attempted, loss scale 4
+    P, G = backend.asarray(p.copy(), dtype), backend.asarray(g * 4, dtype)  # updated in place
+    S = [backend.asarray(s.copy(), dtype) for s in states]
+    norm = backend.asarray([np.linalg.norm(g * 4)], dtype)
+    max_norm = 0.5 * np.linalg.norm(g)
+    backend.optimizer_update(RULES[rule], P, G, S, None, backend.asarray(scalars, "float64"),
+                             backend.asarray(lr_table, "float64"), norm, hyper, flag, 0.01, decay_end, max_norm, False)
+    clipped = g * max_norm / (np.linalg.norm(g) + 1e-6)
+    expected_p, expected_states = reference_update(rule, p, clipped, states, 0.1, 3.0, 0.01, decay_end, hyper, flag)
+    close(backend, P, expected_p, dtype)
+    for got, expected in zip(S, expected_states):
+        close(backend, got, expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_optimizer_update_with_master_weights_and_skip(backend, rng, dtype):
+    """float16 storage: the float32 master is updated and rounded into the parameters; a
+    non-finite norm under dynamic loss scaling leaves everything untouched."""
+    from gpunn.optim.rules import RULES
+
+    if "float16" not in backend.supported_dtypes:
+        pytest.skip(f"{backend.name} has no float16")
+    p, g = rng.normal(size=40), rng.normal(size=40)
+    master, P = backend.asarray(p.copy(), "float32"), backend.asarray(p, "float16")
+    scalars, table = backend.asarray([0.0, 0.0, 8.0, 0.0, 0.0], "float64"), backend.asarray([0.1], "float64")
+    G = backend.asarray(g * 8, "float16")
+    norm = backend.zeros((1,), "float32")
+    backend.global_norm(G, out=norm)
+    backend.optimizer_update(RULES["sgd"], P, G, [backend.zeros((40,), "float32")], master, scalars, table, norm,
+                             (0.0, 0.0, 0.0), False, 0.0, 0, 0.0, True)
+    expected = p - 0.1 * (g * 8).astype(np.float16).astype(np.float64) / 8
+    np.testing.assert_allclose(backend.to_numpy(master), expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(backend.to_numpy(P), backend.to_numpy(master).astype(np.float16))
+    before = backend.to_numpy(master).copy()
+    norm[...] = backend.asarray([np.inf], "float32")
+    backend.optimizer_update(RULES["sgd"], P, G, [backend.zeros((40,), "float32")], master, scalars, table, norm,
+                             (0.0, 0.0, 0.0), False, 0.0, 0, 0.0, True)
+    np.testing.assert_array_equal(backend.to_numpy(master), before)
+
+
+def test_optimizer_counters_follow_grad_scaler(backend):
+    """Counters: applied and attempted updates; a non-finite norm halves the scale and counts a
+    skip; growth_interval good steps double it (torch.cuda.amp.GradScaler's rule)."""
+    scalars = backend.asarray([0.0, 0.0, 16.0, 0.0, 0.0], "float64")
+    finite, infinite = backend.asarray([1.0], "float32"), backend.asarray([np.inf], "float32")
+    for norm in (finite, finite, infinite, finite, finite, finite):
+        backend.optimizer_counters(scalars, norm, True, 3.0)
+    np.testing.assert_array_equal(backend.to_numpy(scalars), [5, 6, 16, 0, 1])  # 16 → 8 → 16 after 3 good
+    plain = backend.asarray([0.0, 0.0, 1.0, 0.0, 0.0], "float64")
+    backend.optimizer_counters(plain, infinite, False, 3.0)
+    np.testing.assert_array_equal(backend.to_numpy(plain), [1, 1, 1, 0, 0])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_global_norm(backend, rng, dtype):
+    if dtype not in backend.supported_dtypes:
+        pytest.skip(f"{backend.name} has no {dtype}")
+    compute = "float64" if dtype == "float64" else "float32"
+    for size in (1, 1024, 3 * 1024, 1000):
+        x = rng.normal(size=size).astype(dtype)
+        out = backend.zeros((1,), compute)
+        backend.global_norm(backend.asarray(x), out=out)
+        np.testing.assert_allclose(backend.to_numpy(out)[0], np.linalg.norm(x.astype(np.float64)),
+                                   rtol=1e-5 if compute == "float32" else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mse_grad_scales_in_the_compute_dtype(backend, rng, dtype):
+    y, t = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    scale = backend.asarray([64.0], "float64")
+    got = backend.mse_grad(backend.asarray(y, dtype), backend.asarray(t, dtype), 2 / 12, scale)
+    close(backend, got, (y - t) * 2 / 12 * 64, dtype)
+    close(backend, backend.mse_grad(backend.asarray(y, dtype), backend.asarray(t, dtype), 0.5), (y - t) * 0.5, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

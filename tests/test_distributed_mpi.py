@@ -100,16 +100,18 @@ def single_process_full_batch(X, labels, seed):
 
     model, snapshots = make_model(), []
     history = model.fit(X, labels, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=gn.SGD(lr=LR, momentum=MOMENTUM),
-                        epochs=EPOCHS, batch_size=len(X), seed=seed, verbose=0,
+                        epochs=EPOCHS, batch_size=len(X), seed=seed, verbose=0, metrics=("accuracy",),
+                        validation_data=(X[:7], labels[:7]),
                         callback=lambda epoch, logs: snapshots.append(flat_parameters(model)))
-    return np.array(history["loss"]), np.array(snapshots)
+    return history, np.array(snapshots)
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_data_parallel_training_equals_one_process(ranks, tmp_path, rng):
     """Uneven shards with a partial last batch, empty shards and the full batch, on 2 and 3 ranks.
-    The worker asserts bit-identical parameters on every rank after every epoch, and that CUDA-graph
-    replays (the stand-in) decided from the global batch train exactly like eager steps."""
+    The worker asserts bit-identical parameters and histories on every rank after every epoch, that
+    a run resumed from rank 0's checkpoint (model and Adam state) equals an uninterrupted one, and
+    that CUDA-graph replays (the stand-in) decided from the global batch train exactly like eager steps."""
     from mpi_worker import data
 
     seed = int(rng.integers(2**31))
@@ -123,9 +125,10 @@ def test_data_parallel_training_equals_one_process(ranks, tmp_path, rng):
         else:  # MPI may associate three terms differently
             np.testing.assert_allclose(got[f"{case}_params"], got[f"{case}_ref_params"], rtol=1e-12, atol=1e-14)
             np.testing.assert_allclose(got[f"{case}_loss"], got[f"{case}_ref_loss"], rtol=1e-12)
-    loss, params = single_process_full_batch(*data(seed), seed)
+    history, params = single_process_full_batch(*data(seed), seed)
     np.testing.assert_allclose(got["full_params"], params, rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(got["full_loss"], loss, rtol=1e-12)
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):  # global losses and metrics
+        np.testing.assert_allclose(got[f"full_{key}"], history[key], rtol=1e-12, err_msg=key)
     # 3 epochs x 4 full global batches of 5: the first eager, the second recorded, 10 replays.
     assert tuple(got["graph_counts"]) == (1, 10)
 

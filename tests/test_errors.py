@@ -88,16 +88,11 @@ def test_bad_constructor_arguments(backend):
         gn.Dense(2, 3, dtype="int32")
     with pytest.raises(TypeError, match="layer 1 is str, not a gpunn Layer"):
         gn.Sequential(gn.Dense(2, 3), "tanh")
-    with pytest.raises(ValueError, match="lr must be a positive number"):
+    with pytest.raises(ValueError, match="lr must be a positive finite number"):
         gn.SGD(lr=-1)
     with pytest.raises(ValueError, match=r"momentum must lie in \[0, 1\)"):
         gn.SGD(lr=0.1, momentum=1.5)
 
-
-def test_float16_is_refused_on_numpy():
-    with gn.use_backend("numpy"):
-        with pytest.raises(ValueError, match="dtype float16 is not supported on the numpy backend"):
-            gn.Dense(2, 2, dtype="float16")
 
 
 def test_cupy_array_on_numpy_backend_is_named():

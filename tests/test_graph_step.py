@@ -19,6 +19,7 @@ class ReplayingBackend(NumpyBackend):
     supports_graphs = True
 
     def __init__(self):
+        super().__init__()
         self.recordings = self.replays = 0
 
     def capture(self, step):

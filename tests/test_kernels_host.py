@@ -95,20 +95,51 @@ def test_activation_backward_matches_numpy(harness, rng, dtype, activation):
     np.testing.assert_allclose(got, expected, rtol=RTOL[dtype], atol=0, equal_nan=True)
 
 
+UPDATE_CASES = [("sgd", (0.0, 0.0, 0.0), False), ("sgd", (0.9, 0.0, 0.0), False), ("sgd", (0.9, 0.0, 0.0), True),
+                ("adam", (0.9, 0.999, 1e-8), False), ("adam", (0.8, 0.99, 1e-6), True)]
+
+
 @pytest.mark.parametrize("dtype", CTYPES)
-@pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_sgd_matches_numpy(harness, rng, dtype, momentum):
+@pytest.mark.parametrize("rule,hyper,flag", UPDATE_CASES)
+def test_update_rules_match_numpy(harness, rng, dtype, rule, hyper, flag):
+    """kernels/optim.cuh against its host twin in optim.rules, zero, huge and NaN gradients included."""
+    from gpunn.optim.rules import RULES
+
     c_type, suffix = CTYPES[dtype]
-    p, g, v = (rng.normal(size=50).astype(dtype) for _ in range(3))
-    p_expected, v_expected = p.copy(), v.copy()
-    numpy_backend.sgd_update(p_expected, g, v_expected if momentum else None, 0.05, momentum)
-    if momentum:
-        harness[f"sgd_momentum_step_{suffix}"](pointer(p), pointer(v), pointer(g), c_type(0.05),
-                                               c_type(momentum), ctypes.c_long(p.size))
-        np.testing.assert_allclose(v, v_expected, rtol=RTOL[dtype])
-    else:
-        harness[f"sgd_step_{suffix}"](pointer(p), pointer(g), c_type(0.05), ctypes.c_long(p.size))
-    np.testing.assert_allclose(p, p_expected, rtol=RTOL[dtype], atol=RTOL[dtype])
+    p, g = rng.normal(size=60).astype(dtype), extremes(dtype, rng, shape=(60,))
+    g[np.isinf(g)] = 1e30  # huge but finite; an infinite gradient is the loss scaler's business
+    s0, s1 = (rng.uniform(0.1, 1.0, size=60).astype(dtype) for _ in range(2))
+    lr, step, weight_decay, decay_end = 0.05, 3.0, 0.01, 40
+    expected_p, expected_states = p.copy(), [s0.copy(), s1.copy()][:len(RULES[rule].states)]
+    with np.errstate(over="ignore", invalid="ignore"):  # 1e30² overflows in float32, in both builds
+        RULES[rule].host(expected_p, expected_states, g.copy(), np.empty_like(g), lr, step, weight_decay,
+                         decay_end, *hyper, flag)
+    harness[f"{rule}_update_{suffix}"](pointer(p), pointer(s0), pointer(s1), pointer(g), c_type(lr), c_type(step),
+                                      c_type(weight_decay), *(c_type(h) for h in hyper), ctypes.c_int(flag),
+                                      ctypes.c_long(decay_end), ctypes.c_long(p.size))
+    np.testing.assert_allclose(p, expected_p, rtol=RTOL[dtype] * 8, atol=RTOL[dtype], equal_nan=True)
+    for got, expected in zip((s0, s1), expected_states):
+        np.testing.assert_allclose(got, expected, rtol=RTOL[dtype] * 8, atol=RTOL[dtype], equal_nan=True)
+    assert np.isnan(p[np.isnan(g)]).all()  # a NaN gradient poisons its parameter, as in torch
+
+
+@pytest.mark.parametrize("dtype", CTYPES)
+def test_effective_grad_and_counters_match_numpy(harness, rng, dtype):
+    c_type, suffix = CTYPES[dtype]
+    g = rng.normal(size=20).astype(dtype)
+    got = np.empty_like(g)
+    harness[f"effective_grad_{suffix}"](pointer(g), c_type(4.0), c_type(10.0), c_type(0.5), pointer(got),
+                                        ctypes.c_long(g.size))
+    np.testing.assert_allclose(got, g / 4 * (0.5 / (10 / 4 + 1e-6)), rtol=RTOL[dtype] * 4)
+    harness[f"effective_grad_{suffix}"](pointer(g), c_type(1.0), c_type(np.nan), c_type(0.5), pointer(got),
+                                        ctypes.c_long(g.size))
+    assert np.isnan(got).all()  # torch's clip factor is NaN for a NaN norm
+    device, host = np.array([3.0, 3.0, 8.0, 1.0, 0.0]), np.array([3.0, 3.0, 8.0, 1.0, 0.0])
+    for norm, dynamic in ((1.0, True), (np.inf, True), (1.0, True), (1.0, True), (np.nan, False)):
+        harness[f"after_update_{suffix}"](host.ctypes.data_as(ctypes.c_void_p), c_type(norm), ctypes.c_int(dynamic),
+                                          ctypes.c_double(2.0))
+        numpy_backend.optimizer_counters(device, np.array([norm]), dynamic, 2.0)
+        np.testing.assert_array_equal(host, device)
 
 
 @pytest.mark.parametrize("dtype", CTYPES)

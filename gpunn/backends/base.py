@@ -127,9 +127,26 @@ class Backend(abc.ABC):
     def bias_gradient(self, dz, out=None):
         """Column sums of ``dz``: the bias gradient."""
 
+    # --- optimizers over flat buffers (see gpunn/optim and kernels/optim.cuh) ----------------
     @abc.abstractmethod
-    def sgd_update(self, param, grad, velocity, lr: float, momentum: float) -> None:
-        """In place: ``v = momentum·v + g; p -= lr·v`` (``velocity`` is None without momentum)."""
+    def global_norm(self, x, out):
+        """The L2 norm of the flat array ``x`` into the 1-element array ``out`` (compute dtype)."""
+
+    @abc.abstractmethod
+    def optimizer_update(self, rule, param, grad, states, master, scalars, lr_table, norm, hyper, flag,
+                         weight_decay: float, decay_end: int, max_norm: float, dynamic_scale: bool) -> None:
+        """One fused update of ``rule`` (an ``optim.rules.UpdateRule``) over flat arrays, in place.
+
+        The learning rate is ``lr_table[min(scalars[1], len − 1)]`` and the step ``scalars[0] + 1``;
+        the gradient is unscaled by ``scalars[2]`` and clipped to ``max_norm`` (when > 0) using
+        ``norm``; with ``dynamic_scale`` a non-finite ``norm`` skips the update. ``master`` (float32
+        master weights of a float16 model, or None) is updated and rounded into ``param``. Elements
+        from ``decay_end`` on get no weight decay. Nothing here waits for the device.
+        """
+
+    @abc.abstractmethod
+    def optimizer_counters(self, scalars, norm, dynamic_scale: bool, growth_interval: float) -> None:
+        """Advance the step counters (and the dynamic loss scale) after an update, on the device."""
 
     # --- fused loss heads -----------------------------------------------------------------
     @abc.abstractmethod
@@ -137,12 +154,21 @@ class Backend(abc.ABC):
         """Mean of ``max(z,0) − z·t + log1p(exp(−|z|))`` as a 0-d array (stable BCE on logits)."""
 
     @abc.abstractmethod
-    def bce_with_logits_grad(self, z, t, scale: float, out=None):
-        """``(σ(z) − t)·scale`` in one pass."""
+    def mse_grad(self, y, t, scale: float, loss_scale=None, out=None):
+        """``(y − t)·scale·loss_scale`` in one pass, computed in the compute dtype.
+
+        ``loss_scale`` is a 1-element float64 device array (mixed precision's loss scale) or None
+        for 1. Keeping the mean's tiny factor in the compute dtype, times the loss scale, is what
+        keeps float16 gradients from underflowing.
+        """
 
     @abc.abstractmethod
-    def softmax_cross_entropy_grad(self, z, log_sum_exp, labels, scale: float, out=None):
-        """``(softmax(z) − onehot(labels))·scale`` in one pass, given each row's log-sum-exp."""
+    def bce_with_logits_grad(self, z, t, scale: float, loss_scale=None, out=None):
+        """``(σ(z) − t)·scale·loss_scale`` in one pass."""
+
+    @abc.abstractmethod
+    def softmax_cross_entropy_grad(self, z, log_sum_exp, labels, scale: float, loss_scale=None, out=None):
+        """``(softmax(z) − onehot(labels))·scale·loss_scale`` in one pass, given each row's log-sum-exp."""
 
     # --- whole-step capture ----------------------------------------------------------------
     @abc.abstractmethod

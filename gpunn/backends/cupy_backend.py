@@ -13,7 +13,9 @@ import os
 import cupy
 import numpy
 
+from ..flat import PADDING
 from ..kernel_source import kernel_source
+from ..optim.rules import RULES
 from . import cublas, get_matmul_precision
 from .base import Backend, check_activation
 
@@ -61,6 +63,8 @@ class CupyBackend(Backend):
         self._cublas_handles: dict = {}
         self._workspaces: dict = {}
         self._ones: dict = {}
+        self._unit_scale = None
+        self._partials: dict = {}
 
     # --- arrays -------------------------------------------------------------------------
     @property
@@ -173,26 +177,60 @@ class CupyBackend(Backend):
         self._gemm("tn", dz, ones, out.reshape(-1, 1))
         return out
 
-    def sgd_update(self, param, grad, velocity, lr: float, momentum: float) -> None:
-        _require_device(param, grad)
-        if velocity is None:
-            self._kernel("sgd", param.dtype)(grad, lr, param)
-        else:
-            self._kernel("sgd_momentum", param.dtype)(grad, lr, momentum, param, velocity)
+    # --- optimizers -----------------------------------------------------------------------
+    def global_norm(self, x, out):
+        """√Σx² in two reductions over equal blocks (the flat buffers are padded to PADDING), so the
+        work spreads over the whole GPU; a ReductionKernel with one output would run on one block."""
+        _require_device(x, out)
+        rows = x.size // PADDING if x.size and x.size % PADDING == 0 else 1
+        partials = self._kernel("sum_of_squares", x.dtype)(x.reshape(rows, -1), axis=1,
+                                                            out=self._partial((rows,), out.dtype))
+        self._kernel("norm_of_partials", out.dtype)(partials, out.reshape(()))
+        return out
+
+    def _partial(self, shape, dtype):
+        key = (cupy.cuda.Device().id, shape, numpy.dtype(dtype).name)
+        if key not in self._partials:
+            self._partials[key] = cupy.empty(shape, dtype)
+        return self._partials[key]
+
+    def optimizer_update(self, rule, param, grad, states, master, scalars, lr_table, norm, hyper, flag,
+                         weight_decay: float, decay_end: int, max_norm: float, dynamic_scale: bool) -> None:
+        _require_device(param, grad, scalars, lr_table, norm, *states)
+        op = f"update_{rule.name}" + ("_master" if master is not None else "")
+        outputs = ([] if master is None else [master]) + [param, *states]
+        self._kernel(op, param.dtype)(grad, scalars, lr_table, lr_table.size, norm, max_norm, dynamic_scale,
+                                      weight_decay, decay_end, *hyper, flag, *outputs)
+
+    def optimizer_counters(self, scalars, norm, dynamic_scale: bool, growth_interval: float) -> None:
+        _require_device(scalars, norm)
+        self._kernel("optimizer_counters", norm.dtype)(norm, dynamic_scale, growth_interval, scalars, size=1)
+
+    def _loss_scale(self, loss_scale):
+        if loss_scale is not None:
+            return loss_scale
+        if self._unit_scale is None:
+            self._unit_scale = cupy.ones((1,), "float64")
+        return self._unit_scale
+
+    def mse_grad(self, y, t, scale: float, loss_scale=None, out=None):
+        _require_device(y, t)
+        return _launch(self._kernel("mse_grad", y.dtype), y, t, scale, self._loss_scale(loss_scale), out=out)
 
     def bce_with_logits_loss(self, z, t):
         _require_device(z, t)
         return self._kernel("bce_with_logits_loss", z.dtype)(z, t)
 
-    def bce_with_logits_grad(self, z, t, scale: float, out=None):
+    def bce_with_logits_grad(self, z, t, scale: float, loss_scale=None, out=None):
         _require_device(z, t)
-        return _launch(self._kernel("bce_with_logits_grad", z.dtype), z, t, scale, out=out)
+        return _launch(self._kernel("bce_with_logits_grad", z.dtype), z, t, scale, self._loss_scale(loss_scale),
+                       out=out)
 
-    def softmax_cross_entropy_grad(self, z, log_sum_exp, labels, scale: float, out=None):
+    def softmax_cross_entropy_grad(self, z, log_sum_exp, labels, scale: float, loss_scale=None, out=None):
         _require_device(z, log_sum_exp, labels)
         return _launch(self._kernel("softmax_cross_entropy_grad", z.dtype), z,
                        log_sum_exp.reshape(-1, 1).astype(z.dtype, copy=False), labels.reshape(-1, 1),
-                       z.shape[1], scale, out=out)
+                       z.shape[1], scale, self._loss_scale(loss_scale), out=out)
 
     # --- whole-step capture ------------------------------------------------------------------
     def capture(self, step):
@@ -238,16 +276,25 @@ def _build(op: str, activation: str, dtype: str):
         return cupy.ElementwiseKernel(
             "T dy, T y", "T dz", f"dz = (T) gpunn_{activation}_backward(({compute}) dy, ({compute}) y)",
             f"gpunn_{activation}_backward", preamble=kernel_source("activations.cuh"))
-    if op == "sgd":
+    if op.startswith("update_"):
+        return _update_kernel(RULES[op[len("update_"):].removesuffix("_master")], op.endswith("_master"))
+    if op == "optimizer_counters":
         return cupy.ElementwiseKernel(
-            f"T g, {compute_name} lr", "T p", f"p = (T) gpunn_sgd_step(({compute}) p, ({compute}) g, lr)",
-            "gpunn_sgd_step", preamble=kernel_source("sgd.cuh"))
-    if op == "sgd_momentum":
+            "raw C norm, bool dynamic, float64 growth_interval", "raw float64 scalars",
+            "if (i == 0) gpunn_after_update(&scalars[0], norm[0], dynamic, growth_interval);",
+            "gpunn_optimizer_counters", preamble=kernel_source("optim.cuh"))
+    if op == "sum_of_squares":
+        return cupy.ReductionKernel(
+            "T x", "C total", "(C) x * (C) x", "a + b", "total = a", "0", "gpunn_sum_of_squares")
+    if op == "norm_of_partials":
+        return cupy.ReductionKernel(
+            "T partial", "T norm", "partial", "a + b", "norm = gpunn_sqrt(a)", "0", "gpunn_norm_of_partials",
+            preamble=kernel_source("math.cuh"))
+    if op == "mse_grad":
         return cupy.ElementwiseKernel(
-            f"T g, {compute_name} lr, {compute_name} momentum", "T p, T v",
-            f"{compute} pc = p, vc = v; gpunn_sgd_momentum_step(pc, vc, ({compute}) g, lr, momentum); "
-            "p = (T) pc; v = (T) vc;",
-            "gpunn_sgd_momentum_step", preamble=kernel_source("sgd.cuh"))
+            f"T y, T t, {compute_name} scale, raw float64 loss_scale", "T grad",
+            f"grad = (T) gpunn_mse_grad(({compute}) y, ({compute}) t, scale * ({compute}) loss_scale[0])",
+            "gpunn_mse_grad_kernel", preamble=kernel_source("losses.cuh"))
     if op == "bce_with_logits_loss":
         return cupy.ReductionKernel(
             "T z, T t", f"{compute_name} loss", f"gpunn_bce_with_logits(({compute}) z, ({compute}) t)",
@@ -255,13 +302,39 @@ def _build(op: str, activation: str, dtype: str):
             "gpunn_bce_with_logits_mean", preamble=kernel_source("losses.cuh"))
     if op == "bce_with_logits_grad":
         return cupy.ElementwiseKernel(
-            f"T z, T t, {compute_name} scale", "T grad",
-            f"grad = (T) gpunn_bce_with_logits_grad(({compute}) z, ({compute}) t, scale)",
+            f"T z, T t, {compute_name} scale, raw float64 loss_scale", "T grad",
+            f"grad = (T) gpunn_bce_with_logits_grad(({compute}) z, ({compute}) t, scale * ({compute}) loss_scale[0])",
             "gpunn_bce_with_logits_grad", preamble=kernel_source("losses.cuh"))
     if op == "softmax_cross_entropy_grad":
         return cupy.ElementwiseKernel(
-            f"T z, T lse, I label, int64 columns, {compute_name} scale", "T grad",
+            f"T z, T lse, I label, int64 columns, {compute_name} scale, raw float64 loss_scale", "T grad",
             f"grad = (T) gpunn_softmax_xent_grad(({compute}) z, ({compute}) lse, "
-            "label == (I) (i % columns), scale)",
+            f"label == (I) (i % columns), scale * ({compute}) loss_scale[0])",
             "gpunn_softmax_xent_grad", preamble=kernel_source("losses.cuh"))
     raise ValueError(f"unknown kernel {op!r}")
+
+
+def _update_kernel(rule, with_master: bool):
+    """One rule's fused update over flat buffers: learning rate from the device's table, the step
+    and loss scale from its counters, unscale and clip, the rule, float16 rounding of masters."""
+    states = list(rule.states)
+    outputs = (["C master"] if with_master else []) + ["T p"] + [f"C {name}" for name in states]
+    source = "master" if with_master else "p"
+    arguments = ", ".join(states + ["unused"] * (2 - len(states)))
+    operation = f"""
+        C norm_value = norm[0];
+        if (!(dynamic && !gpunn_isfinite(norm_value))) {{
+            long long attempted = (long long) scalars[1];
+            C lr = (C) lr_table[attempted < lr_length ? attempted : lr_length - 1];
+            C step = (C) (scalars[0] + 1.0);
+            C grad = gpunn_effective_grad((C) g, (C) scalars[2], norm_value, max_norm);
+            C param = (C) {source};
+            C unused = C(0);
+            {rule.function}(param, {arguments}, grad, lr, step, i < decay_end ? weight_decay : C(0), h0, h1, h2, flag);
+            {"master = param;" if with_master else ""}
+            p = (T) param;
+        }}"""
+    return cupy.ElementwiseKernel(
+        "T g, raw float64 scalars, raw float64 lr_table, int64 lr_length, raw C norm, C max_norm, bool dynamic, "
+        "C weight_decay, int64 decay_end, C h0, C h1, C h2, bool flag", ", ".join(outputs), operation,
+        f"{rule.function}_kernel", preamble=kernel_source("optim.cuh"))

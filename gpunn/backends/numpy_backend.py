@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .base import Backend, check_activation
@@ -20,6 +22,28 @@ def _sigmoid_inplace(x):
     return np.divide(x, denominator, out=x)
 
 
+def _float16_computes_in_float32(method):
+    """float16 storage computes in float32, as the CUDA kernels and cuBLAS do: the float16 arrays
+    among the arguments are widened, and the result is rounded once into ``out`` (or a new array)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, out=None, **kwargs):
+        if not any(isinstance(a, np.ndarray) and a.dtype == np.float16 for a in args):
+            return method(self, *args, out=out, **kwargs)
+        wide = [a.astype(np.float32) if isinstance(a, np.ndarray) and a.dtype == np.float16 else a for a in args]
+        result = method(self, *wide, **kwargs)
+        if out is None:
+            return result.astype(np.float16)
+        np.copyto(out, result, casting="same_kind")
+        return out
+
+    return wrapper
+
+
+def _total_scale(scale: float, loss_scale) -> float:
+    return scale if loss_scale is None else scale * float(loss_scale[0])
+
+
 def _foreign_array_error(x, backend_name):
     return TypeError(
         f"got a {type(x).__module__.split('.')[0]} array ({type(x).__name__}) on the "
@@ -30,6 +54,10 @@ def _foreign_array_error(x, backend_name):
 class NumpyBackend(Backend):
     name = "numpy"
     host_resident = True
+    supported_dtypes = ("float16", "float32", "float64")
+
+    def __init__(self):
+        self._scratch: dict = {}
 
     @property
     def xp(self):
@@ -57,15 +85,19 @@ class NumpyBackend(Backend):
     def synchronize(self) -> None:
         return None
 
+    @_float16_computes_in_float32
     def matmul(self, a, b, out=None):
         return np.matmul(a, b, out=out)
 
+    @_float16_computes_in_float32
     def matmul_nt(self, a, b, out=None):
         return np.matmul(a, b.T, out=out)
 
+    @_float16_computes_in_float32
     def matmul_tn(self, a, b, out=None):
         return np.matmul(a.T, b, out=out)
 
+    @_float16_computes_in_float32
     def bias_activation(self, z, bias, activation: str, out=None):
         check_activation(activation)
         out = np.add(z, bias, out=out)
@@ -77,6 +109,7 @@ class NumpyBackend(Backend):
             np.maximum(out, 0, out=out)
         return out
 
+    @_float16_computes_in_float32
     def activation_backward(self, dy, y, activation: str, out=None):
         check_activation(activation)
         if out is None:
@@ -96,37 +129,83 @@ class NumpyBackend(Backend):
             np.subtract(1, slope, out=slope)
         return np.multiply(dy, slope, out=out)
 
+    @_float16_computes_in_float32
     def bias_gradient(self, dz, out=None):
         return np.sum(dz, axis=0, out=out)
 
-    def sgd_update(self, param, grad, velocity, lr: float, momentum: float) -> None:
-        if velocity is None:
-            param -= lr * grad
+    def _scratch_pair(self, size: int, dtype):
+        key = (size, np.dtype(dtype).name)
+        if key not in self._scratch:
+            self._scratch[key] = (np.empty(size, dtype), np.empty(size, dtype))
+        return self._scratch[key]
+
+    def global_norm(self, x, out):
+        if x.dtype == np.float16:
+            x = x.astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out[0] = np.sqrt(np.dot(x, x))
+        return out
+
+    def optimizer_update(self, rule, param, grad, states, master, scalars, lr_table, norm, hyper, flag,
+                         weight_decay: float, decay_end: int, max_norm: float, dynamic_scale: bool) -> None:
+        norm_value = float(norm[0])
+        if dynamic_scale and not np.isfinite(norm_value):
             return
-        velocity *= momentum
-        velocity += grad
-        param -= lr * velocity
+        lr = float(lr_table[min(int(scalars[1]), lr_table.size - 1)])
+        step, loss_scale = float(scalars[0]) + 1.0, float(scalars[2])
+        target = param if master is None else master
+        gradient, work = self._scratch_pair(grad.size, target.dtype)
+        np.divide(grad, loss_scale, out=gradient)
+        if max_norm > 0:
+            coefficient = max_norm / (norm_value / loss_scale + 1e-6)
+            gradient *= 1.0 if coefficient > 1 else coefficient
+        with np.errstate(over="ignore", invalid="ignore"):  # Inf/NaN updates are fit's divergence check's
+            rule.host(target, states, gradient, work, lr, step, weight_decay, decay_end, *hyper, flag)
+        if master is not None:
+            np.copyto(param, master, casting="same_kind")
+
+    def optimizer_counters(self, scalars, norm, dynamic_scale: bool, growth_interval: float) -> None:
+        scalars[1] += 1
+        if dynamic_scale and not np.isfinite(norm[0]):
+            scalars[2] *= 0.5
+            scalars[3] = 0
+            scalars[4] += 1
+            return
+        scalars[0] += 1
+        if dynamic_scale:
+            scalars[3] += 1
+            if scalars[3] >= growth_interval:
+                scalars[2] *= 2
+                scalars[3] = 0
+
+    @_float16_computes_in_float32
+    def mse_grad(self, y, t, scale: float, loss_scale=None, out=None):
+        out = np.subtract(y, t, out=out)
+        out *= _total_scale(scale, loss_scale)
+        return out
 
     def bce_with_logits_loss(self, z, t):
         with np.errstate(under="ignore"):
             elementwise = np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))
         return np.asarray(elementwise.mean())
 
-    def bce_with_logits_grad(self, z, t, scale: float, out=None):
+    @_float16_computes_in_float32
+    def bce_with_logits_grad(self, z, t, scale: float, loss_scale=None, out=None):
         if out is None:
             out = z.copy()
         else:
             np.copyto(out, z)
         _sigmoid_inplace(out)
         out -= t
-        out *= scale
+        out *= _total_scale(scale, loss_scale)
         return out
 
-    def softmax_cross_entropy_grad(self, z, log_sum_exp, labels, scale: float, out=None):
+    @_float16_computes_in_float32
+    def softmax_cross_entropy_grad(self, z, log_sum_exp, labels, scale: float, loss_scale=None, out=None):
         out = np.subtract(z, log_sum_exp.reshape(-1, 1), out=out)
         np.exp(out, out=out)
         out[np.arange(out.shape[0]), labels] -= 1
-        out *= scale
+        out *= _total_scale(scale, loss_scale)
         return out
 
     def capture(self, step):

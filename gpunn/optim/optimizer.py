@@ -1,0 +1,313 @@
+"""The optimizer machinery shared by every update rule: binding to a model's flat buffers,
+flat state, clipping, mixed precision, the step counters on the device, and state_dict.
+
+One ``step()`` queues, for the whole model: the global gradient norm when clipping or loss
+scaling needs it, one fused update over the flat buffer, and a one-thread kernel that advances
+the counters (and the dynamic loss scale). Nothing waits for the device, and every number that
+changes from step to step (the learning rate from the schedule, Adam's step count, the loss
+scale) is read on the device, so a recorded CUDA graph stays valid.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..layers import Parameter
+from ..schedules import Schedule, as_schedule, from_config
+from .rules import RULES
+
+#: Dynamic loss scaling for float16 models: torch.cuda.amp.GradScaler's defaults.
+INITIAL_LOSS_SCALE, GROWTH_INTERVAL = 2.0 ** 16, 2000
+#: The counters in ``scalars`` (see kernels/optim.cuh gpunn_after_update).
+APPLIED, ATTEMPTED, LOSS_SCALE, GOOD_STEPS, SKIPPED = range(5)
+_LR_TABLE_MINIMUM = 1024
+
+
+def _number(owner, name, value, low=0.0, high=math.inf, low_open=False, high_open=False):
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+          and (value > low if low_open else value >= low) and (value < high if high_open else value <= high))
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{owner}: {name} must lie in {interval} (a finite number), got {value!r}")
+    return float(value)
+
+
+class _Segment:
+    """A contiguous run of bound parameters: views of the flat buffers and of the state."""
+
+    def __init__(self, flat, start, stop, state_start, decay_end):
+        self.start, self.stop, self.state_start = start, stop, state_start
+        self.values, self.grads = flat.values[start:stop], flat.grads[start:stop]
+        self.decay_end = max(0, min(decay_end - start, stop - start))
+
+
+class Optimizer:
+    """Base class: one update rule from ``optim.rules`` over the flat parameters of one model."""
+
+    rule_name = ""
+
+    def __init__(self, params, lr, weight_decay, decay_biases, max_grad_norm, numbers, flag):
+        owner = type(self).__name__
+        self._owner = owner
+        self.schedule = as_schedule(owner, lr)
+        self.weight_decay = _number(owner, "weight_decay", weight_decay)
+        if not isinstance(decay_biases, bool):
+            raise TypeError(f"{owner}: decay_biases must be True or False, got {decay_biases!r}")
+        self.decay_biases = decay_biases
+        if max_grad_norm is not None:
+            max_grad_norm = _number(owner, "max_grad_norm", max_grad_norm, low_open=True)
+        self.max_grad_norm = max_grad_norm
+        self.rule = RULES[self.rule_name]
+        self.numbers, self.flag = numbers, bool(flag)
+        self.params: list[Parameter] = []
+        self._flat = None
+        self._steps_issued = 0
+        if params is not None:
+            self.bind(params)
+
+    # --- learning rate --------------------------------------------------------------------
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next update."""
+        return self.schedule(self._steps_issued)
+
+    @lr.setter
+    def lr(self, value) -> None:
+        """A number or a schedule; takes effect at the next update without re-recording a graph."""
+        self.schedule = as_schedule(self._owner, value)
+        if self._flat is not None:
+            self._fill_lr_table(self._lr_table.size)
+
+    def reserve_steps(self, count: int) -> None:
+        """Make the device's table of learning rates cover ``count`` more updates (fit calls it once;
+        TrainStep before each step, outside any graph recording)."""
+        if self._flat is not None and self._lr_table.size > 1 and self._steps_issued + count > self._lr_table.size:
+            self._fill_lr_table(max(2 * self._lr_table.size, self._steps_issued + count))
+
+    def count_replayed_step(self) -> None:
+        """A replayed CUDA graph ran one step: keep the host's count of updates in step."""
+        self._steps_issued += 1
+
+    def _fill_lr_table(self, length: int) -> None:
+        backend = self._flat.backend
+        length = 1 if type(self.schedule).__name__ == "Constant" else max(length, _LR_TABLE_MINIMUM)
+        values = [self.schedule(step) for step in range(length)]
+        if self._lr_table is not None and self._lr_table.size == length:
+            self._lr_table[...] = backend.asarray(values, "float64")  # same array: a graph stays valid
+        else:
+            self._lr_table = backend.asarray(values, "float64")
+
+    # --- binding ----------------------------------------------------------------------------
+    def bind(self, params) -> "Optimizer":
+        """Take ``params`` (model.parameters() or a subset) and make the flat state for them."""
+        params = list(params)
+        if not params:
+            raise ValueError(f"{self._owner}: no parameters to optimize (pass model.parameters())")
+        for index, parameter in enumerate(params):
+            if not isinstance(parameter, Parameter):
+                raise TypeError(f"{self._owner}: parameter {index} is {type(parameter).__name__}, not a gpunn "
+                                "Parameter (pass model.parameters())")
+            if parameter.owner is None:
+                raise ValueError(f"{self._owner}: {parameter!r} belongs to no model; build a gn.Sequential from "
+                                 "its layers first (the optimizer works on the model's flat buffers)")
+        flats = {id(parameter.owner) for parameter in params}
+        if len(flats) > 1:
+            raise ValueError(f"{self._owner}: the parameters belong to {len(flats)} different models; one "
+                             "optimizer updates one model (make one optimizer per model)")
+        flat = params[0].owner
+        if self._flat is not None:
+            if flat is not self._flat:
+                raise ValueError(f"{self._owner} is already bound to another model; make a new optimizer for "
+                                 "this model (one optimizer's state belongs to one model)")
+            if {id(p) for p in params} == {id(p) for p in self.params}:
+                return self
+            raise ValueError(f"{self._owner} is already bound to other parameters of this model; make a new "
+                             "optimizer to optimize a different set")
+        if len({id(p) for p in params}) != len(params):
+            raise ValueError(f"{self._owner}: a parameter is listed twice")
+        self._flat, self.params = flat, sorted(params, key=flat.offset)
+        backend, dtype = flat.backend, flat.dtype
+        self.compute_dtype = "float64" if dtype.name == "float64" else "float32"
+        self.mixed_precision = dtype.name == "float16"
+        if len(self.params) == len(flat.parameters):  # the whole model, padding included: one launch
+            self._segments_all = [_Segment(flat, 0, flat.values.size, 0, flat.decay_end_for(self.decay_biases))]
+        else:
+            self._segments_all = self._segments(self.params)
+        state_size = sum(s.stop - s.start for s in self._segments_all)
+        self._states = [backend.zeros((state_size,), self.compute_dtype) for _ in self.rule.states]
+        self._master = None
+        if self.mixed_precision:
+            self._master = backend.zeros((state_size,), "float32")
+            for segment in self._segments_all:
+                self._master[segment.state_start:segment.state_start + segment.stop - segment.start] = \
+                    segment.values.astype("float32")
+        self._scalars = backend.asarray([0.0, 0.0, INITIAL_LOSS_SCALE if self.mixed_precision else 1.0, 0.0, 0.0],
+                                        "float64")
+        self._norm = backend.zeros((1,), self.compute_dtype)
+        self._lr_table = None
+        self._fill_lr_table(_LR_TABLE_MINIMUM)
+        self._partial_cache: dict = {}
+        return self
+
+    def check_model(self, model) -> None:
+        """A clear error unless this optimizer's parameters belong to ``model``."""
+        if self._flat is not model.flat:
+            raise ValueError(f"{self._owner} is bound to the parameters of another model; make a new "
+                             "optimizer for this model (one optimizer's state belongs to one model)")
+
+    def _segments(self, params):
+        flat, segments, state_start = self._flat, [], 0
+        decay_end = flat.decay_end_for(self.decay_biases)
+        for parameter in params:
+            start = flat.offset(parameter)
+            stop = start + parameter.size
+            if segments and segments[-1][1] == start:
+                segments[-1][1] = stop
+            else:
+                segments.append([start, stop])
+        result = []
+        for start, stop in segments:
+            result.append(_Segment(flat, start, stop, state_start, decay_end))
+            state_start += stop - start
+        return result
+
+    # --- the step ----------------------------------------------------------------------------
+    @property
+    def loss_scale(self):
+        """The loss scale as a 1-element float64 device array (1 unless the model is float16)."""
+        self._require_bound("loss_scale")
+        return self._scalars[LOSS_SCALE:LOSS_SCALE + 1]
+
+    def _require_bound(self, what):
+        if self._flat is None:
+            raise RuntimeError(f"{self._owner}.{what}: no parameters bound; pass model.parameters() "
+                               "(or let fit bind the model)")
+
+    def step(self) -> None:
+        """Update every bound parameter that has a fresh gradient (all of them after a backward)."""
+        self._require_bound("step")
+        fresh = [p.grad_valid for p in self.params]
+        if not any(fresh):
+            return
+        segments = self._segments_all if all(fresh) else self._fresh_segments(fresh)
+        self.reserve_steps(1)
+        backend = self._flat.backend
+        dynamic = self.mixed_precision
+        if self.max_grad_norm is not None or dynamic:
+            if len(segments) == 1:
+                backend.global_norm(segments[0].grads, out=self._norm)
+            else:
+                xp = backend.xp
+                squares = [backend.global_norm(s.grads, out=backend.zeros((1,), self.compute_dtype)) ** 2
+                           for s in segments]
+                self._norm[...] = xp.sqrt(sum(squares))
+        hyper = tuple(self.numbers.get(name, 0.0) if name else 0.0 for name in self.rule.numbers)
+        for segment in segments:
+            length = segment.stop - segment.start
+            states = [state[segment.state_start:segment.state_start + length] for state in self._states]
+            master = None if self._master is None else self._master[segment.state_start:segment.state_start + length]
+            backend.optimizer_update(self.rule, segment.values, segment.grads, states, master, self._scalars,
+                                     self._lr_table, self._norm, hyper, self.flag, self.weight_decay,
+                                     segment.decay_end, self.max_grad_norm or 0.0, dynamic)
+        backend.optimizer_counters(self._scalars, self._norm, dynamic, float(GROWTH_INTERVAL))
+        self._steps_issued += 1
+
+    def _fresh_segments(self, fresh):
+        key = tuple(fresh)
+        if key not in self._partial_cache:
+            chosen = [p for p, is_fresh in zip(self.params, fresh) if is_fresh]
+            by_start = {s.start: s.state_start for s in self._segments_all}
+            segments = self._segments(chosen)
+            for segment in segments:  # state offsets follow the full binding's layout
+                base = max(start for start in by_start if start <= segment.start)
+                segment.state_start = by_start[base] + segment.start - base
+            self._partial_cache[key] = segments
+        return self._partial_cache[key]
+
+    def zero_grad(self) -> None:
+        for parameter in self.params:
+            parameter.grad_valid = False
+
+    def device_arrays(self) -> list:
+        """Every array the update reads or writes besides parameters and gradients."""
+        self._require_bound("device_arrays")
+        arrays = [*self._states, self._scalars, self._norm, self._lr_table]
+        return arrays + ([self._master] if self._master is not None else [])
+
+    @property
+    def skipped_steps(self) -> int:
+        """Updates skipped because a float16 gradient overflowed (reads the device: once per epoch)."""
+        return 0 if self._flat is None else int(self._flat.backend.to_numpy(self._scalars)[SKIPPED])
+
+    # --- state --------------------------------------------------------------------------------
+    def _rule_arguments(self) -> dict:
+        """The rule's own constructor arguments (subclasses), e.g. momentum or betas."""
+        return {}
+
+    def hyperparameters(self) -> dict:
+        return {"weight_decay": self.weight_decay, "decay_biases": self.decay_biases,
+                "max_grad_norm": self.max_grad_norm, **self._rule_arguments()}
+
+    def config(self) -> dict:
+        return {"type": self._owner, "schedule": self.schedule.config(), **self.hyperparameters()}
+
+    def state_dict(self) -> dict:
+        """{"config": JSON-able hyperparameters, schedule and step count, "arrays": host arrays}."""
+        self._require_bound("state_dict")
+        backend = self._flat.backend
+        arrays = {"scalars": backend.to_numpy(self._scalars).copy()}
+        for name, state in zip(self.rule.states, self._states):
+            arrays[name] = backend.to_numpy(state).copy()
+        if self._master is not None:
+            arrays["master"] = backend.to_numpy(self._master).copy()
+        return {"config": {**self.config(), "steps": self._steps_issued}, "arrays": arrays}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned: hyperparameters, schedule, counters and flat state."""
+        self._require_bound("load_state_dict")
+        try:
+            config, arrays = dict(state["config"]), state["arrays"]
+        except (TypeError, KeyError) as error:
+            raise ValueError(f"{self._owner}.load_state_dict: expected {{'config': ..., 'arrays': ...}}, "
+                             f"got {type(state).__name__}") from error
+        if config.get("type") != self._owner:
+            raise ValueError(f"{self._owner}.load_state_dict: the state is of a {config.get('type')!r} optimizer")
+        expected = {"scalars": self._scalars, **dict(zip(self.rule.states, self._states))}
+        if self._master is not None:
+            expected["master"] = self._master
+        if set(arrays) != set(expected):
+            raise ValueError(f"{self._owner}.load_state_dict: state arrays {sorted(arrays)} do not match "
+                             f"{sorted(expected)} (a model of another dtype or size?)")
+        backend = self._flat.backend
+        for name, target in expected.items():
+            if tuple(arrays[name].shape) != tuple(target.shape):
+                raise ValueError(f"{self._owner}.load_state_dict: {name} has shape {tuple(arrays[name].shape)}, "
+                                 f"this model needs {tuple(target.shape)} (a different model?)")
+            target[...] = backend.asarray(arrays[name], target.dtype)
+        restored = type(self)(None, **_constructor_arguments(config))
+        self.__dict__.update({k: v for k, v in vars(restored).items()
+                              if k in ("schedule", "weight_decay", "decay_biases", "max_grad_norm", "numbers", "flag")})
+        self._steps_issued = int(config.get("steps", 0))
+        self._fill_lr_table(max(self._lr_table.size, self._steps_issued + 1))
+
+    def __repr__(self) -> str:
+        return f"{self._owner}(lr={self.schedule!r}, " + ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items()) + ")"
+
+
+def _constructor_arguments(config: dict) -> dict:
+    arguments = {k: v for k, v in config.items() if k not in ("type", "schedule", "steps")}
+    arguments["lr"] = from_config(config["schedule"]) if isinstance(config.get("schedule"), dict) else config["lr"]
+    if "betas" in arguments:
+        arguments["betas"] = tuple(arguments["betas"])
+    return arguments
+
+
+def optimizer_from_config(config: dict, classes: dict) -> Optimizer:
+    """An unbound optimizer rebuilt from ``config`` (``state_dict()["config"]``)."""
+    kind = config.get("type")
+    if kind not in classes:
+        raise ValueError(f"unknown optimizer type {kind!r}; expected one of {sorted(classes)}")
+    return classes[kind](None, **_constructor_arguments(config))
+
+
+__all__ = ["Optimizer", "Schedule", "optimizer_from_config"]

@@ -1,0 +1,74 @@
+// Optimizer update rules, one element of the flat parameter buffer at a time, with the same
+// semantics (and the same order of operations) as torch.optim. C is the compute type: float for
+// float16 and float32 storage (float16 models update float32 master weights), double for float64.
+// Every rule has the signature (param, state0, state1, grad, lr, step, weight_decay, h0, h1, h2, flag);
+// ``step`` counts this update (1 for the first), for Adam's bias correction.
+#pragma once
+#include "math.cuh"
+
+// The gradient a rule sees: the stored gradient divided by the loss scale (mixed precision), then
+// clipped with torch's clip_grad_norm_ factor min(1, max_norm / (norm + 1e-6)), where ``norm`` is
+// the global L2 norm of the stored gradients (so norm / loss_scale is the true one). A NaN norm
+// makes the factor NaN, as in torch.
+template <typename C>
+__host__ __device__ inline C gpunn_effective_grad(C stored, C loss_scale, C norm, C max_norm) {
+    C grad = stored / loss_scale;
+    if (max_norm > C(0)) {
+        C coefficient = max_norm / (norm / loss_scale + C(1e-6));
+        grad = grad * (coefficient > C(1) ? C(1) : coefficient);
+    }
+    return grad;
+}
+
+// SGD: g += wd·p; v = μ·v + g; g = nesterov ? g + μ·v : v (plain SGD when μ = 0); p −= lr·g.
+template <typename C>
+__host__ __device__ inline void gpunn_sgd_update(C& param, C& velocity, C& unused, C grad, C lr, C step,
+                                                 C weight_decay, C momentum, C h1, C h2, bool nesterov) {
+    grad = grad + weight_decay * param;
+    if (momentum != C(0)) {
+        velocity = momentum * velocity + grad;
+        grad = nesterov ? grad + momentum * velocity : velocity;
+    }
+    param = param - lr * grad;
+}
+
+// Adam (L2 decay added to the gradient) or AdamW (decoupled: p ·= 1 − lr·wd first), as torch.optim:
+// m ← m + (1−β1)(g − m); v ← β2·v + (1−β2)·g²; p −= lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + ε).
+template <typename C>
+__host__ __device__ inline void gpunn_adam_update(C& param, C& exp_avg, C& exp_avg_sq, C grad, C lr, C step,
+                                                  C weight_decay, C beta1, C beta2, C eps, bool decoupled) {
+    if (decoupled) {
+        param = param * (C(1) - lr * weight_decay);
+    } else {
+        grad = grad + weight_decay * param;
+    }
+    exp_avg = exp_avg + (C(1) - beta1) * (grad - exp_avg);
+    exp_avg_sq = exp_avg_sq * beta2 + (C(1) - beta2) * grad * grad;
+    C step_size = lr / (C(1) - gpunn_pow(beta1, step));
+    C denominator = gpunn_sqrt(exp_avg_sq) / gpunn_sqrt(C(1) - gpunn_pow(beta2, step)) + eps;
+    param = param - step_size * exp_avg / denominator;
+}
+
+// The per-step counters in ``scalars`` (double): [0] updates applied, [1] updates attempted (the
+// schedule's step), [2] loss scale, [3] good steps since the scale last changed, [4] skipped steps.
+// With dynamic loss scaling a non-finite gradient norm skips the update, halves the scale and counts
+// the skip; ``growth_interval`` good steps in a row double it (torch's GradScaler defaults).
+template <typename C>
+__host__ __device__ inline void gpunn_after_update(double* scalars, C norm, bool dynamic_scale,
+                                                   double growth_interval) {
+    scalars[1] += 1.0;
+    if (dynamic_scale && !gpunn_isfinite(norm)) {
+        scalars[2] *= 0.5;
+        scalars[3] = 0.0;
+        scalars[4] += 1.0;
+        return;
+    }
+    scalars[0] += 1.0;
+    if (dynamic_scale) {
+        scalars[3] += 1.0;
+        if (scalars[3] >= growth_interval) {
+            scalars[2] *= 2.0;
+            scalars[3] = 0.0;
+        }
+    }
+}
