@@ -22,8 +22,16 @@ class SGD(Optimizer):
             raise TypeError(f"SGD: nesterov must be True or False, got {nesterov!r}")
         if nesterov and momentum == 0:
             raise ValueError("SGD: nesterov=True needs a momentum above 0 (as in torch.optim.SGD)")
-        self.momentum = momentum
         super().__init__(params, lr, weight_decay, decay_biases, max_grad_norm, {"momentum": momentum}, nesterov)
+
+    @property
+    def momentum(self) -> float:
+        return self.numbers["momentum"]
+
+    @momentum.setter
+    def momentum(self, value) -> None:
+        """Takes effect at the next step (a recorded graph records again)."""
+        self.numbers["momentum"] = _number("SGD", "momentum", value, high=1.0, high_open=True)
 
     def _rule_arguments(self) -> dict:
         return {"momentum": self.numbers["momentum"], "nesterov": self.flag}
@@ -52,6 +60,14 @@ class Adam(Optimizer):
     @property
     def betas(self):
         return self.numbers["beta1"], self.numbers["beta2"]
+
+    @betas.setter
+    def betas(self, value) -> None:
+        owner = type(self).__name__
+        if not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {value!r}")
+        self.numbers["beta1"], self.numbers["beta2"] = (
+            _number(owner, f"betas[{i}]", beta, high=1.0, high_open=True) for i, beta in enumerate(value))
 
     def _rule_arguments(self) -> dict:
         return {"betas": list(self.betas), "eps": self.numbers["eps"]}
