@@ -11,6 +11,7 @@ from .backends import (
     set_matmul_precision,
     use_backend,
 )
+from . import distributed
 from .gradcheck import gradcheck
 from .io import ModelFileError, load, load_optimizer
 from .dropout import Dropout

@@ -17,11 +17,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-GROUPS = ("ceiling", "matmul", "activation", "dense", "train-step", "epoch", "transfer")
+GROUPS = ("ceiling", "matmul", "activation", "dense", "train-step", "epoch", "transfer", "distributed")
 BACKEND_PEERS = {"numpy": "gpunn-numpy,torch-cpu",
                  "cupy": "gpunn-cupy,gpunn-cupy-graph,torch-cuda,torch-cuda-graph"}
 IMPL_ORDER = ("gpunn-numpy", "torch-cpu", "gemm-floor-cpu", "gpunn-cupy", "gpunn-cupy-graph", "torch-cuda",
-              "torch-cuda-graph", "gemm-floor-gpu")
+              "torch-cuda-graph", "gemm-floor-gpu", "train step", "allreduce-1-rank", "allreduce-2-ranks")
+DISTRIBUTED_RANKS = (1, 2)
 # OpenBLAS's idle workers spin for 2^28 cycles (about 0.1 s) by default, and PyTorch's OpenMP
 # workers spin too: in one process each library's spinning threads slowed the other by a fifth
 # or more on 2 cores (benchmarks/PERF.md). 2^4 cycles lets both run at their stand-alone speed.
@@ -50,6 +51,9 @@ def run_suite(out_dir: Path, quick: bool, peers: str, groups: list[str], keyword
     threads = threads or os.cpu_count()
     if groups and "ceiling" not in groups:
         groups = ["ceiling", *groups]  # every report needs the ceilings of its own run
+    distributed = (not groups or "distributed" in groups) and "gpunn-numpy" in peers.split(",")
+    if distributed and groups and "train-step" not in groups:
+        groups = [*groups, "train-step"]  # the all-reduce is judged against the step it serves
     selection = " or ".join(f"test_{group.replace('-', '_')}" for group in groups)
     keywords = " and ".join(f"({k})" for k in (selection, keyword) if k)
     command = [sys.executable, "-m", "pytest", str(suite_dir()), "-q", "-p", "no:cacheprovider",
@@ -70,8 +74,33 @@ def run_suite(out_dir: Path, quick: bool, peers: str, groups: list[str], keyword
         result = subprocess.run(command + [f"--benchmark-json={raw}"], env=env)
         if result.returncode not in (0, 5) or not raw.is_file():
             raise RuntimeError(f"the benchmark run failed (pytest exit status {result.returncode})")
+        if distributed:
+            _add_allreduce_rows(raw, quick, threads, max_time, min_rounds, env)
         raws.append(raw)
     return raws
+
+
+def _add_allreduce_rows(raw: Path, quick: bool, threads: int, max_time: float, min_rounds: int, env) -> None:
+    """Time each training-step case's gradient all-reduce under mpiexec on 1 and 2 ranks (MPI on
+    NumPy buffers) and add the rows to this pass's raw JSON; without MPI, say why and go on."""
+    from .distributed import MPI_INSTALL_HINT
+
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    if importlib.util.find_spec("mpi4py") is None or not mpiexec.is_file():
+        print(f"gpunn bench: the distributed group needs mpi4py and MPICH's mpiexec; {MPI_INSTALL_HINT}")
+        return
+    data = json.loads(raw.read_text())
+    for ranks in DISTRIBUTED_RANKS:
+        out = raw.with_name(f"{raw.stem}-allreduce-{ranks}.json")
+        command = [str(mpiexec), "-n", str(ranks), sys.executable, str(suite_dir() / "allreduce.py"), str(out),
+                   "--cases", "S,CPU" if quick else "S,CPU,M", "--max-time", str(max_time),
+                   "--rounds", str(min_rounds), "--threads", str(threads)]
+        result = subprocess.run(command, env=dict(env, MPIEXEC_TIMEOUT="600", GPUNN_BACKEND="numpy"))
+        if result.returncode != 0 or not out.is_file():
+            raise RuntimeError(f"the all-reduce benchmark on {ranks} ranks failed (exit status {result.returncode})")
+        data["benchmarks"] += json.loads(out.read_text())["benchmarks"]
+        out.unlink()
+    raw.write_text(json.dumps(data))
 
 
 # --- the report ---------------------------------------------------------------------------
@@ -152,6 +181,12 @@ def summarise(rows) -> list[dict]:
         line["graph_vs_torch_graph"] = _ratio(m.get("torch-cuda-graph"), m.get("gpunn-cupy-graph"))
         line["over_floor_cpu"] = _ratio(m.get("gpunn-numpy"), m.get("gemm-floor-cpu"))
         line["over_floor_gpu"] = _ratio(m.get("gpunn-cupy"), m.get("gemm-floor-gpu"))
+        line["allreduce_over_step"] = None
+        if line["group"] == "distributed":  # beside the step time of the same case, from the same run
+            step = lines.get(("train-step", line["case"]), {}).get("median", {}).get("gpunn-numpy")
+            if step:
+                m["train step"] = step
+            line["allreduce_over_step"] = _ratio(m.get("allreduce-2-ranks"), step)
     order = {group: index for index, group in enumerate(GROUPS)}
     return sorted(lines.values(), key=lambda line: (order.get(line["group"], 99), line["case"]))
 
@@ -159,7 +194,8 @@ def summarise(rows) -> list[dict]:
 RATIO_COLUMNS = [("gpu_over_cpu", "gpunn GPU/CPU"), ("vs_torch_cpu", "vs torch CPU"),
                  ("vs_torch_gpu", "vs torch GPU"), ("graph_vs_torch_gpu", "graph vs torch GPU"),
                  ("graph_vs_torch_graph", "graph vs torch graph"),
-                 ("over_floor_cpu", "CPU step/GEMMs"), ("over_floor_gpu", "GPU step/GEMMs")]
+                 ("over_floor_cpu", "CPU step/GEMMs"), ("over_floor_gpu", "GPU step/GEMMs"),
+                 ("allreduce_over_step", "2-rank all-reduce/step")]
 
 
 def _format_time(seconds):

@@ -75,8 +75,9 @@ def _cupy_report() -> list[str]:
 
 def command_info(args) -> int:
     from .backends import available_backends, get_matmul_precision
+    from .distributed import mpi_report, nccl_report
 
-    lines = [f"gpunn: {__version__}", f"numpy: {np.__version__}", *_cupy_report(),
+    lines = [f"gpunn: {__version__}", f"numpy: {np.__version__}", *_cupy_report(), mpi_report(), nccl_report(),
              f"backends available: {', '.join(available_backends())}",
              "default dtype: float32", f"matmul precision: {get_matmul_precision()}"]
     print("\n".join(lines))
@@ -187,25 +188,30 @@ def command_train(args) -> int:
     if args.graph and not backend.supports_graphs:
         raise UserError(f"gpunn train: --graph needs the cupy backend (CUDA graphs); the {backend.name} "
                         "backend runs every step eagerly")
+    world = gn.distributed.init(backend) if args.distributed else None
+    root = world is None or world.is_root  # only rank 0 prints and writes checkpoints
     model = _build_model(dataset.X.shape[1], args.hidden, classes, args.activation, args.dtype, args.seed,
                          args.dropout, args.layer_norm, args.residual)
     loss = getattr(gn, LOSS_CHOICES[args.loss])()
     targets = y_train if args.loss == "softmax-ce" else np.eye(classes)[y_train]
-    os.makedirs(args.out, exist_ok=True)
+    if root:
+        os.makedirs(args.out, exist_ok=True)
     checkpoint = os.path.join(args.out, "model.npz")
     extras = {"mean": scaler.mean, "std": scaler.std, "classes": dataset.classes}
     saved_epoch = [0]
-    say = lambda line: _say(line, args.quiet)  # noqa: E731
+    say = lambda line: _say(line, args.quiet or not root)  # noqa: E731
 
     say(f"training on {dataset.name}: {len(train_rows)} train / {len(test_rows)} test rows, "
         f"{dataset.X.shape[1]} features, {classes} classes; "
         f"{'-'.join(str(n) for n in [dataset.X.shape[1], *args.hidden, classes])} {args.activation} MLP, "
-        f"{args.loss}, SGD lr={args.lr} momentum={args.momentum}, {args.dtype} on {backend.name}")
+        f"{args.loss}, SGD lr={args.lr} momentum={args.momentum}, {args.dtype} on {backend.name}"
+        + (f", data-parallel over {world.size} ranks (global batch {args.batch_size})" if world else ""))
 
     def after_epoch(epoch, logs):
         logs["train_accuracy"] = _accuracy(model, x_train, y_train)
         logs["test_accuracy"] = _accuracy(model, x_test, y_test)
-        model.save(checkpoint, extras=extras)
+        if root:
+            model.save(checkpoint, extras=extras)
         saved_epoch[0] = epoch + 1
         say(f"epoch {epoch + 1:3d}/{args.epochs}  loss {logs['loss']:.4f}  "
             f"train acc {logs['train_accuracy']:.4f}  test acc {logs['test_accuracy']:.4f}")
@@ -214,7 +220,8 @@ def command_train(args) -> int:
     try:
         history = model.fit(x_train, targets, loss=loss, optimizer=gn.SGD(lr=args.lr, momentum=args.momentum),
                             epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                            verbose=0 if args.quiet else 1, callback=after_epoch, graph=args.graph)
+                            verbose=0 if args.quiet else 1, callback=after_epoch, graph=args.graph,
+                            distributed=args.distributed)
     except KeyboardInterrupt:
         kept = (f"the checkpoint of epoch {saved_epoch[0]} is kept at {checkpoint}" if saved_epoch[0]
                 else "no epoch finished, so no checkpoint was written")
@@ -222,6 +229,8 @@ def command_train(args) -> int:
         return EXIT_INTERRUPTED
     backend.synchronize()
     seconds = time.perf_counter() - started
+    if not root:
+        return 0
     plot = _save_plot(history, os.path.join(args.out, "curves.png"))
     print(f"test accuracy: {history['test_accuracy'][-1]:.4f}")
     print(f"wall time: {seconds:.2f} s for {args.epochs} epochs on {backend.name}")
@@ -300,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default="gpunn-run", help="folder for model.npz and curves.png (default: gpunn-run)")
     train.add_argument("--graph", action="store_true",
                        help="replay each full batch's step as a CUDA graph (cupy backend)")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel training over the MPI job that started this process "
+                            "(mpiexec -n 4 gpunn train --distributed); --batch-size is the global batch")
     train.add_argument("--quiet", action="store_true", help="print only the final summary")
     train.set_defaults(run=command_train)
 
@@ -357,13 +369,18 @@ def command_bench(args) -> int:
 def main(argv=None) -> int:
     from .backends import BackendUnavailableError
     from .data import DataError
+    from .distributed import DistributedError, current_world
     from .io import ModelFileError
     from .training import TrainingDiverged
 
     try:
         args = build_parser().parse_args(argv)
         return args.run(args)
-    except (UserError, DataError, ModelFileError, BackendUnavailableError, TrainingDiverged) as error:
+    except (UserError, DataError, ModelFileError, BackendUnavailableError, TrainingDiverged,
+            DistributedError) as error:
         message = str(error)
         print(message if message.startswith("gpunn") else f"gpunn: error: {message}", file=sys.stderr)
+        world = current_world()
+        if world is not None and world.size > 1:  # the other ranks may wait in a collective: end them too
+            world.abort(EXIT_USER_ERROR)
         return EXIT_USER_ERROR

@@ -131,7 +131,8 @@ def evaluate_prepared(model, x, t, loss, metrics, batch_size: int = 4096) -> dic
 
 def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, shuffle: bool = True,
         seed=None, verbose: int = 1, callback=None, graph: bool = False, validation_data=None,
-        metrics=(), early_stopping: EarlyStopping | None = None, initial_epoch: int = 0) -> dict:
+        metrics=(), early_stopping: EarlyStopping | None = None, initial_epoch: int = 0,
+        distributed: bool = False) -> dict:
     """Train ``model`` on (X, T) from epoch ``initial_epoch`` up to ``epochs``; returns the history.
 
     Training runs in training mode (dropout on); the model's mode comes back afterwards.
@@ -143,6 +144,11 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
     after each epoch and may add entries to ``logs``. ``graph=True`` replays each full batch as a
     CUDA graph (see ``TrainStep``). NaN/Inf in the loss or the parameters raises TrainingDiverged;
     a loss a hundred times above the best epoch's warns (TrainingWarning, and in the history).
+
+    ``distributed=True`` trains data-parallel over the MPI world (``gpunn.distributed.init``):
+    every rank passes the same data and settings; ``batch_size`` is global, and each global batch
+    is split into contiguous shards by rank (``gpunn.data_parallel``). Losses and metrics are
+    global (validation runs whole on every rank); only rank 0 shows progress.
     """
     epochs = _positive_int("epochs", epochs)
     batch_size = _positive_int("batch_size", batch_size)
@@ -154,7 +160,14 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
         raise TypeError(f"fit: early_stopping must be a gn.EarlyStopping, got {early_stopping!r}")
     metrics = check_metrics(metrics)
     seed = _seed(seed)
-    step = TrainStep(model, loss, optimizer, graph=graph)
+    parallel = None
+    if distributed:
+        from .data_parallel import DataParallel
+        from .distributed import init
+
+        parallel = DataParallel(init(model.backend), model)
+        seed = parallel.world.broadcast_object(seed)  # seed=None: rank 0's draw, so all shuffle alike
+    step = TrainStep(model, loss, optimizer, graph=graph, data_parallel=parallel)
     try:
         x_all, t_all = step.prepare(X, T)
         validation = None
@@ -170,6 +183,12 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
         raise ValueError("fit: X has no rows")
     if validation is not None and validation[0].shape[0] == 0:
         raise ValueError("fit: validation_data has no rows")
+    if parallel is not None:
+        parallel.check_agreement(rows=n, epochs=epochs, initial_epoch=initial_epoch, batch_size=batch_size,
+                                 shuffle=shuffle, seed=seed, graph=graph, metrics=metrics,
+                                 validation_rows=None if validation is None else validation[0].shape[0])
+        parallel.broadcast_state(optimizer)
+        verbose = verbose if parallel.world.is_root else 0
     accumulate = "float64" if model.dtype.name == "float64" else "float32"
     batches = -(-n // batch_size)
     optimizer.reserve_steps(batches * (epochs - initial_epoch))
@@ -185,15 +204,20 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
             sums = {name: backend.zeros((), "float64") for name in metrics}
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
+                first, last = (start, stop) if parallel is None else parallel.shard(start, stop)
                 if order is None:
-                    xb, tb = x_all[start:stop], t_all[start:stop]
+                    xb, tb = x_all[first:last], t_all[first:last]
                 else:
-                    rows = order[start:stop]
+                    rows = order[first:last]
                     xb, tb = xp.take(x_all, rows, axis=0), xp.take(t_all, rows, axis=0)
-                total += step(xb, tb) * (stop - start)
+                total += step(xb, tb, (last - first) / (stop - start), replay=stop - start == batch_size) \
+                    * (last - first)
                 for name in metrics:
                     sums[name] += METRICS[name](step.outputs, tb, loss.takes_logits)
-            logs = {"loss": float(total) / n, **{name: float(value) / n for name, value in sums.items()}}
+            sums = {"loss": total, **sums}
+            sums = ({name: float(value) for name, value in sums.items()} if parallel is None
+                    else parallel.global_sums(sums))
+            logs = {name: value / n for name, value in sums.items()}
             if validation is not None:
                 logs.update({f"val_{k}": v for k, v in evaluate_prepared(model, *validation, loss, metrics).items()})
             if optimizer.mixed_precision:

@@ -27,7 +27,7 @@ class TrainStep:
     arrays behind the parameters records the graph again.
     """
 
-    def __init__(self, model, loss, optimizer, graph: bool = False):
+    def __init__(self, model, loss, optimizer, graph: bool = False, data_parallel=None):
         from .losses import Loss
 
         if not isinstance(loss, Loss):
@@ -46,6 +46,7 @@ class TrainStep:
         else:
             optimizer.bind(model.parameters())
         self.model, self.loss, self.optimizer, self.graph = model, loss, optimizer, graph
+        self.data_parallel, self._share = data_parallel, 1.0
         self._recorded = None
         #: The model's outputs of the last step (its output buffer), for metrics.
         self.outputs = None
@@ -77,10 +78,15 @@ class TrainStep:
             raise ValueError("T contains NaN or Inf")
         return x, t
 
-    def __call__(self, x, t):
-        """Train on one prepared batch; returns the batch's mean loss as a new 0-d device array."""
+    def __call__(self, x, t, share: float = 1.0, replay: bool = True):
+        """Train on one prepared batch; returns the batch's mean loss as a new 0-d device array.
+
+        Data parallel: ``x, t`` are this rank's shard, ``share`` its fraction of the global
+        batch, and ``replay`` (the same on every rank: is the global batch full?) allows the graph.
+        """
         self.optimizer.reserve_steps(1)  # outside any recording: the table of rates may grow here
-        if not self.graph:
+        self._share = share
+        if not self.graph or not replay:
             return self._step(x, t)
         recorded = self._recorded
         if recorded is None:
@@ -90,11 +96,18 @@ class TrainStep:
         return recorded.run(x, t)
 
     def _step(self, x, t):
-        model, loss, optimizer = self.model, self.loss, self.optimizer
-        self.outputs = model._forward(x)
-        value = loss._forward(model.backend, self.outputs, t)
-        model.zero_grad()
-        model.backward(loss.backward(optimizer.loss_scale), input_gradient=False)
+        model, loss, optimizer, parallel = self.model, self.loss, self.optimizer, self.data_parallel
+        if parallel is not None and x.shape[0] == 0:  # an empty shard: no loss, zero gradient
+            self.outputs = model.backend.empty((0, model.out_features), model.dtype)
+            value = model.backend.zeros((), model.dtype)
+            parallel.empty_shard_gradients()
+        else:
+            self.outputs = model._forward(x)
+            value = loss._forward(model.backend, self.outputs, t)
+            model.zero_grad()
+            model.backward(loss.backward(optimizer.loss_scale), input_gradient=False)
+        if parallel is not None:
+            parallel.reduce_gradients(self._share)
         optimizer.step()
         return value
 
@@ -123,7 +136,8 @@ class _RecordedStep:
         and which arrays (the learning rate and the counters are read on the device)."""
         train_step = self.train_step
         optimizer, flat = train_step.optimizer, train_step.model.flat
-        return (repr(optimizer.hyperparameters()), get_matmul_precision(), id(flat.values), id(flat.grads),
+        return (repr(optimizer.hyperparameters()), get_matmul_precision(), train_step._share,
+                id(flat.values), id(flat.grads),
                 tuple(id(array) for array in optimizer.device_arrays()))
 
     def run(self, x, t):

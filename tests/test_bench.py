@@ -20,6 +20,7 @@ def test_quick_suite_runs_and_writes_the_report(tmp_path, capsys):
     assert "cpu copy:" in text and "cpu matmul:" in text and "CPU step/GEMMs" in text
     launches = text.split("## launches per train step")[1]
     assert all(f"| {case} | " in launches for case in ("S", "CPU")), launches
+    assert "## distributed" in text and "2-rank all-reduce/step" in text  # mpiexec on 1 and 2 ranks
     passes = json.loads(reports[0].with_suffix(".json").read_text())["passes"]
     assert len(passes) == 2 and "median over 2 passes" in text
     impls = {b["extra_info"]["impl"] for b in passes[0]["benchmarks"]}

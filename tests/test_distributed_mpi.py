@@ -1,0 +1,144 @@
+"""Real MPI jobs (mpiexec -n 2 and -n 3) running tests/mpi_worker.py, each bounded three ways:
+MPIEXEC_TIMEOUT for the job, a subprocess timeout for mpiexec, pytest-timeout for the test.
+A few runs check many things each, so the whole file stays within seconds on 2 cores."""
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # mpi_worker: the model, data and reference
+WORKER = Path(__file__).resolve().parent / "mpi_worker.py"
+JOB_SECONDS = 60
+
+
+def _mpiexec():
+    beside_python = Path(sys.executable).parent / "mpiexec"
+    return str(beside_python) if beside_python.is_file() else shutil.which("mpiexec")
+
+
+def _skip_reason():
+    if importlib.util.find_spec("mpi4py") is None:
+        return "mpi4py is not installed (pip install '.[test]' brings mpi4py and MPICH)"
+    if _mpiexec() is None:
+        return "no mpiexec beside this Python or on PATH (pip install mpich)"
+    return None
+
+
+pytestmark = [pytest.mark.mpi, pytest.mark.timeout(3 * JOB_SECONDS),
+              pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))]
+
+
+def job_environment(**extra):
+    environ = dict(os.environ, MPIEXEC_TIMEOUT=str(JOB_SECONDS), OMP_NUM_THREADS="1",
+                   OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", GPUNN_BACKEND="numpy")
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environ.get("PYTHONPATH")]))
+    environ.update(extra)
+    return environ
+
+
+def run(command, environ=None):
+    """Run a command in its own process group; on a timeout kill the whole group and fail."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=environ or job_environment(), start_new_session=True)
+    started = time.monotonic()
+    try:
+        stdout, stderr = process.communicate(timeout=JOB_SECONDS + 30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail(f"{' '.join(command)} did not end within {JOB_SECONDS + 30} s")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr), time.monotonic() - started
+
+
+def mpirun(ranks, *arguments, environ=None):
+    return run([_mpiexec(), "-n", str(ranks), sys.executable, *map(str, arguments)], environ)
+
+
+def test_collectives_nccl_pieces_and_root_only_helpers(tmp_path):
+    result, _ = mpirun(2, WORKER, "collectives", tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "collectives.json").read_text())
+    assert (report["size"], report["local_size"], report["transport"]) == (2, 2, "mpi")
+    assert result.stdout.count("printed by rank") == 1 and "printed by rank 0" in result.stdout
+    if report["nccl_reason"] is None:  # NCCL loads (the CI's cuda extra): the error is the communicator's
+        assert "could not join the NCCL communicator" in report["communicator_error"]
+    else:  # NCCL missing: the same clear error on every rank, naming the fix
+        assert "NCCL is not usable" in report["communicator_error"]
+        assert "nvidia-nccl" in report["communicator_error"]
+
+
+def test_an_exception_on_one_rank_ends_the_job_within_seconds(tmp_path):
+    result, seconds = mpirun(2, WORKER, "fail-on-one-rank", tmp_path)
+    assert result.returncode != 0
+    assert seconds < 10, f"the job took {seconds:.1f} s to end"
+    assert "rank 1 fails on purpose" in result.stderr and "aborting the MPI job" in result.stderr
+    assert not list(tmp_path.glob("rank*-passed-the-collective"))
+
+
+def test_a_launcher_library_mismatch_is_refused(tmp_path):
+    # What a foreign launcher looks like from inside: it says 3 processes, MPI's world has 1.
+    result, _ = run([sys.executable, str(WORKER), "init", str(tmp_path)],
+                    job_environment(OMPI_COMM_WORLD_SIZE="3"))
+    assert result.returncode != 0
+    assert "OMPI_COMM_WORLD_SIZE=3" in result.stderr and "world of 1" in result.stderr
+
+
+def single_process_full_batch(X, labels, seed):
+    from mpi_worker import EPOCHS, LR, MOMENTUM, flat_parameters, make_model
+
+    import gpunn as gn
+
+    model, snapshots = make_model(), []
+    history = model.fit(X, labels, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=gn.SGD(lr=LR, momentum=MOMENTUM),
+                        epochs=EPOCHS, batch_size=len(X), seed=seed, verbose=0, metrics=("accuracy",),
+                        validation_data=(X[:7], labels[:7]),
+                        callback=lambda epoch, logs: snapshots.append(flat_parameters(model)))
+    return history, np.array(snapshots)
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_data_parallel_training_equals_one_process(ranks, tmp_path, rng):
+    """Uneven shards with a partial last batch, empty shards and the full batch, on 2 and 3 ranks.
+    The worker asserts bit-identical parameters and histories on every rank after every epoch, that
+    a run resumed from rank 0's checkpoint (model and Adam state) equals an uninterrupted one, and
+    that CUDA-graph replays (the stand-in) decided from the global batch train exactly like eager steps."""
+    from mpi_worker import data
+
+    seed = int(rng.integers(2**31))
+    result, _ = mpirun(ranks, WORKER, "training", tmp_path, seed)
+    assert result.returncode == 0, result.stderr
+    got = np.load(tmp_path / "training.npz")
+    for case in ("uneven", "empty"):  # against one process looping over the same shards in rank order
+        if ranks == 2:  # a + b is the same in any order: bit for bit
+            np.testing.assert_array_equal(got[f"{case}_params"], got[f"{case}_ref_params"])
+            np.testing.assert_array_equal(got[f"{case}_loss"], got[f"{case}_ref_loss"])
+        else:  # MPI may associate three terms differently
+            np.testing.assert_allclose(got[f"{case}_params"], got[f"{case}_ref_params"], rtol=1e-12, atol=1e-14)
+            np.testing.assert_allclose(got[f"{case}_loss"], got[f"{case}_ref_loss"], rtol=1e-12)
+    history, params = single_process_full_batch(*data(seed), seed)
+    np.testing.assert_allclose(got["full_params"], params, rtol=1e-12, atol=1e-14)
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):  # global losses and metrics
+        np.testing.assert_allclose(got[f"full_{key}"], history[key], rtol=1e-12, err_msg=key)
+    # 3 epochs x 4 full global batches of 5: the first eager, the second recorded, 10 replays.
+    assert tuple(got["graph_counts"]) == (1, 10)
+
+
+def test_command_line_prints_and_checkpoints_on_rank_zero_only(tmp_path, rng):
+    np.savez(tmp_path / "data.npz", X=rng.normal(size=(50, 4)), y=rng.integers(0, 3, size=50))
+    result, _ = mpirun(2, WORKER, "cli", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("data-parallel over 2 ranks (global batch 15)") == 1
+    assert result.stdout.count("test accuracy:") == 1 and result.stdout.count("epoch   2/2") == 1
+    saves = [json.loads((tmp_path / f"saves-rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert saves == [[str(tmp_path / "run" / "model.npz")] * 2, []]
+    assert (tmp_path / "run" / "model.npz").is_file()
