@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -122,123 +121,6 @@ def _fraction(low_inclusive: bool):
     return parse
 
 
-def _build_model(features: int, hidden: list[int], classes: int, activation: str, dtype: str, seed: int,
-                 dropout: float = 0.0, layer_norm: bool = False, residual: bool = False):
-    """Dense [→ LayerNorm] → activation [→ Dropout] per hidden layer; with ``residual``, a hidden
-    layer as wide as the one before it becomes x + f(x)."""
-    import gpunn as gn
-
-    if residual and not any(a == b for a, b in zip(hidden, hidden[1:])):
-        raise UserError(f"gpunn train: --residual needs two consecutive hidden layers of the same size "
-                        f"(x + f(x)), e.g. --hidden 128,128; got --hidden {','.join(map(str, hidden))}")
-    init = "he" if activation in ("relu", "leaky-relu") else "xavier"
-    layers, width = [], features
-    for index, size in enumerate(hidden):
-        block = [gn.Dense(width, size, init=init, dtype=dtype, seed=(seed, index))]
-        block += [gn.LayerNorm(size, dtype=dtype)] if layer_norm else []
-        block.append(getattr(gn, ACTIVATION_CHOICES[activation])())
-        block += [gn.Dropout(dropout, seed=seed * 1000 + index)] if dropout else []
-        layers += [gn.Residual(*block)] if residual and size == width else block
-        width = size
-    layers.append(gn.Dense(width, classes, dtype=dtype, seed=(seed, len(hidden))))
-    return gn.Sequential(*layers)
-
-
-def _accuracy(model, X, y) -> float:
-    return float(np.mean(model.predict(X).argmax(axis=1) == y))
-
-
-def _save_plot(history: dict, path: str) -> str | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    epochs = range(1, len(history["loss"]) + 1)
-    left.plot(epochs, history["loss"])
-    left.set(xlabel="epoch", ylabel="training loss", title="loss")
-    for key in ("train_accuracy", "test_accuracy"):
-        right.plot(epochs, history[key], label=key.replace("_", " "))
-    right.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    right.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
-
-
-def command_train(args) -> int:
-    import gpunn as gn
-    from .data import DataError, Standardizer, load_digits, load_table, stratified_split
-
-    dataset = load_table(args.data, args.label) if args.data else load_digits()
-    train_rows, test_rows = stratified_split(dataset.y, args.test_fraction, args.seed)
-    scaler = Standardizer.fit(dataset.X[train_rows])
-    x_train, x_test = scaler(dataset.X[train_rows]), scaler(dataset.X[test_rows])
-    y_train, y_test = dataset.y[train_rows], dataset.y[test_rows]
-    classes = len(dataset.classes)
-    if len(test_rows) == 0:
-        raise DataError(f"{dataset.name}: too few rows for a test split")
-
-    gn.use_backend(args.backend)
-    backend = gn.get_backend()
-    if args.graph and not backend.supports_graphs:
-        raise UserError(f"gpunn train: --graph needs the cupy backend (CUDA graphs); the {backend.name} "
-                        "backend runs every step eagerly")
-    world = gn.distributed.init(backend) if args.distributed else None
-    root = world is None or world.is_root  # only rank 0 prints and writes checkpoints
-    model = _build_model(dataset.X.shape[1], args.hidden, classes, args.activation, args.dtype, args.seed,
-                         args.dropout, args.layer_norm, args.residual)
-    loss = getattr(gn, LOSS_CHOICES[args.loss])()
-    targets = y_train if args.loss == "softmax-ce" else np.eye(classes)[y_train]
-    if root:
-        os.makedirs(args.out, exist_ok=True)
-    checkpoint = os.path.join(args.out, "model.npz")
-    extras = {"mean": scaler.mean, "std": scaler.std, "classes": dataset.classes}
-    saved_epoch = [0]
-    say = lambda line: _say(line, args.quiet or not root)  # noqa: E731
-
-    say(f"training on {dataset.name}: {len(train_rows)} train / {len(test_rows)} test rows, "
-        f"{dataset.X.shape[1]} features, {classes} classes; "
-        f"{'-'.join(str(n) for n in [dataset.X.shape[1], *args.hidden, classes])} {args.activation} MLP, "
-        f"{args.loss}, SGD lr={args.lr} momentum={args.momentum}, {args.dtype} on {backend.name}"
-        + (f", data-parallel over {world.size} ranks (global batch {args.batch_size})" if world else ""))
-
-    def after_epoch(epoch, logs):
-        logs["train_accuracy"] = _accuracy(model, x_train, y_train)
-        logs["test_accuracy"] = _accuracy(model, x_test, y_test)
-        if root:
-            model.save(checkpoint, extras=extras)
-        saved_epoch[0] = epoch + 1
-        say(f"epoch {epoch + 1:3d}/{args.epochs}  loss {logs['loss']:.4f}  "
-            f"train acc {logs['train_accuracy']:.4f}  test acc {logs['test_accuracy']:.4f}")
-
-    started = time.perf_counter()
-    try:
-        history = model.fit(x_train, targets, loss=loss, optimizer=gn.SGD(lr=args.lr, momentum=args.momentum),
-                            epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                            verbose=0 if args.quiet else 1, callback=after_epoch, graph=args.graph,
-                            distributed=args.distributed)
-    except KeyboardInterrupt:
-        kept = (f"the checkpoint of epoch {saved_epoch[0]} is kept at {checkpoint}" if saved_epoch[0]
-                else "no epoch finished, so no checkpoint was written")
-        print(f"gpunn train: interrupted; {kept}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    backend.synchronize()
-    seconds = time.perf_counter() - started
-    if not root:
-        return 0
-    plot = _save_plot(history, os.path.join(args.out, "curves.png"))
-    print(f"test accuracy: {history['test_accuracy'][-1]:.4f}")
-    print(f"wall time: {seconds:.2f} s for {args.epochs} epochs on {backend.name}")
-    print(f"checkpoint: {checkpoint}")
-    print(f"curves: {plot}" if plot else "curves: not drawn (pip install 'gpunn[plot]' for a PNG)")
-    return 0
-
-
 # --- predict ------------------------------------------------------------------------------
 def command_predict(args) -> int:
     import gpunn as gn
@@ -282,38 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train", help="train an MLP classifier (default: the bundled handwritten digits)",
-        description="Train an MLP classifier with SGD and report loss and accuracy per epoch. Without --data "
-                    "it uses scikit-learn's bundled 8x8 digits (pip install 'gpunn[data]'). The data is split "
-                    "into stratified train/test parts and standardised on the training part.")
-    train.add_argument("--data", help="your .npz (arrays X, y) or .csv (a header row and a label column)")
-    train.add_argument("--label", default="label", help="the label column of a CSV (default: label)")
-    train.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"],
-                       help="array backend (default: auto, the GPU when one is usable)")
-    train.add_argument("--hidden", type=_hidden_sizes, default=[128, 64], help="hidden layer sizes (default: 128,64)")
-    train.add_argument("--activation", default="tanh", choices=list(ACTIVATION_CHOICES),
-                       help="hidden activation (default: tanh)")
-    train.add_argument("--dropout", type=_fraction(low_inclusive=True), default=0.0,
-                       help="dropout rate after each hidden activation, in [0, 1) (default: 0, none)")
-    train.add_argument("--layer-norm", action="store_true", help="LayerNorm after each hidden Dense")
-    train.add_argument("--residual", action="store_true",
-                       help="hidden layers as wide as the previous one become residual blocks x + f(x)")
-    train.add_argument("--loss", default="softmax-ce", choices=list(LOSS_CHOICES),
-                       help="softmax cross-entropy on integer labels, or MSE on one-hot targets")
-    train.add_argument("--epochs", type=_positive(int), default=30, help="passes over the data (default: 30)")
-    train.add_argument("--batch-size", type=_positive(int), default=32, help="mini-batch size (default: 32)")
-    train.add_argument("--lr", type=_positive(float), default=0.05, help="learning rate (default: 0.05)")
-    train.add_argument("--momentum", type=_fraction(low_inclusive=True), default=0.9, help="SGD momentum in [0, 1) (default: 0.9)")
-    train.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="(default: float32)")
-    train.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and shuffling")
-    train.add_argument("--test-fraction", type=_fraction(low_inclusive=False), default=0.2, help="share of rows held out (default: 0.2)")
-    train.add_argument("--out", default="gpunn-run", help="folder for model.npz and curves.png (default: gpunn-run)")
-    train.add_argument("--graph", action="store_true",
-                       help="replay each full batch's step as a CUDA graph (cupy backend)")
-    train.add_argument("--distributed", action="store_true",
-                       help="data-parallel training over the MPI job that started this process "
-                            "(mpiexec -n 4 gpunn train --distributed); --batch-size is the global batch")
-    train.add_argument("--quiet", action="store_true", help="print only the final summary")
-    train.set_defaults(run=command_train)
+        description="Train an MLP classifier and report loss and accuracy per epoch. Without --data it uses "
+                    "scikit-learn's bundled 8x8 digits (pip install 'gpunn[data]'). The data is split into "
+                    "stratified train/validation/test parts and standardised on the training part; each epoch "
+                    "writes last.npz, the best validation epoch best.npz.")
+    from . import cli_train
+
+    cli_train.add_train_arguments(train, sys.modules[__name__])
 
     predict = commands.add_parser("predict", help="predict classes for a .npz/.csv with a trained checkpoint",
                                   description="Write one CSV row per input row: the predicted class and "

@@ -19,9 +19,11 @@ from .layers import Layer, register_layer
 @register_layer
 class Dropout(Layer):
     """Zero each element with probability ``rate`` in training and scale the rest by 1/(1 − rate);
-    the identity in evaluation (``model.eval()``, ``predict``). ``seed=None`` draws one."""
+    the identity in evaluation (``model.eval()``, ``predict``). ``seed=None`` draws one. ``step`` is
+    the mask counter to start from: saving a model keeps it, so a resumed run draws the masks an
+    uninterrupted one would."""
 
-    def __init__(self, rate: float, seed: int | None = None):
+    def __init__(self, rate: float, seed: int | None = None, step: int = 0):
         super().__init__()
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
             raise ValueError(f"Dropout: rate must be a number in [0, 1), got {rate!r}")
@@ -29,18 +31,20 @@ class Dropout(Layer):
             seed = secrets.randbits(64)
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 1 << 128:
             raise ValueError(f"Dropout: seed must be an int in [0, 2**128), got {seed!r}")
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < 1 << 64:
+            raise ValueError(f"Dropout: step must be an int in [0, 2**64), got {step!r}")
         self.rate, self.seed = float(rate), seed
-        self._step = None
+        self._step, self._initial_step = None, step
         self._advance = True
         self._mask = None
 
     def config(self) -> dict:
-        return {"rate": self.rate, "seed": self.seed}
+        return {"rate": self.rate, "seed": self.seed, "step": self.step}
 
     @property
     def step(self) -> int:
         """Training forwards so far (the mask's counter); reading it waits for the device."""
-        return 0 if self._step is None else int(self._step[0])
+        return self._initial_step if self._step is None else int(self._step[0])
 
     def forward_mask(self) -> DropoutMask | None:
         """The mask for this forward (advancing the step), or None in evaluation or at rate 0."""
@@ -49,7 +53,7 @@ class Dropout(Layer):
             return None
         backend = self.backend = get_backend() if self.backend is None else self.backend
         if self._step is None:
-            self._step = backend.zeros((1,), "uint64")
+            self._step = backend.asarray([self._initial_step], "uint64")
         if self._advance:
             self._step += 1
         self._mask = DropoutMask(self.seed, int(self.rate * 2.0 ** 64), 1.0 / (1.0 - self.rate), self._step)

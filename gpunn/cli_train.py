@@ -1,0 +1,343 @@
+"""``gpunn train``: the options, the run (validation, checkpoints, early stopping) and exact resume.
+
+Each epoch writes ``last.npz`` (model, optimizer state, scaler, classes and the run's settings),
+and the epoch with the best validation loss writes ``best.npz``; ``--resume RUN_DIR`` continues
+from ``last.npz`` exactly as if the run had not stopped. The test part is never used to choose
+anything: validation rows are carved from the training part.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+OPTIMIZER_CHOICES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
+DEFAULT_LR = {"sgd": 0.05, "adam": 2e-3, "adamw": 2e-3}
+SCHEDULE_CHOICES = ("constant", "step", "cosine", "onecycle")
+#: The settings a resumed run takes from its checkpoint rather than from the command line.
+RUN_SETTINGS = ("data", "label", "hidden", "activation", "dropout", "layer_norm", "residual", "loss", "batch_size",
+                "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_steps", "max_grad_norm", "dtype",
+                "seed", "test_fraction", "validation_fraction", "early_stopping", "epochs")
+
+
+def add_train_arguments(train, cli) -> None:
+    """The options of ``gpunn train`` (``cli`` provides the shared argument parsers)."""
+    from .cli import ACTIVATION_CHOICES, LOSS_CHOICES
+
+    fraction, positive = cli._fraction, cli._positive
+    train.add_argument("--data", help="your .npz (arrays X, y) or .csv (a header row and a label column)")
+    train.add_argument("--label", default="label", help="the label column of a CSV (default: label)")
+    train.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"],
+                       help="array backend (default: auto, the GPU when one is usable)")
+    train.add_argument("--hidden", type=cli._hidden_sizes, default=[128, 64], help="hidden layer sizes (default: 128,64)")
+    train.add_argument("--activation", default="tanh", choices=list(ACTIVATION_CHOICES),
+                       help="hidden activation (default: tanh)")
+    train.add_argument("--dropout", type=fraction(low_inclusive=True), default=0.0,
+                       help="dropout rate after each hidden activation, in [0, 1) (default: 0, none)")
+    train.add_argument("--layer-norm", action="store_true", help="LayerNorm after each hidden Dense")
+    train.add_argument("--residual", action="store_true",
+                       help="hidden layers as wide as the previous one become residual blocks x + f(x)")
+    train.add_argument("--loss", default="softmax-ce", choices=list(LOSS_CHOICES),
+                       help="softmax cross-entropy on integer labels, or MSE on one-hot targets")
+    train.add_argument("--epochs", type=positive(int), default=None,
+                       help="the last epoch to train to (default: 30; with --resume, the stored one)")
+    train.add_argument("--batch-size", type=positive(int), default=32, help="mini-batch size (default: 32)")
+    train.add_argument("--optimizer", default="adam", choices=list(OPTIMIZER_CHOICES),
+                       help="sgd (with --momentum), adam, or adamw (decoupled weight decay) (default: adam)")
+    train.add_argument("--lr", type=positive(float), default=None,
+                       help="(peak) learning rate (default: 0.002 for adam and adamw, 0.05 for sgd)")
+    train.add_argument("--momentum", type=fraction(low_inclusive=True), default=0.9,
+                       help="SGD momentum in [0, 1) (default: 0.9)")
+    train.add_argument("--weight-decay", type=_non_negative, default=None,
+                       help="weight decay (L2 for sgd and adam, decoupled for adamw; default: 0, adamw 0.01)")
+    train.add_argument("--schedule", default="constant", choices=SCHEDULE_CHOICES,
+                       help="learning-rate schedule over the run: constant, step (x0.1 at each third), cosine "
+                            "(to 0, after --warmup-steps), onecycle (default: constant)")
+    train.add_argument("--warmup-steps", type=_non_negative_int, default=0,
+                       help="linear warmup updates before the cosine schedule (default: 0)")
+    train.add_argument("--max-grad-norm", type=positive(float), default=None,
+                       help="clip gradients to this global L2 norm (default: no clipping)")
+    train.add_argument("--dtype", default="float32", choices=["float16", "float32", "float64"],
+                       help="float16 trains with float32 master weights and dynamic loss scaling (default: float32)")
+    train.add_argument("--seed", type=_non_negative_int, default=0,
+                       help="seed for the splits, initialisation and shuffling (default: 0)")
+    train.add_argument("--test-fraction", type=fraction(low_inclusive=False), default=0.2,
+                       help="share of rows held out for the final test (default: 0.2)")
+    train.add_argument("--validation-fraction", type=fraction(low_inclusive=True), default=0.1,
+                       help="share of the training part kept for validation, which picks best.npz and drives "
+                            "--early-stopping; 0 for none (default: 0.1)")
+    train.add_argument("--early-stopping", type=positive(int), default=None, metavar="PATIENCE",
+                       help="stop after PATIENCE epochs without a better validation loss")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue the run in RUN_DIR from its last.npz, exactly (its settings are kept; "
+                            "--epochs may extend it)")
+    train.add_argument("--out", default="gpunn-run",
+                       help="folder for last.npz, best.npz and curves.png (default: gpunn-run)")
+    train.add_argument("--graph", action="store_true",
+                       help="replay each full batch's step as a CUDA graph (cupy backend)")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel training over the MPI job that started this process "
+                            "(mpiexec -n 4 gpunn train --distributed); --batch-size is the global batch")
+    train.add_argument("--quiet", action="store_true", help="print only the final summary")
+    train.set_defaults(run=command_train)
+
+
+def _non_negative(text: str) -> float:
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}")
+    return value
+
+
+def build_model(features: int, hidden: list[int], classes: int, activation: str, dtype: str, seed: int,
+                dropout: float = 0.0, layer_norm: bool = False, residual: bool = False):
+    """Dense [→ LayerNorm] → activation [→ Dropout] per hidden layer; with ``residual``, a hidden
+    layer as wide as the one before it becomes x + f(x)."""
+    import gpunn as gn
+
+    from .cli import ACTIVATION_CHOICES, UserError
+
+    if residual and not any(a == b for a, b in zip(hidden, hidden[1:])):
+        raise UserError(f"gpunn train: --residual needs two consecutive hidden layers of the same size "
+                        f"(x + f(x)), e.g. --hidden 128,128; got --hidden {','.join(map(str, hidden))}")
+    init = "he" if activation in ("relu", "leaky-relu") else "xavier"
+    layers, width = [], features
+    for index, size in enumerate(hidden):
+        block = [gn.Dense(width, size, init=init, dtype=dtype, seed=(seed, index))]
+        block += [gn.LayerNorm(size, dtype=dtype)] if layer_norm else []
+        block.append(getattr(gn, ACTIVATION_CHOICES[activation])())
+        block += [gn.Dropout(dropout, seed=seed * 1000 + index)] if dropout else []
+        layers += [gn.Residual(*block)] if residual and size == width else block
+        width = size
+    layers.append(gn.Dense(width, classes, dtype=dtype, seed=(seed, len(hidden))))
+    return gn.Sequential(*layers)
+
+
+def make_optimizer(args, steps_per_epoch: int):
+    """The optimizer and schedule the options describe, over the whole run's updates."""
+    import gpunn as gn
+    from gpunn import schedules
+
+    from .cli import UserError
+
+    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+    total = max(2, steps_per_epoch * args.epochs)
+    if args.warmup_steps and args.schedule != "cosine":
+        raise UserError("gpunn train: --warmup-steps applies to --schedule cosine (onecycle warms up by itself)")
+    try:
+        schedule = {"constant": lambda: lr,
+                    "step": lambda: schedules.StepDecay(lr, step_size=max(1, total // 3), gamma=0.1),
+                    "cosine": lambda: schedules.CosineDecay(lr, total, warmup_steps=args.warmup_steps),
+                    "onecycle": lambda: schedules.OneCycle(lr, total)}[args.schedule]()
+    except ValueError as error:
+        raise UserError(f"gpunn train: --schedule {args.schedule}: {error}") from None
+    options = {"lr": schedule, "max_grad_norm": args.max_grad_norm}
+    if args.weight_decay is not None:
+        options["weight_decay"] = args.weight_decay
+    if args.optimizer == "sgd":
+        options["momentum"] = args.momentum
+    return getattr(gn, OPTIMIZER_CHOICES[args.optimizer])(**options)
+
+
+def _save_plot(history: dict, path: str) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = range(1, len(history["loss"]) + 1)
+    for key in ("loss", "val_loss"):
+        if key in history:
+            left.plot(epochs, history[key], label=key.replace("_", " "))
+    left.set(xlabel="epoch", ylabel="loss", title="loss")
+    left.legend()
+    for key in ("accuracy", "val_accuracy"):
+        if key in history:
+            right.plot(epochs, history[key], label=key.replace("_", " "))
+    right.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    right.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _resume_settings(args) -> dict:
+    """Take the run's settings from RUN_DIR/last.npz; returns what the run stored."""
+    import gpunn as gn
+
+    from .cli import UserError
+
+    path = os.path.join(args.resume, "last.npz")
+    if not os.path.isfile(path):
+        raise UserError(f"gpunn train: --resume {args.resume}: no last.npz there (is it a gpunn train --out folder?)")
+    extras = gn.io.read_extras(path) if hasattr(gn.io, "read_extras") else gn.load(path, backend="numpy").extras
+    if "run" not in extras:
+        raise UserError(f"gpunn train: --resume {args.resume}: last.npz holds no run settings "
+                        "(written by an older gpunn?)")
+    run = json.loads(str(extras["run"]))
+    epochs = args.epochs
+    for name in RUN_SETTINGS:
+        setattr(args, name, run["args"][name])
+    if epochs is not None:
+        args.epochs = epochs
+    args.out = args.resume
+    return run
+
+
+def command_train(args) -> int:
+    import gpunn as gn
+
+    from .cli import LOSS_CHOICES, UserError, _say
+    from .data import DataError, Standardizer, load_digits, load_table, stratified_split
+
+    run = _resume_settings(args) if args.resume else None
+    if args.epochs is None:
+        args.epochs = 30
+    if run is not None and args.epochs <= run["epoch"]:
+        raise UserError(f"gpunn train: --resume: the run already trained {run['epoch']} epochs; pass "
+                        f"--epochs above {run['epoch']} to continue it")
+    if args.early_stopping and not args.validation_fraction:
+        raise UserError("gpunn train: --early-stopping watches the validation loss: keep --validation-fraction above 0")
+
+    dataset = load_table(args.data, args.label) if args.data else load_digits()
+    train_rows, test_rows = stratified_split(dataset.y, args.test_fraction, args.seed)
+    if len(test_rows) == 0:
+        raise DataError(f"{dataset.name}: too few rows for a test split")
+    validation_rows = np.array([], dtype=np.int64)
+    if args.validation_fraction:
+        keep, held = stratified_split(dataset.y[train_rows], args.validation_fraction, args.seed + 1)
+        train_rows, validation_rows = train_rows[keep], train_rows[held]
+    scaler = Standardizer.fit(dataset.X[train_rows])
+    x_train, x_test = scaler(dataset.X[train_rows]), scaler(dataset.X[test_rows])
+    y_train, y_test = dataset.y[train_rows], dataset.y[test_rows]
+    classes = len(dataset.classes)
+    onehot = args.loss != "softmax-ce"
+    targets = np.eye(classes)[y_train] if onehot else y_train
+    validation = None
+    if len(validation_rows):
+        y_validation = dataset.y[validation_rows]
+        validation = (scaler(dataset.X[validation_rows]), np.eye(classes)[y_validation] if onehot else y_validation)
+
+    gn.use_backend(args.backend)
+    backend = gn.get_backend()
+    if args.graph and not backend.supports_graphs:
+        raise UserError(f"gpunn train: --graph needs the cupy backend (CUDA graphs); the {backend.name} "
+                        "backend runs every step eagerly")
+    world = gn.distributed.init(backend) if args.distributed else None
+    root = world is None or world.is_root  # only rank 0 prints and writes checkpoints
+    steps_per_epoch = -(-len(train_rows) // args.batch_size)
+    if run is None:
+        model = build_model(dataset.X.shape[1], args.hidden, classes, args.activation, args.dtype, args.seed,
+                            args.dropout, args.layer_norm, args.residual)
+        optimizer = make_optimizer(args, steps_per_epoch)
+    else:
+        model = gn.load(os.path.join(args.out, "last.npz"))
+        optimizer = gn.load_optimizer(os.path.join(args.out, "last.npz"), model)
+    loss = getattr(gn, LOSS_CHOICES[args.loss])()
+    if root:
+        os.makedirs(args.out, exist_ok=True)
+    last, best = os.path.join(args.out, "last.npz"), os.path.join(args.out, "best.npz")
+    history = run["history"] if run else {}
+    state = {"epoch": run["epoch"] if run else 0, "best_epoch": run.get("best_epoch") if run else None,
+             "best_val_loss": run.get("best_val_loss") if run else None}
+    stopper = None
+    if args.early_stopping:
+        stopper = gn.EarlyStopping("val_loss", patience=args.early_stopping, restore_best=False)
+        if run and run.get("stopper"):
+            stopper.best, stopper.best_epoch, stopper._wait = run["stopper"]
+    say = lambda line: _say(line, args.quiet or not root)  # noqa: E731
+    settings = {name: getattr(args, name) for name in RUN_SETTINGS}
+
+    say(f"training on {dataset.name}: {len(train_rows)} train / {len(validation_rows)} validation / "
+        f"{len(test_rows)} test rows, {dataset.X.shape[1]} features, {classes} classes; "
+        f"{'-'.join(str(n) for n in [dataset.X.shape[1], *args.hidden, classes])} {args.activation} MLP, "
+        f"{args.loss}, {optimizer!r}, {args.dtype} on {backend.name}"
+        + (f", data-parallel over {world.size} ranks (global batch {args.batch_size})" if world else "")
+        + (f"; resuming after epoch {state['epoch']}" if run else ""))
+
+    def after_epoch(epoch, logs):
+        for key, value in logs.items():
+            history.setdefault(key, []).append(value)
+        state["epoch"] = epoch + 1
+        improved = "val_loss" in logs and (state["best_val_loss"] is None or logs["val_loss"] < state["best_val_loss"])
+        if improved:
+            state["best_epoch"], state["best_val_loss"] = epoch + 1, logs["val_loss"]
+        if root:
+            stopper_state = [stopper.best, stopper.best_epoch, stopper._wait] if stopper else None
+            record = {"args": settings, "history": history, "stopper": stopper_state, **state}
+            extras = {"mean": scaler.mean, "std": scaler.std, "classes": dataset.classes,
+                      "run": np.array(json.dumps(record))}
+            model.save(last, extras=extras, optimizer=optimizer)
+            if improved:
+                model.save(best, extras=extras)
+        line = f"epoch {epoch + 1:3d}/{args.epochs}  loss {logs['loss']:.4f}  train acc {logs['accuracy']:.4f}"
+        if "val_loss" in logs:
+            line += f"  val loss {logs['val_loss']:.4f}  val acc {logs['val_accuracy']:.4f}"
+        if logs.get("skipped_steps"):
+            line += f"  ({logs['skipped_steps']} float16 steps skipped: loss scale lowered)"
+        say(line)
+        for warning in logs.get("warnings", []):
+            say(f"warning: {warning}")
+
+    started = time.perf_counter()
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", gn.TrainingWarning)  # printed per epoch instead
+            fit_history = model.fit(x_train, targets, loss=loss, optimizer=optimizer, epochs=args.epochs,
+                                    initial_epoch=state["epoch"], batch_size=args.batch_size, seed=args.seed,
+                                    verbose=0 if args.quiet else 1, callback=after_epoch, graph=args.graph,
+                                    distributed=args.distributed, metrics=("accuracy",),
+                                    validation_data=validation, early_stopping=stopper)
+    except KeyboardInterrupt:
+        kept = (f"the checkpoint of epoch {state['epoch']} is kept at {last} (continue with --resume {args.out})"
+                if state["epoch"] else "no epoch finished, so no checkpoint was written")
+        print(f"gpunn train: interrupted; {kept}", file=sys.stderr)
+        from .cli import EXIT_INTERRUPTED
+
+        return EXIT_INTERRUPTED
+    backend.synchronize()
+    seconds = time.perf_counter() - started
+    if not root:
+        return 0
+    trained = len(fit_history["loss"])
+    plot = _save_plot(history, os.path.join(args.out, "curves.png"))
+    test_accuracy = float(np.mean(model.predict(x_test).argmax(axis=1) == y_test))
+    print(f"test accuracy: {test_accuracy:.4f} (last epoch, {state['epoch']}: last.npz)")
+    if state["best_epoch"] is not None:
+        best_model = gn.load(best)
+        best_accuracy = float(np.mean(best_model.predict(x_test).argmax(axis=1) == y_test))
+        print(f"test accuracy of the best validation epoch: {best_accuracy:.4f} ({state['best_epoch']}: best.npz)")
+    if stopper is not None and stopper.stopped_epoch is not None:
+        print(f"early stopping: no better validation loss for {args.early_stopping} epochs")
+    print(f"wall time: {seconds:.2f} s for {trained} epoch{'s' if trained != 1 else ''} on {backend.name}")
+    print(f"checkpoints: {last}" + (f", {best}" if state["best_epoch"] is not None else ""))
+    print(f"curves: {plot}" if plot else "curves: not drawn (pip install 'gpunn[plot]' for a PNG)")
+    return 0

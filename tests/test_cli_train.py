@@ -1,0 +1,101 @@
+"""`gpunn train`'s training toolkit: optimizers, schedules, float16, validation, checkpoints,
+early stopping and an exact --resume, through the CLI entry point on the bundled digits."""
+
+import json
+
+import numpy as np
+import pytest
+
+import gpunn as gn
+import gpunn.fit
+from gpunn.cli import main
+
+pytest.importorskip("sklearn", reason="the digits come with scikit-learn (pip install 'gpunn[data]')")
+
+
+def train(capsys, out, *options):
+    code = main(["train", "--backend", "numpy", "--quiet", "--out", str(out), *options])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def accuracies(text):
+    last = float(text.split("test accuracy: ")[1].split()[0])
+    best = float(text.split("test accuracy of the best validation epoch: ")[1].split()[0])
+    return last, best
+
+
+@pytest.mark.parametrize("options", [(), ("--dtype", "float16"),
+                                     ("--optimizer", "adamw", "--schedule", "cosine", "--warmup-steps", "40",
+                                      "--max-grad-norm", "1.0"),
+                                     ("--optimizer", "sgd", "--schedule", "onecycle", "--lr", "0.1")])
+def test_runs_reach_095_and_write_last_and_best(capsys, tmp_path, options):
+    code, out, err = train(capsys, tmp_path, *options)
+    assert code == 0, err
+    last, best = accuracies(out)
+    assert last >= 0.95 and best >= 0.95, out
+    assert (tmp_path / "last.npz").is_file() and (tmp_path / "best.npz").is_file()
+    run = json.loads(str(gn.load(tmp_path / "last.npz").extras["run"]))
+    assert run["epoch"] == 30 and len(run["history"]["val_loss"]) == 30
+    assert run["best_epoch"] == 1 + int(np.argmin(run["history"]["val_loss"]))
+    if "float16" in options:
+        assert gn.load(tmp_path / "last.npz").dtype == np.float16 and "skipped_steps" in run["history"]
+
+
+def interrupt_after(monkeypatch, epochs):
+    """Ctrl-C once ``epochs`` epochs are checkpointed (raised where fit checks the next one)."""
+    seen = []
+    check = gpunn.fit._check_divergence
+
+    def check_then_interrupt(*arguments):
+        seen.append(1)
+        if len(seen) > epochs:
+            raise KeyboardInterrupt
+        return check(*arguments)
+
+    monkeypatch.setattr(gpunn.fit, "_check_divergence", check_then_interrupt)
+
+
+def test_resume_continues_an_interrupted_run_exactly(capsys, tmp_path, monkeypatch):
+    options = ("--epochs", "8", "--optimizer", "adamw", "--schedule", "cosine", "--warmup-steps", "20",
+               "--dropout", "0.1", "--max-grad-norm", "2", "--early-stopping", "5")
+    assert train(capsys, tmp_path / "straight", *options)[0] == 0
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 3)
+        code, _, err = train(capsys, tmp_path / "cut", *options)
+    assert code == 130 and "the checkpoint of epoch 3 is kept" in err and "--resume" in err
+    code, out, err = main(["train", "--backend", "numpy", "--resume", str(tmp_path / "cut")]), *capsys.readouterr()
+    assert code == 0, err
+    assert "resuming after epoch 3" in out and "epoch   4/8" in out and "epoch   3/8" not in out
+    straight, resumed = (gn.load(tmp_path / name / "last.npz") for name in ("straight", "cut"))
+    np.testing.assert_array_equal(resumed.flat.values, straight.flat.values)
+    histories = [json.loads(str(model.extras["run"]))["history"] for model in (straight, resumed)]
+    assert histories[0] == histories[1]
+
+
+def test_resume_can_extend_a_finished_run(capsys, tmp_path):
+    assert train(capsys, tmp_path / "ten", "--epochs", "10")[0] == 0
+    assert train(capsys, tmp_path / "five", "--epochs", "5")[0] == 0
+    assert main(["train", "--backend", "numpy", "--quiet", "--resume", str(tmp_path / "five"), "--epochs", "10"]) == 0
+    np.testing.assert_array_equal(gn.load(tmp_path / "five" / "last.npz").flat.values,
+                                  gn.load(tmp_path / "ten" / "last.npz").flat.values)
+    code, _, err = train(capsys, tmp_path / "x", "--resume", str(tmp_path / "five"), "--epochs", "10")
+    assert code == 2 and "already trained 10 epochs" in err
+
+
+def test_early_stopping_stops_and_reports(capsys, tmp_path):
+    code, out, err = train(capsys, tmp_path, "--early-stopping", "1", "--epochs", "60", "--lr", "0.01")
+    assert code == 0, err
+    run = json.loads(str(gn.load(tmp_path / "last.npz").extras["run"]))
+    assert run["epoch"] < 60 and "early stopping: no better validation loss for 1 epochs" in out
+
+
+@pytest.mark.parametrize("options,message", [
+    (("--early-stopping", "3", "--validation-fraction", "0"), "keep --validation-fraction above 0"),
+    (("--warmup-steps", "10"), "--warmup-steps applies to --schedule cosine"),
+    (("--weight-decay", "-1"), "expected a finite number >= 0"),
+    (("--optimizer", "rmsprop"), "invalid choice: 'rmsprop'"),
+    (("--resume", "/nonexistent-run"), "no last.npz there")])
+def test_bad_options_are_one_line_errors(capsys, tmp_path, options, message):
+    code, _, err = train(capsys, tmp_path, *options)
+    assert code == 2 and message in err and "Traceback" not in err
