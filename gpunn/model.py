@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from .layers import Activation, Dense, Layer, Parameter
 
 
@@ -119,14 +121,37 @@ class Sequential:
         return grad_output
 
     def predict(self, X, batch_size: int | None = None):
-        """The outputs for ``X`` as a new NumPy array on the host."""
+        """The outputs for ``X`` as a new NumPy array on the host, ``batch_size`` rows at a time.
+
+        Runs on buffers of its own, so a predict between ``forward`` and ``backward`` leaves
+        what backward needs untouched.
+        """
+        if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
+                                       or batch_size < 1):
+            raise ValueError(f"predict: batch_size must be a positive int or None, got {batch_size!r}")
         x = self.as_input(X)
-        if batch_size is None or batch_size >= x.shape[0]:
-            return self.backend.to_numpy(self._forward(x).copy())
-        result = self.backend.empty((x.shape[0], self.out_features), self.dtype)
-        for start in range(0, x.shape[0], batch_size):
-            result[start:start + batch_size] = self._forward(x[start:start + batch_size])
-        return self.backend.to_numpy(result)
+        with self._inference_state():
+            if batch_size is None or batch_size >= x.shape[0]:
+                return self.backend.to_numpy(self._forward(x).copy())
+            result = self.backend.empty((x.shape[0], self.out_features), self.dtype)
+            for start in range(0, x.shape[0], batch_size):
+                result[start:start + batch_size] = self._forward(x[start:start + batch_size])
+            return self.backend.to_numpy(result)
+
+    @contextlib.contextmanager
+    def _inference_state(self):
+        """Swap every layer's saved state (buffers, saved inputs and outputs) for a separate
+        set while inside, and put the training state back after."""
+        saved = [dict(vars(layer)) for layer in self.layers]
+        for layer in self.layers:
+            layer._buffers = layer.__dict__.get("_inference_buffers", {})
+        try:
+            yield
+        finally:
+            for layer, state in zip(self.layers, saved):
+                inference = layer._buffers
+                vars(layer).clear()
+                vars(layer).update(state, _inference_buffers=inference)
 
     def fit(self, X, T, *, loss, optimizer, **options):
         """Train with mini-batch SGD; see ``gpunn.training.fit`` for the options."""
@@ -134,11 +159,12 @@ class Sequential:
 
         return fit(self, X, T, loss=loss, optimizer=optimizer, **options)
 
-    def save(self, path, extras: dict | None = None) -> None:
-        """Write architecture, weights and optional host ``extras`` to ``path`` atomically."""
+    def save(self, path, extras: dict | None = None, optimizer=None) -> None:
+        """Write architecture, weights and host ``extras`` (default: ``self.extras``) to ``path``
+        atomically; see ``gpunn.io.save``."""
         from .io import save
 
-        save(self, path, extras=extras)
+        save(self, path, extras=extras, optimizer=optimizer)
 
     def __repr__(self) -> str:
         inner = ",\n  ".join(repr(layer) for layer in self.layers)

@@ -12,15 +12,41 @@ class TrainingDiverged(FloatingPointError):
     """The epoch's loss became NaN or Inf."""
 
 
-def _progress(epochs: int, verbose: int):
-    """A tqdm bar over epochs on a terminal, plain epoch lines without tqdm, nothing when quiet."""
-    if not verbose or not sys.stderr.isatty():
-        return None
+class _Progress:
+    """Per-epoch progress for ``verbose``: 0 nothing; 1 a tqdm bar where one renders (a terminal
+    or a notebook, with tqdm installed), else one plain line per epoch on stderr; 2 a plain line
+    per epoch always."""
+
+    def __init__(self, epochs: int, verbose: int):
+        self.epochs, self.verbose, self.bar = epochs, verbose, None
+        if verbose == 1 and (sys.stderr.isatty() or _in_notebook()):
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                pass
+            else:
+                self.bar = tqdm(total=epochs, unit="epoch", file=sys.stderr)
+
+    def update(self, epoch: int, logs: dict) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()}, refresh=False)
+            self.bar.update(1)
+        elif self.verbose:
+            print(f"epoch {epoch + 1}/{self.epochs} " + " ".join(f"{k}={v:.4g}" for k, v in logs.items()),
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _in_notebook() -> bool:
+    """True inside a Jupyter kernel, where tqdm.auto draws a widget although stderr is no terminal."""
+    shell = sys.modules.get("IPython")
     try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=epochs, unit="epoch", file=sys.stderr)
+        return type(shell.get_ipython()).__name__ == "ZMQInteractiveShell"
+    except AttributeError:
+        return False
 
 
 class TrainStep:
@@ -41,6 +67,10 @@ class TrainStep:
     def __init__(self, model, loss, optimizer, graph: bool = False):
         if model.out_features is None:
             raise ValueError("TrainStep: the model has no Dense layer to train")
+        for argument, value, example in (("loss", loss, "gn.MSELoss()"), ("optimizer", optimizer, "gn.SGD(lr=0.1)")):
+            if isinstance(value, type):
+                raise TypeError(f"{argument} must be an instance such as {example}, got the class "
+                                f"{value.__name__} itself (add the parentheses)")
         if graph and not model.backend.supports_graphs:
             raise ValueError(f"TrainStep: graph=True needs a backend that captures CUDA graphs (cupy); "
                              f"the {model.backend.name} backend runs every step eagerly, so pass graph=False")
@@ -53,6 +83,8 @@ class TrainStep:
         """(x, t) on the model's device: inputs as ``model.as_input``, targets as the loss wants them."""
         model = self.model
         x = model.as_input(X, "X")
+        if not hasattr(T, "__len__") or getattr(T, "ndim", 1) == 0:
+            raise ValueError(f"T must hold one target per row of X, got {type(T).__name__} {T!r:.40}")
         rows = T.shape[0] if hasattr(T, "shape") else len(T)
         if rows != x.shape[0]:
             raise ValueError(f"X has {x.shape[0]} rows but T has {rows}")
@@ -134,8 +166,9 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32,
 
     The data is checked once (shapes, NaN/Inf) and moved to the device once. Each epoch draws
     a fresh order from ``seed``; the last batch may be smaller. ``callback(epoch, logs)`` runs
-    after each epoch and may add entries to ``logs`` (they are kept in the history). Progress
-    shows with tqdm on a terminal unless ``verbose=0``. ``graph=True`` replays each full batch
+    after each epoch and may add entries to ``logs`` (they are kept in the history). ``verbose``:
+    0 silent; 1 a tqdm bar on a terminal or in a notebook, else a line per epoch on stderr; 2 a
+    line per epoch always. ``graph=True`` replays each full batch
     as a CUDA graph (see ``TrainStep``); the smaller last batch runs eagerly.
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
@@ -148,9 +181,11 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32,
         raise type(error)(f"fit: {error}") from error
     backend = model.backend
     xp, n = backend.xp, x_all.shape[0]
+    if n == 0:
+        raise ValueError("fit: X has no rows; there is nothing to train on")
     generator = backend.random_generator(seed)
     history: dict = {"loss": []}
-    bar = _progress(epochs, verbose)
+    progress = _Progress(epochs, verbose)
     try:
         for epoch in range(epochs):
             order = backend.asarray(generator.permutation(n)) if shuffle else None
@@ -172,13 +207,7 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32,
                 callback(epoch, logs)
             for key, value in logs.items():
                 history.setdefault(key, []).append(value)
-            if bar is not None:
-                bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()}, refresh=False)
-                bar.update(1)
-            elif verbose and verbose > 1:
-                print(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={v:.4g}" for k, v in logs.items()),
-                      file=sys.stderr)
+            progress.update(epoch, logs)
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
     return history

@@ -15,7 +15,7 @@ import numpy
 
 from ..kernel_source import kernel_source
 from . import cublas, get_matmul_precision
-from .base import Backend, check_activation
+from .base import Backend, check_activation, refuse_complex
 
 # Storage dtype -> (compute dtype name for kernel signatures, C++ compute type).
 _COMPUTE = {"float16": ("float32", "float"), "float32": ("float32", "float"), "float64": ("float64", "double")}
@@ -71,6 +71,7 @@ class CupyBackend(Backend):
         return isinstance(x, cupy.ndarray)
 
     def asarray(self, x, dtype=None):
+        refuse_complex(x, dtype)
         return cupy.asarray(x, dtype=dtype)
 
     def to_numpy(self, x):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Backend, check_activation
+from .base import Backend, check_activation, refuse_complex
 
 
 def _sigmoid_inplace(x):
@@ -41,6 +41,7 @@ class NumpyBackend(Backend):
     def asarray(self, x, dtype=None):
         if hasattr(x, "__cuda_array_interface__"):
             raise _foreign_array_error(x, self.name)
+        refuse_complex(x, dtype)
         return np.asarray(x, dtype=dtype)
 
     def to_numpy(self, x):
