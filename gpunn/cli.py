@@ -7,6 +7,7 @@ line and exit with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -17,6 +18,8 @@ from . import __version__
 
 EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
 LOSS_CHOICES = {"softmax-ce": "SoftmaxCrossEntropyLoss", "mse": "MSELoss"}
+BACKEND_CHOICES = ("auto", "numpy", "cupy")
+BACKEND_HELP = "array backend (default: $GPUNN_BACKEND if set, else auto: the GPU when one is usable)"
 
 
 class UserError(Exception):
@@ -81,26 +84,39 @@ def command_info(args) -> int:
 
 # --- train --------------------------------------------------------------------------------
 def _hidden_sizes(text: str) -> list[int]:
+    parts = [part.strip() for part in text.split(",")]
     try:
-        sizes = [int(part) for part in text.split(",") if part.strip()]
+        sizes = [int(part) for part in parts]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 128,64, got {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive sizes like 128,64, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected sizes like 128,64 (positive ints, no empty parts), got {text!r}") from None
+    if min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected sizes like 128,64 (positive ints), got {text!r}")
     return sizes
 
 
 def _positive(kind):
+    expected = f"expected a positive {kind.__name__}" + (" (finite)" if kind is float else "")
+
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"{expected}, got {text!r}") from None
+        if not value > 0 or not math.isfinite(value):  # also refuses nan and inf
+            raise argparse.ArgumentTypeError(f"{expected}, got {text!r}")
         return value
 
     return parse
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}")
+    return value
 
 
 def _fraction(low_inclusive: bool):
@@ -117,7 +133,19 @@ def _fraction(low_inclusive: bool):
     return parse
 
 
-def _build_model(features: int, hidden: list[int], classes: int, activation: str, dtype: str, seed: int):
+def _use_backend(name: str | None):
+    """The --backend choice, else $GPUNN_BACKEND, else auto; made current."""
+    import gpunn as gn
+
+    chosen = name or os.environ.get("GPUNN_BACKEND", "auto")
+    if chosen.lower() not in BACKEND_CHOICES:
+        raise UserError(f"gpunn: GPUNN_BACKEND={chosen!r} is not a backend; expected one of "
+                        f"{', '.join(BACKEND_CHOICES)}")
+    gn.use_backend(chosen)
+    return gn.get_backend()
+
+
+def _build_model(features: int, hidden: list[int], outputs: int, activation: str, dtype: str, seed: int):
     import gpunn as gn
     from .layers import ACTIVATION_LAYERS
 
@@ -126,7 +154,7 @@ def _build_model(features: int, hidden: list[int], classes: int, activation: str
     for index, size in enumerate(hidden):
         layers += [gn.Dense(width, size, init=init, dtype=dtype, seed=(seed, index)), ACTIVATION_LAYERS[activation]()]
         width = size
-    layers.append(gn.Dense(width, classes, dtype=dtype, seed=(seed, len(hidden))))
+    layers.append(gn.Dense(width, outputs, dtype=dtype, seed=(seed, len(hidden))))
     return gn.Sequential(*layers)
 
 
@@ -134,7 +162,19 @@ def _accuracy(model, X, y) -> float:
     return float(np.mean(model.predict(X).argmax(axis=1) == y))
 
 
-def _save_plot(history: dict, path: str) -> str | None:
+def _regression_scores(model, X, y, target) -> tuple[float, float]:
+    """(RMSE in the target's units, R²) of the model on (X, y)."""
+    predicted = model.predict(X)[:, 0].astype(np.float64) * target.std[0] + target.mean[0]
+    error = float(np.mean((predicted - y) ** 2))
+    spread = float(np.mean((y - y.mean()) ** 2))
+    return math.sqrt(error), (1 - error / spread if spread > 0 else float("nan"))
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _save_plot(history: dict, path: str, metrics: list[str]) -> str | None:
     try:
         import matplotlib
 
@@ -146,9 +186,10 @@ def _save_plot(history: dict, path: str) -> str | None:
     epochs = range(1, len(history["loss"]) + 1)
     left.plot(epochs, history["loss"])
     left.set(xlabel="epoch", ylabel="training loss", title="loss")
-    for key in ("train_accuracy", "test_accuracy"):
+    for key in metrics:
         right.plot(epochs, history[key], label=key.replace("_", " "))
-    right.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    title = metrics[0].split("_", 1)[1]
+    right.set(xlabel="epoch", ylabel=title, title=title)
     right.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -156,95 +197,133 @@ def _save_plot(history: dict, path: str) -> str | None:
     return path
 
 
+def _prepare_run(args):
+    """(dataset, train rows, test rows, feature scaler, target scaler or None) for ``train``."""
+    from .data import DataError, Standardizer, load_digits, load_table, random_split, stratified_split
+
+    if args.task == "regress" and not args.data:
+        raise UserError("gpunn train: --task regress needs --data with a numeric label column")
+    dataset = load_table(args.data, args.label, args.task) if args.data else load_digits()
+    if args.task == "regress":
+        train_rows, test_rows = random_split(len(dataset.y), args.test_fraction, args.seed)
+    else:
+        train_rows, test_rows = stratified_split(dataset.y, args.test_fraction, args.seed)
+    if len(test_rows) == 0 or len(train_rows) == 0:
+        raise DataError(f"{dataset.name}: too few rows for a train/test split")
+    scaler = Standardizer.fit(dataset.X[train_rows])
+    target = Standardizer.fit(dataset.y[train_rows, None]) if args.task == "regress" else None
+    return dataset, train_rows, test_rows, scaler, target
+
+
 def command_train(args) -> int:
     import gpunn as gn
-    from .data import DataError, Standardizer, load_digits, load_table, stratified_split
+    from .checkpoint import Checkpoint
+    from .training import TrainingDiverged
 
-    dataset = load_table(args.data, args.label) if args.data else load_digits()
-    train_rows, test_rows = stratified_split(dataset.y, args.test_fraction, args.seed)
-    scaler = Standardizer.fit(dataset.X[train_rows])
+    regress = args.task == "regress"
+    loss_name = args.loss or ("mse" if regress else "softmax-ce")
+    if regress and loss_name != "mse":
+        raise UserError("gpunn train: --task regress trains with --loss mse")
+    dataset, train_rows, test_rows, scaler, target = _prepare_run(args)
     x_train, x_test = scaler(dataset.X[train_rows]), scaler(dataset.X[test_rows])
     y_train, y_test = dataset.y[train_rows], dataset.y[test_rows]
-    classes = len(dataset.classes)
-    if len(test_rows) == 0:
-        raise DataError(f"{dataset.name}: too few rows for a test split")
+    outputs = 1 if regress else len(dataset.classes)
 
-    gn.use_backend(args.backend)
-    backend = gn.get_backend()
+    backend = _use_backend(args.backend)
     if args.graph and not backend.supports_graphs:
         raise UserError(f"gpunn train: --graph needs the cupy backend (CUDA graphs); the {backend.name} "
                         "backend runs every step eagerly")
-    model = _build_model(dataset.X.shape[1], args.hidden, classes, args.activation, args.dtype, args.seed)
-    loss = getattr(gn, LOSS_CHOICES[args.loss])()
-    targets = y_train if args.loss == "softmax-ce" else np.eye(classes)[y_train]
-    os.makedirs(args.out, exist_ok=True)
-    checkpoint = os.path.join(args.out, "model.npz")
-    extras = {"mean": scaler.mean, "std": scaler.std, "classes": dataset.classes}
+    model = _build_model(dataset.X.shape[1], args.hidden, outputs, args.activation, args.dtype, args.seed)
+    loss = getattr(gn, LOSS_CHOICES[loss_name])()
+    if regress:
+        targets = target(y_train[:, None])
+    else:
+        targets = y_train if loss_name == "softmax-ce" else np.eye(outputs)[y_train]
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"gpunn train: --out {args.out}: cannot create the folder ({error.strerror or error})") from None
+    checkpoint_path = os.path.join(args.out, "model.npz")
+    checkpoint = Checkpoint(model, "regress" if regress else "classify", scaler, dataset.classes, target,
+                            dataset.features, args.label if args.data else None)
+    extras = checkpoint.extras()
     saved_epoch = [0]
     say = lambda line: _say(line, args.quiet)  # noqa: E731
+    metrics = ["train_rmse", "test_rmse"] if regress else ["train_accuracy", "test_accuracy"]
 
     say(f"training on {dataset.name}: {len(train_rows)} train / {len(test_rows)} test rows, "
-        f"{dataset.X.shape[1]} features, {classes} classes; "
-        f"{'-'.join(str(n) for n in [dataset.X.shape[1], *args.hidden, classes])} {args.activation} MLP, "
-        f"{args.loss}, SGD lr={args.lr} momentum={args.momentum}, {args.dtype} on {backend.name}")
+        f"{dataset.X.shape[1]} features, " + ("a numeric target" if regress else f"{outputs} classes") + "; "
+        f"{'-'.join(str(n) for n in [dataset.X.shape[1], *args.hidden, outputs])} {args.activation} MLP, "
+        f"{loss_name}, SGD lr={args.lr} momentum={args.momentum}, {args.dtype} on {backend.name}")
 
     def after_epoch(epoch, logs):
-        logs["train_accuracy"] = _accuracy(model, x_train, y_train)
-        logs["test_accuracy"] = _accuracy(model, x_test, y_test)
-        model.save(checkpoint, extras=extras)
+        if regress:
+            logs["train_rmse"], _ = _regression_scores(model, x_train, y_train, target)
+            logs["test_rmse"], logs["test_r2"] = _regression_scores(model, x_test, y_test, target)
+            scores = f"train RMSE {logs['train_rmse']:.4g}  test RMSE {logs['test_rmse']:.4g}  test R² {logs['test_r2']:.4f}"
+        else:
+            logs["train_accuracy"] = _accuracy(model, x_train, y_train)
+            logs["test_accuracy"] = _accuracy(model, x_test, y_test)
+            scores = f"train acc {logs['train_accuracy']:.4f}  test acc {logs['test_accuracy']:.4f}"
+        try:
+            model.save(checkpoint_path, extras=extras)
+        except OSError as error:
+            raise UserError(f"gpunn train: {error.strerror or error}") from None
+        except ValueError as error:  # non-finite weights: the run diverged
+            raise TrainingDiverged(f"gpunn train: epoch {epoch + 1}: {error}") from None
         saved_epoch[0] = epoch + 1
-        say(f"epoch {epoch + 1:3d}/{args.epochs}  loss {logs['loss']:.4f}  "
-            f"train acc {logs['train_accuracy']:.4f}  test acc {logs['test_accuracy']:.4f}")
+        say(f"epoch {epoch + 1:3d}/{args.epochs}  loss {logs['loss']:.4f}  {scores}")
 
     started = time.perf_counter()
     try:
         history = model.fit(x_train, targets, loss=loss, optimizer=gn.SGD(lr=args.lr, momentum=args.momentum),
                             epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                            verbose=0 if args.quiet else 1, callback=after_epoch, graph=args.graph)
+                            verbose=0 if args.quiet or not sys.stderr.isatty() else 1, callback=after_epoch,
+                            graph=args.graph)
     except KeyboardInterrupt:
-        kept = (f"the checkpoint of epoch {saved_epoch[0]} is kept at {checkpoint}" if saved_epoch[0]
+        kept = (f"the checkpoint of epoch {saved_epoch[0]} is kept at {checkpoint_path}" if saved_epoch[0]
                 else "no epoch finished, so no checkpoint was written")
         print(f"gpunn train: interrupted; {kept}", file=sys.stderr)
         return EXIT_INTERRUPTED
     backend.synchronize()
     seconds = time.perf_counter() - started
-    plot = _save_plot(history, os.path.join(args.out, "curves.png"))
-    print(f"test accuracy: {history['test_accuracy'][-1]:.4f}")
-    print(f"wall time: {seconds:.2f} s for {args.epochs} epochs on {backend.name}")
-    print(f"checkpoint: {checkpoint}")
+    plot = _save_plot(history, os.path.join(args.out, "curves.png"), metrics)
+    if regress:
+        print(f"test RMSE: {history['test_rmse'][-1]:.6g}")
+        print(f"test R²: {history['test_r2'][-1]:.4f}")
+    else:
+        print(f"test accuracy: {history['test_accuracy'][-1]:.4f}")
+    print(f"wall time: {seconds:.2f} s for {_plural(args.epochs, 'epoch')} on {backend.name}")
+    print(f"checkpoint: {checkpoint_path}")
     print(f"curves: {plot}" if plot else "curves: not drawn (pip install 'gpunn[plot]' for a PNG)")
     return 0
 
 
 # --- predict ------------------------------------------------------------------------------
 def command_predict(args) -> int:
-    import gpunn as gn
-    from .data import DataError, read_features
+    import csv
+    import io
 
-    gn.use_backend(args.backend)
-    try:
-        model = gn.load(args.checkpoint)
-    except FileNotFoundError:
-        raise DataError(f"{args.checkpoint}: no such checkpoint") from None
-    if "mean" not in model.extras or "classes" not in model.extras:
-        raise DataError(f"{args.checkpoint}: not a checkpoint written by 'gpunn train' (no scaler or classes)")
-    X, _ = read_features(args.input, args.label, need_labels=False)
-    if X.shape[1] != model.in_features:
-        raise DataError(f"{args.input}: {X.shape[1]} features, but the checkpoint expects {model.in_features}")
-    scores = model.predict((X - model.extras["mean"]) / model.extras["std"]).astype(np.float64)
-    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
-    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
-    classes = [str(c) for c in model.extras["classes"]]
-    lines = [",".join(["prediction"] + [f"p_{c}" for c in classes])]
-    for row in probabilities:
-        lines.append(",".join([classes[int(row.argmax())]] + [f"{p:.6f}" for p in row]))
-    text = "\n".join(lines) + "\n"
+    from .checkpoint import Checkpoint
+    from .data import read_features
+
+    _use_backend(args.backend)
+    checkpoint = Checkpoint.read(args.checkpoint)
+    table = read_features(args.input, args.label or checkpoint.label or "label", need_labels=False)
+    header, rows = checkpoint.predictions(checkpoint.inputs(table, args.input), args.input)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
     if args.out:
-        from .io import atomic_write
+        from .atomic import atomic_write
 
-        atomic_write(args.out, lambda file: file.write(text.encode()))
+        try:
+            atomic_write(args.out, lambda file: file.write(text.getvalue().encode()))
+        except OSError as error:
+            raise UserError(f"gpunn predict: {error.strerror or error}") from None
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(text.getvalue())
     return 0
 
 
@@ -264,19 +343,23 @@ def build_parser() -> argparse.ArgumentParser:
                     "into stratified train/test parts and standardised on the training part.")
     train.add_argument("--data", help="your .npz (arrays X, y) or .csv (a header row and a label column)")
     train.add_argument("--label", default="label", help="the label column of a CSV (default: label)")
-    train.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"],
-                       help="array backend (default: auto, the GPU when one is usable)")
+    train.add_argument("--task", default="auto", choices=["auto", "classify", "regress"],
+                       help="classify: labels are classes; regress: predict the numeric label (MSE on "
+                            "standardised targets; RMSE and R² reported); auto (default): classify, but "
+                            "refuse a numeric label column that looks like a quantity")
+    train.add_argument("--backend", choices=BACKEND_CHOICES, help=BACKEND_HELP)
     train.add_argument("--hidden", type=_hidden_sizes, default=[128, 64], help="hidden layer sizes (default: 128,64)")
     train.add_argument("--activation", default="tanh", choices=["tanh", "relu", "sigmoid"],
                        help="hidden activation (default: tanh)")
-    train.add_argument("--loss", default="softmax-ce", choices=list(LOSS_CHOICES),
-                       help="softmax cross-entropy on integer labels, or MSE on one-hot targets")
+    train.add_argument("--loss", choices=list(LOSS_CHOICES),
+                       help="softmax-ce (default for classes): softmax cross-entropy; mse: MSE on one-hot "
+                            "targets (and the only loss of --task regress)")
     train.add_argument("--epochs", type=_positive(int), default=30, help="passes over the data (default: 30)")
     train.add_argument("--batch-size", type=_positive(int), default=32, help="mini-batch size (default: 32)")
     train.add_argument("--lr", type=_positive(float), default=0.05, help="learning rate (default: 0.05)")
     train.add_argument("--momentum", type=_fraction(low_inclusive=True), default=0.9, help="SGD momentum in [0, 1) (default: 0.9)")
     train.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="(default: float32)")
-    train.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and shuffling")
+    train.add_argument("--seed", type=_seed, default=0, help="seed for the split, initialisation and shuffling")
     train.add_argument("--test-fraction", type=_fraction(low_inclusive=False), default=0.2, help="share of rows held out (default: 0.2)")
     train.add_argument("--out", default="gpunn-run", help="folder for model.npz and curves.png (default: gpunn-run)")
     train.add_argument("--graph", action="store_true",
@@ -284,14 +367,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="print only the final summary")
     train.set_defaults(run=command_train)
 
-    predict = commands.add_parser("predict", help="predict classes for a .npz/.csv with a trained checkpoint",
+    predict = commands.add_parser("predict", help="predict with a trained checkpoint for a .npz/.csv",
                                   description="Write one CSV row per input row: the predicted class and "
-                                              "each class's probability.")
+                                              "each class's probability, or the predicted value of a "
+                                              "regression. CSV columns are matched to the training "
+                                              "features by name.")
     predict.add_argument("checkpoint", help="model.npz written by 'gpunn train'")
-    predict.add_argument("input", help=".npz (array X) or .csv with the training features (a label column is ignored)")
-    predict.add_argument("--label", default="label", help="a CSV column to ignore as the label (default: label)")
+    predict.add_argument("input", help=".npz (array X, columns in training order) or .csv with the training "
+                                       "feature columns by name (a label column is ignored)")
+    predict.add_argument("--label", help="a CSV column to ignore as the label (default: the training label)")
     predict.add_argument("--out", help="write the CSV here instead of to standard output")
-    predict.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"])
+    predict.add_argument("--backend", choices=BACKEND_CHOICES, help=BACKEND_HELP)
     predict.set_defaults(run=command_predict)
 
     from .bench import GROUPS
