@@ -16,7 +16,7 @@ import numpy as np
 
 from . import __version__
 
-EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
+EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 130, 141
 LOSS_CHOICES = {"softmax-ce": "SoftmaxCrossEntropyLoss", "mse": "MSELoss"}
 BACKEND_CHOICES = ("auto", "numpy", "cupy")
 BACKEND_HELP = "array backend (default: $GPUNN_BACKEND if set, else auto: the GPU when one is usable)"
@@ -163,11 +163,12 @@ def _accuracy(model, X, y) -> float:
 
 
 def _regression_scores(model, X, y, target) -> tuple[float, float]:
-    """(RMSE in the target's units, R²) of the model on (X, y)."""
-    predicted = model.predict(X)[:, 0].astype(np.float64) * target.std[0] + target.mean[0]
-    error = float(np.mean((predicted - y) ** 2))
-    spread = float(np.mean((y - y.mean()) ** 2))
-    return math.sqrt(error), (1 - error / spread if spread > 0 else float("nan"))
+    """(RMSE in the target's units, R²) of the model on (X, y), computed on the standardised
+    scale so that targets near 1e300 do not overflow."""
+    scaled = target(y[:, None])[:, 0]
+    error = float(np.mean((model.predict(X)[:, 0].astype(np.float64) - scaled) ** 2))
+    spread = float(np.mean((scaled - scaled.mean()) ** 2))
+    return math.sqrt(error) * float(target.std[0]), (1 - error / spread if spread > 0 else float("nan"))
 
 
 def _plural(count: int, noun: str) -> str:
@@ -416,6 +417,8 @@ def command_bench(args) -> int:
         path, text = write_report(raws, out, "gpunn " + " ".join(sys.argv[1:]))
     except RuntimeError as error:
         raise UserError(f"gpunn bench: {error}") from None
+    except OSError as error:
+        raise UserError(f"gpunn bench: --out {out}: {error.strerror or error}") from None
     print(text)
     print(f"report: {path} (raw: {path.with_suffix('.json')})")
     return 0
@@ -434,3 +437,12 @@ def main(argv=None) -> int:
         message = str(error)
         print(message if message.startswith("gpunn") else f"gpunn: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:  # train handles its own (it names the checkpoint it kept)
+        print("gpunn: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `gpunn predict ... | head`: the reader left; say nothing more
+        try:  # so that the interpreter's final flush of stdout does not complain either
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_BROKEN_PIPE

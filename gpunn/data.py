@@ -141,10 +141,10 @@ def read_features(path, label: str | None = "label", need_labels: bool = True) -
     """A Table from an .npz (arrays X and y) or a .csv with a header row."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise DataError(f"{path}: no such file")
-    if path.endswith(".npz"):
+        raise DataError(f"{path}: {'a folder, not a data file' if os.path.isdir(path) else 'no such file'}")
+    if path.lower().endswith(".npz"):
         X, y, features = *_read_npz(path), None
-    elif path.endswith(".csv"):
+    elif path.lower().endswith(".csv"):
         X, y, features = _read_csv(path, label)
     else:
         raise DataError(f"{path}: unknown file type; use .npz (arrays X, y) or .csv (a header row)")

@@ -133,7 +133,8 @@ class Sequential:
         with self._inference_state():
             if batch_size is None or batch_size >= x.shape[0]:
                 return self.backend.to_numpy(self._forward(x).copy())
-            result = self.backend.empty((x.shape[0], self.out_features), self.dtype)
+            width = self.out_features if self.out_features is not None else x.shape[1]  # activations only
+            result = self.backend.empty((x.shape[0], width), self.dtype)
             for start in range(0, x.shape[0], batch_size):
                 result[start:start + batch_size] = self._forward(x[start:start + batch_size])
             return self.backend.to_numpy(result)

@@ -127,3 +127,8 @@ def test_bce_eps_too_small_for_the_dtype(backend):
     with pytest.raises(ValueError, match="vanishes next to 1 in float32"):
         gn.BCELoss(eps=1e-12)(model.forward(np.ones((2, 3))), [[0.0], [1.0]])
     assert np.isfinite(gn.BCELoss(eps=1e-3)(model.forward(np.ones((2, 3))), [[0.0], [1.0]]))
+
+
+def test_an_activation_only_model_predicts_in_batches(backend):
+    model = gn.Sequential(gn.Tanh())
+    np.testing.assert_allclose(model.predict(np.ones((5, 3)), batch_size=2), np.tanh(np.ones((5, 3))), rtol=1e-6)

@@ -357,3 +357,35 @@ def test_a_resaved_cli_checkpoint_still_predicts(capsys, tmp_path, trained):
     folder, checkpoint, _, _ = trained
     gn.load(checkpoint).save(tmp_path / "again.npz")  # extras kept by default
     assert run(capsys, "predict", str(tmp_path / "again.npz"), str(folder / "data.csv"))[0] == 0
+
+
+def test_interrupts_broken_pipes_and_folders_are_one_line(capsys, tmp_path, trained, monkeypatch):
+    folder, checkpoint, x, names = trained
+    (tmp_path / "afile").write_text("")
+    assert "--out" in user_error(capsys, "bench", "--peers", "gpunn-numpy", "--out", str(tmp_path / "afile"))
+    assert "a folder, not a data file" in user_error(capsys, "train", "--data", str(tmp_path))
+    from gpunn import checkpoint as checkpoint_module
+
+    def interrupted(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_module.Checkpoint, "read", interrupted)
+    code, _, err = run(capsys, "predict", checkpoint, str(folder / "data.csv"))
+    assert code == 130 and err.strip() == "gpunn: interrupted"
+
+
+CLOSED_PIPE = """
+import os, sys
+reader, writer = os.pipe()
+os.close(reader)
+os.dup2(writer, 1)  # stdout: a pipe whose reader has left, as in `gpunn predict ... | head -1`
+from gpunn.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_predict_into_a_closed_pipe(tmp_path, trained):
+    folder, checkpoint, _, _ = trained
+    result = subprocess.run([sys.executable, "-c", CLOSED_PIPE, "predict", checkpoint, str(folder / "data.csv")],
+                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert result.returncode == 141 and result.stderr == "", result.stderr
