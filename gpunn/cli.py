@@ -15,15 +15,12 @@ import time
 import numpy as np
 
 from . import __version__
+from .cli_options import (BACKEND_CHOICES, BACKEND_HELP, UserError, fraction as _fraction,
+                          hidden_sizes as _hidden_sizes, positive as _positive, seed as _seed,
+                          use_backend_option as _use_backend)
 
 EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 130, 141
 LOSS_CHOICES = {"softmax-ce": "SoftmaxCrossEntropyLoss", "mse": "MSELoss"}
-BACKEND_CHOICES = ("auto", "numpy", "cupy")
-BACKEND_HELP = "array backend (default: $GPUNN_BACKEND if set, else auto: the GPU when one is usable)"
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for; printed as one line, without a traceback."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,68 +80,6 @@ def command_info(args) -> int:
 
 
 # --- train --------------------------------------------------------------------------------
-def _hidden_sizes(text: str) -> list[int]:
-    parts = [part.strip() for part in text.split(",")]
-    try:
-        sizes = [int(part) for part in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 128,64 (positive ints, no empty parts), got {text!r}") from None
-    if min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"expected sizes like 128,64 (positive ints), got {text!r}")
-    return sizes
-
-
-def _positive(kind):
-    expected = f"expected a positive {kind.__name__}" + (" (finite)" if kind is float else "")
-
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{expected}, got {text!r}") from None
-        if not value > 0 or not math.isfinite(value):  # also refuses nan and inf
-            raise argparse.ArgumentTypeError(f"{expected}, got {text!r}")
-        return value
-
-    return parse
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}")
-    return value
-
-
-def _fraction(low_inclusive: bool):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = -1.0
-        if not (0 <= value < 1 if low_inclusive else 0 < value < 1):
-            interval = "[0, 1)" if low_inclusive else "(0, 1)"
-            raise argparse.ArgumentTypeError(f"expected a number in {interval}, got {text!r}")
-        return value
-
-    return parse
-
-
-def _use_backend(name: str | None):
-    """The --backend choice, else $GPUNN_BACKEND, else auto; made current."""
-    import gpunn as gn
-
-    chosen = name or os.environ.get("GPUNN_BACKEND", "auto")
-    if chosen.lower() not in BACKEND_CHOICES:
-        raise UserError(f"gpunn: GPUNN_BACKEND={chosen!r} is not a backend; expected one of "
-                        f"{', '.join(BACKEND_CHOICES)}")
-    gn.use_backend(chosen)
-    return gn.get_backend()
-
-
 def _build_model(features: int, hidden: list[int], outputs: int, activation: str, dtype: str, seed: int):
     import gpunn as gn
     from .layers import ACTIVATION_LAYERS
@@ -338,10 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=command_info)
 
     train = commands.add_parser(
-        "train", help="train an MLP classifier (default: the bundled handwritten digits)",
-        description="Train an MLP classifier with SGD and report loss and accuracy per epoch. Without --data "
-                    "it uses scikit-learn's bundled 8x8 digits (pip install 'gpunn[data]'). The data is split "
-                    "into stratified train/test parts and standardised on the training part.")
+        "train", help="train an MLP classifier or regressor (default: the bundled handwritten digits)",
+        description="Train an MLP with SGD and report loss and accuracy (RMSE and R² with --task regress) per "
+                    "epoch. Without --data it uses scikit-learn's bundled 8x8 digits (pip install 'gpunn[data]'). "
+                    "The data is split into train/test parts (stratified for classes) and standardised on the "
+                    "training part.")
     train.add_argument("--data", help="your .npz (arrays X, y) or .csv (a header row and a label column)")
     train.add_argument("--label", default="label", help="the label column of a CSV (default: label)")
     train.add_argument("--task", default="auto", choices=["auto", "classify", "regress"],

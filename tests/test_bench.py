@@ -1,7 +1,6 @@
 """The benchmark suite cannot rot: CI runs it once with minimal rounds and reads the report."""
 
 import json
-import re
 
 import pytest
 
@@ -31,8 +30,6 @@ def test_quick_suite_runs_and_writes_the_report(tmp_path, capfd):
     assert out.startswith("# gpunn benchmarks") and "Name (time in" not in out and "passed" not in out
     log = reports[0].with_suffix(".log").read_text()
     assert "=== pass 2 ===" in log and "Name (time in" in log
-    for line in text.splitlines():  # no case beats its own ceiling (20% slack: one round each here)
-        assert not re.search(r"\| (1[2-9]\d|[2-9]\d\d)% \|", line), line
 
 
 def row(group, case, impl, median, device="cpu", flops=0, moved=0, tf32=False, elements=None):
