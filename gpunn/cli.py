@@ -106,6 +106,14 @@ def _regression_scores(model, X, y, target) -> tuple[float, float]:
     return math.sqrt(error) * float(target.std[0]), (1 - error / spread if spread > 0 else float("nan"))
 
 
+def _host_memory() -> float:
+    """Bytes of physical memory (inf where the system does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return math.inf
+
+
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
@@ -169,7 +177,17 @@ def command_train(args) -> int:
     if args.graph and not backend.supports_graphs:
         raise UserError(f"gpunn train: --graph needs the cupy backend (CUDA graphs); the {backend.name} "
                         "backend runs every step eagerly")
-    model = _build_model(dataset.X.shape[1], args.hidden, outputs, args.activation, args.dtype, args.seed)
+    sizes = [dataset.X.shape[1], *args.hidden, outputs]
+    weights = sum(a * b for a, b in zip(sizes, sizes[1:]))
+    too_big = UserError(f"gpunn train: out of memory for a {'-'.join(map(str, sizes))} MLP ({weights:,} weights, "
+                        f"{weights * np.dtype(args.dtype).itemsize / 2**30:,.1f} GiB each for weights, gradients "
+                        "and momentum); use smaller --hidden sizes")
+    if backend.host_resident and 3 * weights * np.dtype(args.dtype).itemsize > _host_memory():
+        raise too_big  # before allocating: a failed build could take minutes and all the RAM first
+    try:
+        model = _build_model(dataset.X.shape[1], args.hidden, outputs, args.activation, args.dtype, args.seed)
+    except MemoryError:
+        raise too_big from None
     loss = getattr(gn, LOSS_CHOICES[loss_name])()
     if regress:
         targets = target(y_train[:, None])
@@ -189,7 +207,7 @@ def command_train(args) -> int:
 
     say(f"training on {dataset.name}: {len(train_rows)} train / {len(test_rows)} test rows, "
         f"{dataset.X.shape[1]} features, " + ("a numeric target" if regress else f"{outputs} classes") + "; "
-        f"{'-'.join(str(n) for n in [dataset.X.shape[1], *args.hidden, outputs])} {args.activation} MLP, "
+        f"{'-'.join(map(str, sizes))} {args.activation} MLP, "
         f"{loss_name}, SGD lr={args.lr} momentum={args.momentum}, {args.dtype} on {backend.name}")
 
     def after_epoch(epoch, logs):
@@ -212,10 +230,13 @@ def command_train(args) -> int:
 
     started = time.perf_counter()
     try:
-        history = model.fit(x_train, targets, loss=loss, optimizer=gn.SGD(lr=args.lr, momentum=args.momentum),
-                            epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                            verbose=0 if args.quiet or not sys.stderr.isatty() else 1, callback=after_epoch,
-                            graph=args.graph)
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is reported in one line instead
+            history = model.fit(x_train, targets, loss=loss, optimizer=gn.SGD(lr=args.lr, momentum=args.momentum),
+                                epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                                verbose=0 if args.quiet or not sys.stderr.isatty() else 1, callback=after_epoch,
+                                graph=args.graph)
+    except MemoryError:
+        raise UserError(f"gpunn train: out of memory while training; use a smaller --batch-size or --hidden") from None
     except KeyboardInterrupt:
         kept = (f"the checkpoint of epoch {saved_epoch[0]} is kept at {checkpoint_path}" if saved_epoch[0]
                 else "no epoch finished, so no checkpoint was written")
@@ -243,6 +264,10 @@ def command_predict(args) -> int:
     from .checkpoint import Checkpoint
     from .data import read_features
 
+    if args.out and any(os.path.exists(args.out) and os.path.samefile(args.out, path)
+                        for path in (args.checkpoint, args.input) if os.path.exists(path)):
+        raise UserError(f"gpunn predict: --out {args.out} is the checkpoint or the input; writing there would "
+                        "destroy it")
     _use_backend(args.backend)
     checkpoint = Checkpoint.read(args.checkpoint)
     table = read_features(args.input, args.label or checkpoint.label or "label", need_labels=False)

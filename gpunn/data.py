@@ -141,7 +141,9 @@ def read_features(path, label: str | None = "label", need_labels: bool = True) -
     """A Table from an .npz (arrays X and y) or a .csv with a header row."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise DataError(f"{path}: {'a folder, not a data file' if os.path.isdir(path) else 'no such file'}")
+        kind = ("a folder, not a data file" if os.path.isdir(path) else
+                "not a regular file" if os.path.exists(path) else "no such file")
+        raise DataError(f"{path}: {kind}")
     if path.lower().endswith(".npz"):
         X, y, features = *_read_npz(path), None
     elif path.lower().endswith(".csv"):

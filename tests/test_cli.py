@@ -310,6 +310,13 @@ def test_tracebacks_became_one_line(capsys, tmp_path, trained, monkeypatch):
         (["predict", checkpoint, data, "--out", str(tmp_path / "missing" / "p.csv")],
          f"cannot write {tmp_path / 'missing' / 'p.csv'}: the folder"),
         (["predict", checkpoint, data, "--out", str(tmp_path)], "it is a folder"),
+        (["predict", checkpoint, data, "--out", checkpoint], "is the checkpoint or the input"),
+        (["predict", checkpoint, data, "--out", data], "is the checkpoint or the input"),
+        (["predict", checkpoint, "/dev/null"], "not a regular file"),
+        (["train", "--data", data, "--label", "species", "--out", str(tmp_path / "r"), "--hidden", "100000000,100000000"],
+         "out of memory for a 3-100000000-100000000-2 MLP"),
+        (["train", "--data", data, "--label", "species", "--out", str(tmp_path / "r"), "--lr", "1e300"],
+         "the loss became"),  # and no RuntimeWarnings: user_error checks that stderr is one line
     ]
     for argv, message in cases:
         err = user_error(capsys, *argv)
