@@ -95,7 +95,7 @@ class Sequential:
             raise ValueError(f"{name} has {array.shape[1]} features but the model expects "
                              f"{self.in_features}")
         if check_finite and not bool(backend.xp.isfinite(array).all()):
-            raise ValueError(f"{name} contains NaN or Inf")
+            raise ValueError(f"{name} contains NaN or Inf (or values too large for {self.dtype})")
         return array
 
     def forward(self, X):

@@ -6,6 +6,7 @@ import math
 import sys
 
 from .backends import get_matmul_precision
+from .losses import Loss
 
 
 class TrainingDiverged(FloatingPointError):
@@ -71,6 +72,11 @@ class TrainStep:
             if isinstance(value, type):
                 raise TypeError(f"{argument} must be an instance such as {example}, got the class "
                                 f"{value.__name__} itself (add the parentheses)")
+        if not isinstance(loss, Loss):
+            raise TypeError(f"loss must be a gpunn loss such as gn.MSELoss(), got {type(loss).__name__} {loss!r:.40}")
+        if not callable(getattr(optimizer, "step", None)):
+            raise TypeError(f"optimizer must be a gpunn optimizer such as gn.SGD(lr=0.1), got "
+                            f"{type(optimizer).__name__} {optimizer!r:.40}")
         if graph and not model.backend.supports_graphs:
             raise ValueError(f"TrainStep: graph=True needs a backend that captures CUDA graphs (cupy); "
                              f"the {model.backend.name} backend runs every step eagerly, so pass graph=False")
@@ -83,7 +89,7 @@ class TrainStep:
         """(x, t) on the model's device: inputs as ``model.as_input``, targets as the loss wants them."""
         model = self.model
         x = model.as_input(X, "X")
-        if not hasattr(T, "__len__") or getattr(T, "ndim", 1) == 0:
+        if not hasattr(T, "__len__") or getattr(T, "ndim", 1) == 0 or isinstance(T, (str, bytes)):
             raise ValueError(f"T must hold one target per row of X, got {type(T).__name__} {T!r:.40}")
         rows = T.shape[0] if hasattr(T, "shape") else len(T)
         if rows != x.shape[0]:
@@ -174,6 +180,10 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32,
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"fit: {name} must be a positive int, got {value!r}")
+    if verbose not in (0, 1, 2):
+        raise ValueError(f"fit: verbose must be 0, 1 or 2, got {verbose!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"fit: callback must be callable as callback(epoch, logs), got {type(callback).__name__}")
     step = TrainStep(model, loss, optimizer, graph=graph)
     try:
         x_all, t_all = step.prepare(X, T)

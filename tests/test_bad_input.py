@@ -132,3 +132,17 @@ def test_bce_eps_too_small_for_the_dtype(backend):
 def test_an_activation_only_model_predicts_in_batches(backend):
     model = gn.Sequential(gn.Tanh())
     np.testing.assert_allclose(model.predict(np.ones((5, 3)), batch_size=2), np.tanh(np.ones((5, 3))), rtol=1e-6)
+
+
+@pytest.mark.parametrize("argument,value,message", [
+    ("loss", "mse", "loss must be a gpunn loss"), ("optimizer", "sgd", "optimizer must be a gpunn optimizer"),
+    ("callback", 5, "callback must be callable"), ("verbose", -1, "verbose must be 0, 1 or 2")])
+def test_fit_arguments_of_the_wrong_kind(backend, argument, value, message):
+    arguments = {"loss": gn.MSELoss(), "optimizer": gn.SGD(lr=0.1), "verbose": 0, argument: value}
+    with pytest.raises((TypeError, ValueError), match=message):
+        make_model().fit(np.ones((2, 3)), np.ones((2, 2)), **arguments)
+
+
+def test_text_targets_are_not_one_per_row(backend):
+    with pytest.raises(ValueError, match="T must hold one target per row of X, got str"):
+        make_model().fit(np.ones((3, 3)), "abc", loss=gn.MSELoss(), optimizer=gn.SGD(lr=0.1), verbose=0)
