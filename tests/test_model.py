@@ -174,3 +174,24 @@ def test_train_step_equals_the_manual_step(backend, rng):
         np.testing.assert_allclose(backend.to_numpy(a.value), backend.to_numpy(b.value), rtol=1e-12)
     with pytest.raises(ValueError, match="X has 6 rows but T has 5"):
         step.prepare(x, labels[:5])
+
+
+def test_progress_bar_in_a_notebook(monkeypatch):
+    """In Jupyter stderr is no terminal, yet tqdm.auto draws there: verbose=1 shows the bar."""
+    pytest.importorskip("tqdm")
+
+    class ZMQInteractiveShell:  # what get_ipython() returns inside a Jupyter kernel
+        pass
+
+    fake_ipython = type(sys)("IPython")
+    fake_ipython.get_ipython = ZMQInteractiveShell
+    monkeypatch.setitem(sys.modules, "IPython", fake_ipython)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    from gpunn import training
+
+    assert training._in_notebook()
+    progress = training._Progress(2, verbose=1)
+    try:
+        assert progress.bar is not None
+    finally:
+        progress.close()
