@@ -285,7 +285,8 @@ def _sizes_fit_the_file(record: dict, itemsize: int, file_size: int) -> bool:
     """A layer's size fields multiplied (a Dense's in × out is its weight count) cannot need
     more bytes than the whole file holds: checked before building, so that a crafted size
     cannot make the build allocate terabytes. Nested layer records are checked each."""
-    sizes = [value for value in record.values() if isinstance(value, int) and not isinstance(value, bool)]
+    sizes = [value for key, value in record.items()
+             if isinstance(value, int) and not isinstance(value, bool) and key != "seed"]
     nested = [item for value in record.values() if isinstance(value, list) for item in value
               if isinstance(item, dict)]
     return (math.prod(abs(size) for size in sizes) * itemsize <= file_size
