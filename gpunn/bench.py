@@ -27,7 +27,10 @@ DISTRIBUTED_RANKS = (1, 2)
 # workers spin too: in one process each library's spinning threads slowed the other by a fifth
 # or more on 2 cores (benchmarks/PERF.md). 2^4 cycles lets both run at their stand-alone speed.
 OPENBLAS_THREAD_TIMEOUT = "4"
+PEER_NAMES = tuple(name for names in BACKEND_PEERS.values() for name in names.split(","))
 BOUND = {"activation": "bytes", "transfer": "bytes"}  # every other group is judged by FLOPs
+# A bytes-bound case is judged against a copy of the same number of elements: a 2^16-element
+# case runs from cache, and judged against a copy through DRAM it showed 197% of its "ceiling".
 
 
 def suite_dir() -> Path:
@@ -44,6 +47,10 @@ def run_suite(out_dir: Path, quick: bool, peers: str, groups: list[str], keyword
     """Run the suite ``passes`` times, each in a fresh interpreter (so thread counts are fixed
     before NumPy loads). Several passes spread every case over time: on a shared machine a slow
     phase of a few seconds then hits one pass of a case, not the whole comparison."""
+    unknown = sorted(set(peers.split(",")) - set(PEER_NAMES))
+    if unknown:
+        raise RuntimeError(f"unknown peer(s) {', '.join(map(repr, unknown))} in --peers; choose from "
+                           f"{', '.join(PEER_NAMES)}")
     for module, extra in (("pytest", "bench"), ("pytest_benchmark", "bench")):
         if importlib.util.find_spec(module) is None:
             raise RuntimeError(f"{module} is not installed: pip install 'gpunn[{extra}]'")
@@ -71,9 +78,18 @@ def run_suite(out_dir: Path, quick: bool, peers: str, groups: list[str], keyword
     raws = []
     for index in range(passes):
         raw = out_dir / f".raw-{os.getpid()}-{index}.json"
-        result = subprocess.run(command + [f"--benchmark-json={raw}"], env=env)
-        if result.returncode not in (0, 5) or not raw.is_file():
-            raise RuntimeError(f"the benchmark run failed (pytest exit status {result.returncode})")
+        print(f"gpunn bench: pass {index + 1}/{passes} running; pytest's output goes to {raw.with_suffix('.log')}",
+              file=sys.stderr, flush=True)
+        with open(raw.with_suffix(".log"), "w") as log:  # the raw tables stay in the log, off the screen
+            result = subprocess.run(command + [f"--benchmark-json={raw}"], env=env, stdout=log,
+                                    stderr=subprocess.STDOUT)
+        if result.returncode not in (0, 5):
+            tail = raw.with_suffix(".log").read_text().strip().splitlines()[-1:]
+            raise RuntimeError(f"the benchmark run failed (pytest exit status {result.returncode}: "
+                               f"{' '.join(tail)}); see {raw.with_suffix('.log')}")
+        if not raw.is_file():
+            raise RuntimeError("the benchmark run measured nothing (every case was skipped or deselected: "
+                               "check --peers, --case and -k)")
         if distributed:
             _add_allreduce_rows(raw, quick, threads, max_time, min_rounds, env)
         raws.append(raw)
@@ -111,7 +127,7 @@ def _rows(data: dict) -> list[dict]:
         rows.append({"group": bench["group"], "case": info["case"], "impl": info["impl"],
                      "device": info["device"], "device_name": info["device_name"], "median": bench["stats"]["median"],
                      "flops": info.get("flops", 0), "bytes": info.get("bytes", 0), "tf32": info.get("tf32", False),
-                     "dtype": info.get("dtype", "float32"),
+                     "dtype": info.get("dtype", "float32"), "elements": info.get("elements"),
                      "threads": info.get("threads"), "versions": info.get("versions", {})})
     return rows
 
@@ -121,21 +137,32 @@ def _matmul_kind(row) -> str:
     return "matmul-tf32" if row["tf32"] else "matmul-fp16" if row.get("dtype") == "float16" else "matmul"
 
 
+def _copy_kind(elements) -> str:
+    return f"copy 2^{int(elements).bit_length() - 1}"
+
+
 def _ceilings(rows) -> dict:
-    """(device, kind) -> the best rate measured: bytes/s for 'copy', FLOP/s for each matmul kind."""
+    """(device, kind) -> the best rate measured: bytes/s for each copy size ('copy 2^20', and
+    'copy' for the largest), FLOP/s for each matmul kind."""
     best = {}
     for row in rows:
         if row["group"] != "ceiling":
             continue
-        kind = "copy" if row["case"].startswith("copy") else _matmul_kind(row)
-        rate = (row["bytes"] if kind == "copy" else row["flops"]) / row["median"]
+        copy = row["case"].startswith("copy")
+        kind = f"copy 2^{int(row['case'].split('^')[1])}" if copy else _matmul_kind(row)
+        rate = (row["bytes"] if copy else row["flops"]) / row["median"]
         best[(row["device"], kind)] = max(rate, best.get((row["device"], kind), 0.0))
+    for device in {device for device, _ in best}:
+        copies = [kind for held, kind in best if held == device and kind.startswith("copy 2^")]
+        if copies:
+            best[(device, "copy")] = best[(device, max(copies, key=lambda kind: int(kind[len("copy 2^"):])))]
     return best
 
 
 def _fraction(row, ceilings) -> float | None:
     if BOUND.get(row["group"]) == "bytes":
-        ceiling, work = ceilings.get((row["device"], "copy")), row["bytes"]
+        same_size = ceilings.get((row["device"], _copy_kind(row["elements"]))) if row.get("elements") else None
+        ceiling, work = same_size or ceilings.get((row["device"], "copy")), row["bytes"]
     else:
         ceiling = ceilings.get((row["device"], _matmul_kind(row)))
         work = row["flops"]
@@ -287,8 +314,11 @@ def write_report(raw_jsons: list[Path], out_dir: Path, command: str) -> tuple[Pa
         for bench in data["benchmarks"]:
             bench["stats"].pop("data", None)
     stem.with_suffix(".json").write_text(json.dumps({"passes": passes}, indent=1))
-    for raw in raw_jsons:
-        Path(raw).unlink()
+    logs = [Path(raw).with_suffix(".log") for raw in raw_jsons]
+    stem.with_suffix(".log").write_text("".join(f"=== pass {index + 1} ===\n" + log.read_text()
+                                                for index, log in enumerate(logs) if log.is_file()))
+    for path in [Path(raw) for raw in raw_jsons] + logs:
+        path.unlink(missing_ok=True)
     summary = summarise(rows)
     devices = sorted({(row["device"], row["device_name"]) for row in rows})
     versions = {}
@@ -297,17 +327,20 @@ def write_report(raw_jsons: list[Path], out_dir: Path, command: str) -> tuple[Pa
     ceilings = _ceilings(_combine_passes(rows))
     parts = [f"# gpunn benchmarks: {stem.name}", "",
              f"Command: `{command}`. Each time is the median of pytest-benchmark rounds (the median over "
-             f"{len(passes)} passes of the suite when there are several), each step synchronised with its device. "
+             f"{len(passes)} pass{'es' if len(passes) > 1 else ''} of the suite when there are several), each step synchronised with its device. "
              "Ratios: 'vs torch' is PyTorch's time over gpunn's on the same device (above 1: gpunn is faster); "
              "'step/GEMMs' is a training step over its GEMMs timed alone; 'of ceiling' is achieved FLOP/s "
-             "(bytes/s for activation and transfer) over the ceiling measured in this run.", "",
+             "(bytes/s for activation and transfer) over the ceiling measured in this run; a bytes-bound case is "
+             "judged against a copy of as many elements, so a case that fits in cache meets a copy in cache. "
+             f"pytest's own tables: `{stem.with_suffix('.log').name}`.", "",
              "Devices: " + "; ".join(f"{device}: {name}" for device, name in devices),
              (f"Threads (NumPy BLAS and PyTorch): {rows[0]['threads']}; OpenBLAS thread timeout: "
               f"2^{os.environ.get('OPENBLAS_THREAD_TIMEOUT', OPENBLAS_THREAD_TIMEOUT)} cycles"),
              "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())), "",
              "Ceilings: " + "; ".join(
-                 f"{device} {kind}: " + (f"{rate / 1e9:.1f} GB/s" if kind == "copy" else f"{rate / 1e12:.2f} TFLOP/s")
-                 for (device, kind), rate in sorted(ceilings.items()))]
+                 f"{device} {kind}: " + (f"{rate / 1e9:.1f} GB/s" if kind.startswith("copy") else
+                                         f"{rate / 1e12:.2f} TFLOP/s")
+                 for (device, kind), rate in sorted(ceilings.items()) if kind != "copy")]
     for group in GROUPS:
         if any(line["group"] == group for line in summary):
             parts += ["", f"## {group}", "", markdown_table(summary, group)]

@@ -13,15 +13,13 @@ import sys
 import numpy as np
 
 from . import __version__
+from .cli_options import BACKEND_CHOICES, BACKEND_HELP, UserError, positive as _positive
+from .cli_options import use_backend_option as _use_backend
 
-EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
+EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 130, 141
 LOSS_CHOICES = {"softmax-ce": "SoftmaxCrossEntropyLoss", "mse": "MSELoss"}
 ACTIVATION_CHOICES = {"tanh": "Tanh", "relu": "ReLU", "sigmoid": "Sigmoid", "gelu": "GELU", "silu": "SiLU",
                       "leaky-relu": "LeakyReLU"}
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for; printed as one line, without a traceback."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -74,6 +72,7 @@ def _cupy_report() -> list[str]:
 
 def command_info(args) -> int:
     from .backends import available_backends, get_matmul_precision
+
     from .distributed import mpi_report, nccl_report
 
     lines = [f"gpunn: {__version__}", f"numpy: {np.__version__}", *_cupy_report(), mpi_report(), nccl_report(),
@@ -84,72 +83,35 @@ def command_info(args) -> int:
 
 
 # --- train --------------------------------------------------------------------------------
-def _hidden_sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 128,64, got {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive sizes like 128,64, got {text!r}")
-    return sizes
-
-
-def _positive(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
-        return value
-
-    return parse
-
-
-def _fraction(low_inclusive: bool):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = -1.0
-        if not (0 <= value < 1 if low_inclusive else 0 < value < 1):
-            interval = "[0, 1)" if low_inclusive else "(0, 1)"
-            raise argparse.ArgumentTypeError(f"expected a number in {interval}, got {text!r}")
-        return value
-
-    return parse
-
-
 # --- predict ------------------------------------------------------------------------------
 def command_predict(args) -> int:
-    import gpunn as gn
-    from .data import DataError, read_features
+    import csv
+    import io
 
-    gn.use_backend(args.backend)
-    try:
-        model = gn.load(args.checkpoint)
-    except FileNotFoundError:
-        raise DataError(f"{args.checkpoint}: no such checkpoint") from None
-    if "mean" not in model.extras or "classes" not in model.extras:
-        raise DataError(f"{args.checkpoint}: not a checkpoint written by 'gpunn train' (no scaler or classes)")
-    X, _ = read_features(args.input, args.label, need_labels=False)
-    if X.shape[1] != model.in_features:
-        raise DataError(f"{args.input}: {X.shape[1]} features, but the checkpoint expects {model.in_features}")
-    scores = model.predict((X - model.extras["mean"]) / model.extras["std"]).astype(np.float64)
-    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
-    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
-    classes = [str(c) for c in model.extras["classes"]]
-    lines = [",".join(["prediction"] + [f"p_{c}" for c in classes])]
-    for row in probabilities:
-        lines.append(",".join([classes[int(row.argmax())]] + [f"{p:.6f}" for p in row]))
-    text = "\n".join(lines) + "\n"
+    from .checkpoint import Checkpoint
+    from .data import read_features
+
+    if args.out and any(os.path.exists(args.out) and os.path.samefile(args.out, path)
+                        for path in (args.checkpoint, args.input) if os.path.exists(path)):
+        raise UserError(f"gpunn predict: --out {args.out} is the checkpoint or the input; writing there would "
+                        "destroy it")
+    _use_backend(args.backend)
+    checkpoint = Checkpoint.read(args.checkpoint)
+    table = read_features(args.input, args.label or checkpoint.label or "label", need_labels=False)
+    header, rows = checkpoint.predictions(checkpoint.inputs(table, args.input), args.input)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
     if args.out:
-        from .io import atomic_write
+        from .atomic import atomic_write
 
-        atomic_write(args.out, lambda file: file.write(text.encode()))
+        try:
+            atomic_write(args.out, lambda file: file.write(text.getvalue().encode()))
+        except OSError as error:
+            raise UserError(f"gpunn predict: {error.strerror or error}") from None
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(text.getvalue())
     return 0
 
 
@@ -163,23 +125,26 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=command_info)
 
     train = commands.add_parser(
-        "train", help="train an MLP classifier (default: the bundled handwritten digits)",
-        description="Train an MLP classifier and report loss and accuracy per epoch. Without --data it uses "
-                    "scikit-learn's bundled 8x8 digits (pip install 'gpunn[data]'). The data is split into "
-                    "stratified train/validation/test parts and standardised on the training part; each epoch "
-                    "writes last.npz, the best validation epoch best.npz.")
+        "train", help="train an MLP classifier or regressor (default: the bundled handwritten digits)",
+        description="Train an MLP and report loss and accuracy (RMSE and R² with --task regress) per epoch. "
+                    "Without --data it uses scikit-learn's bundled 8x8 digits (pip install 'gpunn[data]'). The "
+                    "data is split into train/validation/test parts (stratified for classes) and standardised on "
+                    "the training part; each epoch writes last.npz, the best validation epoch best.npz.")
     from . import cli_train
 
-    cli_train.add_train_arguments(train, sys.modules[__name__])
+    cli_train.add_train_arguments(train)
 
-    predict = commands.add_parser("predict", help="predict classes for a .npz/.csv with a trained checkpoint",
+    predict = commands.add_parser("predict", help="predict with a trained checkpoint for a .npz/.csv",
                                   description="Write one CSV row per input row: the predicted class and "
-                                              "each class's probability.")
-    predict.add_argument("checkpoint", help="model.npz written by 'gpunn train'")
-    predict.add_argument("input", help=".npz (array X) or .csv with the training features (a label column is ignored)")
-    predict.add_argument("--label", default="label", help="a CSV column to ignore as the label (default: label)")
+                                              "each class's probability, or the predicted value of a "
+                                              "regression. CSV columns are matched to the training "
+                                              "features by name.")
+    predict.add_argument("checkpoint", help="best.npz or last.npz written by 'gpunn train'")
+    predict.add_argument("input", help=".npz (array X, columns in training order) or .csv with the training "
+                                       "feature columns by name (a label column is ignored)")
+    predict.add_argument("--label", help="a CSV column to ignore as the label (default: the training label)")
     predict.add_argument("--out", help="write the CSV here instead of to standard output")
-    predict.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"])
+    predict.add_argument("--backend", choices=BACKEND_CHOICES, help=BACKEND_HELP)
     predict.set_defaults(run=command_predict)
 
     from .bench import GROUPS
@@ -218,6 +183,8 @@ def command_bench(args) -> int:
         path, text = write_report(raws, out, "gpunn " + " ".join(sys.argv[1:]))
     except RuntimeError as error:
         raise UserError(f"gpunn bench: {error}") from None
+    except OSError as error:
+        raise UserError(f"gpunn bench: --out {out}: {error.strerror or error}") from None
     print(text)
     print(f"report: {path} (raw: {path.with_suffix('.json')})")
     return 0
@@ -241,3 +208,12 @@ def main(argv=None) -> int:
         if world is not None and world.size > 1:  # the other ranks may wait in a collective: end them too
             world.abort(EXIT_USER_ERROR)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:  # train handles its own (it names the checkpoint it kept)
+        print("gpunn: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `gpunn predict ... | head`: the reader left; say nothing more
+        try:  # so that the interpreter's final flush of stdout does not complain either
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_BROKEN_PIPE

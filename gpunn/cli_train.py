@@ -9,31 +9,36 @@ anything: validation rows are carved from the training part.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
 
 import numpy as np
 
+from .cli_options import BACKEND_CHOICES, BACKEND_HELP, UserError, fraction, hidden_sizes, positive, seed
+
 OPTIMIZER_CHOICES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 DEFAULT_LR = {"sgd": 0.05, "adam": 2e-3, "adamw": 2e-3}
 SCHEDULE_CHOICES = ("constant", "step", "cosine", "onecycle")
 #: The settings a resumed run takes from its checkpoint rather than from the command line.
-RUN_SETTINGS = ("data", "label", "hidden", "activation", "dropout", "layer_norm", "residual", "loss", "batch_size",
+RUN_SETTINGS = ("data", "label", "task", "hidden", "activation", "dropout", "layer_norm", "residual", "loss", "batch_size",
                 "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_steps", "max_grad_norm", "dtype",
                 "seed", "test_fraction", "validation_fraction", "early_stopping", "epochs")
 
 
-def add_train_arguments(train, cli) -> None:
-    """The options of ``gpunn train`` (``cli`` provides the shared argument parsers)."""
+def add_train_arguments(train) -> None:
+    """The options of ``gpunn train``."""
     from .cli import ACTIVATION_CHOICES, LOSS_CHOICES
 
-    fraction, positive = cli._fraction, cli._positive
     train.add_argument("--data", help="your .npz (arrays X, y) or .csv (a header row and a label column)")
     train.add_argument("--label", default="label", help="the label column of a CSV (default: label)")
-    train.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"],
-                       help="array backend (default: auto, the GPU when one is usable)")
-    train.add_argument("--hidden", type=cli._hidden_sizes, default=[128, 64], help="hidden layer sizes (default: 128,64)")
+    train.add_argument("--task", default="auto", choices=["auto", "classify", "regress"],
+                       help="classify: labels are classes; regress: predict the numeric label (MSE on "
+                            "standardised targets; RMSE and R² reported); auto (default): classify, but "
+                            "refuse a numeric label column that looks like a quantity")
+    train.add_argument("--backend", choices=BACKEND_CHOICES, help=BACKEND_HELP)
+    train.add_argument("--hidden", type=hidden_sizes, default=[128, 64], help="hidden layer sizes (default: 128,64)")
     train.add_argument("--activation", default="tanh", choices=list(ACTIVATION_CHOICES),
                        help="hidden activation (default: tanh)")
     train.add_argument("--dropout", type=fraction(low_inclusive=True), default=0.0,
@@ -41,8 +46,9 @@ def add_train_arguments(train, cli) -> None:
     train.add_argument("--layer-norm", action="store_true", help="LayerNorm after each hidden Dense")
     train.add_argument("--residual", action="store_true",
                        help="hidden layers as wide as the previous one become residual blocks x + f(x)")
-    train.add_argument("--loss", default="softmax-ce", choices=list(LOSS_CHOICES),
-                       help="softmax cross-entropy on integer labels, or MSE on one-hot targets")
+    train.add_argument("--loss", choices=list(LOSS_CHOICES),
+                       help="softmax-ce (default for classes): softmax cross-entropy; mse: MSE on one-hot "
+                            "targets (and the only loss of --task regress)")
     train.add_argument("--epochs", type=positive(int), default=None,
                        help="the last epoch to train to (default: 30; with --resume, the stored one)")
     train.add_argument("--batch-size", type=positive(int), default=32, help="mini-batch size (default: 32)")
@@ -57,13 +63,13 @@ def add_train_arguments(train, cli) -> None:
     train.add_argument("--schedule", default="constant", choices=SCHEDULE_CHOICES,
                        help="learning-rate schedule over the run: constant, step (x0.1 at each third), cosine "
                             "(to 0, after --warmup-steps), onecycle (default: constant)")
-    train.add_argument("--warmup-steps", type=_non_negative_int, default=0,
+    train.add_argument("--warmup-steps", type=seed, default=0,
                        help="linear warmup updates before the cosine schedule (default: 0)")
     train.add_argument("--max-grad-norm", type=positive(float), default=None,
                        help="clip gradients to this global L2 norm (default: no clipping)")
     train.add_argument("--dtype", default="float32", choices=["float16", "float32", "float64"],
                        help="float16 trains with float32 master weights and dynamic loss scaling (default: float32)")
-    train.add_argument("--seed", type=_non_negative_int, default=0,
+    train.add_argument("--seed", type=seed, default=0,
                        help="seed for the splits, initialisation and shuffling (default: 0)")
     train.add_argument("--test-fraction", type=fraction(low_inclusive=False), default=0.2,
                        help="share of rows held out for the final test (default: 0.2)")
@@ -99,25 +105,13 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def _non_negative_int(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}")
-    return value
-
-
 def build_model(features: int, hidden: list[int], classes: int, activation: str, dtype: str, seed: int,
                 dropout: float = 0.0, layer_norm: bool = False, residual: bool = False):
     """Dense [→ LayerNorm] → activation [→ Dropout] per hidden layer; with ``residual``, a hidden
     layer as wide as the one before it becomes x + f(x)."""
     import gpunn as gn
 
-    from .cli import ACTIVATION_CHOICES, UserError
+    from .cli import ACTIVATION_CHOICES
 
     if residual and not any(a == b for a, b in zip(hidden, hidden[1:])):
         raise UserError(f"gpunn train: --residual needs two consecutive hidden layers of the same size "
@@ -140,8 +134,6 @@ def make_optimizer(args, steps_per_epoch: int):
     import gpunn as gn
     from gpunn import schedules
 
-    from .cli import UserError
-
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
     total = max(2, steps_per_epoch * args.epochs)
     if args.warmup_steps and args.schedule != "cosine":
@@ -161,7 +153,7 @@ def make_optimizer(args, steps_per_epoch: int):
     return getattr(gn, OPTIMIZER_CHOICES[args.optimizer])(**options)
 
 
-def _save_plot(history: dict, path: str) -> str | None:
+def _save_plot(history: dict, path: str, metric: str) -> str | None:
     try:
         import matplotlib
 
@@ -176,10 +168,10 @@ def _save_plot(history: dict, path: str) -> str | None:
             left.plot(epochs, history[key], label=key.replace("_", " "))
     left.set(xlabel="epoch", ylabel="loss", title="loss")
     left.legend()
-    for key in ("accuracy", "val_accuracy"):
+    for key in (metric, f"val_{metric}"):
         if key in history:
             right.plot(epochs, history[key], label=key.replace("_", " "))
-    right.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    right.set(xlabel="epoch", ylabel=metric, title=metric)
     right.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -191,12 +183,10 @@ def _resume_settings(args) -> dict:
     """Take the run's settings from RUN_DIR/last.npz; returns what the run stored."""
     import gpunn as gn
 
-    from .cli import UserError
-
     path = os.path.join(args.resume, "last.npz")
     if not os.path.isfile(path):
         raise UserError(f"gpunn train: --resume {args.resume}: no last.npz there (is it a gpunn train --out folder?)")
-    extras = gn.io.read_extras(path) if hasattr(gn.io, "read_extras") else gn.load(path, backend="numpy").extras
+    extras = gn.load(path, backend="numpy").extras
     if "run" not in extras:
         raise UserError(f"gpunn train: --resume {args.resume}: last.npz holds no run settings "
                         "(written by an older gpunn?)")
@@ -210,11 +200,81 @@ def _resume_settings(args) -> dict:
     return run
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _host_memory() -> float:
+    """Bytes of physical memory (inf where the system does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return math.inf
+
+
+def _regression_scores(model, X, y, target) -> tuple[float, float]:
+    """(RMSE in the target's units, R²) of the model on (X, y), computed on the standardised
+    scale so that targets near 1e300 do not overflow."""
+    scaled = target(y[:, None])[:, 0]
+    error = float(np.mean((model.predict(X)[:, 0].astype(np.float64) - scaled) ** 2))
+    spread = float(np.mean((scaled - scaled.mean()) ** 2))
+    return math.sqrt(error) * float(target.std[0]), (1 - error / spread if spread > 0 else float("nan"))
+
+
+def _split(args):
+    """(dataset, train, validation and test rows, feature scaler, target scaler or None)."""
+    from .data import DataError, Standardizer, load_digits, load_table, random_split, stratified_split
+
+    regress = args.task == "regress"
+    if regress and not args.data:
+        raise UserError("gpunn train: --task regress needs --data with a numeric label column")
+    dataset = load_table(args.data, args.label, args.task) if args.data else load_digits()
+    if regress:
+        train_rows, test_rows = random_split(len(dataset.y), args.test_fraction, args.seed)
+    else:
+        train_rows, test_rows = stratified_split(dataset.y, args.test_fraction, args.seed)
+    validation_rows = np.array([], dtype=np.int64)
+    if args.validation_fraction and len(train_rows) > 1:
+        keep, held = (random_split(len(train_rows), args.validation_fraction, args.seed + 1) if regress else
+                      stratified_split(dataset.y[train_rows], args.validation_fraction, args.seed + 1))
+        train_rows, validation_rows = train_rows[keep], train_rows[held]
+    if len(test_rows) == 0 or len(train_rows) == 0:
+        raise DataError(f"{dataset.name}: too few rows for a train/test split")
+    scaler = Standardizer.fit(dataset.X[train_rows])
+    target = Standardizer.fit(dataset.y[train_rows, None]) if regress else None
+    return dataset, train_rows, validation_rows, test_rows, scaler, target
+
+
+def _targets(rows, dataset, loss_name, target):
+    y = dataset.y[rows]
+    if target is not None:
+        return target(y[:, None])
+    return np.eye(len(dataset.classes))[y] if loss_name == "mse" else y
+
+
+def _build(args, dataset, outputs, backend):
+    """The model, refused before allocating when its weights cannot fit in memory."""
+    sizes = [dataset.X.shape[1], *args.hidden, outputs]
+    weights = sum(a * b for a, b in zip(sizes, sizes[1:]))
+    too_big = UserError(f"gpunn train: out of memory for a {'-'.join(map(str, sizes))} MLP ({weights:,} weights, "
+                        f"{weights * np.dtype(args.dtype).itemsize / 2**30:,.1f} GiB each for weights, gradients "
+                        "and optimizer state); use smaller --hidden sizes")
+    if backend.host_resident and 4 * weights * np.dtype(args.dtype).itemsize > _host_memory():
+        raise too_big  # before allocating: a failed build could take minutes and all the RAM first
+    try:
+        return build_model(dataset.X.shape[1], args.hidden, outputs, args.activation, args.dtype, args.seed,
+                           args.dropout, args.layer_norm, args.residual)
+    except MemoryError:
+        raise too_big from None
+
+
 def command_train(args) -> int:
     import gpunn as gn
 
-    from .cli import LOSS_CHOICES, UserError, _say
-    from .data import DataError, Standardizer, load_digits, load_table, stratified_split
+    from .checkpoint import Checkpoint
+    from .cli import EXIT_INTERRUPTED, LOSS_CHOICES, _say
+    from .cli_options import use_backend_option
+    from .training import TrainingDiverged
 
     run = _resume_settings(args) if args.resume else None
     if args.epochs is None:
@@ -224,28 +284,21 @@ def command_train(args) -> int:
                         f"--epochs above {run['epoch']} to continue it")
     if args.early_stopping and not args.validation_fraction:
         raise UserError("gpunn train: --early-stopping watches the validation loss: keep --validation-fraction above 0")
+    regress = args.task == "regress"
+    loss_name = args.loss or ("mse" if regress else "softmax-ce")
+    if regress and loss_name != "mse":
+        raise UserError("gpunn train: --task regress trains with --loss mse")
 
-    dataset = load_table(args.data, args.label) if args.data else load_digits()
-    train_rows, test_rows = stratified_split(dataset.y, args.test_fraction, args.seed)
-    if len(test_rows) == 0:
-        raise DataError(f"{dataset.name}: too few rows for a test split")
-    validation_rows = np.array([], dtype=np.int64)
-    if args.validation_fraction:
-        keep, held = stratified_split(dataset.y[train_rows], args.validation_fraction, args.seed + 1)
-        train_rows, validation_rows = train_rows[keep], train_rows[held]
-    scaler = Standardizer.fit(dataset.X[train_rows])
+    dataset, train_rows, validation_rows, test_rows, scaler, target = _split(args)
     x_train, x_test = scaler(dataset.X[train_rows]), scaler(dataset.X[test_rows])
-    y_train, y_test = dataset.y[train_rows], dataset.y[test_rows]
-    classes = len(dataset.classes)
-    onehot = args.loss != "softmax-ce"
-    targets = np.eye(classes)[y_train] if onehot else y_train
+    y_test = dataset.y[test_rows]
+    outputs = 1 if regress else len(dataset.classes)
+    targets = _targets(train_rows, dataset, loss_name, target)
     validation = None
     if len(validation_rows):
-        y_validation = dataset.y[validation_rows]
-        validation = (scaler(dataset.X[validation_rows]), np.eye(classes)[y_validation] if onehot else y_validation)
+        validation = (scaler(dataset.X[validation_rows]), _targets(validation_rows, dataset, loss_name, target))
 
-    gn.use_backend(args.backend)
-    backend = gn.get_backend()
+    backend = use_backend_option(args.backend)
     if args.graph and not backend.supports_graphs:
         raise UserError(f"gpunn train: --graph needs the cupy backend (CUDA graphs); the {backend.name} "
                         "backend runs every step eagerly")
@@ -253,16 +306,21 @@ def command_train(args) -> int:
     root = world is None or world.is_root  # only rank 0 prints and writes checkpoints
     steps_per_epoch = -(-len(train_rows) // args.batch_size)
     if run is None:
-        model = build_model(dataset.X.shape[1], args.hidden, classes, args.activation, args.dtype, args.seed,
-                            args.dropout, args.layer_norm, args.residual)
+        model = _build(args, dataset, outputs, backend)
         optimizer = make_optimizer(args, steps_per_epoch)
     else:
         model = gn.load(os.path.join(args.out, "last.npz"))
         optimizer = gn.load_optimizer(os.path.join(args.out, "last.npz"), model)
-    loss = getattr(gn, LOSS_CHOICES[args.loss])()
+    loss = getattr(gn, LOSS_CHOICES[loss_name])()
     if root:
-        os.makedirs(args.out, exist_ok=True)
+        try:
+            os.makedirs(args.out, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"gpunn train: --out {args.out}: cannot create the folder "
+                            f"({error.strerror or error})") from None
     last, best = os.path.join(args.out, "last.npz"), os.path.join(args.out, "best.npz")
+    checkpoint = Checkpoint(model, "regress" if regress else "classify", scaler, dataset.classes, target,
+                            dataset.features, args.label if args.data else None)
     history = run["history"] if run else {}
     state = {"epoch": run["epoch"] if run else 0, "best_epoch": run.get("best_epoch") if run else None,
              "best_val_loss": run.get("best_val_loss") if run else None}
@@ -273,13 +331,23 @@ def command_train(args) -> int:
             stopper.best, stopper.best_epoch, stopper._wait = run["stopper"]
     say = lambda line: _say(line, args.quiet or not root)  # noqa: E731
     settings = {name: getattr(args, name) for name in RUN_SETTINGS}
+    metric = "mse" if regress else "accuracy"
 
     say(f"training on {dataset.name}: {len(train_rows)} train / {len(validation_rows)} validation / "
-        f"{len(test_rows)} test rows, {dataset.X.shape[1]} features, {classes} classes; "
-        f"{'-'.join(str(n) for n in [dataset.X.shape[1], *args.hidden, classes])} {args.activation} MLP, "
-        f"{args.loss}, {optimizer!r}, {args.dtype} on {backend.name}"
+        f"{len(test_rows)} test rows, {dataset.X.shape[1]} features, "
+        + ("a numeric target" if regress else f"{outputs} classes") + "; "
+        f"{'-'.join(str(n) for n in [dataset.X.shape[1], *args.hidden, outputs])} {args.activation} MLP, "
+        f"{loss_name}, {optimizer!r}, {args.dtype} on {backend.name}"
         + (f", data-parallel over {world.size} ranks (global batch {args.batch_size})" if world else "")
         + (f"; resuming after epoch {state['epoch']}" if run else ""))
+
+    def save(path, **options):
+        try:
+            model.save(path, extras={**checkpoint.extras(), **options.pop("extras", {})}, **options)
+        except OSError as error:
+            raise UserError(f"gpunn train: {error.strerror or error}") from None
+        except ValueError as error:  # non-finite weights: the run diverged
+            raise TrainingDiverged(f"gpunn train: epoch {state['epoch']}: {error}") from None
 
     def after_epoch(epoch, logs):
         for key, value in logs.items():
@@ -291,14 +359,15 @@ def command_train(args) -> int:
         if root:
             stopper_state = [stopper.best, stopper.best_epoch, stopper._wait] if stopper else None
             record = {"args": settings, "history": history, "stopper": stopper_state, **state}
-            extras = {"mean": scaler.mean, "std": scaler.std, "classes": dataset.classes,
-                      "run": np.array(json.dumps(record))}
-            model.save(last, extras=extras, optimizer=optimizer)
+            save(last, extras={"run": np.array(json.dumps(record))}, optimizer=optimizer)
             if improved:
-                model.save(best, extras=extras)
-        line = f"epoch {epoch + 1:3d}/{args.epochs}  loss {logs['loss']:.4f}  train acc {logs['accuracy']:.4f}"
+                save(best)
+        if regress:
+            line = f"epoch {epoch + 1:3d}/{args.epochs}  loss {logs['loss']:.4f}"
+        else:
+            line = f"epoch {epoch + 1:3d}/{args.epochs}  loss {logs['loss']:.4f}  train acc {logs['accuracy']:.4f}"
         if "val_loss" in logs:
-            line += f"  val loss {logs['val_loss']:.4f}  val acc {logs['val_accuracy']:.4f}"
+            line += f"  val loss {logs['val_loss']:.4f}" + ("" if regress else f"  val acc {logs['val_accuracy']:.4f}")
         if logs.get("skipped_steps"):
             line += f"  ({logs['skipped_steps']} float16 steps skipped: loss scale lowered)"
         say(line)
@@ -309,35 +378,40 @@ def command_train(args) -> int:
     try:
         import warnings
 
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
             warnings.simplefilter("ignore", gn.TrainingWarning)  # printed per epoch instead
             fit_history = model.fit(x_train, targets, loss=loss, optimizer=optimizer, epochs=args.epochs,
                                     initial_epoch=state["epoch"], batch_size=args.batch_size, seed=args.seed,
                                     verbose=0 if args.quiet else 1, callback=after_epoch, graph=args.graph,
-                                    distributed=args.distributed, metrics=("accuracy",),
+                                    distributed=args.distributed, metrics=(metric,),
                                     validation_data=validation, early_stopping=stopper)
+    except MemoryError:
+        raise UserError("gpunn train: out of memory while training; use a smaller --batch-size or --hidden") from None
     except KeyboardInterrupt:
         kept = (f"the checkpoint of epoch {state['epoch']} is kept at {last} (continue with --resume {args.out})"
                 if state["epoch"] else "no epoch finished, so no checkpoint was written")
         print(f"gpunn train: interrupted; {kept}", file=sys.stderr)
-        from .cli import EXIT_INTERRUPTED
-
         return EXIT_INTERRUPTED
     backend.synchronize()
     seconds = time.perf_counter() - started
     if not root:
         return 0
     trained = len(fit_history["loss"])
-    plot = _save_plot(history, os.path.join(args.out, "curves.png"))
-    test_accuracy = float(np.mean(model.predict(x_test).argmax(axis=1) == y_test))
-    print(f"test accuracy: {test_accuracy:.4f} (last epoch, {state['epoch']}: last.npz)")
+    plot = _save_plot(history, os.path.join(args.out, "curves.png"), metric)
+    final = {"last epoch": (model, f"{state['epoch']}: last.npz")}
     if state["best_epoch"] is not None:
-        best_model = gn.load(best)
-        best_accuracy = float(np.mean(best_model.predict(x_test).argmax(axis=1) == y_test))
-        print(f"test accuracy of the best validation epoch: {best_accuracy:.4f} ({state['best_epoch']}: best.npz)")
+        final["best validation epoch"] = (gn.load(best), f"{state['best_epoch']}: best.npz")
+    for index, (name, (trained_model, where)) in enumerate(final.items()):
+        label = "" if index == 0 else f" of the {name}"
+        if regress:
+            rmse, r2 = _regression_scores(trained_model, x_test, y_test, target)
+            print(f"test RMSE{label}: {rmse:.6g}  test R²: {r2:.4f} ({where})")
+        else:
+            accuracy = float(np.mean(trained_model.predict(x_test).argmax(axis=1) == y_test))
+            print(f"test accuracy{label}: {accuracy:.4f} ({name if index == 0 else 'epoch'} {where})")
     if stopper is not None and stopper.stopped_epoch is not None:
-        print(f"early stopping: no better validation loss for {args.early_stopping} epochs")
-    print(f"wall time: {seconds:.2f} s for {trained} epoch{'s' if trained != 1 else ''} on {backend.name}")
+        print(f"early stopping: no better validation loss for {_plural(args.early_stopping, 'epoch')}")
+    print(f"wall time: {seconds:.2f} s for {_plural(trained, 'epoch')} on {backend.name}")
     print(f"checkpoints: {last}" + (f", {best}" if state["best_epoch"] is not None else ""))
     print(f"curves: {plot}" if plot else "curves: not drawn (pip install 'gpunn[plot]' for a PNG)")
     return 0

@@ -103,10 +103,14 @@ def _version_text(code: int) -> str:
 @functools.cache  # CuPy warns with the reason at the first import only
 def nccl_unavailable_reason() -> str | None:
     """Why NCCL cannot carry gpunn's all-reduce here, or None when it can."""
+    from .backends import cupy_unavailable_reason
+
     try:
         import cupy  # noqa: F401
     except ImportError as error:
         return f"CuPy is not installed ({error}); install gpunn[cuda13] or gpunn[cuda12]"
+    except OSError:  # CuPy's import could not create its kernel cache folder
+        return f"CuPy cannot be imported: {cupy_unavailable_reason()}"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         from cupy.cuda import nccl

@@ -76,15 +76,41 @@ class EarlyStopping:
             model.flat.values[...] = self._best_values
 
 
-def _progress(epochs: int, verbose: int):
-    """A tqdm bar over epochs on a terminal, plain epoch lines without tqdm, nothing when quiet."""
-    if not verbose or not sys.stderr.isatty():
-        return None
+class _Progress:
+    """Per-epoch progress for ``verbose``: 0 nothing; 1 a tqdm bar where one renders (a terminal
+    or a notebook, with tqdm installed), else one plain line per epoch on stderr; 2 a plain line
+    per epoch always."""
+
+    def __init__(self, epochs: int, verbose: int):
+        self.epochs, self.verbose, self.bar = epochs, verbose, None
+        if verbose == 1 and (sys.stderr.isatty() or _in_notebook()):  # noqa: SIM102
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                pass
+            else:
+                self.bar = tqdm(total=epochs, unit="epoch", file=sys.stderr)
+
+    def update(self, epoch: int, logs: dict) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()}, refresh=False)
+            self.bar.update(1)
+        elif self.verbose:
+            print(f"epoch {epoch + 1}/{self.epochs} " + " ".join(f"{k}={v:.4g}" for k, v in logs.items()),
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _in_notebook() -> bool:
+    """True inside a Jupyter kernel, where tqdm.auto draws a widget although stderr is no terminal."""
+    shell = sys.modules.get("IPython")
     try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=epochs, unit="epoch", file=sys.stderr)
+        return type(shell.get_ipython()).__name__ == "ZMQInteractiveShell"
+    except AttributeError:
+        return False
 
 
 def _positive_int(name, value, minimum=1):
@@ -97,7 +123,7 @@ def _seed(seed) -> int:
     if seed is None:
         return int.from_bytes(os.urandom(8), "little") >> 1
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"fit: seed must be an int >= 0 or None, got {seed!r}")
+        raise ValueError(f"fit: seed must be None, an int >= 0, got {seed!r}")
     return seed
 
 
@@ -156,6 +182,10 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
     if initial_epoch >= epochs:
         raise ValueError(f"fit: initial_epoch ({initial_epoch}) must be below epochs ({epochs}): epochs is the "
                          "number of the last epoch, as in Keras")
+    if verbose not in (0, 1, 2):
+        raise ValueError(f"fit: verbose must be 0, 1 or 2, got {verbose!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"fit: callback must be callable as callback(epoch, logs), got {type(callback).__name__}")
     if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
         raise TypeError(f"fit: early_stopping must be a gn.EarlyStopping, got {early_stopping!r}")
     metrics = check_metrics(metrics)
@@ -194,7 +224,7 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
     optimizer.reserve_steps(batches * (epochs - initial_epoch))
     history: dict = {"loss": []}
     best_loss, skipped_before = math.inf, optimizer.skipped_steps
-    bar = _progress(epochs - initial_epoch, verbose)
+    progress = _Progress(epochs, verbose)
     was_training = model.training
     model.train()  # dropout on; the mode found comes back afterwards, also on an error
     try:
@@ -228,18 +258,12 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
                 callback(epoch, logs)
             for key, value in logs.items():
                 history.setdefault(key, []).append(value)
-            if bar is not None:
-                bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()}, refresh=False)
-                bar.update(1)
-            elif verbose and verbose > 1:
-                print(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={v:.4g}" for k, v in logs.items()),
-                      file=sys.stderr)
+            progress.update(epoch, logs)
             if early_stopping is not None and early_stopping.update(epoch, logs, model):
                 break
     finally:
         model.train(was_training)
-        if bar is not None:
-            bar.close()
+        progress.close()
     if early_stopping is not None:
         early_stopping.restore(model)
     return history

@@ -156,7 +156,10 @@ class Dense(Layer):
         self.dtype = backend.check_dtype(dtype)
         self.in_features, self.out_features, self.init = in_features, out_features, init
         if weight is None:
-            generator = backend.random_generator(seed)
+            try:
+                generator = backend.random_generator(seed)
+            except ValueError as error:
+                raise ValueError(f"Dense: {error}") from None
             weight = _initial_weight(init, in_features, out_features, generator, self.dtype)
         weight = self._own_array(weight, (in_features, out_features), "weight")
         bias = backend.zeros((out_features,), self.dtype) if bias is None else \
@@ -166,9 +169,14 @@ class Dense(Layer):
         self._x = self._y = self._saved = self._mask = None
 
     def _own_array(self, array, shape, argument):
-        converted = self.backend.asarray(array, self.dtype)
+        try:
+            converted = self.backend.asarray(array, self.dtype)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"Dense: {argument} cannot be read as a {self.dtype} array: {error}") from None
         if tuple(converted.shape) != shape:
             raise ValueError(f"Dense: {argument} must have shape {shape}, got {tuple(converted.shape)}")
+        if not bool(self.backend.xp.isfinite(converted).all()):
+            raise ValueError(f"Dense: {argument} contains NaN or Inf (or values too large for {self.dtype})")
         return converted.copy()
 
     W = property(lambda self: self.weight.value, doc="The weight matrix (in_features, out_features).")

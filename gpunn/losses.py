@@ -30,9 +30,15 @@ class Loss:
     def forward(self, y, t):
         """The loss as a 0-d device array; ``t`` is checked against ``y`` and moved beside it."""
         backend = backend_of(y)
-        if y.ndim != 2:
-            raise ValueError(f"{type(self).__name__}: outputs must be 2-D (batch, outputs), "
-                             f"got shape {tuple(y.shape)}")
+        if not backend.is_array(y):
+            raise TypeError(f"{type(self).__name__}: outputs must be a {backend.name} array (a model's "
+                            f"forward output), got {type(y).__name__}")
+        if y.dtype.kind != "f":
+            raise TypeError(f"{type(self).__name__}: outputs must be floating point, got dtype {y.dtype} "
+                            "(targets would be cast to it and truncated)")
+        if y.ndim != 2 or y.shape[0] == 0 or y.shape[1] == 0:
+            raise ValueError(f"{type(self).__name__}: outputs must be 2-D (batch, outputs) with at least "
+                             f"one row and one column, got shape {tuple(y.shape)}")
         t = self.prepare_targets(backend, t, y.shape, y.dtype)
         return self._forward(backend, y, t)
 
@@ -49,7 +55,7 @@ class Loss:
 
     def prepare_targets(self, backend, t, output_shape, dtype):
         """Targets of the outputs' shape and dtype; (batch,) is accepted for one output."""
-        t = backend.asarray(t, dtype) if not backend.is_array(t) else t.astype(dtype, copy=False)
+        t = backend.asarray(t, dtype)  # converts device arrays without a copy; refuses complex
         if t.ndim == 1 and output_shape[1] == 1:
             t = t.reshape(-1, 1)
         if tuple(t.shape) != tuple(output_shape):
@@ -79,17 +85,41 @@ class MSELoss(Loss):
         return backend.mse_grad(y, t, 2.0 / y.size, loss_scale)
 
 
-class BCELoss(Loss):
-    """Binary cross-entropy on probabilities, clipped away from 0 and 1 so logs stay finite."""
+DEFAULT_BCE_EPS = {2: 1e-3, 4: 1e-7, 8: 1e-12}  # by itemsize: 1 - eps stays below 1 in each dtype
+
+
+class _BinaryTargets(Loss):
+    """Binary cross-entropy needs targets in [0, 1]: outside it the loss goes negative."""
+
+    def prepare_targets(self, backend, t, output_shape, dtype):
+        t = super().prepare_targets(backend, t, output_shape, dtype)
+        if not bool(((t >= 0) & (t <= 1)).all()):
+            raise ValueError(f"{type(self).__name__}: targets must lie in [0, 1] (probabilities or 0/1 "
+                             f"labels), got {float(t.min()):g}..{float(t.max()):g}")
+        return t
+
+
+class BCELoss(_BinaryTargets):
+    """Binary cross-entropy on probabilities, clipped to [eps, 1 − eps] so logs stay finite.
+
+    ``eps`` defaults to 1e-3 (float16), 1e-7 (float32) or 1e-12 (float64); it must lie in (0, 0.1] and be large
+    enough that 1 − eps differs from 1 in the outputs' dtype.
+    """
 
     def __init__(self, eps: float | None = None):
         super().__init__()
+        if eps is not None and not (isinstance(eps, (int, float)) and not isinstance(eps, bool)
+                                    and 0 < eps <= 0.1):
+            raise ValueError(f"BCELoss: eps must be a number in (0, 0.1] (typically 1e-7), got {eps!r}")
         self.eps = eps
 
     def _forward(self, backend, y, t):
         xp = backend.xp
-        eps = self.eps if self.eps is not None else (1e-7 if y.dtype.itemsize <= 4 else 1e-12)
         y_computed, t = _computed(y), _computed(t)
+        eps = self.eps if self.eps is not None else DEFAULT_BCE_EPS[y.dtype.itemsize]
+        if float(y_computed.dtype.type(1) - y_computed.dtype.type(eps)) == 1.0:
+            raise ValueError(f"BCELoss: eps={eps:g} vanishes next to 1 in {y_computed.dtype} (1 - eps == 1, so "
+                             "log(1 - p) can be -inf); use a larger eps")
         p = xp.clip(y_computed, eps, 1 - eps)
         self._saved = (y, y_computed, p, t, eps)
         return -(t * xp.log(p) + (1 - t) * xp.log(1 - p)).mean()
@@ -104,7 +134,7 @@ class BCELoss(Loss):
         return grad.astype(y.dtype, copy=False)
 
 
-class BCEWithLogitsLoss(Loss):
+class BCEWithLogitsLoss(_BinaryTargets):
     """Binary cross-entropy on logits, stable for any logit; its gradient is σ(z) − y."""
 
     takes_logits = True

@@ -105,7 +105,7 @@ class Sequential:
             raise ValueError(f"{name} has {array.shape[1]} features but the model expects "
                              f"{self.in_features}")
         if check_finite and not bool(backend.xp.isfinite(array).all()):
-            raise ValueError(f"{name} contains NaN or Inf")
+            raise ValueError(f"{name} contains NaN or Inf (or values too large for {self.dtype})")
         return array
 
     def forward(self, X):
@@ -129,10 +129,13 @@ class Sequential:
                                        or batch_size < 1):
             raise ValueError(f"predict: batch_size must be a positive int or None, got {batch_size!r}")
         x = self.as_input(X)
-        with evaluation_mode(self):
+        # Evaluation mode, on buffers of its own: a predict between forward and backward leaves
+        # what backward needs untouched.
+        with evaluation_mode(self), self._inference_state():
             if batch_size is None or batch_size >= x.shape[0]:
                 return self._forward(x).copy()
-            result = self.backend.empty((x.shape[0], self.out_features), self.dtype)
+            width = self.out_features if self.out_features is not None else x.shape[1]  # activations only
+            result = self.backend.empty((x.shape[0], width), self.dtype)
             for start in range(0, x.shape[0], batch_size):
                 result[start:start + batch_size] = self._forward(x[start:start + batch_size])
             return result
@@ -171,6 +174,22 @@ class Sequential:
             raise ValueError("evaluate: X has no rows")
         return evaluate_prepared(self, x, t, loss, metrics, batch_size)
 
+    @contextlib.contextmanager
+    def _inference_state(self):
+        """Swap every layer's saved state (buffers, saved inputs and outputs) for a separate
+        set while inside, and put the training state back after."""
+        layers = self.all_layers()  # nested ones (inside Residual) too
+        saved = [dict(vars(layer)) for layer in layers]
+        for layer in layers:
+            layer._buffers = layer.__dict__.get("_inference_buffers", {})
+        try:
+            yield
+        finally:
+            for layer, state in zip(layers, saved):
+                inference = layer._buffers
+                vars(layer).clear()
+                vars(layer).update(state, _inference_buffers=inference)
+
     def fit(self, X, T, *, loss, optimizer, **options):
         """Train; see ``gpunn.fit.fit`` for the options (validation, metrics, early stopping, resume)."""
         from .fit import fit
@@ -178,7 +197,8 @@ class Sequential:
         return fit(self, X, T, loss=loss, optimizer=optimizer, **options)
 
     def save(self, path, extras: dict | None = None, optimizer=None) -> None:
-        """Write architecture, weights, optional host ``extras`` and the optimizer's state atomically."""
+        """Write architecture, weights, host ``extras`` (default: ``self.extras``) and the optimizer's
+        state to ``path`` atomically; see ``gpunn.io.save``."""
         from .io import save
 
         save(self, path, extras=extras, optimizer=optimizer)

@@ -10,6 +10,23 @@ class TrainingDiverged(FloatingPointError):
     """The loss or the parameters became NaN or Inf."""
 
 
+def _loss_type():
+    from .losses import Loss
+
+    return Loss
+
+
+def _check_instance(argument: str, value, kind, example: str) -> None:
+    """A TypeError that names the fix for the usual slips: a class for an instance, a string."""
+    if isinstance(value, kind):
+        return
+    if isinstance(value, type):
+        raise TypeError(f"{argument} must be an instance such as {example}, got the class {value.__name__} itself "
+                        "(add the parentheses)")
+    raise TypeError(f"{argument} must be a gpunn {argument} such as {example}, got {type(value).__name__} "
+                    f"{value!r:.40}")
+
+
 class TrainStep:
     """One optimizer step on a batch: forward, loss, backward, update; the loss comes back on the device.
 
@@ -28,14 +45,8 @@ class TrainStep:
     """
 
     def __init__(self, model, loss, optimizer, graph: bool = False, data_parallel=None):
-        from .losses import Loss
-
-        if not isinstance(loss, Loss):
-            raise TypeError(f"TrainStep: loss must be a gpunn loss instance such as gn.MSELoss(), got {loss!r}"
-                            + (" (a class: add parentheses)" if isinstance(loss, type) else ""))
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"TrainStep: optimizer must be a gpunn optimizer such as gn.Adam(), got {optimizer!r}"
-                            + (" (a class: add parentheses)" if isinstance(optimizer, type) else ""))
+        _check_instance("loss", loss, _loss_type(), "gn.MSELoss()")
+        _check_instance("optimizer", optimizer, Optimizer, "gn.Adam()")
         if model.out_features is None:
             raise ValueError("TrainStep: the model has no Dense layer to train")
         if graph and not model.backend.supports_graphs:
@@ -57,20 +68,11 @@ class TrainStep:
 
     @staticmethod
     def prepare_data(model, loss, X, T):
-        from .losses import Loss
-
-        if not isinstance(loss, Loss):
-            raise TypeError(f"loss must be a gpunn loss instance such as gn.MSELoss(), got {loss!r}"
-                            + (" (a class: add parentheses)" if isinstance(loss, type) else ""))
+        _check_instance("loss", loss, _loss_type(), "gn.MSELoss()")
         x = model.as_input(X, "X")
-        shape = getattr(T, "shape", None)
-        if shape is not None and len(shape):
-            rows = shape[0]
-        else:
-            try:
-                rows = len(T)
-            except TypeError:
-                raise TypeError(f"T must be an array of targets with one row per row of X, got {T!r}") from None
+        if not hasattr(T, "__len__") or getattr(T, "ndim", 1) == 0 or isinstance(T, (str, bytes)):
+            raise ValueError(f"T must hold one target per row of X, got {type(T).__name__} {T!r:.40}")
+        rows = T.shape[0] if hasattr(T, "shape") else len(T)
         if rows != x.shape[0]:
             raise ValueError(f"X has {x.shape[0]} rows but T has {rows}")
         t = loss.prepare_targets(model.backend, T, (x.shape[0], model.out_features), model.dtype)
@@ -119,7 +121,7 @@ class _RecordedStep:
         backend = train_step.model.backend
         self.train_step = train_step
         self.x, self.t = backend.empty(x.shape, x.dtype), backend.empty(t.shape, t.dtype)
-        self.graph = self.key = self.keep_alive = None
+        self.graph = self.key = self.keep_alive = self.outputs = None
 
     def fits(self, x, t) -> bool:
         return x.shape == self.x.shape and t.shape == self.t.shape and t.dtype == self.t.dtype
@@ -155,8 +157,10 @@ class _RecordedStep:
             self.key = key
             # An eager batch of another shape may replace layer buffers; the graph keeps its own.
             self.keep_alive = self._arrays()
+            self.outputs = train_step.outputs  # the recorded forward's output buffer
             return value.copy()
         self.graph.replay()
+        train_step.outputs = self.outputs  # replays write the recorded buffers, not the last eager ones
         train_step.optimizer.count_replayed_step()
         for parameter in train_step.model.parameters():
             parameter.grad_valid = True

@@ -7,17 +7,17 @@ import pytest
 from gpunn import bench, cli
 
 
-def test_quick_suite_runs_and_writes_the_report(tmp_path, capsys):
+def test_quick_suite_runs_and_writes_the_report(tmp_path, capfd):
     code = cli.main(["bench", "--quick", "--backend", "numpy", "--max-time", "0.001", "--min-rounds", "1",
                      "--passes", "2", "--out", str(tmp_path)])
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     assert code == 0
     reports = list(tmp_path.glob("*.md"))
     assert len(reports) == 1 and reports[0].name.startswith("cpu-")
     text = reports[0].read_text()
     for group in ("ceiling", "matmul", "activation", "dense", "train-step", "epoch"):
         assert f"## {group}" in text, group
-    assert "cpu copy:" in text and "cpu matmul:" in text and "CPU step/GEMMs" in text
+    assert "cpu copy 2^16:" in text and "cpu copy 2^24:" in text and "cpu matmul:" in text and "CPU step/GEMMs" in text
     launches = text.split("## launches per train step")[1]
     assert all(f"| {case} | " in launches for case in ("S", "CPU")), launches
     assert "## distributed" in text and "2-rank all-reduce/step" in text  # mpiexec on 1 and 2 ranks
@@ -29,16 +29,20 @@ def test_quick_suite_runs_and_writes_the_report(tmp_path, capsys):
     assert not list(tmp_path.glob(".raw-*")), "the raw pass files are merged, then removed"
     assert reports[0].with_suffix(".png").stat().st_size > 1000
     assert f"report: {reports[0]}" in out
+    # only the report reaches the screen; pytest's own tables are kept beside it
+    assert out.startswith("# gpunn benchmarks") and "Name (time in" not in out and "passed" not in out
+    log = reports[0].with_suffix(".log").read_text()
+    assert "=== pass 2 ===" in log and "Name (time in" in log
 
 
-def row(group, case, impl, median, device="cpu", flops=0, moved=0, tf32=False):
+def row(group, case, impl, median, device="cpu", flops=0, moved=0, tf32=False, elements=None):
     return {"group": group, "case": case, "impl": impl, "device": device, "device_name": "x", "median": median,
-            "flops": flops, "bytes": moved, "tf32": tf32, "threads": 2, "versions": {}}
+            "flops": flops, "bytes": moved, "tf32": tf32, "threads": 2, "versions": {}, "elements": elements}
 
 
 def test_ratios_and_fractions():
     rows = [row("ceiling", "matmul-1", "gpunn-numpy", 1.0, flops=100.0),
-            row("ceiling", "copy-1", "gpunn-numpy", 1.0, moved=50.0),
+            row("ceiling", "copy-2^24", "gpunn-numpy", 1.0, moved=50.0),
             row("train-step", "S", "gpunn-numpy", 2.0, flops=100.0),
             row("train-step", "S", "torch-cpu", 3.0, flops=100.0),
             row("train-step", "S", "gemm-floor-cpu", 1.6, flops=100.0),
@@ -58,3 +62,24 @@ def test_bench_without_pytest_benchmark_says_how_to_install(monkeypatch, tmp_pat
     monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(RuntimeError, match=r"pip install 'gpunn\[bench\]'"):
         bench.run_suite(tmp_path, True, "gpunn-numpy", [], None, 1, 0.001, 1)
+
+
+def test_a_case_in_cache_is_judged_against_a_copy_in_cache():
+    """The 197% bug: a 2^16-element activation (in cache) was judged against a 2^24-element copy
+    (through DRAM). Each bytes-bound case now meets the copy of its own size."""
+    rows = [row("ceiling", "copy-2^16", "gpunn-numpy", 1.0, moved=300.0),  # cache: fast
+            row("ceiling", "copy-2^24", "gpunn-numpy", 1.0, moved=100.0),  # DRAM: slow
+            row("activation", "tanh backward 2^16", "gpunn-numpy", 1.0, moved=200.0, elements=2**16),
+            row("activation", "tanh backward 2^24", "gpunn-numpy", 1.0, moved=80.0, elements=2**24),
+            row("activation", "tanh backward 2^20", "gpunn-numpy", 1.0, moved=60.0, elements=2**20)]
+    fractions = {line["case"]: line["fraction"]["gpunn-numpy"] for line in bench.summarise(rows)}
+    assert fractions["tanh backward 2^16"] == pytest.approx(2 / 3)  # was 200%
+    assert fractions["tanh backward 2^24"] == pytest.approx(0.8)
+    assert fractions["tanh backward 2^20"] == pytest.approx(0.6)  # no copy of its size: the largest
+
+
+def test_unknown_peers_and_empty_selections_say_so(tmp_path):
+    with pytest.raises(RuntimeError, match="unknown peer\\(s\\) 'bogus'.*choose from gpunn-numpy"):
+        bench.run_suite(tmp_path, True, "gpunn-numpy,bogus", [], None, 1, 0.001, 1)
+    with pytest.raises(RuntimeError, match="measured nothing .*check --peers, --case and -k"):
+        bench.run_suite(tmp_path, True, "gpunn-numpy", ["matmul"], "no_such_case", 1, 0.001, 1)

@@ -87,7 +87,7 @@ def test_early_stopping_stops_and_reports(capsys, tmp_path):
     code, out, err = train(capsys, tmp_path, "--early-stopping", "1", "--epochs", "60", "--lr", "0.01")
     assert code == 0, err
     run = json.loads(str(gn.load(tmp_path / "last.npz").extras["run"]))
-    assert run["epoch"] < 60 and "early stopping: no better validation loss for 1 epochs" in out
+    assert run["epoch"] < 60 and "early stopping: no better validation loss for 1 epoch\n" in out
 
 
 @pytest.mark.parametrize("options,message", [

@@ -1,5 +1,6 @@
 """Sequential, fit, SGD and predict: behaviour beyond the maths of single ops."""
 
+import re
 import sys
 
 import numpy as np
@@ -146,13 +147,16 @@ def test_he_and_xavier_initialisation_scales(backend):
     assert backend.to_numpy(gn.Dense(3, 2).b).tolist() == [0, 0]
 
 
-@pytest.mark.parametrize("verbose,on_terminal,shown", [(1, True, True), (0, True, False), (1, False, False)])
-def test_progress_bar_only_on_a_terminal(backend, rng, capsys, monkeypatch, verbose, on_terminal, shown):
+@pytest.mark.parametrize("verbose,on_terminal,shown", [(1, True, "bar"), (0, True, None), (0, False, None),
+                                                       (1, False, "lines"), (2, True, "lines")])
+def test_progress_bar_on_a_terminal_lines_elsewhere(backend, rng, capsys, monkeypatch, verbose, on_terminal, shown):
     pytest.importorskip("tqdm")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: on_terminal, raising=False)
     make_model().fit(rng.normal(size=(8, 4)), rng.integers(0, 3, size=8), loss=gn.SoftmaxCrossEntropyLoss(),
                      optimizer=gn.SGD(lr=0.1), epochs=2, verbose=verbose)
-    assert ("2/2" in capsys.readouterr().err) == shown
+    err = capsys.readouterr().err
+    assert ("2/2 [" in err) == (shown == "bar")  # tqdm's counter and timing
+    assert (len(re.findall(r"^epoch \d/2 loss=\d", err, re.M)) == 2) == (shown == "lines")
 
 
 def test_train_step_equals_the_manual_step(backend, rng):
@@ -170,3 +174,24 @@ def test_train_step_equals_the_manual_step(backend, rng):
         np.testing.assert_allclose(backend.to_numpy(a.value), backend.to_numpy(b.value), rtol=1e-12)
     with pytest.raises(ValueError, match="X has 6 rows but T has 5"):
         step.prepare(x, labels[:5])
+
+
+def test_progress_bar_in_a_notebook(monkeypatch):
+    """In Jupyter stderr is no terminal, yet tqdm.auto draws there: verbose=1 shows the bar."""
+    pytest.importorskip("tqdm")
+
+    class ZMQInteractiveShell:  # what get_ipython() returns inside a Jupyter kernel
+        pass
+
+    fake_ipython = type(sys)("IPython")
+    fake_ipython.get_ipython = ZMQInteractiveShell
+    monkeypatch.setitem(sys.modules, "IPython", fake_ipython)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    from gpunn import fit as training
+
+    assert training._in_notebook()
+    progress = training._Progress(2, verbose=1)
+    try:
+        assert progress.bar is not None
+    finally:
+        progress.close()

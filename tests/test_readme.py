@@ -1,5 +1,6 @@
 """The README's commands are the ones that exist: CI runs exactly its test command."""
 
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -13,8 +14,16 @@ def readme_commands():
 
 def test_ci_runs_the_readme_test_command():
     install_and_run, test_command = readme_commands()
-    assert install_and_run.startswith("pip install") and install_and_run.endswith("gpunn train")
+    # the first command works from nothing: a fresh environment, the extra train needs, then train
+    assert install_and_run.startswith("python3 -m venv .venv && . .venv/bin/activate && pip install")
+    assert install_and_run.endswith('pip install ".[data]" && gpunn train')
     assert test_command in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_the_first_commands_extra_has_everything_train_uses():
+    line = next(line for line in (ROOT / "pyproject.toml").read_text().splitlines() if line.startswith("data = ["))
+    names = set(re.findall(r'"([A-Za-z0-9_.-]+)[<>=!~]', line))  # tomllib needs Python 3.11
+    assert {"scikit-learn", "tqdm", "matplotlib"} <= names  # digits, progress, curves.png
 
 
 def test_readme_api_example_runs(tmp_path, monkeypatch):

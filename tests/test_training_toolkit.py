@@ -80,8 +80,8 @@ def test_bad_hyperparameters_are_refused():
                           (lambda: gn.schedules.StepDecay(0.1, step_size=0), "step_size must be an int")):
         with pytest.raises(ValueError, match=message):
             make()
-    with pytest.raises(TypeError, match="a class: add parentheses"):
-        gn.TrainStep(gn.Sequential(gn.Dense(2, 1)), gn.MSELoss, gn.SGD())
+    with pytest.raises(TypeError, match="add the parentheses"):
+        gn.TrainStep(gn.Sequential(gn.Dense(2, 1)), gn.MSELoss, gn.SGD())  # noqa: the class, not an instance
 
 
 # --- optimizer state and resume ---------------------------------------------------------------
@@ -190,7 +190,7 @@ def test_fit_arguments_are_checked(backend, rng):
     for options, message in (({"initial_epoch": 3, "epochs": 3}, "initial_epoch"),
                              ({"metrics": ("f1",)}, "unknown metric 'f1'"),
                              ({"validation_data": x}, "validation_data must be a pair"),
-                             ({"seed": -1}, "seed must be an int >= 0")):
+                             ({"seed": -1}, "seed must be None, an int >= 0")):
         with pytest.raises(ValueError, match=message):
             model.fit(x, labels, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=gn.SGD(), verbose=0, **options)
     with pytest.raises(ValueError, match="X has no rows"):

@@ -35,6 +35,22 @@ class DropoutMask:
         return self.key & 0xFFFFFFFFFFFFFFFF, self.key >> 64
 
 
+def refuse_complex(x, dtype) -> None:
+    """Complex data cast to a real dtype loses its imaginary part with only a warning: refuse it."""
+    if dtype is not None and np.dtype(dtype).kind != "c" and np.iscomplexobj(x):
+        raise TypeError(f"complex values cannot become {np.dtype(dtype).name}: the imaginary part would be "
+                        "lost; pass x.real or abs(x) explicitly")
+
+
+def check_seed(seed):
+    """``seed`` if NumPy's generators take it (None, an int >= 0, or a sequence of them)."""
+    try:
+        np.random.SeedSequence(seed)
+    except (TypeError, ValueError):
+        raise ValueError(f"seed must be None, an int >= 0 or a tuple of them, got {seed!r}") from None
+    return seed
+
+
 class HostSeededGenerator:
     """A seedable generator that draws on the host and places the result on the backend.
 
@@ -45,7 +61,7 @@ class HostSeededGenerator:
 
     def __init__(self, backend: "Backend", seed: int | None):
         self._backend = backend
-        self._rng = np.random.default_rng(seed)
+        self._rng = np.random.default_rng(check_seed(seed))
 
     def normal(self, shape, std: float, dtype):
         return self._backend.asarray(self._rng.normal(0.0, std, size=shape), dtype)

@@ -20,7 +20,7 @@ from ..kernel_source import kernel_source
 from ..optim.rules import RULES
 from . import cublas, get_matmul_precision
 from .activations import REGISTRY
-from .base import Backend, as_activation_function
+from .base import Backend, as_activation_function, refuse_complex
 
 # Storage dtype -> (compute dtype name for kernel signatures, C++ compute type).
 _COMPUTE = {"float16": ("float32", "float"), "float32": ("float32", "float"), "float64": ("float64", "double")}
@@ -79,6 +79,7 @@ class CupyBackend(Backend):
         return isinstance(x, cupy.ndarray)
 
     def asarray(self, x, dtype=None):
+        refuse_complex(x, dtype)
         return cupy.asarray(x, dtype=dtype)
 
     def to_numpy(self, x):

@@ -6,7 +6,7 @@ import functools
 
 import numpy as np
 
-from .base import Backend, as_activation_function
+from .base import Backend, as_activation_function, refuse_complex
 from .numpy_activations import TWINS, _sigmoid_inplace
 
 
@@ -96,6 +96,7 @@ class NumpyBackend(Backend):
     def asarray(self, x, dtype=None):
         if hasattr(x, "__cuda_array_interface__"):
             raise _foreign_array_error(x, self.name)
+        refuse_complex(x, dtype)
         return np.asarray(x, dtype=dtype)
 
     def to_numpy(self, x):
