@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import TRAIN_CONFIGS, GpunnPeer, TorchPeer  # noqa: E402
+from peers import GpunnPeer, TorchPeer, train_case  # noqa: E402
 
 #: The launch overhead of the model in benchmarks/PERF.md: a prediction's parameter, not a measurement.
 LAUNCH_MICROSECONDS = 5.0
@@ -36,19 +36,13 @@ def scaled(config, limit: int = 16):
                                batch=min(config.batch, limit))
 
 
-def case_config(case: str):
-    """(config, dtype) of a train-step case name such as "S", "L-tf32" or "L-fp16"."""
-    name, _, variant = case.partition("-")
-    return TRAIN_CONFIGS[name], "float16" if variant == "fp16" else "float32"
-
-
 def gpunn_launches(case: str) -> dict:
     """Device operations per kind in one eager gpunn step on the CuPy backend (the stand-in)."""
     from gpunn.testing import cupy_standin
 
-    config, dtype = case_config(case)
+    config, dtype, _, optimizer = train_case(case)
     with cupy_standin.installed() as standin:
-        step, x, t = GpunnPeer("cupy").build_train_step(scaled(config), dtype, np.random.default_rng(0))
+        step, x, t = GpunnPeer("cupy").build_train_step(scaled(config), dtype, np.random.default_rng(0), optimizer)
         step(x, t)  # the first step makes the buffers
         return dict(standin.count(lambda: step(x, t)))
 
@@ -60,8 +54,8 @@ def torch_operators(case: str) -> int | None:
         from torch.profiler import ProfilerActivity, profile
     except ImportError:
         return None
-    config, dtype = case_config(case)
-    step = TorchPeer("cpu").train_step(scaled(config), dtype, np.random.default_rng(0))
+    config, dtype, _, optimizer = train_case(case)
+    step = TorchPeer("cpu").train_step(scaled(config), dtype, np.random.default_rng(0), optimizer)
     step()
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         step()
@@ -88,4 +82,4 @@ def markdown(cases) -> str:
 
 
 if __name__ == "__main__":
-    print(markdown(sys.argv[1:] or ["S", "M", "L", "L-fp16", "CPU"]))
+    print(markdown(sys.argv[1:] or ["S", "M", "L", "L-fp16", "CPU", "S-adam", "L-adam"]))

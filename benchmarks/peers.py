@@ -2,7 +2,8 @@
 
 Each peer builds a zero-argument ``step`` for a case; a step does the work and waits for the
 device, so a host timer around it is honest. Shapes, dtype, initialisation (xavier/glorot for
-sigmoid and tanh, he for relu, zero biases) and optimizer (SGD, momentum 0.9) match across peers.
+sigmoid and tanh, he for relu, zero biases) and optimizer (SGD with momentum 0.9, or Adam/AdamW
+with torch's defaults; torch.optim runs its foreach implementation) match across peers.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ import gpunn as gn
 from gpunn.backends import cupy_unavailable_reason, resolve_backend
 
 LR, MOMENTUM = 0.01, 0.9
+#: optimizer name -> (gpunn optimizer, torch.optim class and keyword arguments); the same settings.
+OPTIMIZERS = {
+    "sgd": (lambda: gn.SGD(lr=LR, momentum=MOMENTUM), ("SGD", {"lr": LR, "momentum": MOMENTUM})),
+    "adam": (lambda: gn.Adam(lr=1e-3), ("Adam", {"lr": 1e-3, "foreach": True})),
+    "adamw": (lambda: gn.AdamW(lr=1e-3, weight_decay=0.01), ("AdamW", {"lr": 1e-3, "weight_decay": 0.01,
+                                                                       "foreach": True})),
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,15 @@ TRAIN_CONFIGS = {
     "CPU": TrainConfig((784, 1024, 1024, 10), "tanh", "mse", 256),
     "GELU": TrainConfig((784, 1024, 1024, 10), "gelu", "mse", 256),
 }
+
+
+def train_case(case: str, dtype: str = "float32"):
+    """(config, dtype, tf32, optimizer) for a case name such as "L", "L-tf32", "L-fp16" or "S-adam"."""
+    name, _, variant = case.partition("-")
+    optimizer = variant if variant in ("adam", "adamw") else "sgd"
+    return TRAIN_CONFIGS[name], "float16" if variant == "fp16" else dtype, variant == "tf32", optimizer
+
+
 TORCH_ACTIVATIONS = {"tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "ReLU", "gelu": "GELU", "silu": "SiLU"}
 
 
@@ -161,7 +178,7 @@ class GpunnPeer(Peer):
 
         return self._synced(work)
 
-    def build_train_step(self, config: TrainConfig, dtype, rng):
+    def build_train_step(self, config: TrainConfig, dtype, rng, optimizer: str = "sgd"):
         with gn.use_backend(self.backend_name):
             layers = []
             pairs = list(zip(config.sizes, config.sizes[1:]))
@@ -172,12 +189,12 @@ class GpunnPeer(Peer):
                     layers.append(gn.layers.ACTIVATION_LAYERS[config.activation]())
             model = gn.Sequential(*layers)
             loss = gn.SoftmaxCrossEntropyLoss() if config.loss == "softmax-ce" else gn.MSELoss()
-            train_step = gn.TrainStep(model, loss, gn.SGD(lr=LR, momentum=MOMENTUM), graph=self.graph)
+            train_step = gn.TrainStep(model, loss, OPTIMIZERS[optimizer][0](), graph=self.graph)
             x, t = train_step.prepare(rng.normal(size=(config.batch, config.sizes[0])), _targets(config, rng))
         return train_step, x, t
 
-    def train_step(self, config: TrainConfig, dtype, rng):
-        train_step, x, t = self.build_train_step(config, dtype, rng)
+    def train_step(self, config: TrainConfig, dtype, rng, optimizer: str = "sgd"):
+        train_step, x, t = self.build_train_step(config, dtype, rng, optimizer)
         return self._synced(lambda: train_step(x, t))
 
     def gemm_floor(self, config: TrainConfig, dtype, rng):
@@ -337,10 +354,11 @@ class TorchPeer(Peer):
 
         return self._synced(work)
 
-    def train_step(self, config: TrainConfig, dtype, rng):
+    def train_step(self, config: TrainConfig, dtype, rng, optimizer: str = "sgd"):
         torch = self.torch
         model = self._mlp(config.sizes, config.activation, dtype)
-        optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+        name, options = OPTIMIZERS[optimizer][1]
+        optimizer = getattr(torch.optim, name)(model.parameters(), **options)
         loss_fn = torch.nn.CrossEntropyLoss() if config.loss == "softmax-ce" else torch.nn.MSELoss()
         x = self._random((config.batch, config.sizes[0]), dtype, rng)
         targets = _targets(config, rng)

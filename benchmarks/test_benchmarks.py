@@ -10,7 +10,7 @@ import contextlib
 import pytest
 
 import gpunn as gn
-from peers import PEERS, TRAIN_CONFIGS
+from peers import PEERS, TRAIN_CONFIGS, train_case
 
 DTYPE = "float32"
 ITEMSIZE = 4
@@ -120,28 +120,23 @@ def test_dense(benchmark, peer, case, activation, rng, threads):
             f"{activation} {case}", threads, flops=3 * 2 * batch * inputs * outputs)
 
 
-TRAIN_CASES = {"quick": ["S", "CPU", "GELU"], "cpu": ["S", "CPU", "GELU", "M"],
-               "gpu": ["S", "M", "L", "L-tf32", "L-fp16", "CPU", "GELU"]}
-
-
-def train_case(case):
-    """(config, dtype, tf32) for a case name such as "L", "L-tf32" or "L-fp16"."""
-    name, _, variant = case.partition("-")
-    return TRAIN_CONFIGS[name], "float16" if variant == "fp16" else DTYPE, variant == "tf32"
+TRAIN_CASES = {"quick": ["S", "CPU", "GELU", "CPU-adam"], "cpu": ["S", "CPU", "GELU", "M", "S-adam", "CPU-adam",
+                                                                  "CPU-adamw"],
+               "gpu": ["S", "M", "L", "L-tf32", "L-fp16", "CPU", "GELU", "S-adam", "L-adam"]}
 
 
 @cases(graphs=True, **TRAIN_CASES)
 def test_train_step(benchmark, peer, case, rng, threads):
-    config, dtype, tf32 = train_case(case)
+    config, dtype, tf32, optimizer = train_case(case, DTYPE)
     with precision(peer, tf32):
-        measure(benchmark, peer, peer.train_step(config, dtype, rng), "train-step", case, threads,
+        measure(benchmark, peer, peer.train_step(config, dtype, rng, optimizer), "train-step", case, threads,
                 flops=config.gemm_flops(), tf32=tf32, dtype=dtype, sizes=list(config.sizes), batch=config.batch)
 
 
 @cases(peers={"gpunn"}, **TRAIN_CASES)
 def test_train_step_gemm_floor(benchmark, peer, case, rng, threads):
     """The step's GEMMs alone, timed in the same run: the floor a training step is judged against."""
-    config, dtype, tf32 = train_case(case)
+    config, dtype, tf32, _ = train_case(case, DTYPE)
     with precision(peer, tf32):
         measure(benchmark, peer, peer.gemm_floor(config, dtype, rng), "train-step", case, threads,
                 impl=f"gemm-floor-{peer.device}", flops=config.gemm_flops(), tf32=tf32, dtype=dtype)

@@ -153,6 +153,21 @@ def make_optimizer(args, steps_per_epoch: int):
     return getattr(gn, OPTIMIZER_CHOICES[args.optimizer])(**options)
 
 
+def describe_optimizer(args) -> str:
+    """One line for the run's header: optimizer, rate, schedule, decay, clipping."""
+    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+    parts = [f"{OPTIMIZER_CHOICES[args.optimizer]} lr={lr:g}"]
+    if args.optimizer == "sgd":
+        parts.append(f"momentum={args.momentum:g}")
+    if args.schedule != "constant":
+        parts.append(f"{args.schedule} schedule" + (f" after {args.warmup_steps} warmup steps" if args.warmup_steps else ""))
+    if args.weight_decay:
+        parts.append(f"weight decay {args.weight_decay:g}")
+    if args.max_grad_norm:
+        parts.append(f"clipped to norm {args.max_grad_norm:g}")
+    return " ".join(parts[:1]) + "".join(f", {part}" for part in parts[1:])
+
+
 def _save_plot(history: dict, path: str, metric: str) -> str | None:
     try:
         import matplotlib
@@ -337,7 +352,7 @@ def command_train(args) -> int:
         f"{len(test_rows)} test rows, {dataset.X.shape[1]} features, "
         + ("a numeric target" if regress else f"{outputs} classes") + "; "
         f"{'-'.join(str(n) for n in [dataset.X.shape[1], *args.hidden, outputs])} {args.activation} MLP, "
-        f"{loss_name}, {optimizer!r}, {args.dtype} on {backend.name}"
+        f"{loss_name}, {describe_optimizer(args)}, {args.dtype} on {backend.name}"
         + (f", data-parallel over {world.size} ranks (global batch {args.batch_size})" if world else "")
         + (f"; resuming after epoch {state['epoch']}" if run else ""))
 
@@ -382,7 +397,8 @@ def command_train(args) -> int:
             warnings.simplefilter("ignore", gn.TrainingWarning)  # printed per epoch instead
             fit_history = model.fit(x_train, targets, loss=loss, optimizer=optimizer, epochs=args.epochs,
                                     initial_epoch=state["epoch"], batch_size=args.batch_size, seed=args.seed,
-                                    verbose=0 if args.quiet else 1, callback=after_epoch, graph=args.graph,
+                                    verbose=1 if sys.stderr.isatty() and not args.quiet else 0,  # a bar only
+                                    callback=after_epoch, graph=args.graph,
                                     distributed=args.distributed, metrics=(metric,),
                                     validation_data=validation, early_stopping=stopper)
     except MemoryError:
