@@ -406,18 +406,16 @@ def _bce_with_logits_loss(_, dtype):
         "gpunn_bce_with_logits_mean_kernel", preamble=kernel_source("losses.cuh"))
 
 
-def _mse_grad(_, dtype):
-    compute_name, compute = _COMPUTE[dtype]
-    return _elementwise(f"T y, T t, {compute_name} scale, raw float64 loss_scale", "T grad",
-                        f"grad = (T) gpunn_mse_grad(({compute}) y, ({compute}) t, scale * ({compute}) loss_scale[0])",
-                        "gpunn_mse_grad_kernel", "losses.cuh")
+def _loss_gradient(function: str):
+    """A loss head's gradient ``function(y, t, scale·loss_scale)``, in the compute type: the
+    mean's small factor and the float16 loss scale meet before anything is rounded to storage."""
+    def build(_, dtype):
+        compute_name, compute = _COMPUTE[dtype]
+        return _elementwise(f"T y, T t, {compute_name} scale, raw float64 loss_scale", "T grad",
+                            f"grad = (T) {function}(({compute}) y, ({compute}) t, scale * ({compute}) loss_scale[0])",
+                            f"{function}_kernel", "losses.cuh")
 
-
-def _bce_with_logits_grad(_, dtype):
-    compute_name, compute = _COMPUTE[dtype]
-    return _elementwise(f"T z, T t, {compute_name} scale, raw float64 loss_scale", "T grad",
-                        f"grad = (T) gpunn_bce_with_logits_grad(({compute}) z, ({compute}) t, "
-                        f"scale * ({compute}) loss_scale[0])", "gpunn_bce_with_logits_grad_kernel", "losses.cuh")
+    return build
 
 
 def _softmax_cross_entropy_grad(_, dtype):
@@ -576,11 +574,11 @@ KERNELS: dict[str, KernelSpec] = {
                                         Arg("float64", "raw")), dtypes=("float32", "float64")),
     "sum_of_squares": KernelSpec(_sum_of_squares, lambda v, d: (Arg(d, "matrix"), Arg(_compute_name(d), "rows"))),
     "norm_of_partials": KernelSpec(_norm_of_partials, lambda v, d: (Arg(d), Arg(d)), dtypes=("float32", "float64")),
-    "mse_grad": KernelSpec(_mse_grad, lambda v, d: (Arg(d), Arg(d), Arg(_compute_name(d), "scalar"),
+    "mse_grad": KernelSpec(_loss_gradient("gpunn_mse_grad"), lambda v, d: (Arg(d), Arg(d), Arg(_compute_name(d), "scalar"),
                                                  Arg("float64", "raw"), Arg(d))),
     "bce_with_logits_loss": KernelSpec(_bce_with_logits_loss, lambda v, d: (Arg(d), Arg(d), Arg(_compute_name(d)))),
     "bce_with_logits_grad": KernelSpec(
-        _bce_with_logits_grad, lambda v, d: (Arg(d), Arg(d), Arg(_compute_name(d), "scalar"), Arg("float64", "raw"),
+        _loss_gradient("gpunn_bce_with_logits_grad"), lambda v, d: (Arg(d), Arg(d), Arg(_compute_name(d), "scalar"), Arg("float64", "raw"),
                                           Arg(d))),
     "softmax_cross_entropy_grad": KernelSpec(
         _softmax_cross_entropy_grad, lambda v, d: (Arg(d), Arg(d, "column"), Arg("int64", "column"),
