@@ -257,3 +257,25 @@ def test_non_finite_parameters_end_training(backend, rng):
     model = mlp(backend)
     with pytest.raises(gn.TrainingDiverged, match="parameters became NaN or Inf in epoch 1"):
         model.fit(x, np.full((20, 3), 1e6), loss=gn.MSELoss(), optimizer=gn.SGD(lr=1e308), verbose=0)
+
+
+# --- launches on the GPU, counted by the CuPy stand-in -------------------------------------------
+@pytest.mark.parametrize("make,dtype,expected", [
+    (lambda: gn.SGD(lr=0.1, momentum=0.9), "float32", 2),           # one fused update + the counters
+    (lambda: gn.AdamW(lr=1e-3), "float64", 2),
+    (lambda: gn.Adam(lr=1e-3, max_grad_norm=1.0), "float32", 4),    # + the norm's two reductions
+    (lambda: gn.Adam(lr=1e-3), "float16", 4),                       # float16: the overflow check's norm
+])
+def test_one_update_launch_for_the_whole_model(make, dtype, expected):
+    """However many parameter arrays, an optimizer step is one update kernel over the flat buffer,
+    plus a one-thread counter kernel (and two reductions when it needs the gradient norm)."""
+    from gpunn.testing import cupy_standin
+
+    with cupy_standin.installed() as standin:
+        model = mlp("cupy", dtype=dtype, widths=(6, 12, 8, 5, 3))  # 8 parameter arrays
+        optimizer = make()
+        step = gn.TrainStep(model, gn.MSELoss(), optimizer)
+        x, t = step.prepare(np.ones((4, 6)), np.zeros((4, 3)))
+        step(x, t)
+        launches = standin.count(optimizer.step)
+    assert dict(launches) == {"kernel": expected}, launches
