@@ -209,6 +209,10 @@ def _resume_settings(args) -> dict:
     epochs = args.epochs
     for name in RUN_SETTINGS:
         setattr(args, name, run["args"][name])
+    if epochs is not None and epochs > args.epochs and args.schedule != "constant":
+        raise UserError(f"gpunn train: --resume: the run's {args.schedule} schedule spans its {args.epochs} epochs; "
+                        f"past them it would train at its final rate. Resume up to --epochs {args.epochs}, or start "
+                        "a new run (the schedule is planned over the whole run)")
     if epochs is not None:
         args.epochs = epochs
     args.out = args.resume

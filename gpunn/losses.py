@@ -170,7 +170,7 @@ class SoftmaxCrossEntropyLoss(Loss):
         if t.dtype.kind not in "iu":
             if t.dtype.kind != "f" or not bool((t == xp.floor(t)).all()):
                 raise ValueError(f"SoftmaxCrossEntropyLoss: labels must be integers, got dtype {t.dtype}")
-            t = t.astype("int64")
+        t = t.astype("int64", copy=False)  # a narrow type (uint8) would wrap when compared with column indices
         if t.size and (int(t.min()) < 0 or int(t.max()) >= classes):
             raise ValueError(f"SoftmaxCrossEntropyLoss: labels must lie in [0, {classes}), "
                              f"got {int(t.min())}..{int(t.max())}")

@@ -86,7 +86,8 @@ class TrainStep:
         Data parallel: ``x, t`` are this rank's shard, ``share`` its fraction of the global
         batch, and ``replay`` (the same on every rank: is the global batch full?) allows the graph.
         """
-        self.optimizer.reserve_steps(1)  # outside any recording: the table of rates may grow here
+        # Outside any recording: the table of rates may grow here (a recording runs the step twice).
+        self.optimizer.reserve_steps(2 if self.graph else 1)
         self._share = share
         if not self.graph or not replay:
             return self._step(x, t)
@@ -153,7 +154,10 @@ class _RecordedStep:
             return train_step._step(self.x, self.t)
         if self.graph is None or key != self.key:
             previous, self.graph, self.keep_alive = self.graph, None, None  # one pool per step, reused
+            optimizer = train_step.optimizer
+            steps = optimizer.steps_issued
             value, self.graph = train_step.model.backend.capture(lambda: train_step._step(self.x, self.t), previous)
+            optimizer.steps_issued = steps + 1  # capture ran the step once; the recorded run did not execute
             self.key = key
             # An eager batch of another shape may replace layer buffers; the graph keeps its own.
             self.keep_alive = self._arrays()
@@ -161,7 +165,7 @@ class _RecordedStep:
             return value.copy()
         self.graph.replay()
         train_step.outputs = self.outputs  # replays write the recorded buffers, not the last eager ones
-        train_step.optimizer.count_replayed_step()
+        train_step.optimizer.steps_issued += 1  # the replay ran one update on the device
         for parameter in train_step.model.parameters():
             parameter.grad_valid = True
         return self.graph.output.copy()

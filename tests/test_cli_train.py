@@ -81,6 +81,9 @@ def test_resume_can_extend_a_finished_run(capsys, tmp_path):
                                   gn.load(tmp_path / "ten" / "last.npz").flat.values)
     code, _, err = train(capsys, tmp_path / "x", "--resume", str(tmp_path / "five"), "--epochs", "10")
     assert code == 2 and "already trained 10 epochs" in err
+    assert train(capsys, tmp_path / "cosine", "--epochs", "2", "--schedule", "cosine")[0] == 0
+    code, _, err = train(capsys, tmp_path / "y", "--resume", str(tmp_path / "cosine"), "--epochs", "4")
+    assert code == 2 and "cosine schedule spans its 2 epochs" in err
 
 
 def test_early_stopping_stops_and_reports(capsys, tmp_path):

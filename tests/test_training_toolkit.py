@@ -279,3 +279,79 @@ def test_one_update_launch_for_the_whole_model(make, dtype, expected):
         step(x, t)
         launches = standin.count(optimizer.step)
     assert dict(launches) == {"kernel": expected}, launches
+
+
+# --- regressions found in review ---------------------------------------------------------------
+def test_float16_writes_to_parameters_are_not_undone_by_master_weights(backend, rng):
+    """A float16 model's optimizer keeps float32 masters; a value written from outside (assignment,
+    EarlyStopping's restore) must win over the stale master at the next update."""
+    model = mlp(backend, dtype="float16", widths=(6, 4))
+    optimizer = gn.SGD(lr=1e-6)
+    step = gn.TrainStep(model, gn.MSELoss(), optimizer)
+    x, t = step.prepare(rng.normal(size=(8, 6)), rng.normal(size=(8, 4)))
+    step(x, t)
+    model.layers[0].weight.value = np.zeros((6, 4))
+    step(x, t)
+    assert np.abs(backend.to_numpy(model.layers[0].W).astype(float)).max() < 1e-3
+
+
+def test_float16_bce_with_logits_loss_stays_finite(backend, rng):
+    model = mlp(backend, dtype="float16", widths=(6, 1))
+    z = rng.normal(size=(5000, 6)) * 30
+    result = model.evaluate(z, (rng.uniform(size=5000) > 0.5).astype(float), gn.BCEWithLogitsLoss(), batch_size=4096)
+    assert np.isfinite(result["loss"])
+
+
+def test_decay_biases_follows_a_loaded_state(backend):
+    model = mlp(backend, widths=(3, 2))
+    state = gn.AdamW(model.parameters(), lr=0.1, weight_decay=0.5, decay_biases=False).state_dict()
+    other = mlp(backend, widths=(3, 2))
+    other.layers[0].bias.value = np.ones(2)
+    optimizer = gn.AdamW(other.parameters(), lr=0.1, weight_decay=0.5)
+    optimizer.load_state_dict(state)
+    for parameter in other.parameters():
+        parameter.grad[...] = 0
+        parameter.grad_valid = True
+    optimizer.step()
+    assert backend.to_numpy(other.layers[0].b).tolist() == [1.0, 1.0]  # biases are not decayed
+    assert not np.array_equal(backend.to_numpy(other.layers[0].W), backend.to_numpy(mlp(backend, widths=(3, 2)).layers[0].W))
+
+
+def test_narrow_integer_labels_do_not_wrap(backend, rng):
+    """uint8 labels over 300 classes: label 3 must not also match column 259 (3 + 256)."""
+    with gn.use_backend(backend):
+        model = gn.Sequential(gn.Dense(4, 300, dtype="float64", seed=1))
+    loss = gn.SoftmaxCrossEntropyLoss()
+    x = rng.normal(size=(2, 4))
+    loss(model.forward(x), np.array([3, 5], dtype=np.uint8))
+    grad = backend.to_numpy(loss.backward())
+    assert grad[0, 3] < 0 and grad[0, 259] > 0 and grad[1, 5] < 0 and grad[1, 261] > 0
+
+
+def test_graph_recording_counts_the_update_it_ran_once():
+    """CuPy's capture runs the step eagerly and then records it without running it: the host's
+    count of updates (the schedule's step) must match the device's."""
+    from gpunn.testing import cupy_standin
+
+    with cupy_standin.installed():
+        model = mlp("cupy", widths=(6, 4))
+        optimizer = gn.SGD(lr=gn.schedules.StepDecay(0.1, step_size=2, gamma=0.5))
+        step = gn.TrainStep(model, gn.MSELoss(), optimizer, graph=True)
+        x, t = step.prepare(np.ones((4, 6)), np.zeros((4, 4)))
+        for _ in range(7):
+            step(x, t)
+        device = optimizer.state_dict()["arrays"]["scalars"]
+        assert optimizer.steps_issued == device[1] == 7
+        assert optimizer.lr == 0.1 * 0.5 ** 3
+
+
+def test_float16_softmax_gradient_keeps_the_log_sum_exp_in_float32(rng):
+    from gpunn.testing import cupy_standin
+
+    with cupy_standin.installed():
+        with gn.use_backend("cupy") as cupy_backend:
+            z = cupy_backend.asarray(rng.normal(size=(4, 5)) + 40, "float16")
+            loss = gn.SoftmaxCrossEntropyLoss()
+            loss.forward(z, np.array([0, 1, 2, 3]))
+            rows = cupy_backend.to_numpy(loss.backward()).astype(np.float64).sum(axis=1)
+    assert np.abs(rows).max() < 2e-3  # rounding lse to float16 gave row sums up to 0.015

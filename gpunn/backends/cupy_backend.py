@@ -276,7 +276,7 @@ class CupyBackend(Backend):
     def softmax_cross_entropy_grad(self, z, log_sum_exp, labels, scale: float, loss_scale=None, out=None):
         _require_device(z, log_sum_exp, labels)
         return _launch(self._kernel("softmax_cross_entropy_grad", z.dtype), z,
-                       log_sum_exp.reshape(-1, 1).astype(z.dtype, copy=False), labels.reshape(-1, 1),
+                       log_sum_exp.reshape(-1, 1).astype(_COMPUTE[z.dtype.name][0], copy=False), labels.reshape(-1, 1),
                        z.shape[1], scale, self._loss_scale(loss_scale), out=out)
 
     # --- whole-step capture ------------------------------------------------------------------
@@ -420,8 +420,8 @@ def _loss_gradient(function: str):
 
 def _softmax_cross_entropy_grad(_, dtype):
     compute_name, compute = _COMPUTE[dtype]
-    return _elementwise(f"T z, T lse, I label, int64 columns, {compute_name} scale, raw float64 loss_scale", "T grad",
-                        f"grad = (T) gpunn_softmax_xent_grad(({compute}) z, ({compute}) lse, "
+    return _elementwise(f"T z, {compute_name} lse, I label, int64 columns, {compute_name} scale, raw float64 loss_scale",
+                        "T grad", f"grad = (T) gpunn_softmax_xent_grad(({compute}) z, lse, "
                         f"label == (I) (i % columns), scale * ({compute}) loss_scale[0])",
                         "gpunn_softmax_xent_grad_kernel", "losses.cuh")
 
@@ -431,7 +431,8 @@ def _update(rule, with_master: bool):
     step and loss scale from its counters, unscale and clip, the rule, float16 rounding of masters."""
     states = list(rule.states)
     outputs = (["C master"] if with_master else []) + ["T p"] + [f"C {name}" for name in states]
-    source = "master" if with_master else "p"
+    # A float16 parameter written from outside (assignment, a restored best epoch) no longer
+    # equals its rounded master weight: the written value wins, so training never ignores it.
     arguments = ", ".join(states + ["unused"] * (2 - len(states)))
     operation = f"""
         C norm_value = norm[0];
@@ -440,7 +441,7 @@ def _update(rule, with_master: bool):
             C lr = (C) lr_table[attempted < lr_length ? attempted : lr_length - 1];
             C step = (C) (scalars[0] + 1.0);
             C grad = gpunn_effective_grad((C) g, (C) scalars[2], norm_value, max_norm);
-            C param = (C) {source};
+            C param = {"((T) master == p) ? master : (C) p" if with_master else "(C) p"};
             C unused = C(0);
             {rule.function}(param, {arguments}, grad, lr, step, i < decay_end ? weight_decay : C(0), h0, h1, h2, flag);
             {"master = param;" if with_master else ""}
@@ -581,7 +582,7 @@ KERNELS: dict[str, KernelSpec] = {
         _loss_gradient("gpunn_bce_with_logits_grad"), lambda v, d: (Arg(d), Arg(d), Arg(_compute_name(d), "scalar"), Arg("float64", "raw"),
                                           Arg(d))),
     "softmax_cross_entropy_grad": KernelSpec(
-        _softmax_cross_entropy_grad, lambda v, d: (Arg(d), Arg(d, "column"), Arg("int64", "column"),
+        _softmax_cross_entropy_grad, lambda v, d: (Arg(d), Arg(_compute_name(d), "column"), Arg("int64", "column"),
                                                 Arg("int64", "scalar"), Arg(_compute_name(d), "scalar"),
                                                 Arg("float64", "raw"), Arg(d))),
 }

@@ -51,20 +51,32 @@ def _float16_computes_in_float32(method):
     """float16 storage computes in float32, as the CUDA kernels and cuBLAS do: the float16 arrays
     among the arguments are widened, and the result is rounded once into ``out`` (or a new array)."""
 
+    def half(a) -> bool:
+        return isinstance(a, np.ndarray) and a.dtype == np.float16
+
     @functools.wraps(method)
     def wrapper(self, *args, out=None, **kwargs):
-        if not any(isinstance(a, np.ndarray) and a.dtype == np.float16 for a in args):
+        if not any(map(half, args)):
             return method(self, *args, out=out, **kwargs)
-        wide = [a.astype(np.float32) if isinstance(a, np.ndarray) and a.dtype == np.float16 else a for a in args]
+        wide = [a.astype(np.float32) if half(a) else a for a in args]
+        # Keyword arrays the method writes (``saved``) get a float32 stand-in, rounded back after.
+        written = {name: value for name, value in kwargs.items() if half(value)}
+        kwargs.update({name: value.astype(np.float32) for name, value in written.items()})
         # Overflow to Inf in float16 is what the dynamic loss scale detects and undoes: no warning.
         with np.errstate(over="ignore", invalid="ignore"):
             result = method(self, *wide, **kwargs)
+            for name, value in written.items():
+                np.copyto(value, kwargs[name], casting="same_kind")
             if out is None:
                 return result.astype(np.float16)
             np.copyto(out, result, casting="same_kind")
         return out
 
     return wrapper
+
+
+#: Elements per chunk of a fused optimizer update on the CPU: six float32 chunks fit in L2.
+UPDATE_CHUNK = 1 << 16
 
 
 def _total_scale(scale: float, loss_scale) -> float:
@@ -209,16 +221,29 @@ class NumpyBackend(Backend):
         lr = float(lr_table[min(int(scalars[1]), lr_table.size - 1)])
         step, loss_scale = float(scalars[0]) + 1.0, float(scalars[2])
         target = param if master is None else master
-        gradient, work = self._scratch_pair(grad.size, target.dtype)
-        np.copyto(gradient, grad)  # widened first: 2^16 is no float16 number
-        gradient /= loss_scale
+        factor = 1.0
         if max_norm > 0:
             coefficient = max_norm / (norm_value / loss_scale + 1e-6)
-            gradient *= 1.0 if coefficient > 1 else coefficient
+            factor = None if not coefficient >= 1 else factor  # NaN too: it makes the gradient NaN
+        chunk = UPDATE_CHUNK
+        gradient_buffer, work_buffer = self._scratch_pair(min(chunk, grad.size), target.dtype)
+        # The rule runs over cache-sized chunks: each of its passes then reads and writes the
+        # cache, not main memory. An elementwise rule gives the same numbers chunked or not.
         with np.errstate(over="ignore", invalid="ignore"):  # Inf/NaN updates are fit's divergence check's
-            rule.host(target, states, gradient, work, lr, step, weight_decay, decay_end, *hyper, flag)
-        if master is not None:
-            np.copyto(param, master, casting="same_kind")
+            for start in range(0, grad.size, chunk):
+                stop = min(start + chunk, grad.size)
+                gradient, work = gradient_buffer[:stop - start], work_buffer[:stop - start]
+                # Widened first (dtype=): 2^16 is no float16 number.
+                np.multiply(grad[start:stop], 1.0 / loss_scale, out=gradient, dtype=gradient.dtype)
+                if factor is None:
+                    gradient *= 1.0 if coefficient > 1 else coefficient
+                if master is not None:  # a parameter written from outside wins over its master weight
+                    changed = master[start:stop].astype(param.dtype) != param[start:stop]
+                    np.copyto(master[start:stop], param[start:stop], where=changed, casting="unsafe")
+                rule.host(np, target[start:stop], [state[start:stop] for state in states], gradient, work, lr, step,
+                          weight_decay, max(0, decay_end - start), *hyper, flag)
+                if master is not None:
+                    np.copyto(param[start:stop], master[start:stop], casting="same_kind")
 
     def optimizer_counters(self, scalars, norm, dynamic_scale: bool, growth_interval: float) -> None:
         scalars[1] += 1
@@ -241,6 +266,8 @@ class NumpyBackend(Backend):
         return out
 
     def bce_with_logits_loss(self, z, t):
+        if z.dtype == np.float16:  # computed in float32, as the CuPy kernel does
+            z, t = z.astype(np.float32), t.astype(np.float32)
         with np.errstate(under="ignore"):
             elementwise = np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))
         return np.asarray(elementwise.mean())

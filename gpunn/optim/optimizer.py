@@ -51,8 +51,6 @@ class Optimizer:
         self._owner = owner
         self.schedule = as_schedule(owner, lr)
         self.weight_decay = _number(owner, "weight_decay", weight_decay)
-        if not isinstance(decay_biases, bool):
-            raise TypeError(f"{owner}: decay_biases must be True or False, got {decay_biases!r}")
         self.decay_biases = decay_biases
         if max_grad_norm is not None:
             max_grad_norm = _number(owner, "max_grad_norm", max_grad_norm, low_open=True)
@@ -84,9 +82,15 @@ class Optimizer:
         if self._flat is not None and self._lr_table.size > 1 and self._steps_issued + count > self._lr_table.size:
             self._fill_lr_table(max(2 * self._lr_table.size, self._steps_issued + count))
 
-    def count_replayed_step(self) -> None:
-        """A replayed CUDA graph ran one step: keep the host's count of updates in step."""
-        self._steps_issued += 1
+    @property
+    def steps_issued(self) -> int:
+        """Updates queued so far (the schedule's step of the next one), as the host counts them;
+        TrainStep keeps it in step with the device across graph recordings and replays."""
+        return self._steps_issued
+
+    @steps_issued.setter
+    def steps_issued(self, count: int) -> None:
+        self._steps_issued = count
 
     def _fill_lr_table(self, length: int) -> None:
         backend = self._flat.backend
@@ -129,13 +133,11 @@ class Optimizer:
         backend, dtype = flat.backend, flat.dtype
         self.compute_dtype = "float64" if dtype.name == "float64" else "float32"
         self.mixed_precision = dtype.name == "float16"
-        if len(self.params) == len(flat.parameters):  # the whole model, padding included: one launch
-            self._segments_all = [_Segment(flat, 0, flat.values.size, 0, flat.decay_end_for(self.decay_biases))]
-        else:
-            self._segments_all = self._segments(self.params)
+        self._make_segments()
         state_size = sum(s.stop - s.start for s in self._segments_all)
         self._states = [backend.zeros((state_size,), self.compute_dtype) for _ in self.rule.states]
         self._master = None
+        self._partial_cache: dict = {}
         if self.mixed_precision:
             self._master = backend.zeros((state_size,), "float32")
             for segment in self._segments_all:
@@ -146,8 +148,28 @@ class Optimizer:
         self._norm = backend.zeros((1,), self.compute_dtype)
         self._lr_table = None
         self._fill_lr_table(_LR_TABLE_MINIMUM)
-        self._partial_cache: dict = {}
         return self
+
+    def _make_segments(self) -> None:
+        """The contiguous runs of bound parameters, with the weight-decay boundary of ``decay_biases``."""
+        flat = self._flat
+        if len(self.params) == len(flat.parameters):  # the whole model, padding included: one launch
+            self._segments_all = [_Segment(flat, 0, flat.values.size, 0, flat.decay_end_for(self.decay_biases))]
+        else:
+            self._segments_all = self._segments(self.params)
+        self._partial_cache = {}
+
+    @property
+    def decay_biases(self) -> bool:
+        return self._decay_biases
+
+    @decay_biases.setter
+    def decay_biases(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"{self._owner}: decay_biases must be True or False, got {value!r}")
+        self._decay_biases = value
+        if getattr(self, "_flat", None) is not None:
+            self._make_segments()
 
     def check_model(self, model) -> None:
         """A clear error unless this optimizer's parameters belong to ``model``."""
@@ -292,7 +314,8 @@ class Optimizer:
             target[...] = backend.asarray(arrays[name], target.dtype)
         restored = type(self)(None, **_constructor_arguments(config))
         self.__dict__.update({k: v for k, v in vars(restored).items()
-                              if k in ("schedule", "weight_decay", "decay_biases", "max_grad_norm", "numbers", "flag")})
+                              if k in ("schedule", "weight_decay", "max_grad_norm", "numbers", "flag")})
+        self.decay_biases = restored.decay_biases  # rebuilds the weight-decay boundary
         self._steps_issued = int(config.get("steps", 0))
         self._fill_lr_table(max(self._lr_table.size, self._steps_issued + 1))
 

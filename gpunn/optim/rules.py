@@ -21,8 +21,9 @@ class UpdateRule:
     numbers: tuple[str, str, str]
     #: Name of the boolean hyperparameter of the .cuh signature ("" = unused).
     flag: str
-    #: host(param, states, grad, work, lr, step, weight_decay, decay_end, h0, h1, h2, flag):
-    #: updates ``param`` and ``states`` in place; ``grad`` and ``work`` are scratch buffers.
+    #: host(xp, param, states, grad, work, lr, step, weight_decay, decay_end, h0, h1, h2, flag):
+    #: updates ``param`` and ``states`` in place with the array module ``xp``; ``grad`` and
+    #: ``work`` are scratch buffers.
     host: Callable
 
     @property
@@ -30,51 +31,46 @@ class UpdateRule:
         return f"gpunn_{self.name}_update"
 
 
-def _decay_l2(param, grad, weight_decay, decay_end):
-    if weight_decay:
-        head = grad[:decay_end]
-        head += weight_decay * param[:decay_end]
+def _decay_l2(xp, param, grad, work, weight_decay, decay_end):
+    if weight_decay and decay_end:
+        head = work[:decay_end]
+        xp.multiply(param[:decay_end], weight_decay, out=head)
+        grad[:decay_end] += head
 
 
-def sgd_host(param, states, grad, work, lr, step, weight_decay, decay_end, momentum, _h1, _h2, nesterov):
-    _decay_l2(param, grad, weight_decay, decay_end)
+def sgd_host(xp, param, states, grad, work, lr, step, weight_decay, decay_end, momentum, _h1, _h2, nesterov):
+    _decay_l2(xp, param, grad, work, weight_decay, decay_end)
     if momentum:
         velocity = states[0]
         velocity *= momentum
         velocity += grad
         if nesterov:
-            work[...] = velocity
-            work *= momentum
+            xp.multiply(velocity, momentum, out=work)
             grad += work
         else:
-            grad[...] = velocity
-    grad *= lr
-    param -= grad
+            grad = velocity
+    xp.multiply(grad, lr, out=work)
+    param -= work
 
 
-def adam_host(param, states, grad, work, lr, step, weight_decay, decay_end, beta1, beta2, eps, decoupled):
+def adam_host(xp, param, states, grad, work, lr, step, weight_decay, decay_end, beta1, beta2, eps, decoupled):
     exp_avg, exp_avg_sq = states
     if decoupled:
-        if weight_decay:
+        if weight_decay and decay_end:
             param[:decay_end] *= 1 - lr * weight_decay
     else:
-        _decay_l2(param, grad, weight_decay, decay_end)
-    work[...] = grad
-    work -= exp_avg
+        _decay_l2(xp, param, grad, work, weight_decay, decay_end)
+    xp.subtract(grad, exp_avg, out=work)
     work *= 1 - beta1
     exp_avg += work
     exp_avg_sq *= beta2
-    work[...] = grad
-    work *= 1 - beta2
+    xp.multiply(grad, 1 - beta2, out=work)
     work *= grad
     exp_avg_sq += work
-    step_size = lr / (1 - beta1 ** step)
-    work[...] = exp_avg_sq
-    work **= 0.5
+    xp.sqrt(exp_avg_sq, out=work)
     work /= (1 - beta2 ** step) ** 0.5
     work += eps
-    grad[...] = exp_avg
-    grad *= step_size
+    xp.multiply(exp_avg, lr / (1 - beta1 ** step), out=grad)
     grad /= work
     param -= grad
 
