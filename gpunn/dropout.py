@@ -35,6 +35,8 @@ class Dropout(Layer):
             raise ValueError(f"Dropout: step must be an int in [0, 2**64), got {step!r}")
         self.rate, self.seed = float(rate), seed
         self._step, self._initial_step = None, step
+        #: The first row of this process's shard in the global batch (data parallelism sets it).
+        self.row_offset = 0
         self._advance = True
         self._mask = None
 
@@ -56,7 +58,8 @@ class Dropout(Layer):
             self._step = backend.asarray([self._initial_step], "uint64")
         if self._advance:
             self._step += 1
-        self._mask = DropoutMask(self.seed, int(self.rate * 2.0 ** 64), 1.0 / (1.0 - self.rate), self._step)
+        self._mask = DropoutMask(self.seed, int(self.rate * 2.0 ** 64), 1.0 / (1.0 - self.rate), self._step,
+                                 self.row_offset)
         return self._mask
 
     @contextlib.contextmanager

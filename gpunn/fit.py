@@ -225,6 +225,9 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
     history: dict = {"loss": []}
     best_loss, skipped_before = math.inf, optimizer.skipped_steps
     progress = _Progress(epochs, verbose)
+    from .dropout import Dropout
+
+    dropouts = [layer for layer in model.all_layers() if isinstance(layer, Dropout)] if parallel else []
     was_training = model.training
     model.train()  # dropout on; the mode found comes back afterwards, also on an error
     try:
@@ -235,6 +238,8 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
                 first, last = (start, stop) if parallel is None else parallel.shard(start, stop)
+                for dropout in dropouts:  # a shard draws its rows' masks of the global batch
+                    dropout.row_offset = first - start
                 if order is None:
                     xb, tb = x_all[first:last], t_all[first:last]
                 else:

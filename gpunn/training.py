@@ -139,7 +139,8 @@ class _RecordedStep:
         and which arrays (the learning rate and the counters are read on the device)."""
         train_step = self.train_step
         optimizer, flat = train_step.optimizer, train_step.model.flat
-        return (repr(optimizer.hyperparameters()), get_matmul_precision(), train_step._share,
+        offsets = tuple(getattr(layer, "row_offset", 0) for layer in train_step.model.all_layers())
+        return (offsets, repr(optimizer.hyperparameters()), get_matmul_precision(), train_step._share,
                 id(flat.values), id(flat.grads),
                 tuple(id(array) for array in optimizer.device_arrays()))
 

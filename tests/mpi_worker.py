@@ -218,8 +218,24 @@ def command_line(out: Path):
     sys.exit(status)
 
 
+def dropout_model():
+    return gn.Sequential(gn.Dense(5, 8, dtype="float64", seed=1), gn.Tanh(), gn.Dropout(0.4, seed=9),
+                         gn.Dense(8, 3, dtype="float64", seed=2))
+
+
+def dropout_training(out: Path, seed: int):
+    """A model with dropout, one global batch per epoch: each rank draws its rows' masks of the
+    global batch, so the run equals one process training the whole batch."""
+    world = gn.distributed.init("numpy")
+    X, labels = data(seed)
+    model = dropout_model()
+    _, snapshots, _ = distributed_fit(world, X, labels, len(X), seed, model=model)
+    if world.is_root:
+        np.save(out / "dropout.npy", snapshots)
+
+
 SCENARIOS = {"cli": command_line, "collectives": collectives, "fail-on-one-rank": fail_on_one_rank, "init": init_only,
-             "training": training}
+             "training": training, "dropout": dropout_training}
 
 if __name__ == "__main__":
     SCENARIOS[sys.argv[1]](Path(sys.argv[2]), *map(int, sys.argv[3:]))

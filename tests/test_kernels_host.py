@@ -232,7 +232,7 @@ def test_update_rules_match_numpy(harness, rng, dtype, rule, hyper, flag):
     lr, step, weight_decay, decay_end = 0.05, 3.0, 0.01, 40
     expected_p, expected_states = p.copy(), [s0.copy(), s1.copy()][:len(RULES[rule].states)]
     with np.errstate(over="ignore", invalid="ignore"):  # 1e30² overflows in float32, in both builds
-        RULES[rule].host(expected_p, expected_states, g.copy(), np.empty_like(g), lr, step, weight_decay,
+        RULES[rule].host(np, expected_p, expected_states, g.copy(), np.empty_like(g), lr, step, weight_decay,
                          decay_end, *hyper, flag)
     harness[f"{rule}_update_{suffix}"](pointer(p), pointer(s0), pointer(s1), pointer(g), c_type(lr), c_type(step),
                                       c_type(weight_decay), *(c_type(h) for h in hyper), ctypes.c_int(flag),

@@ -349,3 +349,17 @@ def test_save_and_load_every_layer_type(backend, tmp_path, rng):
     x = rng.normal(size=(4, 3))
     np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
     assert loaded.layers[2].seed == 4 and loaded.layers[3].layers[3].layers[1].negative_slope == 0.3
+
+
+def test_a_shard_draws_its_rows_of_the_global_mask(backend, rng):
+    """Data parallelism: rank r's rows [a, b) of a global batch get the mask that one process
+    training the whole batch gives those rows (row_offset), not a copy of rank 0's rows."""
+    from gpunn.backends.base import DropoutMask
+
+    step = backend.asarray(np.array([3], np.uint64))
+    z = backend.asarray(np.ones((10, 7)), "float64")
+    whole = backend.to_numpy(backend.bias_activation(z, 0, "identity", dropout=DropoutMask(99, 1 << 63, 2.0, step)))
+    for first, last in ((0, 4), (4, 7), (7, 10), (5, 6)):
+        shard = backend.bias_activation(z[first:last], 0, "identity", dropout=DropoutMask(99, 1 << 63, 2.0, step, first))
+        np.testing.assert_array_equal(backend.to_numpy(shard), whole[first:last])
+    assert not np.array_equal(whole[4:8], whole[0:4])

@@ -22,13 +22,20 @@ class DropoutMask:
     Element i survives when word i mod 4 of the Philox4x64-10 block with counter
     (⌊i/4⌋, step[0], 0, 0) and key (key & (2^64 − 1), key >> 64) is at least ``threshold``
     (= ⌊rate·2^64⌋); survivors are multiplied by ``scale`` (= 1/(1 − rate)). ``step`` is a
-    1-element uint64 array on the backend's device, read by the kernels there.
+    1-element uint64 array on the backend's device, read by the kernels there. ``row_offset``
+    places a shard in its global batch: its row r draws the mask of global row r + row_offset,
+    so data-parallel ranks drop what one process training the whole batch would.
     """
 
     key: int
     threshold: int
     scale: float
     step: object
+    row_offset: int = 0
+
+    def skip(self, columns: int) -> int:
+        """Elements of the global batch before this shard's first (the index of its element 0)."""
+        return self.row_offset * columns
 
     @property
     def key_words(self) -> tuple[int, int]:

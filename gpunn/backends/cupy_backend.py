@@ -150,18 +150,19 @@ class CupyBackend(Backend):
         return self._gemm("tn", a, b, out)
 
     # --- kernels ------------------------------------------------------------------------
-    def _dropout_arguments(self, dropout) -> tuple:
-        """(step, key words, threshold, scale) for a kernel; no dropout is threshold 0, scale 1."""
+    def _dropout_arguments(self, dropout, columns: int) -> tuple:
+        """(step, key words, threshold, skip, scale) for a kernel; no dropout is threshold 0,
+        scale 1; ``skip`` (the shard's first element in its global batch) offsets the index."""
         if dropout is None:
             device = cupy.cuda.Device().id
             step = self._no_step.get(device)
             if step is None:
                 step = self._no_step[device] = cupy.zeros((1,), numpy.uint64)
-            return step, numpy.uint64(0), numpy.uint64(0), numpy.uint64(0), 1.0
+            return step, numpy.uint64(0), numpy.uint64(0), numpy.uint64(0), numpy.uint64(0), 1.0
         _require_device(dropout.step)
         low, high = dropout.key_words
         return (dropout.step, numpy.uint64(low), numpy.uint64(high), numpy.uint64(dropout.threshold),
-                dropout.scale)
+                numpy.uint64(dropout.skip(columns)), dropout.scale)
 
     def _kernel(self, op: str, dtype, activation: str = ""):
         key = (op, activation, numpy.dtype(dtype).name)
@@ -176,7 +177,7 @@ class CupyBackend(Backend):
     def bias_activation(self, z, bias, activation, out=None, saved=None, dropout=None):
         function = as_activation_function(activation)
         _require_device(z, bias)
-        arguments = (z, bias, *self._dropout_arguments(dropout), *function.values)
+        arguments = (z, bias, *self._dropout_arguments(dropout, z.shape[-1]), *function.values)
         if saved is None:
             return _launch(self._kernel("bias_activation", z.dtype, function.name), *arguments, out=out)
         if out is None:
@@ -188,7 +189,7 @@ class CupyBackend(Backend):
         function = as_activation_function(activation)
         _require_device(dy, saved)
         return _launch(self._kernel("activation_backward", dy.dtype, function.name), dy, saved,
-                       *self._dropout_arguments(dropout), *function.values, out=out)
+                       *self._dropout_arguments(dropout, dy.shape[-1]), *function.values, out=out)
 
     # --- layer normalisation: row statistics by ReductionKernels, the rest elementwise ----------
     def layer_norm_forward(self, x, gain, bias, eps: float, out, mean, rstd):
@@ -352,8 +353,9 @@ class _Graph:
             memory.release()
 
 
-DROPOUT_PARAMETERS = "raw uint64 dropout_step, uint64 dropout_k0, uint64 dropout_k1, uint64 dropout_threshold"
-DROPOUT_CALL = "i, dropout_step[0], dropout_k0, dropout_k1, dropout_threshold, dropout_scale"
+DROPOUT_PARAMETERS = ("raw uint64 dropout_step, uint64 dropout_k0, uint64 dropout_k1, uint64 dropout_threshold, "
+                      "uint64 dropout_skip")
+DROPOUT_CALL = "dropout_skip + i, dropout_step[0], dropout_k0, dropout_k1, dropout_threshold, dropout_scale"
 
 # Layer normalisation's row and column sums. Every ReductionKernel here takes two or more inputs,
 # so CuPy never swaps in its CUB block reduction (cupy/_core/_cub_reduction.pyx,
@@ -512,7 +514,7 @@ def _activation(op):
         compute = _compute_name(dtype)
         parameters = tuple(Arg(compute, "scalar") for _ in REGISTRY[name].parameters)
         inputs = (Arg(dtype), Arg(dtype) if op == "activation_backward" else Arg(dtype, "row"),
-                  Arg("uint64", "raw"), *(Arg("uint64", "scalar") for _ in range(3)), Arg(compute, "scalar"),
+                  Arg("uint64", "raw"), *(Arg("uint64", "scalar") for _ in range(4)), Arg(compute, "scalar"),
                   *parameters)
         return inputs + ((Arg(dtype), Arg(dtype)) if op == "bias_activation_saving" else (Arg(dtype),))
 

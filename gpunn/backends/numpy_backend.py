@@ -12,12 +12,14 @@ from .numpy_activations import TWINS, _sigmoid_inplace
 
 def dropout_keep(mask, shape):
     """Which elements survive: numpy.random.Philox itself, started one block before
-    (0, step, 0, 0), yields word i mod 4 of block (⌊i/4⌋, step) as its i-th raw draw, the very
-    stream kernels/dropout.cuh computes per element."""
-    counter = (int(mask.step[0]) << 64) - 1
+    (⌊skip/4⌋, step, 0, 0), yields word i mod 4 of block (⌊i/4⌋, step) as its (i − skip)-th raw
+    draw from a block boundary, the very stream kernels/dropout.cuh computes per element i."""
+    skip = mask.skip(shape[-1])
+    counter = (int(mask.step[0]) << 64) + skip // 4 - 1
     generator = np.random.Philox(key=mask.key, counter=counter % (1 << 256))
     size = int(np.prod(shape))
-    return (generator.random_raw(size) >= np.uint64(mask.threshold)).reshape(shape)
+    words = generator.random_raw(size + skip % 4)[skip % 4:]
+    return (words >= np.uint64(mask.threshold)).reshape(shape)
 
 
 def _apply_dropout(values, mask):
