@@ -27,7 +27,20 @@ def test_erf_edges_and_dtypes():
     assert got[0] == 1 and got[1] == -1 and np.isnan(got[2]) and got[3] == 1 and got[4] == -1
     single = numpy_activations.erf(np.array([0.5, -3.0], np.float32))
     assert single.dtype == np.float32
-    np.testing.assert_allclose(single, [math.erf(0.5), math.erf(-3.0)], rtol=1e-7)
+    np.testing.assert_allclose(single, [math.erf(0.5), math.erf(-3.0)], rtol=4 * 2.0 ** -23)
+
+
+def test_float32_erf_matches_math_erf_within_4_ulp(rng):
+    """float32 arrays take a float32 path (fewer terms, no float64 round trip)."""
+    x = np.concatenate([rng.normal(size=20000) * 3, np.linspace(-5, 5, 20001),
+                        [0.0, -0.0, 1e-30, 1.9999999, 2.0, 3.999, 4.0, 27.0, -27.0, 3e38]]).astype(np.float32)
+    expected = np.array([math.erf(v) for v in x.astype(np.float64)])
+    got = numpy_activations.erf(x)
+    assert got.dtype == np.float32
+    spacing = np.spacing(np.abs(expected).astype(np.float32)).astype(np.float64)
+    assert (np.abs(got - expected) / spacing).max() <= 4
+    edges = numpy_activations.erf(np.array([np.inf, -np.inf, np.nan, -0.0], np.float32))
+    assert edges[0] == 1 and edges[1] == -1 and np.isnan(edges[2]) and np.signbit(edges[3])
 
 
 def test_coefficients_are_the_fit_they_claim():
