@@ -51,6 +51,18 @@ def _horner(coefficients, u):
 def _erf32(x):
     """erf of a float32 array in float32 arithmetic, both branches over the whole array (no
     gathers), then a select."""
+    flat, out = x.reshape(-1), np.empty(x.shape, np.float32)
+    result = out.reshape(-1)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):  # the unused branch may overflow
+        for start in range(0, flat.size, _ERF_CHUNK):  # cache-sized pieces: ~40 passes each
+            result[start:start + _ERF_CHUNK] = _erf32_branches(flat[start:start + _ERF_CHUNK])
+    return out
+
+
+_ERF_CHUNK = 1 << 15
+
+
+def _erf32_branches(x):
     one = np.float32(1)
     size = np.abs(x)
     u = x * x
@@ -62,8 +74,7 @@ def _erf32(x):
     middle = _horner(_ERFC_SCALED_32, v - np.float32(3))
     np.multiply(v, v, out=v)
     np.negative(v, out=v)
-    with np.errstate(under="ignore"):
-        np.exp(v, out=v)
+    np.exp(v, out=v)
     middle *= v
     np.subtract(one, middle, out=middle)
     np.copysign(middle, x, out=middle)
