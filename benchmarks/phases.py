@@ -1,6 +1,7 @@
 """Where a gpunn-numpy training step goes: forward, loss, backward and update timed separately.
 
-    python benchmarks/phases.py CPU      # a case of peers.TRAIN_CONFIGS
+    python benchmarks/phases.py CPU         # a train-step case of the suite
+    python benchmarks/phases.py CPU-adam    # with Adam instead of SGD
 """
 
 import sys
@@ -10,11 +11,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from interleave import median_ms
-from peers import TRAIN_CONFIGS, GpunnPeer
+from peers import GpunnPeer, train_case
 
 
 def main(case="CPU"):
-    train_step, x, t = GpunnPeer("numpy").build_train_step(TRAIN_CONFIGS[case], "float32", np.random.default_rng(0))
+    config, dtype, _, optimizer = train_case(case)
+    train_step, x, t = GpunnPeer("numpy").build_train_step(config, dtype, np.random.default_rng(0), optimizer)
     model, loss, optimizer = train_step.model, train_step.loss, train_step.optimizer
     train_step(x, t)  # every buffer exists
     y = model._forward(x)
