@@ -152,8 +152,9 @@ def test_command_line_prints_and_checkpoints_on_rank_zero_only(tmp_path, rng):
     np.savez(tmp_path / "data.npz", X=rng.normal(size=(50, 4)), y=rng.integers(0, 3, size=50))
     result, _ = mpirun(2, WORKER, "cli", tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("data-parallel over 2 ranks (global batch 15)") == 1
-    assert result.stdout.count("test accuracy:") == 1 and result.stdout.count("epoch   2/2") == 1
+    assert result.stdout.count("data-parallel over 2 ranks (global batch 15)") == 2  # the run and its resume
+    assert result.stdout.count("test accuracy:") == 2 and result.stdout.count("epoch   2/2") == 1
+    assert result.stdout.count("resuming after epoch 2") == 1 and result.stdout.count("epoch   3/3") == 1
     saves = [json.loads((tmp_path / f"saves-rank{rank}.json").read_text()) for rank in (0, 1)]
     last, best = str(tmp_path / "run" / "last.npz"), str(tmp_path / "run" / "best.npz")
     assert saves[0].count(last) == 2 and set(saves[0]) <= {last, best} and saves[1] == []
