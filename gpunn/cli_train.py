@@ -209,10 +209,11 @@ def _resume_settings(args) -> dict:
     epochs = args.epochs
     for name in RUN_SETTINGS:
         setattr(args, name, run["args"][name])
-    if epochs is not None and epochs > args.epochs and args.schedule != "constant":
-        raise UserError(f"gpunn train: --resume: the run's {args.schedule} schedule spans its {args.epochs} epochs; "
-                        f"past them it would train at its final rate. Resume up to --epochs {args.epochs}, or start "
-                        "a new run (the schedule is planned over the whole run)")
+    planned = run.get("planned_epochs", args.epochs)  # the epochs the schedule was made for
+    if epochs is not None and epochs > planned and args.schedule != "constant":
+        raise UserError(f"gpunn train: --resume: the run's {args.schedule} schedule was planned over {planned} "
+                        f"epochs and does not continue as planned past them. Resume up to --epochs {planned}, or "
+                        "start a new run (the schedule is planned over the whole run)")
     if epochs is not None:
         args.epochs = epochs
     args.out = args.resume
@@ -350,6 +351,7 @@ def command_train(args) -> int:
             stopper.best, stopper.best_epoch, stopper._wait = run["stopper"]
     say = lambda line: _say(line, args.quiet or not root)  # noqa: E731
     settings = {name: getattr(args, name) for name in RUN_SETTINGS}
+    planned = run.get("planned_epochs", args.epochs) if run else args.epochs
     metric = "mse" if regress else "accuracy"
 
     say(f"training on {dataset.name}: {len(train_rows)} train / {len(validation_rows)} validation / "
@@ -377,7 +379,8 @@ def command_train(args) -> int:
             state["best_epoch"], state["best_val_loss"] = epoch + 1, logs["val_loss"]
         if root:
             stopper_state = [stopper.best, stopper.best_epoch, stopper._wait] if stopper else None
-            record = {"args": settings, "history": history, "stopper": stopper_state, **state}
+            record = {"args": settings, "history": history, "stopper": stopper_state, "planned_epochs": planned,
+                      **state}
             save(last, extras={"run": np.array(json.dumps(record))}, optimizer=optimizer)
             if improved:
                 save(best)

@@ -269,6 +269,8 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
     finally:
         model.train(was_training)
         progress.close()
+        for dropout in dropouts:  # a later single-process fit draws the whole batch's masks again
+            dropout.row_offset = 0
     if early_stopping is not None:
         early_stopping.restore(model)
     return history

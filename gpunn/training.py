@@ -86,8 +86,7 @@ class TrainStep:
         Data parallel: ``x, t`` are this rank's shard, ``share`` its fraction of the global
         batch, and ``replay`` (the same on every rank: is the global batch full?) allows the graph.
         """
-        # Outside any recording: the table of rates may grow here (a recording runs the step twice).
-        self.optimizer.reserve_steps(2 if self.graph else 1)
+        self.optimizer.reserve_steps(1)  # outside any recording: the table of rates may grow here
         self._share = share
         if not self.graph or not replay:
             return self._step(x, t)
@@ -104,6 +103,7 @@ class TrainStep:
             self.outputs = model.backend.empty((0, model.out_features), model.dtype)
             value = model.backend.zeros((), model.dtype)
             parallel.empty_shard_gradients()
+            _advance_dropout(model)  # its step counters stay with the ranks that had rows
         else:
             self.outputs = model._forward(x)
             value = loss._forward(model.backend, self.outputs, t)
@@ -113,6 +113,15 @@ class TrainStep:
             parallel.reduce_gradients(self._share)
         optimizer.step()
         return value
+
+
+def _advance_dropout(model) -> None:
+    """Advance every training-mode Dropout's mask step as a forward would."""
+    from .dropout import Dropout
+
+    for layer in model.all_layers():
+        if isinstance(layer, Dropout):
+            layer.forward_mask()
 
 
 class _RecordedStep:
@@ -156,6 +165,7 @@ class _RecordedStep:
         if self.graph is None or key != self.key:
             previous, self.graph, self.keep_alive = self.graph, None, None  # one pool per step, reused
             optimizer = train_step.optimizer
+            optimizer.reserve_steps(2)  # before recording: the capture runs the step twice
             steps = optimizer.steps_issued
             value, self.graph = train_step.model.backend.capture(lambda: train_step._step(self.x, self.t), previous)
             optimizer.steps_issued = steps + 1  # capture ran the step once; the recorded run did not execute
@@ -164,9 +174,11 @@ class _RecordedStep:
             self.keep_alive = self._arrays()
             self.outputs = train_step.outputs  # the recorded forward's output buffer
             return value.copy()
+        optimizer = train_step.optimizer
+        steps = optimizer.steps_issued
         self.graph.replay()
         train_step.outputs = self.outputs  # replays write the recorded buffers, not the last eager ones
-        train_step.optimizer.steps_issued += 1  # the replay ran one update on the device
+        optimizer.steps_issued = steps + 1  # the replay ran one update on the device
         for parameter in train_step.model.parameters():
             parameter.grad_valid = True
         return self.graph.output.copy()

@@ -83,7 +83,7 @@ def test_resume_can_extend_a_finished_run(capsys, tmp_path):
     assert code == 2 and "already trained 10 epochs" in err
     assert train(capsys, tmp_path / "cosine", "--epochs", "2", "--schedule", "cosine")[0] == 0
     code, _, err = train(capsys, tmp_path / "y", "--resume", str(tmp_path / "cosine"), "--epochs", "4")
-    assert code == 2 and "cosine schedule spans its 2 epochs" in err
+    assert code == 2 and "cosine schedule was planned over 2 epochs" in err
 
 
 def test_early_stopping_stops_and_reports(capsys, tmp_path):

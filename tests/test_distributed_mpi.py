@@ -134,17 +134,17 @@ def test_data_parallel_training_equals_one_process(ranks, tmp_path, rng):
 
 
 def test_dropout_shards_draw_the_global_batch_masks(tmp_path, rng):
-    from mpi_worker import EPOCHS, LR, MOMENTUM, data, dropout_model, flat_parameters
+    from mpi_worker import DROPOUT_BATCH, DROPOUT_ROWS, EPOCHS, LR, MOMENTUM, data, dropout_model, flat_parameters
 
     import gpunn as gn
 
     seed = int(rng.integers(2**31))
     result, _ = mpirun(3, WORKER, "dropout", tmp_path, seed)
     assert result.returncode == 0, result.stderr
-    X, labels = data(seed)
+    X, labels = data(seed, rows=DROPOUT_ROWS)
     model, snapshots = dropout_model(), []
     model.fit(X, labels, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=gn.SGD(lr=LR, momentum=MOMENTUM), epochs=EPOCHS,
-              batch_size=len(X), seed=seed, verbose=0, callback=lambda epoch, logs: snapshots.append(flat_parameters(model)))
+              batch_size=DROPOUT_BATCH, seed=seed, verbose=0, callback=lambda epoch, logs: snapshots.append(flat_parameters(model)))
     np.testing.assert_allclose(np.load(tmp_path / "dropout.npy"), np.array(snapshots), rtol=1e-12, atol=1e-14)
 
 

@@ -148,3 +148,17 @@ def test_graph_needs_a_backend_that_captures():
         gn.TrainStep(model, gn.MSELoss(), gn.SGD(lr=0.1), graph=True)
     with pytest.raises(NotImplementedError, match="numpy backend cannot capture"):
         NumpyBackend().capture(lambda: None)
+
+
+def test_a_scheduled_fit_records_once_up_to_its_last_step(rng, monkeypatch):
+    """fit reserves exactly its steps in the table of rates; recording, which runs the step twice,
+    must not grow (and so replace) the table at the last step."""
+    from gpunn.optim import optimizer as optimizer_module
+
+    monkeypatch.setattr(optimizer_module, "_LR_TABLE_MINIMUM", 8)
+    replaying = ReplayingBackend()
+    model = make_model(replaying)
+    optimizer = gn.SGD(lr=gn.schedules.CosineDecay(0.1, total_steps=32), momentum=0.9)
+    model.fit(rng.normal(size=(64, 6)), rng.integers(0, 3, size=64), loss=gn.SoftmaxCrossEntropyLoss(),
+              optimizer=optimizer, epochs=8, batch_size=16, seed=1, verbose=0, graph=True)
+    assert (replaying.recordings, replaying.replays) == (1, 30)
