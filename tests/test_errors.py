@@ -63,7 +63,8 @@ def test_nan_loss_is_reported(model):
 def test_diverging_training_is_reported(backend):
     x = np.random.default_rng(0).normal(size=(16, 3)) * 1e3
     model = gn.Sequential(gn.Dense(3, 1, seed=0))
-    with pytest.raises(gn.TrainingDiverged, match="the loss became (nan|inf) in epoch"):
+    with pytest.raises(gn.TrainingDiverged, match="the loss became (nan|inf) in epoch"), \
+            pytest.warns(gn.TrainingWarning, match="over 100x the best epoch's"):  # warned before it broke
         model.fit(x, x[:, :1] * 1e3, loss=gn.MSELoss(), optimizer=gn.SGD(lr=10.0), epochs=50, verbose=0)
 
 
