@@ -252,6 +252,9 @@ class CupyBackend(Backend):
 
     def optimizer_counters(self, scalars, norm, dynamic_scale: bool, growth_interval: float) -> None:
         _require_device(scalars, norm)
+        # Every array argument is raw, so the loop size is given: CuPy accepts ``size`` exactly then
+        # (cupy/_core/_kernel.pyx at v14.2.0, _broadcast: "Specified 'size' can be used
+        # only if all of the ndarray are 'raw'" / "Loop size is undecided").
         self._kernel("optimizer_counters", norm.dtype)(norm, dynamic_scale, growth_interval, scalars, size=1)
 
     def _loss_scale(self, loss_scale):
