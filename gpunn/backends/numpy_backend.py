@@ -223,10 +223,10 @@ class NumpyBackend(Backend):
         lr = float(lr_table[min(int(scalars[1]), lr_table.size - 1)])
         step, loss_scale = float(scalars[0]) + 1.0, float(scalars[2])
         target = param if master is None else master
-        factor = 1.0
+        clip = None  # torch's clip_grad_norm_ factor when it is below 1, or NaN (then the gradient is NaN)
         if max_norm > 0:
             coefficient = max_norm / (norm_value / loss_scale + 1e-6)
-            factor = None if not coefficient >= 1 else factor  # NaN too: it makes the gradient NaN
+            clip = None if coefficient >= 1 else coefficient
         chunk = UPDATE_CHUNK
         gradient_buffer, work_buffer = self._scratch_pair(min(chunk, grad.size), target.dtype)
         # The rule runs over cache-sized chunks: each of its passes then reads and writes the
@@ -237,8 +237,8 @@ class NumpyBackend(Backend):
                 gradient, work = gradient_buffer[:stop - start], work_buffer[:stop - start]
                 # Widened first (dtype=): 2^16 is no float16 number.
                 np.multiply(grad[start:stop], 1.0 / loss_scale, out=gradient, dtype=gradient.dtype)
-                if factor is None:
-                    gradient *= 1.0 if coefficient > 1 else coefficient
+                if clip is not None:
+                    gradient *= clip
                 if master is not None:  # a parameter written from outside wins over its master weight
                     changed = master[start:stop].astype(param.dtype) != param[start:stop]
                     np.copyto(master[start:stop], param[start:stop], where=changed, casting="unsafe")
