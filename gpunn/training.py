@@ -141,6 +141,7 @@ class _RecordedStep:
         train_step = self.train_step
         model = train_step.model
         return ([model.flat.values, model.flat.grads] + train_step.optimizer.device_arrays()
+                + train_step.optimizer.scratch_arrays()
                 + [array for layer in model.all_layers() for array in layer._buffers.values()])
 
     def _key(self):

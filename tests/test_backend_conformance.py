@@ -212,17 +212,39 @@ def test_optimizer_update_with_master_weights_and_skip(backend, rng, dtype):
     np.testing.assert_array_equal(backend.to_numpy(master), before)
 
 
-def test_optimizer_counters_follow_grad_scaler(backend):
-    """Counters: applied and attempted updates; a non-finite norm halves the scale and counts a
-    skip; growth_interval good steps double it (torch.cuda.amp.GradScaler's rule)."""
-    scalars = backend.asarray([0.0, 0.0, 16.0, 0.0, 0.0], "float64")
-    finite, infinite = backend.asarray([1.0], "float32"), backend.asarray([np.inf], "float32")
-    for norm in (finite, finite, infinite, finite, finite, finite):
-        backend.optimizer_counters(scalars, norm, True, 3.0)
+def test_the_update_advances_the_counters_after_every_element_read_them(backend):
+    """The update's own launch advances the counters once (applied and attempted updates; a
+    non-finite norm halves the loss scale and counts a skip; growth_interval good steps double it,
+    torch.cuda.amp.GradScaler's rule), after every element has read this step's learning rate,
+    step and scale: 300 elements run on several blocks of the CuPy stand-in."""
+    from gpunn.optim.rules import RULES
+
+    n, rates = 300, [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+    P, G = backend.zeros((n,), "float32"), backend.asarray(np.ones(n), "float32")
+    scalars, table = backend.asarray([0.0, 0.0, 16.0, 0.0, 0.0], "float64"), backend.asarray(rates, "float64")
+    expected, scale = 0.0, 16.0
+    for attempt, norm in enumerate([1.0, 1.0, np.inf, 1.0, 1.0, 1.0]):
+        backend.optimizer_update(RULES["sgd"], P, G, [backend.zeros((n,), "float32")], None, scalars, table,
+                                 backend.asarray([norm], "float32"), (0.0, 0.0, 0.0), False, 0.0, 0, 0.0, True,
+                                 advance=True, growth_interval=3.0, scratch=backend.optimizer_scratch("float32"))
+        if np.isfinite(norm):
+            expected -= rates[attempt] / scale
+        scale = {2: 8.0, 5: 16.0}.get(attempt, scale)
+        np.testing.assert_array_equal(backend.to_numpy(P), np.full(n, expected, np.float32))
     np.testing.assert_array_equal(backend.to_numpy(scalars), [5, 6, 16, 0, 1])  # 16 → 8 → 16 after 3 good
-    plain = backend.asarray([0.0, 0.0, 1.0, 0.0, 0.0], "float64")
-    backend.optimizer_counters(plain, infinite, False, 3.0)
-    np.testing.assert_array_equal(backend.to_numpy(plain), [1, 1, 1, 0, 0])
+
+
+def test_an_update_that_does_not_advance_leaves_the_counters(backend):
+    """A step that updates its parameters in several launches advances the counters in the last."""
+    from gpunn.optim.rules import RULES
+
+    scalars = backend.asarray([2.0, 3.0, 1.0, 0.0, 0.0], "float64")
+    P = backend.zeros((300,), "float32")
+    backend.optimizer_update(RULES["sgd"], P, backend.asarray(np.ones(300), "float32"), [backend.zeros((300,), "float32")],
+                             None, scalars, backend.asarray([0.5], "float64"), backend.zeros((1,), "float32"),
+                             (0.0, 0.0, 0.0), False, 0.0, 0, 0.0, False, advance=False)
+    np.testing.assert_array_equal(backend.to_numpy(scalars), [2, 3, 1, 0, 0])
+    np.testing.assert_array_equal(backend.to_numpy(P), np.full(300, -0.5, np.float32))
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
@@ -230,10 +252,12 @@ def test_global_norm(backend, rng, dtype):
     if dtype not in backend.supported_dtypes:
         pytest.skip(f"{backend.name} has no {dtype}")
     compute = "float64" if dtype == "float64" else "float32"
-    for size in (1, 1024, 3 * 1024, 1000):
+    scratch = backend.optimizer_scratch(compute)  # reused: each launch leaves its ticket at 0
+    # Sizes around the norm kernel's block (128 threads) and past its 1024-block grid, where threads stride.
+    for size in (1, 127, 128, 1000, 1024, 3 * 1024, 128 * 1024 + 5):
         x = rng.normal(size=size).astype(dtype)
         out = backend.zeros((1,), compute)
-        backend.global_norm(backend.asarray(x), out=out)
+        backend.global_norm(backend.asarray(x), out=out, scratch=scratch)
         np.testing.assert_allclose(backend.to_numpy(out)[0], np.linalg.norm(x.astype(np.float64)),
                                    rtol=1e-5 if compute == "float32" else 1e-12)
 

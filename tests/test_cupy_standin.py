@@ -58,6 +58,42 @@ def test_documented_raw_argument_and_index(cp):
     assert add_reverse(x, y).get().tolist() == [8.0, 7.0, 6.0, 5.0, 4.0]
 
 
+def test_raw_inputs_are_const_as_in_cupy(cp):
+    """carray.cuh: an input's elements are const, so a kernel writing through a raw input fails to
+    compile with CuPy; the stand-in must refuse it too (it once compiled such a kernel)."""
+    writes_input = cp.ElementwiseKernel("raw float32 x", "float32 y", "x[i] = 1; y = 0", "writes_input")
+    with pytest.raises(RuntimeError, match="did not compile"):
+        writes_input(cp.zeros(3, "float32"), cp.zeros(3, "float32"))
+
+
+@pytest.mark.parametrize("block_threads", [True, False])
+def test_code_around_the_loop_meets_a_grid_of_blocks(block_threads):
+    """loop_prep and after_loop run in every thread of CuPy's launch (⌈size / block_size⌉ blocks, of
+    block_size threads, or of one by default), CUPY_FOR strides over the grid, and __syncthreads
+    makes a block's shared writes visible to its other threads: each reads its neighbour's count."""
+    with cupy_standin.installed(block_threads=block_threads) as standin:
+        cp = standin.cupy
+        grid = cp.ElementwiseKernel(
+            "raw float32 x", "raw int64 counts, raw int64 neighbours, raw int64 shape", "++seen", "grid",
+            loop_prep="long long seen = 0",
+            after_loop="""__shared__ long long values[64];
+            long long thread = blockIdx.x * blockDim.x + threadIdx.x;
+            values[threadIdx.x] = seen + thread;
+            __syncthreads();
+            counts[thread] = seen;
+            neighbours[thread] = values[(threadIdx.x + 1) % blockDim.x];
+            if (thread == 0) { shape[0] = gridDim.x; shape[1] = blockDim.x; }""")
+        counts, neighbours, shape = cp.zeros(320, "int64"), cp.zeros(320, "int64"), cp.zeros(2, "int64")
+        grid(cp.zeros(1, "float32"), counts, neighbours, shape, size=300, block_size=64)
+        threads = 64 if block_threads else 1
+        assert cp.asnumpy(shape).tolist() == [5, threads]
+        thread = np.arange(5 * threads)
+        expected = np.array([np.count_nonzero(np.arange(300) % (5 * threads) == t) for t in thread])
+        neighbour = thread // threads * threads + (thread + 1) % threads
+        np.testing.assert_array_equal(cp.asnumpy(counts)[:thread.size], expected)
+        np.testing.assert_array_equal(cp.asnumpy(neighbours)[:thread.size], expected[neighbour] + neighbour)
+
+
 def test_documented_reduction(cp):
     l2norm = cp.ReductionKernel("T x", "T y", "x * x", "a + b", "y = sqrt(a)", "0", "l2norm")
     x = np.arange(10, dtype=np.float32).reshape(2, 5)

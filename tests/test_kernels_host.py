@@ -14,7 +14,7 @@ import pytest
 
 from gpunn.backends.activations import REGISTRY, activation_function
 from gpunn.backends.base import ACTIVATIONS, DropoutMask
-from gpunn.backends.numpy_backend import NumpyBackend
+from gpunn.backends.numpy_backend import NumpyBackend, advance_counters
 from gpunn.kernel_source import kernel_dir, kernel_source
 
 NVCC = shutil.which("nvcc")
@@ -258,7 +258,7 @@ def test_effective_grad_and_counters_match_numpy(harness, rng, dtype):
     for norm, dynamic in ((1.0, True), (np.inf, True), (1.0, True), (1.0, True), (np.nan, False)):
         harness[f"after_update_{suffix}"](host.ctypes.data_as(ctypes.c_void_p), c_type(norm), ctypes.c_int(dynamic),
                                           ctypes.c_double(2.0))
-        numpy_backend.optimizer_counters(device, np.array([norm]), dynamic, 2.0)
+        advance_counters(device, norm, dynamic, 2.0)
         np.testing.assert_array_equal(host, device)
 
 

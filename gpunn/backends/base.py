@@ -189,24 +189,28 @@ class Backend(abc.ABC):
 
     # --- optimizers over flat buffers (see gpunn/optim and kernels/optim.cuh) ----------------
     @abc.abstractmethod
-    def global_norm(self, x, out):
+    def optimizer_scratch(self, compute_dtype):
+        """Device scratch that one optimizer's norm and update kernels keep between steps (None
+        where the backend needs none); it belongs to one optimizer so that no other launch shares it."""
+
+    @abc.abstractmethod
+    def global_norm(self, x, out, scratch=None):
         """The L2 norm of the flat array ``x`` into the 1-element array ``out`` (compute dtype)."""
 
     @abc.abstractmethod
     def optimizer_update(self, rule, param, grad, states, master, scalars, lr_table, norm, hyper, flag,
-                         weight_decay: float, decay_end: int, max_norm: float, dynamic_scale: bool) -> None:
+                         weight_decay: float, decay_end: int, max_norm: float, dynamic_scale: bool,
+                         advance: bool = True, growth_interval: float = 2000.0, scratch=None) -> None:
         """One fused update of ``rule`` (an ``optim.rules.UpdateRule``) over flat arrays, in place.
 
         The learning rate is ``lr_table[min(scalars[1], len − 1)]`` and the step ``scalars[0] + 1``;
         the gradient is unscaled by ``scalars[2]`` and clipped to ``max_norm`` (when > 0) using
         ``norm``; with ``dynamic_scale`` a non-finite ``norm`` skips the update. ``master`` (float32
         master weights of a float16 model, or None) is updated and rounded into ``param``. Elements
-        from ``decay_end`` on get no weight decay. Nothing here waits for the device.
+        from ``decay_end`` on get no weight decay. With ``advance`` the same launch then advances
+        the counters (``kernels/optim.cuh`` gpunn_after_update: the loss scale halves on a skipped
+        step and doubles after ``growth_interval`` good ones). Nothing here waits for the device.
         """
-
-    @abc.abstractmethod
-    def optimizer_counters(self, scalars, norm, dynamic_scale: bool, growth_interval: float) -> None:
-        """Advance the step counters (and the dynamic loss scale) after an update, on the device."""
 
     # --- fused loss heads -----------------------------------------------------------------
     @abc.abstractmethod

@@ -15,7 +15,6 @@ from typing import Callable, NamedTuple
 import cupy
 import numpy
 
-from ..flat import PADDING
 from ..kernel_source import kernel_source
 from ..optim.rules import RULES
 from . import cublas, get_matmul_precision
@@ -67,7 +66,6 @@ class CupyBackend(Backend):
         self._workspaces: dict = {}
         self._ones: dict = {}
         self._unit_scale = None
-        self._partials: dict = {}
         self._no_step: dict = {}
 
     # --- arrays -------------------------------------------------------------------------
@@ -226,36 +224,31 @@ class CupyBackend(Backend):
         return out
 
     # --- optimizers -----------------------------------------------------------------------
-    def global_norm(self, x, out):
-        """√Σx² in two reductions over equal blocks (the flat buffers are padded to PADDING), so the
-        work spreads over the whole GPU; a ReductionKernel with one output would run on one block."""
+    def optimizer_scratch(self, compute_dtype):
+        """Per optimizer: the norm kernel's partial sums (one per block) and two tickets, the
+        norm's and the update's, for their last blocks (kernels/grid.cuh)."""
+        return _OptimizerScratch(cupy.empty((NORM_MAX_BLOCKS,), compute_dtype), cupy.zeros((2,), "uint32"))
+
+    def global_norm(self, x, out, scratch=None):
+        """√Σx² in one launch: each block sums a grid-strided part, and the last block to finish
+        adds the blocks' sums in a fixed order (deterministic), so the norm never waits for a
+        second launch and the whole GPU streams the gradient."""
         _require_device(x, out)
-        rows = x.size // PADDING if x.size and x.size % PADDING == 0 else 1
-        partials = self._kernel("sum_of_squares", x.dtype)(x.reshape(rows, -1), axis=1,
-                                                            out=self._partial((rows,), out.dtype))
-        self._kernel("norm_of_partials", out.dtype)(partials, out.reshape(()))
+        scratch = scratch or self.optimizer_scratch(out.dtype)
+        threads = NORM_BLOCK * min(NORM_MAX_BLOCKS, -(-x.size // NORM_BLOCK))
+        self._kernel("gradient_norm", x.dtype)(x, x.size, scratch.partials, out, scratch.tickets, size=threads,
+                                               block_size=NORM_BLOCK)
         return out
 
-    def _partial(self, shape, dtype):
-        key = (cupy.cuda.Device().id, shape, numpy.dtype(dtype).name)
-        if key not in self._partials:
-            self._partials[key] = cupy.empty(shape, dtype)
-        return self._partials[key]
-
     def optimizer_update(self, rule, param, grad, states, master, scalars, lr_table, norm, hyper, flag,
-                         weight_decay: float, decay_end: int, max_norm: float, dynamic_scale: bool) -> None:
+                         weight_decay: float, decay_end: int, max_norm: float, dynamic_scale: bool,
+                         advance: bool = True, growth_interval: float = 2000.0, scratch=None) -> None:
         _require_device(param, grad, scalars, lr_table, norm, *states)
         op = f"update_{rule.name}" + ("_master" if master is not None else "")
         outputs = ([] if master is None else [master]) + [param, *states]
-        self._kernel(op, param.dtype)(grad, scalars, lr_table, lr_table.size, norm, max_norm, dynamic_scale,
-                                      weight_decay, decay_end, *hyper, flag, *outputs)
-
-    def optimizer_counters(self, scalars, norm, dynamic_scale: bool, growth_interval: float) -> None:
-        _require_device(scalars, norm)
-        # Every array argument is raw, so the loop size is given: CuPy accepts ``size`` exactly then
-        # (cupy/_core/_kernel.pyx at v14.2.0, _broadcast: "Specified 'size' can be used
-        # only if all of the ndarray are 'raw'" / "Loop size is undecided").
-        self._kernel("optimizer_counters", norm.dtype)(norm, dynamic_scale, growth_interval, scalars, size=1)
+        tickets = (scratch or self.optimizer_scratch(norm.dtype)).tickets
+        self._kernel(op, param.dtype)(grad, lr_table, lr_table.size, norm, max_norm, dynamic_scale, weight_decay,
+                                      decay_end, *hyper, flag, advance, growth_interval, *outputs, scalars, tickets)
 
     def _loss_scale(self, loss_scale):
         if loss_scale is not None:
@@ -379,6 +372,16 @@ _LAYER_NORM_REDUCTIONS = {
 }
 
 
+class _OptimizerScratch(NamedTuple):
+    partials: object
+    tickets: object
+
+
+#: The gradient norm's launch: blocks of NORM_BLOCK threads (a power of two, as gpunn_block_sum
+#: needs), at most NORM_MAX_BLOCKS of them, each thread striding over the buffer.
+NORM_BLOCK, NORM_MAX_BLOCKS = 128, 1024
+
+
 class Arg(NamedTuple):
     """One argument as gpunn passes it at launch: an array of the batch's shape (``"array"``), a
     vector broadcast over the rows (``"row"``, a bias) or the columns (``"column"``), a scalar,
@@ -399,8 +402,9 @@ class KernelSpec(NamedTuple):
     dtypes: tuple[str, ...] = tuple(_COMPUTE)
 
 
-def _elementwise(in_params, out_params, operation, name, *files):
-    return cupy.ElementwiseKernel(in_params, out_params, operation, name, preamble=kernel_source(*files))
+def _elementwise(in_params, out_params, operation, name, *files, **code):
+    """An ElementwiseKernel calling functions of ``files``; ``code``: CuPy's loop_prep/after_loop."""
+    return cupy.ElementwiseKernel(in_params, out_params, operation, name, preamble=kernel_source(*files), **code)
 
 
 def _bce_with_logits_loss(_, dtype):
@@ -435,7 +439,9 @@ def _update(rule, with_master: bool):
     """One rule's fused update over flat buffers: the learning rate from the device's table, the
     step and loss scale from its counters, unscale and clip, the rule, float16 rounding of masters."""
     states = list(rule.states)
-    outputs = (["C master"] if with_master else []) + ["T p"] + [f"C {name}" for name in states]
+    # The counters and the ticket are outputs: the last block writes them (CuPy's raw inputs are const).
+    outputs = (["C master"] if with_master else []) + ["T p"] + [f"C {name}" for name in states] + \
+        ["raw float64 scalars", "raw uint32 tickets"]
     # A float16 parameter written from outside (assignment, a restored best epoch) no longer
     # equals its rounded master weight: the written value wins, so training never ignores it.
     arguments = ", ".join(states + ["unused"] * (2 - len(states)))
@@ -453,37 +459,44 @@ def _update(rule, with_master: bool):
             p = (T) param;
         }}"""
 
+    # Once every block is done reading the counters, the last one advances them (and the loss
+    # scale): the step needs no second launch. ``advance`` is False for all but the last launch
+    # of a step that updates its parameters in several pieces.
+    counters = ("if (advance && gpunn_last_block(&tickets[1]) && threadIdx.x == 0) "
+                "gpunn_after_update(&scalars[0], norm[0], dynamic, growth_interval)")
+
     def build(_, dtype):
         return _elementwise(
-            "T g, raw float64 scalars, raw float64 lr_table, int64 lr_length, raw C norm, C max_norm, bool dynamic, "
-            "C weight_decay, int64 decay_end, C h0, C h1, C h2, bool flag", ", ".join(outputs), operation,
-            f"{rule.function}_kernel", "optim.cuh")
+            "T g, raw float64 lr_table, int64 lr_length, raw C norm, C max_norm, bool dynamic, C weight_decay, "
+            "int64 decay_end, C h0, C h1, C h2, bool flag, bool advance, float64 growth_interval", ", ".join(outputs),
+            operation, f"{rule.function}_kernel", "optim.cuh", "grid.cuh", after_loop=counters)
 
     def arguments_for(_, dtype):
         compute = _compute_name(dtype)
         scalar = Arg(compute, "scalar")
-        return (Arg(dtype), Arg("float64", "raw"), Arg("float64", "raw"), Arg("int64", "scalar"), Arg(compute, "raw"),
-                scalar, Arg("bool", "scalar"), scalar, Arg("int64", "scalar"), scalar, scalar, scalar,
-                Arg("bool", "scalar"), *([Arg(compute)] if with_master else []), Arg(dtype),
-                *(Arg(compute) for _ in states))
+        return (Arg(dtype), Arg("float64", "raw"), Arg("int64", "scalar"), Arg(compute, "raw"), scalar,
+                Arg("bool", "scalar"), scalar, Arg("int64", "scalar"), scalar, scalar, scalar, Arg("bool", "scalar"),
+                Arg("bool", "scalar"), Arg("float64", "scalar"), *([Arg(compute)] if with_master else []), Arg(dtype),
+                *(Arg(compute) for _ in states), Arg("float64", "raw"), Arg("uint32", "raw"))
 
     return KernelSpec(build, arguments_for, dtypes=("float16",) if with_master else ("float32", "float64"))
 
 
-def _optimizer_counters(_, dtype):
-    return _elementwise("raw C norm, bool dynamic, float64 growth_interval", "raw float64 scalars",
-                        "if (i == 0) gpunn_after_update(&scalars[0], norm[0], dynamic, growth_interval);",
-                        "gpunn_optimizer_counters_kernel", "optim.cuh")
-
-
-def _sum_of_squares(_, dtype):
-    return cupy.ReductionKernel("T x", "C total", "(C) x * (C) x", "a + b", "total = a", "0",
-                                "gpunn_sum_of_squares_kernel")
-
-
-def _norm_of_partials(_, dtype):
-    return cupy.ReductionKernel("T partial", "T norm", "partial", "a + b", "norm = gpunn_sqrt(a)", "0",
-                                "gpunn_norm_of_partials_kernel", preamble=kernel_source("math.cuh"))
+def _gradient_norm(_, dtype):
+    """√Σx² of a flat buffer in one launch of NORM_BLOCK-thread blocks (see CupyBackend.global_norm)."""
+    return _elementwise(
+        "raw T x, int64 n", "raw C partials, raw C norm, raw uint32 tickets",
+        "for (ptrdiff_t k = i; k < n; k += _ind.size()) { C value = (C) x[k]; thread_sum += value * value; }",
+        "gpunn_gradient_norm_kernel", "math.cuh", "grid.cuh", loop_prep="C thread_sum = C(0)",
+        after_loop="""C block_sum = gpunn_block_sum(thread_sum);
+        if (threadIdx.x == 0) partials[blockIdx.x] = block_sum;
+        if (gpunn_last_block(&tickets[0])) {
+            volatile C* sums = &partials[0];  // written by other blocks: read past this SM's L1
+            C total = C(0);
+            for (unsigned int b = threadIdx.x; b < gridDim.x; b += blockDim.x) total += sums[b];
+            total = gpunn_block_sum(total);
+            if (threadIdx.x == 0) norm[0] = gpunn_sqrt(total);
+        }""")
 
 
 def _build_activation(op: str, name: str, compute_name: str, compute: str):
@@ -575,11 +588,9 @@ KERNELS: dict[str, KernelSpec] = {
         Arg(d), Arg(d), Arg(d, "row"), *(Arg(_compute_name(d), "column") for _ in range(4)), Arg(d))),
     **{f"update_{name}{suffix}": _update(rule, bool(suffix)) for name, rule in RULES.items()
        for suffix in ("", "_master")},
-    "optimizer_counters": KernelSpec(
-        _optimizer_counters, lambda v, d: (Arg(d, "raw"), Arg("bool", "scalar"), Arg("float64", "scalar"),
-                                        Arg("float64", "raw")), dtypes=("float32", "float64")),
-    "sum_of_squares": KernelSpec(_sum_of_squares, lambda v, d: (Arg(d, "matrix"), Arg(_compute_name(d), "rows"))),
-    "norm_of_partials": KernelSpec(_norm_of_partials, lambda v, d: (Arg(d), Arg(d)), dtypes=("float32", "float64")),
+    "gradient_norm": KernelSpec(_gradient_norm, lambda v, d: (
+        Arg(d, "raw"), Arg("int64", "scalar"), Arg(_compute_name(d), "raw"), Arg(_compute_name(d), "raw"),
+        Arg("uint32", "raw"))),
     "mse_grad": KernelSpec(_loss_gradient("gpunn_mse_grad"), lambda v, d: (Arg(d), Arg(d), Arg(_compute_name(d), "scalar"),
                                                  Arg("float64", "raw"), Arg(d))),
     "bce_with_logits_loss": KernelSpec(_bce_with_logits_loss, lambda v, d: (Arg(d), Arg(d), Arg(_compute_name(d)))),

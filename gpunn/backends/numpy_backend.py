@@ -208,7 +208,10 @@ class NumpyBackend(Backend):
             self._scratch[key] = (np.empty(size, dtype), np.empty(size, dtype))
         return self._scratch[key]
 
-    def global_norm(self, x, out):
+    def optimizer_scratch(self, compute_dtype):
+        return None  # the host needs no tickets: one call does the whole update
+
+    def global_norm(self, x, out, scratch=None):
         if x.dtype == np.float16:
             x = x.astype(np.float32)
         with np.errstate(over="ignore", invalid="ignore"):
@@ -216,10 +219,17 @@ class NumpyBackend(Backend):
         return out
 
     def optimizer_update(self, rule, param, grad, states, master, scalars, lr_table, norm, hyper, flag,
-                         weight_decay: float, decay_end: int, max_norm: float, dynamic_scale: bool) -> None:
+                         weight_decay: float, decay_end: int, max_norm: float, dynamic_scale: bool,
+                         advance: bool = True, growth_interval: float = 2000.0, scratch=None) -> None:
         norm_value = float(norm[0])
-        if dynamic_scale and not np.isfinite(norm_value):
-            return
+        if not dynamic_scale or np.isfinite(norm_value):  # a float16 overflow skips the update
+            self._update(rule, param, grad, states, master, scalars, lr_table, norm_value, hyper, flag,
+                         weight_decay, decay_end, max_norm)
+        if advance:
+            advance_counters(scalars, norm_value, dynamic_scale, growth_interval)
+
+    def _update(self, rule, param, grad, states, master, scalars, lr_table, norm_value, hyper, flag,
+                weight_decay, decay_end, max_norm):
         lr = float(lr_table[min(int(scalars[1]), lr_table.size - 1)])
         step, loss_scale = float(scalars[0]) + 1.0, float(scalars[2])
         target = param if master is None else master
@@ -246,20 +256,6 @@ class NumpyBackend(Backend):
                           weight_decay, max(0, decay_end - start), *hyper, flag)
                 if master is not None:
                     np.copyto(param[start:stop], master[start:stop], casting="same_kind")
-
-    def optimizer_counters(self, scalars, norm, dynamic_scale: bool, growth_interval: float) -> None:
-        scalars[1] += 1
-        if dynamic_scale and not np.isfinite(norm[0]):
-            scalars[2] *= 0.5
-            scalars[3] = 0
-            scalars[4] += 1
-            return
-        scalars[0] += 1
-        if dynamic_scale:
-            scalars[3] += 1
-            if scalars[3] >= growth_interval:
-                scalars[2] *= 2
-                scalars[3] = 0
 
     @_float16_computes_in_float32
     def mse_grad(self, y, t, scale: float, loss_scale=None, out=None):
@@ -296,3 +292,19 @@ class NumpyBackend(Backend):
     def capture(self, step, previous=None):
         raise NotImplementedError("the numpy backend cannot capture graphs: NumPy runs every step "
                                   "eagerly (use the cupy backend, or graph=False)")
+
+
+def advance_counters(scalars, norm: float, dynamic_scale: bool, growth_interval: float) -> None:
+    """kernels/optim.cuh gpunn_after_update on the host: the step counters and GradScaler's rule."""
+    scalars[1] += 1
+    if dynamic_scale and not np.isfinite(norm):
+        scalars[2] *= 0.5
+        scalars[3] = 0
+        scalars[4] += 1
+        return
+    scalars[0] += 1
+    if dynamic_scale:
+        scalars[3] += 1
+        if scalars[3] >= growth_interval:
+            scalars[2] *= 2
+            scalars[3] = 0

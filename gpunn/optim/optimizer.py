@@ -2,8 +2,8 @@
 flat state, clipping, mixed precision, the step counters on the device, and state_dict.
 
 One ``step()`` queues, for the whole model: the global gradient norm when clipping or loss
-scaling needs it, one fused update over the flat buffer, and a one-thread kernel that advances
-the counters (and the dynamic loss scale). Nothing waits for the device, and every number that
+scaling needs it (one launch), and one fused update over the flat buffer whose last block then
+advances the counters and the dynamic loss scale. Nothing waits for the device, and every number that
 changes from step to step (the learning rate from the schedule, Adam's step count, the loss
 scale) is read on the device, so a recorded CUDA graph stays valid.
 """
@@ -146,6 +146,7 @@ class Optimizer:
         self._scalars = backend.asarray([0.0, 0.0, INITIAL_LOSS_SCALE if self.mixed_precision else 1.0, 0.0, 0.0],
                                         "float64")
         self._norm = backend.zeros((1,), self.compute_dtype)
+        self._scratch = backend.optimizer_scratch(self.compute_dtype)
         self._lr_table = None
         self._fill_lr_table(_LR_TABLE_MINIMUM)
         return self
@@ -217,21 +218,22 @@ class Optimizer:
         dynamic = self.mixed_precision
         if self.max_grad_norm is not None or dynamic:
             if len(segments) == 1:
-                backend.global_norm(segments[0].grads, out=self._norm)
+                backend.global_norm(segments[0].grads, out=self._norm, scratch=self._scratch)
             else:
                 xp = backend.xp
-                squares = [backend.global_norm(s.grads, out=backend.zeros((1,), self.compute_dtype)) ** 2
-                           for s in segments]
+                squares = [backend.global_norm(s.grads, out=backend.zeros((1,), self.compute_dtype),
+                                               scratch=self._scratch) ** 2 for s in segments]
                 self._norm[...] = xp.sqrt(sum(squares))
         hyper = tuple(self.numbers.get(name, 0.0) if name else 0.0 for name in self.rule.numbers)
-        for segment in segments:
+        for index, segment in enumerate(segments):
             length = segment.stop - segment.start
             states = [state[segment.state_start:segment.state_start + length] for state in self._states]
             master = None if self._master is None else self._master[segment.state_start:segment.state_start + length]
             backend.optimizer_update(self.rule, segment.values, segment.grads, states, master, self._scalars,
                                      self._lr_table, self._norm, hyper, self.flag, self.weight_decay,
-                                     segment.decay_end, self.max_grad_norm or 0.0, dynamic)
-        backend.optimizer_counters(self._scalars, self._norm, dynamic, float(GROWTH_INTERVAL))
+                                     segment.decay_end, self.max_grad_norm or 0.0, dynamic,
+                                     advance=index == len(segments) - 1, growth_interval=float(GROWTH_INTERVAL),
+                                     scratch=self._scratch)
         self._steps_issued += 1
 
     def _fresh_segments(self, fresh):
@@ -255,6 +257,12 @@ class Optimizer:
         self._require_bound("device_arrays")
         arrays = [*self._states, self._scalars, self._norm, self._lr_table]
         return arrays + ([self._master] if self._master is not None else [])
+
+    def scratch_arrays(self) -> list:
+        """Device scratch of the norm and update kernels: kept alive with a recorded graph, and
+        never part of the state (each launch leaves its tickets at 0)."""
+        self._require_bound("scratch_arrays")
+        return [] if self._scratch is None else list(self._scratch)
 
     @property
     def skipped_steps(self) -> int:

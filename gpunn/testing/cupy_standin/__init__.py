@@ -17,7 +17,9 @@ Every device operation is logged (kernel, cuBLAS call, memset/memcpy, graph laun
 the launch counts of a training step (``Standin.count``).
 
 What it cannot show (the GPU run, ``benchmarks/gpu_check.sh``, still owes these):
-  * streams: there is one ordered host thread; stream semantics, overlap and races are absent;
+  * streams: launches run one at a time, in order; stream semantics, overlap and races between
+    launches are absent (inside a launch, ``installed(block_threads=True)`` runs each block's
+    threads as host threads, so a block's barriers and shared memory are real; blocks run in turn);
   * CUDA graph capture: captured launches are recorded and replayed in order on the same
     buffers, which catches host work or transfers inside a captured step, nothing more;
   * memory pools: allocation is NumPy's; pool reuse, fragmentation and graph-pool lifetime
@@ -58,8 +60,12 @@ class Standin:
 
 
 @contextlib.contextmanager
-def installed():
-    """Run the block with the stand-in as ``cupy`` and gpunn's CuPy backend imported on it."""
+def installed(block_threads: bool = False):
+    """Run the block with the stand-in as ``cupy`` and gpunn's CuPy backend imported on it.
+
+    A kernel whose threads work together (code around its loop: kernels/grid.cuh) runs on CuPy's
+    grid of blocks; with ``block_threads`` each block has CuPy's threads, as host threads meeting
+    at every ``__syncthreads`` (exact, and slow: for tests of that code), otherwise one thread."""
     from gpunn import backends
     from gpunn.backends import cublas
 
@@ -67,7 +73,7 @@ def installed():
     saved_attribute = backends.__dict__.get("cupy_backend")
     saved_loader = cublas.load_library
     saved_backend = backends._current.get()  # a `use_backend(...)` without `with` inside must not leak
-    device, library = Device(), CublasLibrary()
+    device, library = Device(block_threads), CublasLibrary()
     sys.modules.update({"cupy": module, "cupy.cuda": module.cuda, "cupy.cuda.runtime": module.cuda.runtime})
     sys.modules.pop(BACKEND_MODULE, None)
     cublas.load_library = lambda runtime_major: library  # the wheel search is tests/test_cublas_loading.py's

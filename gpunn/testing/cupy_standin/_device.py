@@ -26,7 +26,10 @@ class StandinViolation(RuntimeError):
 class Device:
     """One fake GPU. ``installed()`` makes a fresh one current for its duration."""
 
-    def __init__(self):
+    def __init__(self, block_threads: bool = False):
+        #: Whether a kernel whose threads cooperate runs CuPy's blocks of threads as host threads
+        #: (slow, exact), or blocks of one thread (fast; see _kernels.ElementwiseKernel._source).
+        self.block_threads = block_threads
         self._starts: list[int] = []
         self._allocations: dict[int, tuple[int, weakref.ref]] = {}
         self.launches: list[tuple[str, str]] = []  # (kind, name), in launch order

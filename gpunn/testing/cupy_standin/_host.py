@@ -16,19 +16,85 @@ from pathlib import Path
 MAX_DIMS = 32
 
 #: What kernel code finds on the device, defined for the host: CuPy's CArray, CIndexer, float16
-#: and CUPY_FOR (cupy/_core/include/cupy/carray.cuh, float16.cuh), and the CUDA math-API names
-#: that the C library lacks. One thread runs the whole index range in order.
+#: and CUPY_FOR (cupy/_core/include/cupy/carray.cuh, float16.cuh), the CUDA math-API names that
+#: the C library lacks, and the few CUDA built-ins a kernel's block-level code uses.
 PRELUDE = r"""
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <thread>
+#include <vector>
 #define __host__
 #define __device__
 #define __global__
 #define __forceinline__ inline
 #define __restrict__
-#define CUPY_FOR(i, n) for (ptrdiff_t i = 0; i < (ptrdiff_t)(n); ++i)
+#define __shared__ static
+
+// A launch of cooperating threads (gpunn_standin_launch): the blocks run one after another (so a
+// function's static ``__shared__`` array is its block's), each thread of a block a host thread, and
+// __syncthreads is a barrier of the block's threads. CUPY_FOR is CuPy's grid-stride loop (carray.cuh).
+struct gpunn_standin_dim3 { unsigned int x, y, z; };
+static thread_local gpunn_standin_dim3 threadIdx = {0, 0, 0}, blockDim = {1, 1, 1}, blockIdx = {0, 0, 0},
+                                       gridDim = {1, 1, 1};
+#define CUPY_FOR(i, n) \
+    for (ptrdiff_t i = (ptrdiff_t) blockIdx.x * blockDim.x + threadIdx.x; i < (ptrdiff_t)(n); \
+         i += (ptrdiff_t) blockDim.x * gridDim.x)
+
+class gpunn_standin_barrier {
+  std::mutex mutex_;
+  std::condition_variable arrived_;
+  unsigned int count_, waiting_ = 0, generation_ = 0;
+ public:
+  explicit gpunn_standin_barrier(unsigned int count) : count_(count) {}
+  void wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    unsigned int generation = generation_;
+    if (++waiting_ == count_) { waiting_ = 0; ++generation_; arrived_.notify_all(); return; }
+    if (!arrived_.wait_for(lock, std::chrono::seconds(60), [&] { return generation != generation_; })) {
+      // On a GPU a barrier that some threads of the block skip is undefined behaviour (often a hang).
+      std::fprintf(stderr, "CuPy stand-in: __syncthreads in block %u waited 60 s for %u of its %u threads; "
+                   "some threads never reach it (a barrier inside a branch that differs between threads?)\n",
+                   blockIdx.x, count_ - waiting_, count_);
+      std::abort();
+    }
+  }
+};
+static thread_local gpunn_standin_barrier* gpunn_standin_block = nullptr;
+inline void __syncthreads() { if (gpunn_standin_block) gpunn_standin_block->wait(); }
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+static std::mutex gpunn_standin_atomics;
+inline unsigned int atomicInc(unsigned int* address, unsigned int value) {
+  std::lock_guard<std::mutex> lock(gpunn_standin_atomics);
+  unsigned int old = *address;
+  *address = old >= value ? 0u : old + 1u;
+  return old;
+}
+
+template <typename Body>
+void gpunn_standin_launch(unsigned int blocks, unsigned int threads, Body body) {
+  gpunn_standin_barrier barrier(threads);
+  auto run = [&](unsigned int t) {
+    threadIdx.x = t; blockDim.x = threads; gridDim.x = blocks; gpunn_standin_block = &barrier;
+    for (blockIdx.x = 0; blockIdx.x < blocks; ++blockIdx.x) {
+      body();
+      __syncthreads();  // the block is done before the next one reuses its shared memory
+    }
+    threadIdx = blockIdx = {0, 0, 0}; blockDim = gridDim = {1, 1, 1}; gpunn_standin_block = nullptr;
+  };
+  if (threads == 1) { run(0); return; }
+  std::vector<std::thread> team;
+  for (unsigned int t = 0; t < threads; ++t) team.emplace_back(run, t);
+  for (std::thread& thread : team) thread.join();
+}
+
 #define GPUNN_STANDIN_MAX_DIMS @MAX_DIMS@
 
 // CUDA overloads the math functions for float; the C library's global ones take double.
@@ -83,19 +149,23 @@ template <typename T> struct CArray {
   const ptrdiff_t* shape() const { return shape_; }
   const ptrdiff_t* strides() const { return strides_; }
   T* data() const { return data_; }
-  T& operator[](const ptrdiff_t* idx) const {
+  // As in carray.cuh, an array parameter declared const (every input) gives const elements.
+  T& operator[](const ptrdiff_t* idx) { return const_cast<T&>(static_cast<const CArray&>(*this)[idx]); }
+  const T& operator[](const ptrdiff_t* idx) const {
     ptrdiff_t diff = 0;
     for (ptrdiff_t dim = 0; dim < ndim_; ++dim) diff += strides_[dim] * idx[dim];
-    return *reinterpret_cast<T*>(reinterpret_cast<char*>(data_) + diff);
+    return *reinterpret_cast<const T*>(reinterpret_cast<const char*>(data_) + diff);
   }
   // Any integer index (a literal 0 too, which would otherwise also fit the pointer overload, where
   // CuPy's carray.cuh takes an array reference instead).
   template <typename I, typename = typename std::enable_if<std::is_integral<I>::value>::type>
-  T& operator[](I index) const {
+  T& operator[](I index) { return const_cast<T&>(static_cast<const CArray&>(*this)[index]); }
+  template <typename I, typename = typename std::enable_if<std::is_integral<I>::value>::type>
+  const T& operator[](I index) const {
     ptrdiff_t i = (ptrdiff_t) index, diff = 0;
     for (ptrdiff_t dim = ndim_; --dim > 0;) { diff += strides_[dim] * (i % shape_[dim]); i /= shape_[dim]; }
     if (ndim_ > 0) diff += strides_[0] * i;
-    return *reinterpret_cast<T*>(reinterpret_cast<char*>(data_) + diff);
+    return *reinterpret_cast<const T*>(reinterpret_cast<const char*>(data_) + diff);
   }
 };
 struct CIndexer {
@@ -155,7 +225,7 @@ def cache_dir() -> Path:
     return Path(folder)
 
 
-_FLAGS = ("-std=c++17", "-O1", "-shared", "-fPIC")  # CuPy compiles with --std=c++17 (cupy/cuda/compiler.py)
+_FLAGS = ("-std=c++17", "-O1", "-shared", "-fPIC", "-pthread")  # CuPy compiles with --std=c++17 (cupy/cuda/compiler.py)
 _loaded: dict[str, object] = {}
 
 

@@ -11,6 +11,7 @@ the operation, preamble and typedefs go in unchanged.
 from __future__ import annotations
 
 import ctypes
+import math
 import re
 
 import numpy as np
@@ -234,23 +235,38 @@ class ElementwiseKernel:
             return result
         hosts = views[:self.nin] + [a._host for a in out_args]
         arguments = launch_arguments(hosts, in_types + out_types) + [_host.indexer_argument(shape)]
-        launch(self.name, self._source(arguments, in_types + out_types, type_map), arguments, hosts)
+        size = math.prod(shape)
+        grid = None
+        if self._cooperates():  # function.pyx, linear_launch: ⌈size / block_size⌉ blocks
+            grid = (-(-size // block_size), min(block_size, size) if current().block_threads else 1)
+        launch(self.name, self._source(arguments, in_types + out_types, type_map, grid), arguments, hosts)
         return result
 
-    def _source(self, arguments, dtypes, type_map) -> str:
-        """_kernel.pyx, _get_elementwise_kernel_code and _get_simple_elementwise_kernel_code."""
+    def _cooperates(self) -> bool:
+        """Code before or after the loop is where a kernel's threads work together (kernels/grid.cuh)."""
+        return bool(self.kwargs.get("loop_prep") or self.kwargs.get("after_loop"))
+
+    def _source(self, arguments, dtypes, type_map, grid) -> str:
+        """_kernel.pyx, _get_elementwise_kernel_code and _get_simple_elementwise_kernel_code.
+
+        With ``grid`` = (blocks, threads): CuPy's blocks, run one after another, each of ``threads``
+        host threads (CuPy's min(block_size, size), or 1) with their own copy of the parameters,
+        meeting at __syncthreads. Without, one thread runs the whole index range, which gives the
+        same result for a kernel whose threads never meet, and fast."""
         references = []
         for p, argument in zip(self.params, arguments):
             if isinstance(argument, _host.CArrayArgument) and not p.raw:
                 references.append(("const {t} &{n} = _raw_{n}[_ind.get()];" if p.is_const
                                    else "{t} &{n} = _raw_{n}[_ind.get()];").format(t=p.ctype, n=p.name))
         operation = "\n".join(references + [self.operation])
-        return (f"{typedefs(type_map)}\n{self.preamble}\n"
-                f"extern \"C\" void {_host.ENTRY}(void** _args) {{  // {self.name}\n"
-                f"  {declarations(self.params, arguments, dtypes + (None,))}\n"
+        body = (f"  {declarations(self.params, arguments, dtypes + (None,))}\n"
                 f"  {self.kwargs.get('loop_prep', '')};\n"
                 f"  CUPY_FOR(i, _ind.size()) {{\n    _ind.set(i);\n    {operation};\n  }}\n"
-                f"  {self.kwargs.get('after_loop', '')};\n}}\n")
+                f"  {self.kwargs.get('after_loop', '')};\n")
+        if grid is not None:
+            body = f"  gpunn_standin_launch({grid[0]}, {grid[1]}, [&] {{\n{body}  }});\n"
+        return (f"{typedefs(type_map)}\n{self.preamble}\n"
+                f"extern \"C\" void {_host.ENTRY}(void** _args) {{  // {self.name}\n{body}}}\n")
 
 
 class ReductionKernel:

@@ -1,0 +1,77 @@
+"""The kernels whose threads work together (kernels/grid.cuh: the one-launch gradient norm, the
+update that advances its own counters), run on the CuPy stand-in with CuPy's real blocks of
+threads: each block's threads are host threads that meet at every __syncthreads, so a missing
+barrier, a shared array read too early or a wrong last block shows here before any GPU runs it."""
+
+import sys
+
+import numpy as np
+import pytest
+
+import gpunn as gn
+from gpunn.backends import resolve_backend
+from gpunn.testing import cupy_standin
+
+import test_backend_conformance as conformance
+from test_training_toolkit import mlp
+
+
+@pytest.fixture
+def threaded():
+    with cupy_standin.installed(block_threads=True) as standin:
+        yield standin, resolve_backend("cupy")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("max_blocks", [1024, 3])  # 3: the threads stride over the buffer
+def test_gradient_norm_in_one_launch(threaded, monkeypatch, rng, dtype, max_blocks):
+    standin, backend = threaded
+    monkeypatch.setattr(sys.modules["gpunn.backends.cupy_backend"], "NORM_MAX_BLOCKS", max_blocks)
+    compute = "float64" if dtype == "float64" else "float32"
+    scratch = backend.optimizer_scratch(compute)
+    for size in (1, 127, 128, 129, 1000, 3 * 128 * 4 + 5):  # around a block, and several per thread
+        x = rng.normal(size=size).astype(dtype)
+        X, out = backend.asarray(x), backend.zeros((1,), compute)
+        launches = standin.count(lambda: backend.global_norm(X, out=out, scratch=scratch))
+        assert dict(launches) == {"kernel": 1}
+        np.testing.assert_allclose(backend.to_numpy(out)[0], np.linalg.norm(x.astype(np.float64)),
+                                   rtol=1e-5 if compute == "float32" else 1e-13)
+        assert backend.to_numpy(scratch.tickets).tolist() == [0, 0]  # ready for the next launch or replay
+
+
+def test_a_non_finite_gradient_gives_a_non_finite_norm(threaded):
+    _, backend = threaded
+    out = backend.zeros((1,), "float32")
+    for bad in (np.inf, np.nan):
+        x = np.ones(700, np.float32)
+        x[513] = bad
+        backend.global_norm(backend.asarray(x), out=out)
+        assert not np.isfinite(backend.to_numpy(out)[0])
+
+
+def test_counters_with_real_blocks(threaded):
+    _, backend = threaded
+    conformance.test_the_update_advances_the_counters_after_every_element_read_them(backend)
+    conformance.test_an_update_that_does_not_advance_leaves_the_counters(backend)
+
+
+@pytest.mark.parametrize("dtype,make", [
+    ("float32", lambda: gn.Adam(lr=1e-2, max_grad_norm=0.5)),
+    ("float16", lambda: gn.AdamW(lr=1e-2)),  # the loss scale's overflow check reads the norm
+])
+def test_training_steps_match_numpy(threaded, rng, dtype, make):
+    """A few clipped (or loss-scaled) steps of a 1,600-parameter model: 13 blocks of 128 threads."""
+    x, t = rng.normal(size=(16, 6)), rng.normal(size=(16, 3))
+    results = []
+    for backend in ("numpy", "cupy"):
+        model = mlp(backend, dtype=dtype, widths=(6, 40, 30, 3))
+        optimizer = make()
+        step = gn.TrainStep(model, gn.MSELoss(), optimizer)
+        X, T = step.prepare(x, t)
+        for _ in range(3):
+            step(X, T)
+        results.append((model.backend.to_numpy(model.flat.values).astype(np.float64),
+                        model.backend.to_numpy(optimizer._scalars)))
+    (values, counters), (device_values, device_counters) = results
+    np.testing.assert_allclose(device_values, values, rtol=2e-3 if dtype == "float16" else 1e-5, atol=1e-4)
+    np.testing.assert_array_equal(device_counters, counters)
