@@ -212,14 +212,15 @@ def test_optimizer_update_with_master_weights_and_skip(backend, rng, dtype):
     np.testing.assert_array_equal(backend.to_numpy(master), before)
 
 
-def test_the_update_advances_the_counters_after_every_element_read_them(backend):
+@pytest.mark.parametrize("n", [300, 2 ** 20 + 3])  # 3 blocks; on a GPU, 2048 blocks striding over them
+def test_the_update_advances_the_counters_after_every_element_read_them(backend, n):
     """The update's own launch advances the counters once (applied and attempted updates; a
     non-finite norm halves the loss scale and counts a skip; growth_interval good steps double it,
     torch.cuda.amp.GradScaler's rule), after every element has read this step's learning rate,
-    step and scale: 300 elements run on several blocks of the CuPy stand-in."""
+    step and scale."""
     from gpunn.optim.rules import RULES
 
-    n, rates = 300, [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+    rates = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
     P, G = backend.zeros((n,), "float32"), backend.asarray(np.ones(n), "float32")
     scalars, table = backend.asarray([0.0, 0.0, 16.0, 0.0, 0.0], "float64"), backend.asarray(rates, "float64")
     expected, scale = 0.0, 16.0

@@ -1,6 +1,8 @@
 """The CuPy stand-in itself: CuPy's kernel rules on cases from CuPy's documentation and tests,
 CuPy's device wall, the cuBLAS model, isolation from other tests, and the launch log."""
 
+import os
+import subprocess
 import sys
 
 import numpy as np
@@ -92,6 +94,23 @@ def test_code_around_the_loop_meets_a_grid_of_blocks(block_threads):
         neighbour = thread // threads * threads + (thread + 1) % threads
         np.testing.assert_array_equal(cp.asnumpy(counts)[:thread.size], expected)
         np.testing.assert_array_equal(cp.asnumpy(neighbours)[:thread.size], expected[neighbour] + neighbour)
+
+
+def test_a_barrier_some_threads_skip_aborts_with_its_block_named(tmp_path):
+    """On a GPU a __syncthreads that not every thread of the block reaches is undefined behaviour;
+    the stand-in stops the process with a message instead of hanging the test run."""
+    script = tmp_path / "divergent.py"
+    script.write_text(
+        "from gpunn.testing import cupy_standin\n"
+        "with cupy_standin.installed(block_threads=True) as standin:\n"
+        "    cp = standin.cupy\n"
+        "    kernel = cp.ElementwiseKernel('raw float32 x', 'raw float32 y', '', 'divergent',\n"
+        "                                  after_loop='if (threadIdx.x > 0) __syncthreads()')\n"
+        "    kernel(cp.zeros(1, 'float32'), cp.zeros(1, 'float32'), size=64, block_size=32)\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "GPUNN_STANDIN_BARRIER_SECONDS": "1"})
+    assert result.returncode != 0
+    assert "__syncthreads in block" in result.stderr and "for 1 of its 32 threads" in result.stderr
 
 
 def test_documented_reduction(cp):

@@ -23,13 +23,13 @@ def threaded():
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
-@pytest.mark.parametrize("max_blocks", [1024, 3])  # 3: the threads stride over the buffer
+@pytest.mark.parametrize("max_blocks", [2048, 3])  # 3: the threads stride over the buffer
 def test_gradient_norm_in_one_launch(threaded, monkeypatch, rng, dtype, max_blocks):
     standin, backend = threaded
-    monkeypatch.setattr(sys.modules["gpunn.backends.cupy_backend"], "NORM_MAX_BLOCKS", max_blocks)
+    monkeypatch.setattr(sys.modules["gpunn.backends.cupy_backend"], "GRID_MAX_BLOCKS", max_blocks)
     compute = "float64" if dtype == "float64" else "float32"
     scratch = backend.optimizer_scratch(compute)
-    for size in (1, 127, 128, 129, 1000, 3 * 128 * 4 + 5):  # around a block, and several per thread
+    for size in (0, 1, 127, 128, 129, 1000, 3 * 128 * 4 + 5):  # around a block, and several per thread
         x = rng.normal(size=size).astype(dtype)
         X, out = backend.asarray(x), backend.zeros((1,), compute)
         launches = standin.count(lambda: backend.global_norm(X, out=out, scratch=scratch))
@@ -49,9 +49,11 @@ def test_a_non_finite_gradient_gives_a_non_finite_norm(threaded):
         assert not np.isfinite(backend.to_numpy(out)[0])
 
 
-def test_counters_with_real_blocks(threaded):
+@pytest.mark.parametrize("max_blocks", [2048, 2])  # 2: each thread updates several elements
+def test_counters_with_real_blocks(threaded, monkeypatch, max_blocks):
     _, backend = threaded
-    conformance.test_the_update_advances_the_counters_after_every_element_read_them(backend)
+    monkeypatch.setattr(sys.modules["gpunn.backends.cupy_backend"], "GRID_MAX_BLOCKS", max_blocks)
+    conformance.test_the_update_advances_the_counters_after_every_element_read_them(backend, 300)
     conformance.test_an_update_that_does_not_advance_leaves_the_counters(backend)
 
 

@@ -67,6 +67,7 @@ class CupyBackend(Backend):
         self._ones: dict = {}
         self._unit_scale = None
         self._no_step: dict = {}
+        self._default_scratch: dict = {}
 
     # --- arrays -------------------------------------------------------------------------
     @property
@@ -227,17 +228,32 @@ class CupyBackend(Backend):
     def optimizer_scratch(self, compute_dtype):
         """Per optimizer: the norm kernel's partial sums (one per block) and two tickets, the
         norm's and the update's, for their last blocks (kernels/grid.cuh)."""
-        return _OptimizerScratch(cupy.empty((NORM_MAX_BLOCKS,), compute_dtype), cupy.zeros((2,), "uint32"))
+        return _OptimizerScratch(cupy.empty((GRID_MAX_BLOCKS,), compute_dtype), cupy.zeros((2,), "uint32"))
+
+    def _scratch(self, scratch, compute_dtype):
+        """The caller's scratch, or one kept per device and dtype: never freed, so a graph that
+        records a launch with it stays valid (an optimizer always passes its own)."""
+        if scratch is not None:
+            return scratch
+        key = (cupy.cuda.Device().id, numpy.dtype(compute_dtype).name)
+        if key not in self._default_scratch:
+            self._default_scratch[key] = self.optimizer_scratch(compute_dtype)
+        return self._default_scratch[key]
+
+    @staticmethod
+    def _grid_threads(size: int) -> int:
+        """Threads of a grid-strided launch over ``size`` elements: whole GRID_BLOCK-thread blocks
+        (at least one, so an empty buffer still gets its result), at most GRID_MAX_BLOCKS."""
+        return GRID_BLOCK * max(1, min(GRID_MAX_BLOCKS, -(-size // GRID_BLOCK)))
 
     def global_norm(self, x, out, scratch=None):
         """√Σx² in one launch: each block sums a grid-strided part, and the last block to finish
         adds the blocks' sums in a fixed order (deterministic), so the norm never waits for a
         second launch and the whole GPU streams the gradient."""
         _require_device(x, out)
-        scratch = scratch or self.optimizer_scratch(out.dtype)
-        threads = NORM_BLOCK * min(NORM_MAX_BLOCKS, -(-x.size // NORM_BLOCK))
-        self._kernel("gradient_norm", x.dtype)(x, x.size, scratch.partials, out, scratch.tickets, size=threads,
-                                               block_size=NORM_BLOCK)
+        scratch = self._scratch(scratch, out.dtype)
+        self._kernel("gradient_norm", x.dtype)(x, x.size, scratch.partials, out, scratch.tickets,
+                                               size=self._grid_threads(x.size), block_size=GRID_BLOCK)
         return out
 
     def optimizer_update(self, rule, param, grad, states, master, scalars, lr_table, norm, hyper, flag,
@@ -246,9 +262,10 @@ class CupyBackend(Backend):
         _require_device(param, grad, scalars, lr_table, norm, *states)
         op = f"update_{rule.name}" + ("_master" if master is not None else "")
         outputs = ([] if master is None else [master]) + [param, *states]
-        tickets = (scratch or self.optimizer_scratch(norm.dtype)).tickets
-        self._kernel(op, param.dtype)(grad, lr_table, lr_table.size, norm, max_norm, dynamic_scale, weight_decay,
-                                      decay_end, *hyper, flag, advance, growth_interval, *outputs, scalars, tickets)
+        tickets = self._scratch(scratch, norm.dtype).tickets
+        self._kernel(op, param.dtype)(grad, grad.size, lr_table, lr_table.size, norm, max_norm, dynamic_scale,
+                                      weight_decay, decay_end, *hyper, flag, advance, growth_interval, *outputs,
+                                      scalars, tickets, size=self._grid_threads(grad.size), block_size=GRID_BLOCK)
 
     def _loss_scale(self, loss_scale):
         if loss_scale is not None:
@@ -377,9 +394,10 @@ class _OptimizerScratch(NamedTuple):
     tickets: object
 
 
-#: The gradient norm's launch: blocks of NORM_BLOCK threads (a power of two, as gpunn_block_sum
-#: needs), at most NORM_MAX_BLOCKS of them, each thread striding over the buffer.
-NORM_BLOCK, NORM_MAX_BLOCKS = 128, 1024
+#: The optimizer's launches (the norm and the update): blocks of GRID_BLOCK threads (a power of
+#: two, as gpunn_block_sum needs), at most GRID_MAX_BLOCKS of them striding over the buffer; 2048
+#: blocks of 128 threads fill an H100 (132 SMs, 2048 resident threads each) once over.
+GRID_BLOCK, GRID_MAX_BLOCKS = 128, 2048
 
 
 class Arg(NamedTuple):
@@ -437,66 +455,72 @@ def _softmax_cross_entropy_grad(_, dtype):
 
 def _update(rule, with_master: bool):
     """One rule's fused update over flat buffers: the learning rate from the device's table, the
-    step and loss scale from its counters, unscale and clip, the rule, float16 rounding of masters."""
+    step and loss scale from its counters, unscale and clip, the rule, float16 rounding of masters.
+
+    A capped grid strides over the buffer (CupyBackend._grid_threads), so the last-block ticket
+    that advances the counters is taken by at most GRID_MAX_BLOCKS blocks, whatever the size."""
     states = list(rule.states)
     # The counters and the ticket are outputs: the last block writes them (CuPy's raw inputs are const).
-    outputs = (["C master"] if with_master else []) + ["T p"] + [f"C {name}" for name in states] + \
+    outputs = (["raw C master"] if with_master else []) + ["raw T p"] + [f"raw C {name}" for name in states] + \
         ["raw float64 scalars", "raw uint32 tickets"]
+    arguments = ", ".join([f"{name}[k]" for name in states] + ["unused"] * (2 - len(states)))
+    # Every thread reads this step's counters before its loop; they change only after every block
+    # has taken its ticket (after_loop).
+    prologue = """const C norm_value = norm[0];
+        const bool skip = dynamic && !gpunn_isfinite(norm_value);
+        const long long attempted = (long long) scalars[1];
+        const C lr = (C) lr_table[attempted < lr_length ? attempted : lr_length - 1];
+        const C step = (C) (scalars[0] + 1.0);
+        const C loss_scale = (C) scalars[2]"""
     # A float16 parameter written from outside (assignment, a restored best epoch) no longer
     # equals its rounded master weight: the written value wins, so training never ignores it.
-    arguments = ", ".join(states + ["unused"] * (2 - len(states)))
     operation = f"""
-        C norm_value = norm[0];
-        if (!(dynamic && !gpunn_isfinite(norm_value))) {{
-            long long attempted = (long long) scalars[1];
-            C lr = (C) lr_table[attempted < lr_length ? attempted : lr_length - 1];
-            C step = (C) (scalars[0] + 1.0);
-            C grad = gpunn_effective_grad((C) g, (C) scalars[2], norm_value, max_norm);
-            C param = {"((T) master == p) ? master : (C) p" if with_master else "(C) p"};
+        for (ptrdiff_t k = i; k < n && !skip; k += _ind.size()) {{
+            C grad = gpunn_effective_grad((C) g[k], loss_scale, norm_value, max_norm);
+            C param = {"((T) master[k] == p[k]) ? master[k] : (C) p[k]" if with_master else "(C) p[k]"};
             C unused = C(0);
-            {rule.function}(param, {arguments}, grad, lr, step, i < decay_end ? weight_decay : C(0), h0, h1, h2, flag);
-            {"master = param;" if with_master else ""}
-            p = (T) param;
+            {rule.function}(param, {arguments}, grad, lr, step, k < decay_end ? weight_decay : C(0), h0, h1, h2, flag);
+            {"master[k] = param;" if with_master else ""}
+            p[k] = (T) param;
         }}"""
-
-    # Once every block is done reading the counters, the last one advances them (and the loss
-    # scale): the step needs no second launch. ``advance`` is False for all but the last launch
-    # of a step that updates its parameters in several pieces.
+    # ``advance`` is False for all but the last launch of a step updating its parameters in pieces.
     counters = ("if (advance && gpunn_last_block(&tickets[1]) && threadIdx.x == 0) "
-                "gpunn_after_update(&scalars[0], norm[0], dynamic, growth_interval)")
+                "gpunn_after_update(&scalars[0], norm_value, dynamic, growth_interval)")
 
     def build(_, dtype):
         return _elementwise(
-            "T g, raw float64 lr_table, int64 lr_length, raw C norm, C max_norm, bool dynamic, C weight_decay, "
-            "int64 decay_end, C h0, C h1, C h2, bool flag, bool advance, float64 growth_interval", ", ".join(outputs),
-            operation, f"{rule.function}_kernel", "optim.cuh", "grid.cuh", after_loop=counters)
+            "raw T g, int64 n, raw float64 lr_table, int64 lr_length, raw C norm, C max_norm, bool dynamic, "
+            "C weight_decay, int64 decay_end, C h0, C h1, C h2, bool flag, bool advance, float64 growth_interval",
+            ", ".join(outputs), operation, f"{rule.function}_kernel", "optim.cuh", "grid.cuh", loop_prep=prologue,
+            after_loop=counters)
 
     def arguments_for(_, dtype):
         compute = _compute_name(dtype)
         scalar = Arg(compute, "scalar")
-        return (Arg(dtype), Arg("float64", "raw"), Arg("int64", "scalar"), Arg(compute, "raw"), scalar,
-                Arg("bool", "scalar"), scalar, Arg("int64", "scalar"), scalar, scalar, scalar, Arg("bool", "scalar"),
-                Arg("bool", "scalar"), Arg("float64", "scalar"), *([Arg(compute)] if with_master else []), Arg(dtype),
-                *(Arg(compute) for _ in states), Arg("float64", "raw"), Arg("uint32", "raw"))
+        return (Arg(dtype, "raw"), Arg("int64", "scalar"), Arg("float64", "raw"), Arg("int64", "scalar"),
+                Arg(compute, "raw"), scalar, Arg("bool", "scalar"), scalar, Arg("int64", "scalar"), scalar, scalar,
+                scalar, Arg("bool", "scalar"), Arg("bool", "scalar"), Arg("float64", "scalar"),
+                *([Arg(compute, "raw")] if with_master else []), Arg(dtype, "raw"),
+                *(Arg(compute, "raw") for _ in states), Arg("float64", "raw"), Arg("uint32", "raw"))
 
     return KernelSpec(build, arguments_for, dtypes=("float16",) if with_master else ("float32", "float64"))
 
 
 def _gradient_norm(_, dtype):
-    """√Σx² of a flat buffer in one launch of NORM_BLOCK-thread blocks (see CupyBackend.global_norm)."""
+    """√Σx² of a flat buffer in one launch (see CupyBackend.global_norm)."""
     return _elementwise(
         "raw T x, int64 n", "raw C partials, raw C norm, raw uint32 tickets",
         "for (ptrdiff_t k = i; k < n; k += _ind.size()) { C value = (C) x[k]; thread_sum += value * value; }",
         "gpunn_gradient_norm_kernel", "math.cuh", "grid.cuh", loop_prep="C thread_sum = C(0)",
-        after_loop="""C block_sum = gpunn_block_sum(thread_sum);
+        after_loop=f"""C block_sum = gpunn_block_sum<{GRID_BLOCK}>(thread_sum);
         if (threadIdx.x == 0) partials[blockIdx.x] = block_sum;
-        if (gpunn_last_block(&tickets[0])) {
+        if (gpunn_last_block(&tickets[0])) {{
             volatile C* sums = &partials[0];  // written by other blocks: read past this SM's L1
             C total = C(0);
             for (unsigned int b = threadIdx.x; b < gridDim.x; b += blockDim.x) total += sums[b];
-            total = gpunn_block_sum(total);
+            total = gpunn_block_sum<{GRID_BLOCK}>(total);
             if (threadIdx.x == 0) norm[0] = gpunn_sqrt(total);
-        }""")
+        }}""")
 
 
 def _build_activation(op: str, name: str, compute_name: str, compute: str):

@@ -19,6 +19,7 @@ MAX_DIMS = 32
 #: and CUPY_FOR (cupy/_core/include/cupy/carray.cuh, float16.cuh), the CUDA math-API names that
 #: the C library lacks, and the few CUDA built-ins a kernel's block-level code uses.
 PRELUDE = r"""
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -29,6 +30,8 @@ PRELUDE = r"""
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
+#include <numeric>
+#include <random>
 #include <thread>
 #include <vector>
 #define __host__
@@ -58,11 +61,13 @@ class gpunn_standin_barrier {
     std::unique_lock<std::mutex> lock(mutex_);
     unsigned int generation = generation_;
     if (++waiting_ == count_) { waiting_ = 0; ++generation_; arrived_.notify_all(); return; }
-    if (!arrived_.wait_for(lock, std::chrono::seconds(60), [&] { return generation != generation_; })) {
+    const char* limit = std::getenv("GPUNN_STANDIN_BARRIER_SECONDS");
+    const long seconds = limit ? std::atol(limit) : 60;
+    if (!arrived_.wait_for(lock, std::chrono::seconds(seconds), [&] { return generation != generation_; })) {
       // On a GPU a barrier that some threads of the block skip is undefined behaviour (often a hang).
-      std::fprintf(stderr, "CuPy stand-in: __syncthreads in block %u waited 60 s for %u of its %u threads; "
+      std::fprintf(stderr, "CuPy stand-in: __syncthreads in block %u waited %ld s for %u of its %u threads; "
                    "some threads never reach it (a barrier inside a branch that differs between threads?)\n",
-                   blockIdx.x, count_ - waiting_, count_);
+                   blockIdx.x, seconds, count_ - waiting_, count_);
       std::abort();
     }
   }
@@ -78,12 +83,18 @@ inline unsigned int atomicInc(unsigned int* address, unsigned int value) {
   return old;
 }
 
+// The blocks run in a shuffled order (fixed per grid size), as a GPU schedules them in no promised
+// order: code that assumes the last block to finish is the highest (or block 0) fails here.
 template <typename Body>
 void gpunn_standin_launch(unsigned int blocks, unsigned int threads, Body body) {
   gpunn_standin_barrier barrier(threads);
+  std::vector<unsigned int> order(blocks);
+  std::iota(order.begin(), order.end(), 0u);
+  std::shuffle(order.begin(), order.end(), std::mt19937(blocks));
   auto run = [&](unsigned int t) {
     threadIdx.x = t; blockDim.x = threads; gridDim.x = blocks; gpunn_standin_block = &barrier;
-    for (blockIdx.x = 0; blockIdx.x < blocks; ++blockIdx.x) {
+    for (unsigned int block : order) {
+      blockIdx.x = block;
       body();
       __syncthreads();  // the block is done before the next one reuses its shared memory
     }
