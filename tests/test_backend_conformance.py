@@ -185,6 +185,27 @@ def test_optimizer_update(backend, rng, dtype, rule, hyper, flag):
         close(backend, got, expected, dtype)
 
 
+@pytest.mark.parametrize("rule,hyper,flag", UPDATE_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_optimizer_update_leaves_the_gradient_alone(backend, rng, dtype, rule, hyper, flag):
+    """No loss scale, clipping or decay: the NumPy rules read the gradient in place; it stays as it was."""
+    from gpunn.optim.rules import RULES
+
+    n = 37
+    p, g = rng.normal(size=n), rng.normal(size=n)
+    states = [rng.uniform(0.1, 1.0, size=n) for _ in RULES[rule].states]
+    P, G = backend.asarray(p.copy(), dtype), backend.asarray(g.copy(), dtype)
+    S = [backend.asarray(s.copy(), dtype) for s in states]
+    backend.optimizer_update(RULES[rule], P, G, S, None, backend.asarray([0.0, 0.0, 1.0, 0.0, 0.0], "float64"),
+                             backend.asarray([0.1], "float64"), backend.asarray([np.linalg.norm(g)], dtype), hyper,
+                             flag, 0.0, n, 0.0, False)
+    expected_p, expected_states = reference_update(rule, p, g, states, 0.1, 1.0, 0.0, n, hyper, flag)
+    np.testing.assert_array_equal(backend.to_numpy(G), backend.to_numpy(backend.asarray(g, dtype)))
+    close(backend, P, expected_p, dtype)
+    for got, expected in zip(S, expected_states):
+        close(backend, got, expected, dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_optimizer_update_with_master_weights_and_skip(backend, rng, dtype):
     """float16 storage: the float32 master is updated and rounded into the parameters; a

@@ -229,16 +229,21 @@ class NumpyBackend(Backend):
             clip = None if coefficient >= 1 else coefficient
         chunk = UPDATE_CHUNK
         gradient_buffer, work_buffer = self._scratch_pair(min(chunk, grad.size), target.dtype)
+        # The rules read the gradient in place unless it must change first (loss scale, clipping,
+        # float16 widening) or L2 decay adds to it: then they get a scratch copy.
+        in_place = loss_scale == 1.0 and clip is None and not weight_decay and grad.dtype == target.dtype
         # The rule runs over cache-sized chunks: each of its passes then reads and writes the
         # cache, not main memory. An elementwise rule gives the same numbers chunked or not.
         with np.errstate(over="ignore", invalid="ignore"):  # Inf/NaN updates are fit's divergence check's
             for start in range(0, grad.size, chunk):
                 stop = min(start + chunk, grad.size)
                 gradient, work = gradient_buffer[:stop - start], work_buffer[:stop - start]
-                # Widened first (dtype=): 2^16 is no float16 number.
-                np.multiply(grad[start:stop], 1.0 / loss_scale, out=gradient, dtype=gradient.dtype)
-                if clip is not None:
-                    gradient *= clip
+                if in_place:
+                    gradient = grad[start:stop]
+                else:  # widened first (dtype=): 2^16 is no float16 number
+                    np.multiply(grad[start:stop], 1.0 / loss_scale, out=gradient, dtype=gradient.dtype)
+                    if clip is not None:
+                        gradient *= clip
                 if master is not None:  # a parameter written from outside wins over its master weight
                     changed = master[start:stop].astype(param.dtype) != param[start:stop]
                     np.copyto(master[start:stop], param[start:stop], where=changed, casting="unsafe")
