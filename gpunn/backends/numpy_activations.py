@@ -37,31 +37,43 @@ _ERF_TANH_32 = (4.749570013658804e-09, 4.1775980824119644e-08, -4.89375333204342
                 -0.0006148959369168981, -0.0001958048228068159, 0.10277033738562487, 1.1283791670955126)
 _SQRT1_2, _INV_SQRT_2PI, _SQRT_2_OVER_PI, _KAPPA = (0.70710678118654752440, 0.39894228040143267794,
                                                      0.79788456080286535588, 0.044715)
+# GELU's erf(x/√2) = tanh(x·K(x²)) with K(s) = G(s/2)/√2: the same fit, with no pass to scale x.
+_ERF_SQRT1_2_TANH_32 = tuple(c * 0.5 ** (len(_ERF_TANH_32) - 1 - i) * _SQRT1_2 for i, c in enumerate(_ERF_TANH_32))
 
 
 def _horner(coefficients, u):
     return _horner_into(coefficients, u, np.empty_like(u))
 
 
-def _erf32(x):
-    """erf of a float32 array in float32 arithmetic, in cache-sized chunks (about twenty passes each)."""
-    flat, out = x.reshape(-1), np.empty(x.shape, np.float32)
-    result = out.reshape(-1)
+def _float32_pieces(function, *arrays):
+    """``function(*pieces, square, term)`` over cache-sized pieces of same-shaped float32 arrays,
+    with two float32 scratch pieces: about twenty passes a piece, each in the cache."""
+    flats = [a.reshape(-1) for a in arrays]
+    square, term = np.empty(_PIECE, np.float32), np.empty(_PIECE, np.float32)
     with np.errstate(over="ignore"):  # x² and x·G(x²) overflow to ∞ for huge x, and tanh(±∞) = ±1
-        for start in range(0, flat.size, _ERF_CHUNK):
-            _erf32_tanh_form(flat[start:start + _ERF_CHUNK], result[start:start + _ERF_CHUNK])
-    return out
+        for start in range(0, flats[0].size, _PIECE):
+            pieces = [flat[start:start + _PIECE] for flat in flats]
+            size = pieces[0].size
+            function(*pieces, square[:size], term[:size])
+    return arrays[-1]
 
 
-_ERF_CHUNK = 1 << 15
+_PIECE = 1 << 16
 
 
-def _erf32_tanh_form(x, out):
-    """tanh(x·G(x²)) into ``out``; NaN stays NaN, −0 stays −0."""
-    squared = np.multiply(x, x)
-    _horner_into(_ERF_TANH_32, squared, out)
+def _tanh_form(x, coefficients, square, out):
+    """tanh(x·P(x²)) into ``out``, P's coefficients highest degree first; x² left in ``square``.
+    NaN stays NaN, −0 stays −0."""
+    np.multiply(x, x, out=square)
+    _horner_into(coefficients, square, out)
     out *= x
     return np.tanh(out, out=out)
+
+
+def _erf32(x):
+    """erf of a float32 array in float32 arithmetic."""
+    return _float32_pieces(lambda piece, out, square, _: _tanh_form(piece, _ERF_TANH_32, square, out),
+                           x, np.empty(x.shape, np.float32))
 
 
 def _horner_into(coefficients, u, out):
@@ -119,10 +131,19 @@ def _tanh_forward(x):
 
 
 def _gelu_forward(x):
+    if x.dtype == np.float32:
+        return _float32_pieces(_gelu32_forward_piece, x)
     cdf = erf(x * x.dtype.type(_SQRT1_2))
     cdf += 1
     x *= 0.5
     return np.multiply(x, cdf, out=x)
+
+
+def _gelu32_forward_piece(x, square, term):
+    _tanh_form(x, _ERF_SQRT1_2_TANH_32, square, term)  # erf(x/√2)
+    term += 1
+    x *= 0.5
+    return np.multiply(x, term, out=x)
 
 
 def _gelu_tanh_forward(x):
@@ -182,6 +203,8 @@ def _relu_slope(y, scratch):
 
 
 def _gelu_slope(x, scratch):
+    if x.dtype == np.float32:
+        return _float32_pieces(_gelu32_slope_piece, x, scratch)
     cdf = erf(x * x.dtype.type(_SQRT1_2))
     cdf += 1
     cdf *= 0.5
@@ -191,6 +214,18 @@ def _gelu_slope(x, scratch):
     scratch *= _INV_SQRT_2PI
     scratch *= x
     return np.add(cdf, scratch, out=scratch)
+
+
+def _gelu32_slope_piece(x, slope, square, term):
+    """Φ(x) + x·φ(x), Φ from the tanh form, φ from the x² it leaves behind."""
+    _tanh_form(x, _ERF_SQRT1_2_TANH_32, square, term)  # erf(x/√2)
+    term += 1
+    term *= 0.5
+    square *= -0.5
+    np.exp(square, out=square)
+    square *= _INV_SQRT_2PI
+    square *= x
+    return np.add(term, square, out=slope)
 
 
 def _gelu_tanh_slope(x, scratch):

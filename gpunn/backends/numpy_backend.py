@@ -77,8 +77,9 @@ def _float16_computes_in_float32(method):
     return wrapper
 
 
-#: Elements per chunk of a fused optimizer update on the CPU: six float32 chunks fit in L2.
-UPDATE_CHUNK = 1 << 16
+#: Elements per chunk of a fused optimizer update on the CPU: 2^17 ran 8 % faster than 2^16 and 2^15
+#: (PERF.md change 12): fewer calls matter more than keeping every pass in L2.
+UPDATE_CHUNK = 1 << 17
 
 
 def _total_scale(scale: float, loss_scale) -> float:
