@@ -115,6 +115,23 @@ def test_bias_activation_and_backward(backend, rng, dtype, activation):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", [name for name in ACTIVATIONS if name != "identity"])
+def test_kept_part_of_the_slope(backend, rng, dtype, activation):
+    """Where a backend keeps part of the slope from the forward (``keeps``), forward and backward
+    through the ``kept`` buffer give the closed forms, as recomputing does."""
+    if not backend.keeps(activation, dtype):
+        pytest.skip(f"the {backend.name} backend keeps nothing for {activation} in {dtype}")
+    z, b, dy = rng.normal(size=(6, 9)) * 3, rng.normal(size=9), rng.normal(size=(6, 9))
+    saved, B, dY = (backend.asarray(a.copy(), dtype) for a in (z, b, dy))  # saved is overwritten
+    out, kept = backend.empty((6, 9), dtype), backend.empty((6, 9), dtype)
+    backend.bias_activation(saved, B, activation, out=out, saved=saved, kept=kept)
+    pre = np.abs(z + b) + 1
+    close(backend, out, reference_forward(activation, z + b), dtype, pre)
+    close(backend, backend.activation_backward(dY, saved, activation, kept=kept),
+          dy * reference_slope(activation, z + b), dtype, np.abs(dy) * pre ** 3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_sigmoid_never_overflows(backend, dtype):
     z = backend.asarray([[-1000.0, -50.0, 0.0, 50.0, 1000.0]], dtype)
     with np.errstate(all="raise"):

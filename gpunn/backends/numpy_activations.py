@@ -132,18 +132,32 @@ def _tanh_forward(x):
 
 def _gelu_forward(x):
     if x.dtype == np.float32:
-        return _float32_pieces(_gelu32_forward_piece, x)
-    cdf = erf(x * x.dtype.type(_SQRT1_2))
+        _float32_pieces(lambda piece, square, term: _gelu32_forward_piece(piece, term, square), x)
+        return x
+    return _gelu_forward_keeping(x, np.empty_like(x))
+
+
+def _gelu_forward_keeping(x, cdf):
+    """GELU in place, with Φ(x) left in ``cdf`` for the slope."""
+    if x.dtype == np.float32:
+        _float32_pieces(lambda piece, cdf_piece, square, _: _gelu32_forward_piece(piece, cdf_piece, square), x, cdf)
+        return x
+    np.copyto(cdf, erf(x * x.dtype.type(_SQRT1_2)))
     cdf += 1
-    x *= 0.5
+    cdf *= 0.5
     return np.multiply(x, cdf, out=x)
 
 
-def _gelu32_forward_piece(x, square, term):
-    _tanh_form(x, _ERF_SQRT1_2_TANH_32, square, term)  # erf(x/√2)
-    term += 1
-    x *= 0.5
-    return np.multiply(x, term, out=x)
+def _gelu32_forward_piece(x, cdf, square):
+    return np.multiply(x, _normal_cdf32(x, square, cdf), out=x)
+
+
+def _normal_cdf32(x, square, out):
+    """Φ(x) = (1 + erf(x/√2))/2 into ``out``, float32, erf from the tanh form's scaled fit."""
+    _tanh_form(x, _ERF_SQRT1_2_TANH_32, square, out)
+    out += 1
+    out *= 0.5
+    return out
 
 
 def _gelu_tanh_forward(x):
@@ -208,24 +222,21 @@ def _gelu_slope(x, scratch):
     cdf = erf(x * x.dtype.type(_SQRT1_2))
     cdf += 1
     cdf *= 0.5
+    return _gelu_slope_kept(x, cdf, scratch)
+
+
+def _gelu32_slope_piece(x, slope, square, cdf):
+    return _gelu_slope_kept(x, _normal_cdf32(x, square, cdf), slope)
+
+
+def _gelu_slope_kept(x, cdf, scratch):
+    """Φ(x) + x·φ(x), with Φ(x) given (kept from the forward): one exp and five cheap passes."""
     np.multiply(x, x, out=scratch)
     scratch *= -0.5
     np.exp(scratch, out=scratch)
     scratch *= _INV_SQRT_2PI
     scratch *= x
-    return np.add(cdf, scratch, out=scratch)
-
-
-def _gelu32_slope_piece(x, slope, square, term):
-    """Φ(x) + x·φ(x), Φ from the tanh form, φ from the x² it leaves behind."""
-    _tanh_form(x, _ERF_SQRT1_2_TANH_32, square, term)  # erf(x/√2)
-    term += 1
-    term *= 0.5
-    square *= -0.5
-    np.exp(square, out=square)
-    square *= _INV_SQRT_2PI
-    square *= x
-    return np.add(term, square, out=slope)
+    return np.add(scratch, cdf, out=scratch)
 
 
 def _gelu_tanh_slope(x, scratch):
@@ -274,6 +285,10 @@ def _softplus_slope(x, scratch, beta, threshold):
     np.copyto(scratch, 1, where=linear)
     return scratch
 
+
+#: Activations whose fused forward keeps part of the slope on this backend (Dense hands over a
+#: ``kept`` buffer): name -> (forward(x, kept, *values), slope(saved, kept, scratch, *values)).
+KEEPING = {"gelu": (_gelu_forward_keeping, _gelu_slope_kept)}
 
 TWINS = {
     "identity": (_nothing, _ones_slope),
