@@ -166,7 +166,7 @@ class Dense(Layer):
             self._own_array(bias, (out_features,), "bias")
         self.weight = Parameter(weight, "W", backend)
         self.bias = Parameter(bias, "b", backend)
-        self._x = self._y = self._saved = self._mask = None
+        self._x = self._y = self._saved = self._kept = self._mask = None
 
     def _own_array(self, array, shape, argument):
         try:
@@ -201,15 +201,18 @@ class Dense(Layer):
         shape = (x.shape[0], self.out_features)
         y = self._buffer("y", shape, backend, self.dtype)
         mask = dropout.forward_mask() if dropout is not None else None
+        kept = None
         if mask is None and not activation.reads_input:
             backend.matmul(x, self.weight.value, out=y)
             backend.bias_activation(y, self.bias.value, activation, out=y)
             saved = y
         else:
             saved = self._buffer("saved", shape, backend, self.dtype)
+            if backend.keeps(activation, self.dtype):
+                kept = self._buffer("kept", shape, backend, self.dtype)
             backend.matmul(x, self.weight.value, out=saved)
-            backend.bias_activation(saved, self.bias.value, activation, out=y, saved=saved, dropout=mask)
-        self._x, self._y, self._saved, self._mask = x, y, saved, mask
+            backend.bias_activation(saved, self.bias.value, activation, out=y, saved=saved, dropout=mask, kept=kept)
+        self._x, self._y, self._saved, self._kept, self._mask = x, y, saved, kept, mask
         return y
 
     def backward(self, dy, activation=IDENTITY, dropout=None, input_gradient: bool = True):
@@ -219,7 +222,7 @@ class Dense(Layer):
         backend = self.backend
         dz = dy
         if activation.name != "identity" or self._mask is not None:
-            dz = backend.activation_backward(dy, self._saved, activation, dropout=self._mask,
+            dz = backend.activation_backward(dy, self._saved, activation, dropout=self._mask, kept=self._kept,
                                              out=self._buffer("dz", dy.shape, backend, self.dtype))
         x = self._x
         self.weight.accept_gradient(lambda out: backend.matmul_tn(x, dz, out=out))

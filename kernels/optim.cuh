@@ -33,7 +33,8 @@ __host__ __device__ inline void gpunn_sgd_update(C& param, C& velocity, C& unuse
 }
 
 // Adam (L2 decay added to the gradient) or AdamW (decoupled: p ·= 1 − lr·wd first), as torch.optim:
-// m ← m + (1−β1)(g − m); v ← β2·v + (1−β2)·g²; p −= lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + ε).
+// m ← m + (1−β1)(g − m); v ← β2·v + (1−β2)·g²; p −= lr/(1−β1ᵗ) · (m / (√v/√(1−β2ᵗ) + ε)), the
+// quotient first as torch's addcdiv; √v is multiplied by 1/√(1−β2ᵗ), as the NumPy twin does it.
 template <typename C>
 __host__ __device__ inline void gpunn_adam_update(C& param, C& exp_avg, C& exp_avg_sq, C grad, C lr, C step,
                                                   C weight_decay, C beta1, C beta2, C eps, bool decoupled) {
@@ -45,8 +46,8 @@ __host__ __device__ inline void gpunn_adam_update(C& param, C& exp_avg, C& exp_a
     exp_avg = exp_avg + (C(1) - beta1) * (grad - exp_avg);
     exp_avg_sq = exp_avg_sq * beta2 + (C(1) - beta2) * grad * grad;
     C step_size = lr / (C(1) - gpunn_pow(beta1, step));
-    C denominator = gpunn_sqrt(exp_avg_sq) / gpunn_sqrt(C(1) - gpunn_pow(beta2, step)) + eps;
-    param = param - step_size * exp_avg / denominator;
+    C denominator = gpunn_sqrt(exp_avg_sq) * (C(1) / gpunn_sqrt(C(1) - gpunn_pow(beta2, step))) + eps;
+    param = param - step_size * (exp_avg / denominator);
 }
 
 // The per-step counters in ``scalars`` (double): [0] updates applied, [1] updates attempted (the

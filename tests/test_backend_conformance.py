@@ -115,6 +115,23 @@ def test_bias_activation_and_backward(backend, rng, dtype, activation):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", [name for name in ACTIVATIONS if name != "identity"])
+def test_kept_part_of_the_slope(backend, rng, dtype, activation):
+    """Where a backend keeps part of the slope from the forward (``keeps``), forward and backward
+    through the ``kept`` buffer give the closed forms, as recomputing does."""
+    if not backend.keeps(activation, dtype):
+        pytest.skip(f"the {backend.name} backend keeps nothing for {activation} in {dtype}")
+    z, b, dy = rng.normal(size=(6, 9)) * 3, rng.normal(size=9), rng.normal(size=(6, 9))
+    saved, B, dY = (backend.asarray(a.copy(), dtype) for a in (z, b, dy))  # saved is overwritten
+    out, kept = backend.empty((6, 9), dtype), backend.empty((6, 9), dtype)
+    backend.bias_activation(saved, B, activation, out=out, saved=saved, kept=kept)
+    pre = np.abs(z + b) + 1
+    close(backend, out, reference_forward(activation, z + b), dtype, pre)
+    close(backend, backend.activation_backward(dY, saved, activation, kept=kept),
+          dy * reference_slope(activation, z + b), dtype, np.abs(dy) * pre ** 3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_sigmoid_never_overflows(backend, dtype):
     z = backend.asarray([[-1000.0, -50.0, 0.0, 50.0, 1000.0]], dtype)
     with np.errstate(all="raise"):
@@ -180,6 +197,27 @@ def test_optimizer_update(backend, rng, dtype, rule, hyper, flag):
                              backend.asarray(lr_table, "float64"), norm, hyper, flag, 0.01, decay_end, max_norm, False)
     clipped = g * max_norm / (np.linalg.norm(g) + 1e-6)
     expected_p, expected_states = reference_update(rule, p, clipped, states, 0.1, 3.0, 0.01, decay_end, hyper, flag)
+    close(backend, P, expected_p, dtype)
+    for got, expected in zip(S, expected_states):
+        close(backend, got, expected, dtype)
+
+
+@pytest.mark.parametrize("rule,hyper,flag", UPDATE_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_optimizer_update_leaves_the_gradient_alone(backend, rng, dtype, rule, hyper, flag):
+    """No loss scale, clipping or decay: the NumPy rules read the gradient in place; it stays as it was."""
+    from gpunn.optim.rules import RULES
+
+    n = 37
+    p, g = rng.normal(size=n), rng.normal(size=n)
+    states = [rng.uniform(0.1, 1.0, size=n) for _ in RULES[rule].states]
+    P, G = backend.asarray(p.copy(), dtype), backend.asarray(g.copy(), dtype)
+    S = [backend.asarray(s.copy(), dtype) for s in states]
+    backend.optimizer_update(RULES[rule], P, G, S, None, backend.asarray([0.0, 0.0, 1.0, 0.0, 0.0], "float64"),
+                             backend.asarray([0.1], "float64"), backend.asarray([np.linalg.norm(g)], dtype), hyper,
+                             flag, 0.0, n, 0.0, False)
+    expected_p, expected_states = reference_update(rule, p, g, states, 0.1, 1.0, 0.0, n, hyper, flag)
+    np.testing.assert_array_equal(backend.to_numpy(G), backend.to_numpy(backend.asarray(g, dtype)))
     close(backend, P, expected_p, dtype)
     for got, expected in zip(S, expected_states):
         close(backend, got, expected, dtype)

@@ -33,7 +33,8 @@ def test_erf_edges_and_dtypes():
 def test_float32_erf_matches_math_erf_within_4_ulp(rng):
     """float32 arrays take a float32 path (fewer terms, no float64 round trip)."""
     x = np.concatenate([rng.normal(size=20000) * 3, np.linspace(-5, 5, 20001),
-                        [0.0, -0.0, 1e-30, 1.9999999, 2.0, 3.999, 4.0, 27.0, -27.0, 3e38]]).astype(np.float32)
+                        [0.0, -0.0, 1e-30, 1.9999999, 2.0, 3.999, 4.0, 27.0, -27.0, 3e38],
+                        np.geomspace(4, 1e30, 300), -np.geomspace(4, 1e30, 300)]).astype(np.float32)
     expected = np.array([math.erf(v) for v in x.astype(np.float64)])
     got = numpy_activations.erf(x)
     assert got.dtype == np.float32
@@ -51,3 +52,17 @@ def test_coefficients_are_the_fit_they_claim():
     tail = mpmath.chebyfit(lambda u: (lambda v: mpmath.erfc(v) * mpmath.exp(v * v))(u * 2 + 4), [-1, 1], 21)
     assert tuple(float(c) for c in small) == numpy_activations._ERF_SMALL
     assert tuple(float(c) for c in tail) == numpy_activations._ERFC_SCALED
+
+
+def test_float32_tanh_form_is_the_fit_it_claims():
+    """G of erf(x) = tanh(x·G(x²)): weighted least squares to atanh(erf(x))/x on (0, 4], G(0) = 2/√π,
+    each point weighted by (1 − erf²)·x/erf, how much erf moves relatively per unit of x·G."""
+    top, degree = 4.0, len(numpy_activations._ERF_TANH_32) - 1
+    x = np.linspace(0, top, 4001)[1:]
+    erf, erfc = np.array([math.erf(v) for v in x]), np.array([math.erfc(v) for v in x])
+    target = 0.5 * np.log((1 + erf) / erfc) / x - 2 / math.sqrt(math.pi)
+    weight = (1 - erf * erf) * x / erf
+    powers = np.vander((x / top) ** 2, degree + 1, increasing=True)[:, 1:]
+    fitted, *_ = np.linalg.lstsq(powers * weight[:, None], target * weight, rcond=None)
+    expected = [2 / math.sqrt(math.pi), *(fitted / (top * top) ** np.arange(1, degree + 1))]
+    np.testing.assert_allclose(numpy_activations._ERF_TANH_32[::-1], expected, rtol=1e-9)

@@ -154,19 +154,26 @@ class Backend(abc.ABC):
 
     # --- fused elementwise work ----------------------------------------------------------
     @abc.abstractmethod
-    def bias_activation(self, z, bias, activation, out=None, saved=None, dropout=None):
+    def bias_activation(self, z, bias, activation, out=None, saved=None, dropout=None, kept=None):
         """``dropout(f(z + bias))`` in one pass, the bias broadcast over rows; ``out`` may be ``z``.
 
         ``activation`` is a registry name or an ``ActivationFunction``. With ``saved``, the same
         pass also writes what backward reads: ``z + bias`` when the activation's backward reads
         the input, ``f(z + bias)`` (before dropout) when it reads the output; ``saved`` may be
-        ``z`` but not ``out``. ``dropout`` is a ``DropoutMask`` or None.
+        ``z`` but not ``out``. ``dropout`` is a ``DropoutMask`` or None. ``kept``: a buffer of
+        z's shape, given with ``saved`` where ``keeps(activation)``, for what backward reuses.
         """
 
     @abc.abstractmethod
-    def activation_backward(self, dy, saved, activation, out=None, dropout=None):
+    def activation_backward(self, dy, saved, activation, out=None, dropout=None, kept=None):
         """``dropout(dy) ⊙ f'(·)`` in one pass, f' from ``saved`` (the output, or the input where
-        the registry says so; see ``bias_activation``); ``out`` may be ``dy``."""
+        the registry says so; see ``bias_activation``) and ``kept``, when the forward had it;
+        ``out`` may be ``dy``."""
+
+    @abc.abstractmethod
+    def keeps(self, activation, dtype) -> bool:
+        """Whether the fused forward of ``activation`` in ``dtype`` wants a ``kept`` buffer for a
+        part of the slope that is dear to recompute on this backend (the NumPy backend's GELU)."""
 
     @abc.abstractmethod
     def bias_gradient(self, dz, out=None):

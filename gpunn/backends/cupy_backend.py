@@ -173,7 +173,7 @@ class CupyBackend(Backend):
             kernel = self._kernels[key] = _build(op, activation, numpy.dtype(dtype).name)
         return kernel
 
-    def bias_activation(self, z, bias, activation, out=None, saved=None, dropout=None):
+    def bias_activation(self, z, bias, activation, out=None, saved=None, dropout=None, kept=None):
         function = as_activation_function(activation)
         _require_device(z, bias)
         arguments = (z, bias, *self._dropout_arguments(dropout, z.shape[-1]), *function.values)
@@ -184,7 +184,12 @@ class CupyBackend(Backend):
         self._kernel("bias_activation_saving", z.dtype, function.name)(*arguments, out, saved)
         return out
 
-    def activation_backward(self, dy, saved, activation, out=None, dropout=None):
+    def keeps(self, activation, dtype) -> bool:
+        """Nothing: the fused kernels are bandwidth-bound, so recomputing erf is free where reading
+        a kept buffer would cost a pass."""
+        return False
+
+    def activation_backward(self, dy, saved, activation, out=None, dropout=None, kept=None):
         function = as_activation_function(activation)
         _require_device(dy, saved)
         return _launch(self._kernel("activation_backward", dy.dtype, function.name), dy, saved,

@@ -22,8 +22,9 @@ class UpdateRule:
     #: Name of the boolean hyperparameter of the .cuh signature ("" = unused).
     flag: str
     #: host(xp, param, states, grad, work, lr, step, weight_decay, decay_end, h0, h1, h2, flag):
-    #: updates ``param`` and ``states`` in place with the array module ``xp``; ``grad`` and
-    #: ``work`` are scratch buffers.
+    #: updates ``param`` and ``states`` in place with the array module ``xp``; ``work`` is scratch.
+    #: ``grad`` is written only by L2 weight decay (a nonzero ``weight_decay``): otherwise it may
+    #: be the model's own gradient, read in place.
     host: Callable
 
     @property
@@ -46,7 +47,8 @@ def sgd_host(xp, param, states, grad, work, lr, step, weight_decay, decay_end, m
         velocity += grad
         if nesterov:
             xp.multiply(velocity, momentum, out=work)
-            grad += work
+            work += grad
+            grad = work
         else:
             grad = velocity
     xp.multiply(grad, lr, out=work)
@@ -64,15 +66,15 @@ def adam_host(xp, param, states, grad, work, lr, step, weight_decay, decay_end, 
     work *= 1 - beta1
     exp_avg += work
     exp_avg_sq *= beta2
-    xp.multiply(grad, 1 - beta2, out=work)
+    xp.multiply(grad, 1 - beta2, out=work)  # (1−β2)·g·g, torch's addcmul order
     work *= grad
     exp_avg_sq += work
     xp.sqrt(exp_avg_sq, out=work)
-    work /= (1 - beta2 ** step) ** 0.5
+    work *= 1 / (1 - beta2 ** step) ** 0.5  # times the reciprocal: NumPy divides by a scalar 4× slower
     work += eps
-    xp.multiply(exp_avg, lr / (1 - beta1 ** step), out=grad)
-    grad /= work
-    param -= grad
+    xp.divide(exp_avg, work, out=work)
+    work *= lr / (1 - beta1 ** step)
+    param -= work
 
 
 RULES = {
