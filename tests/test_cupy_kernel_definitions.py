@@ -12,16 +12,17 @@ from gpunn.backends.activations import REGISTRY  # noqa: E402
 
 
 def expressions(kernel) -> str:
-    """The C code a kernel runs: an ElementwiseKernel's operation, a ReductionKernel's maps."""
+    """The C code a kernel runs: an ElementwiseKernel's operation and the code around its loop,
+    a ReductionKernel's maps."""
     if hasattr(kernel, "operation"):
-        return kernel.operation
+        return " ".join((kernel.kwargs.get("loop_prep", ""), kernel.operation, kernel.kwargs.get("after_loop", "")))
     return " ".join((kernel.map_expr, kernel.reduce_expr, kernel.post_map_expr))
 
 
 @pytest.mark.parametrize("op,variant,dtype", cupy_backend.kernel_catalogue())
 def test_kernel_is_well_formed(op, variant, dtype):
     kernel = cupy_backend._build(op, variant, dtype)
-    called = set(re.findall(r"\b(gpunn_\w+)\s*\(", expressions(kernel)))
+    called = set(re.findall(r"\b(gpunn_\w+)\s*(?:<[^<>()]*>)?\s*\(", expressions(kernel)))  # templates too
     if hasattr(kernel, "operation"):  # every elementwise op calls the .cuh; a plain sum need not
         assert called, expressions(kernel)
     defined = set(re.findall(r"\b(gpunn_\w+)\s*\(", kernel.preamble))
