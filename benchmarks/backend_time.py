@@ -18,7 +18,7 @@ from peers import GpunnPeer, train_case
 from gpunn.backends.numpy_backend import NumpyBackend
 
 METHODS = ("matmul", "matmul_nt", "matmul_tn", "bias_activation", "activation_backward", "bias_gradient",
-           "optimizer_update", "optimizer_counters", "global_norm", "mse_grad", "softmax_cross_entropy_grad")
+           "optimizer_update", "global_norm", "mse_grad", "softmax_cross_entropy_grad")
 SPENT = collections.defaultdict(float)
 
 

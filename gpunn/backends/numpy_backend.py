@@ -6,6 +6,7 @@ import functools
 
 import numpy as np
 
+from . import host_update
 from .base import Backend, as_activation_function, refuse_complex
 from .numpy_activations import KEEPING, TWINS, _sigmoid_inplace
 
@@ -245,6 +246,9 @@ class NumpyBackend(Backend):
                 weight_decay, decay_end, max_norm):
         lr = float(lr_table[min(int(scalars[1]), lr_table.size - 1)])
         step, loss_scale = float(scalars[0]) + 1.0, float(scalars[2])
+        if master is None and host_update.update(rule, param, states, grad, lr, step, weight_decay, decay_end,
+                                                 hyper, flag, loss_scale, norm_value, max_norm):
+            return  # optim.cuh's rule in one compiled pass; below, its NumPy twin in a dozen
         target = param if master is None else master
         clip = None  # torch's clip_grad_norm_ factor when it is below 1, or NaN (then the gradient is NaN)
         if max_norm > 0:

@@ -1,17 +1,11 @@
-"""Compiling a kernel's C++ for the host: the prelude that stands in for CuPy's headers, and a
-cache of shared objects keyed by the source's hash (one compile per distinct kernel, shared by
-every process of the machine through a folder in the temp dir)."""
+"""Compiling a kernel's C++ for the host: the prelude that stands in for CuPy's headers; the
+build and its cache are gpunn.host_compiler's (one compile per distinct kernel)."""
 
 from __future__ import annotations
 
 import ctypes
-import functools
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
+
+from ...host_compiler import HostCompilerError, build, cache_dir
 
 MAX_DIMS = 32
 
@@ -218,48 +212,15 @@ def indexer_argument(shape) -> IndexerArgument:
     return IndexerArgument(size, len(shape), (ctypes.c_ssize_t * MAX_DIMS)(*shape))
 
 
-@functools.cache
-def compiler() -> tuple[str, str]:
-    """The host C++ compiler ($CXX, else g++, else c++) and its version line (part of the cache key)."""
-    for candidate in (os.environ.get("CXX"), "g++", "c++"):
-        if candidate and shutil.which(candidate):
-            path = shutil.which(candidate)
-            version = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
-            return path, version.split("\n", 1)[0]
-    raise RuntimeError("the CuPy stand-in compiles kernels as host C++ and found no compiler: "
-                       "install g++ or set CXX")
-
-
-def cache_dir() -> Path:
-    folder = os.environ.get("GPUNN_STANDIN_CACHE") or Path(tempfile.gettempdir()) / f"gpunn-cupy-standin-{os.getuid()}"
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    return Path(folder)
-
-
-_FLAGS = ("-std=c++17", "-O1", "-shared", "-fPIC", "-pthread")  # CuPy compiles with --std=c++17 (cupy/cuda/compiler.py)
-_loaded: dict[str, object] = {}
+_FLAGS = ("-std=c++17", "-O1", "-pthread")  # CuPy compiles with --std=c++17 (cupy/cuda/compiler.py)
 
 
 def load(source: str):
     """The entry function of ``PRELUDE + source`` built as a shared object (cached)."""
-    text = PRELUDE + source
-    path, version = compiler()
-    command = [path, *_FLAGS]
-    key = hashlib.sha256("\0".join(command + [version, text]).encode()).hexdigest()[:24]
-    entry = _loaded.get(key)
-    if entry is not None:
-        return entry
-    library = cache_dir() / f"{key}.so"
-    if not library.is_file():
-        unit = cache_dir() / f"{key}-{os.getpid()}.cpp"
-        unit.write_text(text)
-        partial = library.with_name(f"{key}-{os.getpid()}.so")
-        result = subprocess.run(command + [str(unit), "-o", str(partial)], capture_output=True, text=True)
-        if result.returncode:
-            raise RuntimeError(f"the kernel did not compile as host C++ (kept in {unit}):\n{result.stderr}")
-        unit.unlink()
-        os.replace(partial, library)  # atomic: another process may build the same kernel
-    entry = getattr(ctypes.CDLL(str(library)), ENTRY)
+    try:
+        library = build(PRELUDE + source, _FLAGS, cache_dir("GPUNN_STANDIN_CACHE", "gpunn-cupy-standin"))
+    except HostCompilerError as error:
+        raise RuntimeError(f"the CuPy stand-in compiles kernels as host C++: {error}") from error
+    entry = getattr(library, ENTRY)
     entry.argtypes, entry.restype = [ctypes.POINTER(ctypes.c_void_p)], None
-    _loaded[key] = entry
     return entry

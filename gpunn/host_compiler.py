@@ -1,0 +1,63 @@
+"""C++ built for this machine at first use and cached, as CuPy builds kernels for the GPU with
+NVRTC: the host compiler ($CXX, else g++, else c++) makes a shared object of a source text, kept
+in a folder keyed by the hash of the source, the command and the compiler's version, shared by
+every process of the machine (a build is renamed into place atomically). The NumPy backend's
+fused optimizer update and the CuPy stand-in's kernels are built here."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+
+class HostCompilerError(RuntimeError):
+    """No host C++ compiler, or a source it refused."""
+
+
+@functools.cache
+def compiler() -> tuple[str, str]:
+    """The host C++ compiler's path and its version line (part of the cache key)."""
+    for candidate in (os.environ.get("CXX"), "g++", "c++"):
+        if candidate and shutil.which(candidate):
+            path = shutil.which(candidate)
+            version = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
+            return path, version.split("\n", 1)[0]
+    raise HostCompilerError("no host C++ compiler found: install g++ or set CXX")
+
+
+def cache_dir(variable: str, name: str) -> Path:
+    """``$variable``, else a folder ``name`` in the temp dir, per user."""
+    folder = os.environ.get(variable) or Path(tempfile.gettempdir()) / f"{name}-{os.getuid()}"
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return Path(folder)
+
+
+_loaded: dict[str, ctypes.CDLL] = {}
+
+
+def build(source: str, flags: tuple[str, ...], folder: Path) -> ctypes.CDLL:
+    """``source`` compiled with ``flags`` into a shared object in ``folder`` (once), loaded."""
+    path, version = compiler()
+    command = [path, *flags, "-shared", "-fPIC"]
+    key = hashlib.sha256("\0".join(command + [version, source]).encode()).hexdigest()[:24]
+    library = _loaded.get(key)
+    if library is not None:
+        return library
+    target = folder / f"{key}.so"
+    if not target.is_file():
+        unit = folder / f"{key}-{os.getpid()}.cpp"
+        unit.write_text(source)
+        partial = target.with_name(f"{key}-{os.getpid()}.so")
+        result = subprocess.run(command + [str(unit), "-o", str(partial)], capture_output=True, text=True)
+        if result.returncode:
+            raise HostCompilerError(f"the source did not compile as host C++ (kept in {unit}):\n{result.stderr}")
+        unit.unlink()
+        os.replace(partial, target)  # atomic: another process may build the same source
+    library = _loaded[key] = ctypes.CDLL(str(target))
+    return library
