@@ -1,10 +1,12 @@
 """Time gpunn-numpy and PyTorch training steps in alternating blocks inside one process.
 
-    python benchmarks/interleave.py CPU            # a case of peers.TRAIN_CONFIGS
-    OPENBLAS_THREAD_TIMEOUT=4 python benchmarks/interleave.py CPU
+    python benchmarks/interleave.py CPU            # a train-step case of the suite
+    OPENBLAS_THREAD_TIMEOUT=4 python benchmarks/interleave.py CPU-adam 10
 
 The benchmark suite also runs both libraries in one process, one case after the other; this
-shows, in a minute, how much each library's idle worker threads slow the other (PERF.md).
+shows, in a minute, how much each library's idle worker threads slow the other (PERF.md). With
+many blocks it is also the steadiest ratio this shared machine gives: each block's ratio compares
+steps timed seconds apart, so a slow minute slows both sides; the last line is their median.
 """
 
 import statistics
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import TRAIN_CONFIGS, GpunnPeer, TorchPeer
+from peers import GpunnPeer, TorchPeer, train_case
 
 
 def median_ms(step, rounds=60, warm_up=5):
@@ -29,14 +31,21 @@ def median_ms(step, rounds=60, warm_up=5):
     return statistics.median(times) * 1e3
 
 
-def main(case="CPU", blocks=2):
-    config, rng = TRAIN_CONFIGS[case], np.random.default_rng(0)
-    train_step, x, t = GpunnPeer("numpy").build_train_step(config, "float32", rng)
-    steps = {"torch-cpu": TorchPeer("cpu").train_step(config, "float32", rng),
+def main(case="CPU", blocks="2"):
+    config, dtype, _, optimizer = train_case(case)
+    rng = np.random.default_rng(0)
+    train_step, x, t = GpunnPeer("numpy").build_train_step(config, dtype, rng, optimizer)
+    steps = {"torch-cpu": TorchPeer("cpu").train_step(config, dtype, rng, optimizer),
              "gpunn-numpy": lambda: train_step(x, t)}
-    for block in range(blocks):
-        print(f"block {block + 1}: " + "  ".join(f"{name} {median_ms(step):.2f} ms" for name, step in steps.items()))
+    ratios = []
+    for block in range(int(blocks)):
+        times = {name: median_ms(step) for name, step in steps.items()}
+        ratios.append(times["torch-cpu"] / times["gpunn-numpy"])
+        print(f"block {block + 1}: " + "  ".join(f"{name} {ms:.2f} ms" for name, ms in times.items())
+              + f"  torch/gpunn {ratios[-1]:.2f}×")
+    print(f"{case}: median torch/gpunn over {len(ratios)} blocks {statistics.median(ratios):.2f}× "
+          f"(range {min(ratios):.2f}-{max(ratios):.2f}×)")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    main(*sys.argv[1:3])

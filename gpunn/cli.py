@@ -71,14 +71,15 @@ def _cupy_report() -> list[str]:
 
 
 def command_info(args) -> int:
-    from .backends import available_backends, get_matmul_precision, host_update
+    from .backends import available_backends, get_matmul_precision, host_activations, host_update
 
     from .distributed import mpi_report, nccl_report
 
     lines = [f"gpunn: {__version__}", f"numpy: {np.__version__}", *_cupy_report(), mpi_report(), nccl_report(),
              f"backends available: {', '.join(available_backends())}",
              "default dtype: float32", f"matmul precision: {get_matmul_precision()}",
-             f"numpy optimizer update: {host_update.status()}"]
+             f"numpy optimizer update: {host_update.status()}",
+             f"numpy activations: {host_activations.status()}"]
     print("\n".join(lines))
     return 0
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import getpass
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -33,9 +35,21 @@ def compiler() -> tuple[str, str]:
 
 def cache_dir(variable: str, name: str) -> Path:
     """``$variable``, else a folder ``name`` in the temp dir, per user."""
-    folder = os.environ.get(variable) or Path(tempfile.gettempdir()) / f"{name}-{os.getuid()}"
+    folder = os.environ.get(variable) or Path(tempfile.gettempdir()) / f"{name}-{getpass.getuser()}"
     Path(folder).mkdir(parents=True, exist_ok=True)
     return Path(folder)
+
+
+@functools.cache
+def cpu_signature() -> str:
+    """What -march=native compiles for, as a cache key: a folder shared by machines with other CPUs
+    must not hand one of them code for the other's instruction set."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            lines = [line for line in info if line.startswith(("model name", "flags", "Features", "CPU part"))]
+        return " ".join(dict.fromkeys(line.strip() for line in lines))
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
 
 
 _loaded: dict[str, ctypes.CDLL] = {}
@@ -45,7 +59,8 @@ def build(source: str, flags: tuple[str, ...], folder: Path) -> ctypes.CDLL:
     """``source`` compiled with ``flags`` into a shared object in ``folder`` (once), loaded."""
     path, version = compiler()
     command = [path, *flags, "-shared", "-fPIC"]
-    key = hashlib.sha256("\0".join(command + [version, source]).encode()).hexdigest()[:24]
+    native = [cpu_signature()] if "-march=native" in flags else []
+    key = hashlib.sha256("\0".join(command + [version, *native, source]).encode()).hexdigest()[:24]
     library = _loaded.get(key)
     if library is not None:
         return library
@@ -61,3 +76,32 @@ def build(source: str, flags: tuple[str, ...], folder: Path) -> ctypes.CDLL:
         os.replace(partial, target)  # atomic: another process may build the same source
     library = _loaded[key] = ctypes.CDLL(str(target))
     return library
+
+
+class HostBuild:
+    """A source built at first use for the NumPy backend: the library, or why there is none (so
+    that ``gpunn info`` can say it). ``GPUNN_HOST_KERNELS=0`` turns every such build off."""
+
+    def __init__(self, make_source, flags: tuple[str, ...], requirement=lambda: None):
+        self._make_source, self._flags, self._requirement = make_source, flags, requirement
+
+    @functools.cached_property
+    def _result(self):
+        if os.environ.get("GPUNN_HOST_KERNELS", "1") == "0":
+            return None, "off (GPUNN_HOST_KERNELS=0)"
+        missing = self._requirement()
+        if missing:
+            return None, missing
+        try:
+            return build(self._make_source(), self._flags, cache_dir("GPUNN_HOST_KERNEL_CACHE", "gpunn-host-kernels")), None
+        except (HostCompilerError, OSError) as error:  # no compiler, a refused flag, an unwritable cache
+            return None, str(error).split("\n", 1)[0]
+
+    @property
+    def library(self):
+        return self._result[0]
+
+    def status(self, built: str) -> str:
+        """``built``, or the NumPy twins and why."""
+        library, reason = self._result
+        return built if library is not None else f"NumPy passes ({reason})"

@@ -10,8 +10,19 @@ import gpunn as gn
 from gpunn.testing import cupy_standin
 
 #: "cupy-standin" is the CuPy backend's own code on the CPU stand-in (gpunn/testing/cupy_standin):
-#: it runs on every CI run; "cupy" needs a GPU.
-BACKENDS = ("numpy", "cupy", "cupy-standin")
+#: it runs on every CI run; "cupy" needs a GPU. "numpy-twins" is the NumPy backend without its
+#: compiled host kernels (gpunn/backends/host_*.py): the NumPy twins a machine without a C++
+#: compiler runs.
+BACKENDS = ("numpy", "numpy-twins", "cupy", "cupy-standin")
+
+
+def without_host_kernels(monkeypatch):
+    from gpunn.backends import host_activations, host_update
+
+    for module, names in ((host_activations, ("bias_activation", "activation_backward")), (host_update, ("update",))):
+        for name in names:
+            monkeypatch.setattr(module, name, lambda *arguments: False)
+    monkeypatch.setattr(host_activations, "available", lambda dtype: False)
 
 
 def skip_reason(name):
@@ -27,10 +38,13 @@ def backend(request):
         with cupy_standin.installed(), gn.use_backend("cupy") as selected:
             yield selected
         return
-    reason = skip_reason(request.param)
+    if request.param == "numpy-twins":
+        without_host_kernels(request.getfixturevalue("monkeypatch"))
+    name = request.param.split("-")[0]
+    reason = skip_reason(name)
     if reason:
         pytest.skip(reason)
-    with gn.use_backend(request.param) as selected:
+    with gn.use_backend(name) as selected:
         yield selected
 
 

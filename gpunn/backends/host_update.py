@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 
 
-from ..host_compiler import HostCompilerError, build, cache_dir
+from ..host_compiler import HostBuild
 from ..kernel_source import kernel_source
 from ..optim.rules import RULES
 
@@ -42,26 +41,17 @@ def source() -> str:
     return f"#include <cmath>\n#define __host__\n#define __device__\n{kernel_source('optim.cuh')}\n{loops}\n"
 
 
-@functools.cache
-def _library():
-    """(the built library, None) or (None, why not)."""
-    if os.environ.get("GPUNN_HOST_KERNELS", "1") == "0":
-        return None, "off (GPUNN_HOST_KERNELS=0)"
-    try:
-        return build(source(), FLAGS, cache_dir("GPUNN_HOST_KERNEL_CACHE", "gpunn-host-kernels")), None
-    except HostCompilerError as error:
-        return None, str(error).split("\n", 1)[0]
+BUILD = HostBuild(source, FLAGS)
 
 
 def status() -> str:
     """One line for ``gpunn info``."""
-    library, reason = _library()
-    return "compiled .cuh rules (one pass)" if library is not None else f"NumPy passes ({reason})"
+    return BUILD.status("compiled .cuh rules (one pass)")
 
 
 @functools.cache
 def _function(rule_name: str, dtype: str):
-    library, _ = _library()
+    library = BUILD.library
     if library is None:
         return None
     c_type, scalar = _TYPES[dtype]

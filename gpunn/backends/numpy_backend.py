@@ -6,7 +6,7 @@ import functools
 
 import numpy as np
 
-from . import host_update
+from . import host_activations, host_update
 from .base import Backend, as_activation_function, refuse_complex
 from .numpy_activations import KEEPING, TWINS, _sigmoid_inplace
 
@@ -142,13 +142,20 @@ class NumpyBackend(Backend):
         return np.matmul(a.T, b, out=out)
 
     def keeps(self, activation, dtype) -> bool:
-        """GELU keeps Φ(x) from its forward: recomputing it costs about twenty NumPy passes.
-        float16 models compute in float32 and keep nothing (a float16 Φ would round the slope)."""
-        return as_activation_function(activation).name in KEEPING and np.dtype(dtype) != np.float16
+        """GELU's NumPy twin keeps Φ(x) from its forward: recomputing it costs about twenty NumPy
+        passes. Not where the compiled activations run (recomputing is one vectorised pass), nor
+        for float16 models, which compute in float32 (a float16 Φ would round the slope)."""
+        dtype = np.dtype(dtype)
+        return (as_activation_function(activation).name in KEEPING and dtype != np.float16
+                and not host_activations.available(dtype))
 
     @_float16_computes_in_float32
     def bias_activation(self, z, bias, activation, out=None, saved=None, dropout=None, kept=None):
         function = as_activation_function(activation)
+        if kept is None:  # activations.cuh compiled for the host, where it can run: one pass
+            result = np.empty_like(z) if out is None else out
+            if host_activations.bias_activation(z, bias, function, result, saved):
+                return _apply_dropout(result, dropout)
         forward = _saturating(TWINS[function.name][0])
         if saved is None:
             out = np.add(z, bias, out=out)
@@ -173,6 +180,8 @@ class NumpyBackend(Backend):
             out = np.empty_like(dy)
         if function.name == "identity":
             np.copyto(out, dy)
+            return _apply_dropout(out, dropout)
+        if kept is None and host_activations.activation_backward(dy, saved, function, out):
             return _apply_dropout(out, dropout)
         # The slope is built in ``out`` when that aliases no input, else in a temporary.
         aliased = any(np.may_share_memory(out, a) for a in (dy, saved, kept) if a is not None)
