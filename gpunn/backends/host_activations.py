@@ -105,6 +105,8 @@ def _parameters(function, dtype):
 def bias_activation(z, bias, function, out, saved) -> bool:
     """``out = f(z + bias)`` (and ``saved``: what backward reads) in one pass; False where it
     cannot (the caller runs the twin). ``out`` and ``saved`` are preallocated, ``z`` 2-d."""
+    if isinstance(z, np.ndarray) and z.ndim == 2 and np.ndim(bias) == 0:  # a layer of its own: bias 0
+        bias = np.full(z.shape[1], bias, z.dtype)
     arrays = [z, bias, out] + ([saved] if saved is not None else [])
     if not all(isinstance(a, np.ndarray) for a in arrays) or z.ndim != 2 or bias.shape != (z.shape[1],) \
             or out.shape != z.shape or not _fits(*arrays):
