@@ -114,3 +114,31 @@ def test_the_steps_error_is_raised_not_the_broken_captures(backend):
             backend.capture(step)
     finally:
         FakeStream.begin_capture = original
+
+
+def test_a_graph_dropped_during_another_capture_frees_its_pool_after_it(backend, monkeypatch):
+    """Freeing a pool synchronises the device, which would invalidate the capture in progress;
+    a graph collected then (garbage collection runs anywhere) waits until the capture has ended."""
+    _, old = backend.capture(lambda: "loss")
+    memory, events = old._memory, []
+    monkeypatch.setattr(cupy_backend.cupy.cuda, "Device", lambda: types.SimpleNamespace(
+        synchronize=lambda: events.append("synchronize while capturing" if capturing() else "synchronize")))
+    streams = []
+    monkeypatch.setattr(cupy_backend.cupy.cuda, "Stream", lambda non_blocking=False: streams.append(FakeStream())
+                        or streams[-1])
+
+    def capturing():
+        return any(stream.capturing for stream in streams)
+
+    holder = [old]
+    del old
+
+    def step():
+        if capturing():
+            holder.clear()  # the last reference goes in the middle of the recording
+            gc.collect()
+        return "loss"
+
+    backend.capture(step)
+    assert "synchronize while capturing" not in events
+    assert memory.pool.freed == 1

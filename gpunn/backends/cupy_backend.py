@@ -318,15 +318,19 @@ class CupyBackend(Backend):
             with cupy.cuda.using_allocator(memory.pool.malloc), memory.stream:
                 result = step()
                 memory.stream.begin_capture()
+                _Graph.capturing = True
                 try:
-                    output = step()
-                except BaseException as error:
                     try:
-                        memory.stream.end_capture()
-                    except Exception:  # a failed step often invalidates the capture: its error is the one to see
-                        pass
-                    raise error
-                graph = memory.stream.end_capture()
+                        output = step()
+                    except BaseException as error:
+                        try:
+                            memory.stream.end_capture()
+                        except Exception:  # a failed step often invalidates the capture: its error is the one to see
+                            pass
+                        raise error
+                    graph = memory.stream.end_capture()
+                finally:
+                    _Graph.capturing = False
             memory.stream.synchronize()
         except BaseException:
             memory.release()
@@ -334,6 +338,8 @@ class CupyBackend(Backend):
         finally:
             for handle in self._cublas_handles.values():  # cuBLAS keeps the last stream it was given
                 handle.forget_stream(memory.stream.ptr)
+            while _Graph.deferred:
+                _Graph.deferred.pop().release()
         return result, _Graph(graph, memory, output)
 
 
@@ -350,7 +356,14 @@ class _GraphMemory:
 
 
 class _Graph:
-    """A captured step: replaying it queues the recorded kernels on the current stream."""
+    """A captured step: replaying it queues the recorded kernels on the current stream.
+
+    A graph dropped while another step is being captured (garbage collection runs anywhere) may not
+    free its pool then: that synchronises the device, which invalidates the capture. Its memory
+    waits in ``deferred`` until the capture ends."""
+
+    capturing = False
+    deferred: list = []
 
     def __init__(self, graph, memory, output):
         self._graph, self._memory, self.output = graph, memory, output
@@ -368,7 +381,10 @@ class _Graph:
         memory = getattr(self, "_memory", None)
         if memory is not None and not sys.is_finalizing():
             self._graph = self.output = None
-            memory.release()
+            if _Graph.capturing:
+                _Graph.deferred.append(memory)
+            else:
+                memory.release()
 
 
 DROPOUT_PARAMETERS = ("raw uint64 dropout_step, uint64 dropout_k0, uint64 dropout_k1, uint64 dropout_threshold, "

@@ -34,6 +34,7 @@ What it cannot show (the GPU run, ``benchmarks/gpu_check.sh``, still owes these)
 from __future__ import annotations
 
 import contextlib
+import gc
 import sys
 from collections import Counter
 
@@ -82,6 +83,9 @@ def installed(block_threads: bool = False):
     try:
         yield Standin(device, library)
     finally:
+        # What died inside the block (a dropped graph frees its pool) goes now, on this device,
+        # not later inside another installation's stream capture.
+        gc.collect()
         _device._current.pop()
         cublas.load_library = saved_loader
         for name, value in saved.items():
