@@ -20,7 +20,8 @@ from ..host_compiler import HostBuild
 from ..kernel_source import kernel_source
 from .activations import REGISTRY
 
-_TYPES = {"float32": ("float", ctypes.c_float), "float64": ("double", ctypes.c_double)}
+# Keyed by dtype object, not name: dtype.name is a slow property on a path taken several times a step.
+_TYPES = {np.dtype("float32"): ("float", ctypes.c_float), np.dtype("float64"): ("double", ctypes.c_double)}
 _VECTOR_MATH = ("exp", "tanh", "log1p", "erf")
 FLAGS = ("-std=c++17", "-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-lmvec", "-Wl,-z,defs")
 
@@ -79,7 +80,7 @@ def status() -> str:
 
 
 def available(dtype) -> bool:
-    return dtype.name in _TYPES and BUILD.library is not None
+    return dtype in _TYPES and BUILD.library is not None
 
 
 @functools.cache
@@ -113,7 +114,7 @@ def bias_activation(z, bias, function, out, saved) -> bool:
         return False
     if saved is not None and saved.shape != z.shape:
         return False
-    forward, _ = _functions(function.name, z.dtype.name)
+    forward, _ = _functions(function.name, z.dtype)
     parameters = _parameters(function, z.dtype)
     forward(z.ctypes.data, bias.ctypes.data, out.ctypes.data, None if saved is None else saved.ctypes.data,
             z.shape[0], z.shape[1], parameters.ctypes.data)
@@ -125,7 +126,7 @@ def activation_backward(dy, saved, function, out) -> bool:
     if not (all(isinstance(a, np.ndarray) for a in (dy, saved, out)) and dy.shape == saved.shape == out.shape
             and _fits(dy, saved, out)):
         return False
-    _, backward = _functions(function.name, dy.dtype.name)
+    _, backward = _functions(function.name, dy.dtype)
     parameters = _parameters(function, dy.dtype)
     backward(dy.ctypes.data, saved.ctypes.data, out.ctypes.data, dy.size, parameters.ctypes.data)
     return True

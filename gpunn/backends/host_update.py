@@ -11,12 +11,14 @@ from __future__ import annotations
 import ctypes
 import functools
 
+import numpy as np
 
 from ..host_compiler import HostBuild
 from ..kernel_source import kernel_source
 from ..optim.rules import RULES
 
-_TYPES = {"float32": ("float", ctypes.c_float), "float64": ("double", ctypes.c_double)}
+# Keyed by dtype object, not name: dtype.name is a slow property on a path taken several times a step.
+_TYPES = {np.dtype("float32"): ("float", ctypes.c_float), np.dtype("float64"): ("double", ctypes.c_double)}
 FLAGS = ("-std=c++17", "-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off")
 
 
@@ -66,7 +68,7 @@ def update(rule, param, states, grad, lr, step, weight_decay, decay_end, hyper, 
            max_norm) -> bool:
     """Run ``rule`` over contiguous float32/float64 buffers in one compiled pass; False (nothing
     done) where it cannot, and the caller runs the NumPy twin."""
-    dtype = param.dtype.name
+    dtype = param.dtype
     arrays = [param, grad, *states]
     if dtype not in _TYPES or any(a.dtype != param.dtype or not a.flags.c_contiguous for a in arrays):
         return False
