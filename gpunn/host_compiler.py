@@ -17,6 +17,14 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
+#: The compute types host kernels are built for: dtype → (C type, ctypes scalar). Keyed by the dtype
+#: object, not its name: dtype.name is a slow property, and the lookup is made several times a step.
+HOST_TYPES = {np.dtype("float32"): ("float", ctypes.c_float), np.dtype("float64"): ("double", ctypes.c_double)}
+#: What a kernels/*.cuh file needs before it to compile as plain host C++.
+HOST_PRELUDE = "#include <cmath>\n#define __host__\n#define __device__\n"
+
 
 class HostCompilerError(RuntimeError):
     """No host C++ compiler, or a source it refused."""

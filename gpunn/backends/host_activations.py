@@ -16,12 +16,10 @@ import platform
 
 import numpy as np
 
-from ..host_compiler import HostBuild
+from ..host_compiler import HOST_PRELUDE, HOST_TYPES as _TYPES, HostBuild
 from ..kernel_source import kernel_source
 from .activations import REGISTRY
 
-# Keyed by dtype object, not name: dtype.name is a slow property on a path taken several times a step.
-_TYPES = {np.dtype("float32"): ("float", ctypes.c_float), np.dtype("float64"): ("double", ctypes.c_double)}
 _VECTOR_MATH = ("exp", "tanh", "log1p", "erf")
 FLAGS = ("-std=c++17", "-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-lmvec", "-Wl,-z,defs")
 
@@ -58,8 +56,7 @@ extern "C" void gpunn_{kind.name}_backward_host_{c_type}(const {c_type}* dy, con
 
 def source() -> str:
     loops = "".join(_loops(kind, c_type) for kind in REGISTRY.values() for c_type, _ in _TYPES.values())
-    return (f"#include <cmath>\n{_declarations()}#define __host__\n#define __device__\n"
-            f"{kernel_source('activations.cuh')}\n{loops}\n")
+    return f"{HOST_PRELUDE}{_declarations()}{kernel_source('activations.cuh')}\n{loops}\n"
 
 
 def _vector_math_missing():
@@ -84,7 +81,7 @@ def available(dtype) -> bool:
 
 
 @functools.cache
-def _functions(name: str, dtype: str):
+def _functions(name: str, dtype):
     c_type, scalar = _TYPES[dtype]
     pointer = ctypes.c_void_p
     forward = getattr(BUILD.library, f"gpunn_{name}_host_{c_type}")
@@ -99,7 +96,9 @@ def _fits(*arrays) -> bool:
     return available(first.dtype) and all(a.dtype == first.dtype and a.flags.c_contiguous for a in arrays)
 
 
+@functools.cache
 def _parameters(function, dtype):
+    """The activation's parameters as the C array its loops read (made once per activation)."""
     return np.asarray(function.values or (0.0,), dtype)
 
 

@@ -11,14 +11,10 @@ from __future__ import annotations
 import ctypes
 import functools
 
-import numpy as np
-
-from ..host_compiler import HostBuild
+from ..host_compiler import HOST_PRELUDE, HOST_TYPES as _TYPES, HostBuild
 from ..kernel_source import kernel_source
 from ..optim.rules import RULES
 
-# Keyed by dtype object, not name: dtype.name is a slow property on a path taken several times a step.
-_TYPES = {np.dtype("float32"): ("float", ctypes.c_float), np.dtype("float64"): ("double", ctypes.c_double)}
 FLAGS = ("-std=c++17", "-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off")
 
 
@@ -40,7 +36,7 @@ extern "C" void {rule.function}_host_{c_type}({c_type}* __restrict__ p, {c_type}
 
 def source() -> str:
     loops = "".join(_loop(rule, c_type) for rule in RULES.values() for c_type, _ in _TYPES.values())
-    return f"#include <cmath>\n#define __host__\n#define __device__\n{kernel_source('optim.cuh')}\n{loops}\n"
+    return f"{HOST_PRELUDE}{kernel_source('optim.cuh')}\n{loops}\n"
 
 
 BUILD = HostBuild(source, FLAGS)
@@ -52,7 +48,7 @@ def status() -> str:
 
 
 @functools.cache
-def _function(rule_name: str, dtype: str):
+def _function(rule_name: str, dtype):
     library = BUILD.library
     if library is None:
         return None
