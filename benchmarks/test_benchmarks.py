@@ -35,17 +35,19 @@ def pytest_generate_tests(metafunc):
     if lists is None:
         return
     quick = metafunc.config.getoption("--quick")
-    params, ids = [], []
+    params = []
     for name, peer in PEERS.items():
         if metafunc.function.peer_filter and peer.library not in metafunc.function.peer_filter:
             continue
         if peer.graph and not metafunc.function.graphs:
             continue
         chosen = lists["gpu"] if peer.device == "gpu" else lists["quick"] if quick else lists["cpu"]
-        for case in chosen:
-            params.append((name, case))
-            ids.append(f"{name}-{case}")
-    metafunc.parametrize("peer,case", params, ids=ids, indirect=["peer"])
+        params += [(peer.device, chosen.index(case), name, case) for case in chosen]
+    # Case-major: the peers of one case run back to back, so a slow minute of this shared machine
+    # falls on both sides of a ratio, not on one library's cases while the other's ran earlier.
+    params.sort(key=lambda param: param[:2])
+    metafunc.parametrize("peer,case", [(name, case) for *_, name, case in params],
+                         ids=[f"{name}-{case}" for *_, name, case in params], indirect=["peer"])
 
 
 @contextlib.contextmanager

@@ -120,11 +120,11 @@ def _add_allreduce_rows(raw: Path, quick: bool, threads: int, max_time: float, m
 
 
 # --- the report ---------------------------------------------------------------------------
-def _rows(data: dict) -> list[dict]:
+def _rows(data: dict, pass_index: int = 0) -> list[dict]:
     rows = []
     for bench in data["benchmarks"]:
         info = bench["extra_info"]
-        rows.append({"group": bench["group"], "case": info["case"], "impl": info["impl"],
+        rows.append({"pass": pass_index, "group": bench["group"], "case": info["case"], "impl": info["impl"],
                      "device": info["device"], "device_name": info["device_name"], "median": bench["stats"]["median"],
                      "flops": info.get("flops", 0), "bytes": info.get("bytes", 0), "tf32": info.get("tf32", False),
                      "dtype": info.get("dtype", "float32"), "elements": info.get("elements"),
@@ -175,47 +175,18 @@ def _ratio(numerator, denominator):
     return numerator / denominator if numerator and denominator else None
 
 
+def _median(values):
+    values = sorted(values)
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+
 def _combine_passes(rows) -> list[dict]:
     """One row per (group, case, implementation): the median over passes of the pass medians."""
     by_key = {}
     for row in rows:
         by_key.setdefault((row["group"], row["case"], row["impl"]), []).append(row)
-    combined = []
-    for same in by_key.values():
-        medians = sorted(row["median"] for row in same)
-        middle = len(medians) // 2
-        median = medians[middle] if len(medians) % 2 else (medians[middle - 1] + medians[middle]) / 2
-        combined.append({**same[0], "median": median})
-    return combined
-
-
-def summarise(rows) -> list[dict]:
-    """One line per (group, case): medians per implementation and the derived ratios."""
-    rows = _combine_passes(rows)
-    ceilings = _ceilings(rows)
-    lines = {}
-    for row in rows:
-        line = lines.setdefault((row["group"], row["case"]), {"group": row["group"], "case": row["case"],
-                                                              "median": {}, "fraction": {}})
-        line["median"][row["impl"]] = row["median"]
-        line["fraction"][row["impl"]] = _fraction(row, ceilings)
-    for line in lines.values():
-        m = line["median"]
-        line["gpu_over_cpu"] = _ratio(m.get("gpunn-numpy"), m.get("gpunn-cupy"))
-        line["vs_torch_cpu"] = _ratio(m.get("torch-cpu"), m.get("gpunn-numpy"))
-        line["vs_torch_gpu"] = _ratio(m.get("torch-cuda"), m.get("gpunn-cupy"))
-        line["graph_vs_torch_gpu"] = _ratio(m.get("torch-cuda"), m.get("gpunn-cupy-graph"))
-        line["graph_vs_torch_graph"] = _ratio(m.get("torch-cuda-graph"), m.get("gpunn-cupy-graph"))
-        line["over_floor_cpu"] = _ratio(m.get("gpunn-numpy"), m.get("gemm-floor-cpu"))
-        line["over_floor_gpu"] = _ratio(m.get("gpunn-cupy"), m.get("gemm-floor-gpu"))
-        line["allreduce_over_step"] = None
-        if line["group"] == "distributed":  # beside the step time of the same case, from the same run
-            step = lines.get(("train-step", line["case"]), {}).get("median", {}).get("gpunn-numpy")
-            if step:
-                m["train step"] = step
-            line["allreduce_over_step"] = _ratio(m.get("allreduce-2-ranks"), step)
-    order = {group: index for index, group in enumerate(GROUPS)}
-    return sorted(lines.values(), key=lambda line: (order.get(line["group"], 99), line["case"]))
+    return [{**same[0], "median": _median(row["median"] for row in same)} for same in by_key.values()]
 
 
 RATIO_COLUMNS = [("gpu_over_cpu", "gpunn GPU/CPU"), ("vs_torch_cpu", "vs torch CPU"),
@@ -223,6 +194,54 @@ RATIO_COLUMNS = [("gpu_over_cpu", "gpunn GPU/CPU"), ("vs_torch_cpu", "vs torch C
                  ("graph_vs_torch_graph", "graph vs torch graph"),
                  ("over_floor_cpu", "CPU step/GEMMs"), ("over_floor_gpu", "GPU step/GEMMs"),
                  ("allreduce_over_step", "2-rank all-reduce/step")]
+
+
+def _pass_ratios(m: dict, step) -> dict:
+    """The ratio columns of one case from one pass's medians ``m`` (impl -> seconds); ``step`` is
+    the same pass's gpunn-numpy step time for a distributed case."""
+    return {"gpu_over_cpu": _ratio(m.get("gpunn-numpy"), m.get("gpunn-cupy")),
+            "vs_torch_cpu": _ratio(m.get("torch-cpu"), m.get("gpunn-numpy")),
+            "vs_torch_gpu": _ratio(m.get("torch-cuda"), m.get("gpunn-cupy")),
+            "graph_vs_torch_gpu": _ratio(m.get("torch-cuda"), m.get("gpunn-cupy-graph")),
+            "graph_vs_torch_graph": _ratio(m.get("torch-cuda-graph"), m.get("gpunn-cupy-graph")),
+            "over_floor_cpu": _ratio(m.get("gpunn-numpy"), m.get("gemm-floor-cpu")),
+            "over_floor_gpu": _ratio(m.get("gpunn-cupy"), m.get("gemm-floor-gpu")),
+            "allreduce_over_step": _ratio(m.get("allreduce-2-ranks"), step)}
+
+
+def summarise(rows) -> list[dict]:
+    """One line per (group, case): medians per implementation and the derived ratios. A time is
+    the median over passes; a ratio is the median over passes of that pass's ratio. The two
+    sides of a ratio ran back to back in one pass (case-major order), so a slow phase of the
+    shared machine lands on both; a ratio of the overall medians could pair a slow pass of one
+    side with a fast pass of the other."""
+    by_pass = {}
+    for row in rows:
+        by_pass.setdefault(row.get("pass", 0), {}).setdefault((row["group"], row["case"]), {})[row["impl"]] = \
+            row["median"]
+    combined = _combine_passes(rows)
+    ceilings = _ceilings(combined)
+    lines = {}
+    for row in combined:
+        line = lines.setdefault((row["group"], row["case"]), {"group": row["group"], "case": row["case"],
+                                                              "median": {}, "fraction": {}})
+        line["median"][row["impl"]] = row["median"]
+        line["fraction"][row["impl"]] = _fraction(row, ceilings)
+    for key, line in lines.items():
+        per_pass = []
+        for cases in by_pass.values():
+            step = cases.get(("train-step", line["case"]), {}).get("gpunn-numpy")
+            if key in cases:
+                per_pass.append(_pass_ratios(cases[key], step if line["group"] == "distributed" else None))
+        for column, _ in RATIO_COLUMNS:
+            values = [ratios[column] for ratios in per_pass if ratios[column]]
+            line[column] = _median(values) if values else None
+        if line["group"] == "distributed":  # beside the step time of the same case, from the same run
+            step = lines.get(("train-step", line["case"]), {}).get("median", {}).get("gpunn-numpy")
+            if step:
+                line["median"]["train step"] = step
+    order = {group: index for index, group in enumerate(GROUPS)}
+    return sorted(lines.values(), key=lambda line: (order.get(line["group"], 99), line["case"]))
 
 
 def _format_time(seconds):
@@ -306,7 +325,7 @@ def _launch_section(cases) -> list[str]:
 def write_report(raw_jsons: list[Path], out_dir: Path, command: str) -> tuple[Path, str]:
     """Write <device>-<date>.json/.md/.png into ``out_dir``; return the markdown path and text."""
     passes = [json.loads(Path(raw).read_text()) for raw in raw_jsons]
-    rows = [row for data in passes for row in _rows(data)]
+    rows = [row for index, data in enumerate(passes) for row in _rows(data, index)]
     if not rows:
         raise RuntimeError("the benchmark run measured nothing (every case was skipped or filtered out)")
     stem = out_dir / report_stem(rows)
@@ -328,7 +347,8 @@ def write_report(raw_jsons: list[Path], out_dir: Path, command: str) -> tuple[Pa
     parts = [f"# gpunn benchmarks: {stem.name}", "",
              f"Command: `{command}`. Each time is the median of pytest-benchmark rounds (the median over "
              f"{len(passes)} pass{'es' if len(passes) > 1 else ''} of the suite when there are several), each step synchronised with its device. "
-             "Ratios: 'vs torch' is PyTorch's time over gpunn's on the same device (above 1: gpunn is faster); "
+             "Ratios, each the median over passes of the ratio within a pass (whose two sides ran back to back): "
+             "'vs torch' is PyTorch's time over gpunn's on the same device (above 1: gpunn is faster); "
              "'step/GEMMs' is a training step over its GEMMs timed alone; 'of ceiling' is achieved FLOP/s "
              "(bytes/s for activation and transfer) over the ceiling measured in this run; a bytes-bound case is "
              "judged against a copy of as many elements, so a case that fits in cache meets a copy in cache. "

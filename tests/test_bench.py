@@ -1,6 +1,8 @@
 """The benchmark suite cannot rot: CI runs it once with minimal rounds and reads the report."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -35,8 +37,9 @@ def test_quick_suite_runs_and_writes_the_report(tmp_path, capfd):
     assert "=== pass 2 ===" in log and "Name (time in" in log
 
 
-def row(group, case, impl, median, device="cpu", flops=0, moved=0, tf32=False, elements=None):
-    return {"group": group, "case": case, "impl": impl, "device": device, "device_name": "x", "median": median,
+def row(group, case, impl, median, device="cpu", flops=0, moved=0, tf32=False, elements=None, pass_index=0):
+    return {"pass": pass_index, "group": group, "case": case, "impl": impl, "device": device, "device_name": "x",
+            "median": median,
             "flops": flops, "bytes": moved, "tf32": tf32, "threads": 2, "versions": {}, "elements": elements}
 
 
@@ -47,15 +50,47 @@ def test_ratios_and_fractions():
             row("train-step", "S", "torch-cpu", 3.0, flops=100.0),
             row("train-step", "S", "gemm-floor-cpu", 1.6, flops=100.0),
             row("activation", "tanh forward 2^16", "gpunn-numpy", 1.0, moved=25.0)]
-    rows += [row("train-step", "S", "torch-cpu", 5.0, flops=100.0),  # two more passes of torch: median 3.0
-             row("train-step", "S", "torch-cpu", 2.5, flops=100.0)]
+    rows += [row("train-step", "S", "torch-cpu", 5.0, flops=100.0, pass_index=1),  # two more passes of torch
+             row("train-step", "S", "torch-cpu", 2.5, flops=100.0, pass_index=2)]
     summary = {(line["group"], line["case"]): line for line in bench.summarise(rows)}
     step = summary[("train-step", "S")]
-    assert step["vs_torch_cpu"] == pytest.approx(1.5)
+    assert step["median"]["torch-cpu"] == 3.0  # the median over passes
+    assert step["vs_torch_cpu"] == pytest.approx(1.5)  # only pass 0 has both sides
     assert step["over_floor_cpu"] == pytest.approx(1.25)
     assert step["fraction"]["gpunn-numpy"] == pytest.approx(0.5)  # 50 FLOP/s of a 100 FLOP/s ceiling
     assert summary[("activation", "tanh forward 2^16")]["fraction"]["gpunn-numpy"] == pytest.approx(0.5)
     assert step["gpu_over_cpu"] is None
+
+
+def test_a_ratio_pairs_the_two_sides_of_one_pass():
+    """A slow phase of the machine hits both sides of a pass (they run back to back): each pass
+    says 1.3x here. The ratio of the overall medians (5.2 / 2.2) would claim 2.4x."""
+    times = [(2.0, 2.6), (4.0, 5.2), (2.2, 5.4)]  # (gpunn, torch) per pass
+    rows = [row("train-step", "S", impl, t, pass_index=index)
+            for index, pair in enumerate(times) for impl, t in zip(("gpunn-numpy", "torch-cpu"), pair)]
+    rows += [row("distributed", "S", "allreduce-2-ranks", 0.5 * pair[0], pass_index=index)
+             for index, pair in enumerate(times)]
+    summary = {(line["group"], line["case"]): line for line in bench.summarise(rows)}
+    step = summary[("train-step", "S")]
+    assert (step["median"]["gpunn-numpy"], step["median"]["torch-cpu"]) == (2.2, 5.2)
+    assert step["vs_torch_cpu"] == pytest.approx(1.3)
+    distributed = summary[("distributed", "S")]
+    assert distributed["allreduce_over_step"] == pytest.approx(0.5)  # each pass against its own step
+    assert distributed["median"]["train step"] == 2.2
+
+
+def test_the_peers_of_a_case_run_back_to_back():
+    from pathlib import Path
+
+    suite = Path(bench.suite_dir())
+    result = subprocess.run([sys.executable, "-m", "pytest", str(suite), "--collect-only", "-q", "-p",
+                             "no:cacheprovider", f"--rootdir={suite}", "-k", "test_train_step and not floor"],
+                            capture_output=True, text=True, cwd=suite)
+    ids = [line.split("[", 1)[1].rstrip("]") for line in result.stdout.splitlines() if "::test_train_step[" in line]
+    assert ids.index("torch-cpu-S-adam") == ids.index("gpunn-numpy-S-adam") + 1, ids
+    assert ids.index("torch-cpu-CPU-adam") == ids.index("gpunn-numpy-CPU-adam") + 1, ids
+    cuda = [i for i in ids if i.endswith("-L-adam")]
+    assert len(cuda) == 4 and ids.index(cuda[-1]) - ids.index(cuda[0]) == 3, ids
 
 
 def test_bench_without_pytest_benchmark_says_how_to_install(monkeypatch, tmp_path):
