@@ -1,4 +1,5 @@
-"""Time gpunn-numpy and PyTorch training steps in alternating blocks inside one process.
+"""Time gpunn-numpy and PyTorch training steps, and the step's GEMMs alone, in alternating blocks
+inside one process.
 
     python benchmarks/interleave.py CPU            # a train-step case of the suite
     OPENBLAS_THREAD_TIMEOUT=4 python benchmarks/interleave.py CPU-adam 10
@@ -34,17 +35,21 @@ def median_ms(step, rounds=60, warm_up=5):
 def main(case="CPU", blocks="2"):
     config, dtype, _, optimizer = train_case(case)
     rng = np.random.default_rng(0)
-    train_step, x, t = GpunnPeer("numpy").build_train_step(config, dtype, rng, optimizer)
+    gpunn = GpunnPeer("numpy")
+    train_step, x, t = gpunn.build_train_step(config, dtype, rng, optimizer)
     steps = {"torch-cpu": TorchPeer("cpu").train_step(config, dtype, rng, optimizer),
-             "gpunn-numpy": lambda: train_step(x, t)}
-    ratios = []
+             "gpunn-numpy": lambda: train_step(x, t), "GEMMs": gpunn.gemm_floor(config, dtype, rng)}
+    ratios, overheads = [], {"torch-cpu": [], "gpunn-numpy": []}
     for block in range(int(blocks)):
         times = {name: median_ms(step) for name, step in steps.items()}
         ratios.append(times["torch-cpu"] / times["gpunn-numpy"])
+        for name, spent in overheads.items():
+            spent.append(times[name] - times["GEMMs"])
         print(f"block {block + 1}: " + "  ".join(f"{name} {ms:.2f} ms" for name, ms in times.items())
               + f"  torch/gpunn {ratios[-1]:.2f}×")
     print(f"{case}: median torch/gpunn over {len(ratios)} blocks {statistics.median(ratios):.2f}× "
-          f"(range {min(ratios):.2f}-{max(ratios):.2f}×)")
+          f"(range {min(ratios):.2f}-{max(ratios):.2f}×); median step beyond gpunn's GEMMs: "
+          + ", ".join(f"{name} {statistics.median(spent):.2f} ms" for name, spent in overheads.items()))
 
 
 if __name__ == "__main__":
