@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-time", type=_positive(float), default=1.0, help="seconds per case (default: 1.0)")
     bench.add_argument("--min-rounds", type=_positive(int), default=5, help="rounds per case at least (default: 5)")
     bench.add_argument("--passes", type=_positive(int), default=1,
-                       help="run the suite this many times; each time reported is the median over passes (default: 1)")
+                       help="run the suite this many times; each time reported is the median over passes, each ratio the median of the per-pass ratios (default: 1)")
     bench.set_defaults(run=command_bench)
     return parser
 
