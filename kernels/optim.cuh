@@ -20,11 +20,18 @@ __host__ __device__ inline C gpunn_effective_grad(C stored, C loss_scale, C norm
     return grad;
 }
 
+// L2 weight decay g + wd·p, skipped at wd = 0 as torch.optim skips it: 0·p would turn a
+// parameter that has diverged to ±Inf into NaN.
+template <typename C>
+__host__ __device__ inline C gpunn_decay_l2(C grad, C param, C weight_decay) {
+    return weight_decay != C(0) ? grad + weight_decay * param : grad;
+}
+
 // SGD: g += wd·p; v = μ·v + g; g = nesterov ? g + μ·v : v (plain SGD when μ = 0); p −= lr·g.
 template <typename C>
 __host__ __device__ inline void gpunn_sgd_update(C& param, C& velocity, C& unused, C grad, C lr, C step,
                                                  C weight_decay, C momentum, C h1, C h2, bool nesterov) {
-    grad = grad + weight_decay * param;
+    grad = gpunn_decay_l2(grad, param, weight_decay);
     if (momentum != C(0)) {
         velocity = momentum * velocity + grad;
         grad = nesterov ? grad + momentum * velocity : velocity;
@@ -41,7 +48,7 @@ __host__ __device__ inline void gpunn_adam_update(C& param, C& exp_avg, C& exp_a
     if (decoupled) {
         param = param * (C(1) - lr * weight_decay);
     } else {
-        grad = grad + weight_decay * param;
+        grad = gpunn_decay_l2(grad, param, weight_decay);
     }
     exp_avg = exp_avg + (C(1) - beta1) * (grad - exp_avg);
     exp_avg_sq = exp_avg_sq * beta2 + (C(1) - beta2) * grad * grad;
