@@ -9,31 +9,37 @@ schedule never forces a CUDA graph to be recorded again.
 from __future__ import annotations
 
 import math
+import numbers
 
 
-def _positive_number(owner: str, name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{owner}: {name} must be a positive finite number, got {value!r}")
+def real_number(owner: str, name: str, value) -> float:
+    """``value`` as a float, or a TypeError (as torch.optim gives) for anything but a real number;
+    NumPy scalars count (an ``lr`` computed with NumPy is a number too)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner}: {name} must be a number, got {type(value).__name__} {value!r}")
     return float(value)
 
 
-def _count(owner: str, name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{owner}: {name} must be an int >= {minimum}, got {value!r}")
+def _positive_number(owner: str, name: str, value) -> float:
+    value = real_number(owner, name, value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{owner}: {name} must be a positive finite number, got {value!r}")
     return value
 
 
-def _check_step(step) -> int:
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"schedule step must be an int >= 0, got {step!r}")
-    return step
+def _count(owner: str, name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{owner}: {name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{owner}: {name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
 
 
 class Schedule:
     """Base class: subclasses define ``_lr(step)`` and keep their arguments as attributes."""
 
     def __call__(self, step: int) -> float:
-        return self._lr(_check_step(step))
+        return self._lr(_count(type(self).__name__, "step", step, minimum=0))
 
     def config(self) -> dict:
         return {"type": type(self).__name__, **vars(self)}
@@ -91,9 +97,9 @@ class CosineDecay(Schedule):
     def __init__(self, lr: float, total_steps: int, final_lr: float = 0.0, warmup_steps: int = 0):
         self.lr = _positive_number("CosineDecay", "lr", lr)
         self.total_steps = _count("CosineDecay", "total_steps", total_steps)
-        if isinstance(final_lr, bool) or not isinstance(final_lr, (int, float)) or not 0 <= final_lr <= lr:
+        self.final_lr = real_number("CosineDecay", "final_lr", final_lr)
+        if not 0 <= self.final_lr <= self.lr:
             raise ValueError(f"CosineDecay: final_lr must lie in [0, lr={lr}], got {final_lr!r}")
-        self.final_lr = float(final_lr)
         self.warmup_steps = _count("CosineDecay", "warmup_steps", warmup_steps, minimum=0)
         if self.warmup_steps >= self.total_steps:
             raise ValueError(f"CosineDecay: warmup_steps ({warmup_steps}) must be below total_steps ({total_steps})")
@@ -117,9 +123,9 @@ class OneCycle(Schedule):
                  final_div_factor: float = 1e4):
         self.max_lr = _positive_number("OneCycle", "max_lr", max_lr)
         self.total_steps = _count("OneCycle", "total_steps", total_steps, minimum=2)
-        if isinstance(pct_start, bool) or not isinstance(pct_start, (int, float)) or not 0 < pct_start < 1:
+        self.pct_start = real_number("OneCycle", "pct_start", pct_start)
+        if not 0 < self.pct_start < 1:
             raise ValueError(f"OneCycle: pct_start must lie in (0, 1), got {pct_start!r}")
-        self.pct_start = float(pct_start)
         self.div_factor = _positive_number("OneCycle", "div_factor", div_factor)
         self.final_div_factor = _positive_number("OneCycle", "final_div_factor", final_div_factor)
         if self.pct_start * self.total_steps - 1 <= 0:
@@ -144,9 +150,12 @@ def as_schedule(owner: str, lr) -> Schedule:
     """A number becomes Constant(lr); a schedule stays; anything else is a clear error."""
     if isinstance(lr, Schedule):
         return lr
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+        raise TypeError(f"{owner}: lr must be a positive finite number or a gpunn.schedules schedule, "
+                        f"got {type(lr).__name__} {lr!r}")
+    if not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"{owner}: lr must be a positive finite number or a gpunn.schedules schedule, got {lr!r}")
-    return Constant(lr)
+    return Constant(float(lr))
 
 
 def from_config(config: dict) -> Schedule:

@@ -32,3 +32,96 @@ def test_zero_weight_decay_leaves_a_diverged_parameter_infinite(backend, make):
     optimizer = make(model.parameters())
     step_with(model, optimizer, [np.ones(p.shape) for p in model.parameters()])
     assert (backend.to_numpy(first.value) == -np.inf).all()
+
+
+# --- hyperparameters: wrong types and values, also when set after construction -----------------
+@pytest.mark.parametrize("make,error,message", [
+    (lambda: gn.SGD(lr="0.1"), TypeError, "lr must be a positive finite number or a gpunn.schedules schedule, got str"),
+    (lambda: gn.SGD(momentum="0.9"), TypeError, "momentum must be a number, got str"),
+    (lambda: gn.Adam(weight_decay=None), TypeError, "weight_decay must be a number, got NoneType"),
+    (lambda: gn.SGD(max_grad_norm="1"), TypeError, "max_grad_norm must be a number"),
+    (lambda: schedules.StepDecay(0.1, step_size=2.5), TypeError, "step_size must be an int >= 1, got float"),
+    (lambda: schedules.CosineDecay(0.1, total_steps="100"), TypeError, "total_steps must be an int"),
+    (lambda: schedules.OneCycle(0.1, 100, pct_start="0.3"), TypeError, "pct_start must be a number"),
+    (lambda: schedules.Constant(0.1)(1.5), TypeError, "step must be an int >= 0"),
+    (lambda: gn.SGD(max_grad_norm=float("inf")), ValueError, r"max_grad_norm must lie in \(0, inf\)"),
+    (lambda: gn.SGD(gn.Sequential(gn.Dense(2, 1)), lr=0.1), TypeError, "such as model.parameters\\(\\), got Sequential"),
+])
+def test_hyperparameters_of_the_wrong_type_are_type_errors(make, error, message):
+    """torch.optim raises TypeError for a string learning rate; so does gpunn, naming the argument."""
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_numpy_scalars_are_numbers():
+    """An lr or a step count computed with NumPy works as in torch (np.float32 is no Python float)."""
+    assert gn.Adam(lr=np.float32(0.5)).lr == 0.5
+    assert gn.SGD(momentum=np.float32(0.5)).momentum == 0.5
+    schedule = schedules.StepDecay(np.float32(1.0), step_size=np.int64(2), gamma=np.float64(0.5))
+    assert schedule(np.int64(4)) == 0.25 and type(schedule.step_size) is int  # JSON-able in a checkpoint
+
+
+@pytest.mark.parametrize("make,name,value", [
+    (lambda: gn.SGD(lr=0.1), "weight_decay", -1.0), (lambda: gn.SGD(lr=0.1), "max_grad_norm", -1.0),
+    (lambda: gn.SGD(lr=0.1), "max_grad_norm", float("nan")), (lambda: gn.Adam(), "eps", -1e-8),
+    (lambda: gn.SGD(lr=0.1), "nesterov", True), (lambda: gn.SGD(lr=0.1, momentum=0.9, nesterov=True), "momentum", 0.0),
+])
+def test_hyperparameters_set_after_construction_are_checked(make, name, value):
+    """Setting one after construction is checked as the constructor checks it (was: taken, or ignored)."""
+    optimizer = make()
+    before = getattr(optimizer, name)
+    with pytest.raises(ValueError, match=name if name != "momentum" else "nesterov=True needs a momentum"):
+        setattr(optimizer, name, value)
+    assert getattr(optimizer, name) == before
+
+
+def test_nesterov_set_after_construction_takes_effect(backend):
+    gradients = [np.full(p.shape, 0.5) for p in tiny_model(backend).parameters()]
+    results = []
+    for late in (False, True):
+        model = tiny_model(backend)
+        optimizer = gn.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=not late)
+        if late:
+            optimizer.nesterov = True
+        for _ in range(2):
+            step_with(model, optimizer, gradients)
+        results.append(backend.to_numpy(model.flat.values))
+    np.testing.assert_array_equal(*results)
+
+
+# --- state_dict / load_state_dict -------------------------------------------------------------
+def trained_adam(backend, steps=3):
+    model = tiny_model(backend)
+    optimizer = gn.Adam(model.parameters(), lr=schedules.ExponentialDecay(0.1, 0.9), weight_decay=0.01)
+    for _ in range(steps):
+        step_with(model, optimizer, [np.full(p.shape, 0.3) for p in model.parameters()])
+    return optimizer
+
+
+def edited(state, change):
+    state = {"config": dict(state["config"]), "arrays": {k: v.copy() for k, v in state["arrays"].items()}}
+    change(state)
+    return state
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda s: s["config"].pop("steps"), r"config lacks \['steps'\]"),
+    (lambda s: s["config"].pop("weight_decay"), r"config lacks \['weight_decay'\]"),
+    (lambda s: s["config"].pop("schedule"), r"config lacks \['schedule'\]"),
+    (lambda s: s["config"].update(amsgrad=True), r"has unknown \['amsgrad'\]"),
+    (lambda s: s["config"].update(steps=1), "do not fit steps=1"),
+    (lambda s: s["config"].update(steps=-1), "steps must be an int >= 0"),
+    (lambda s: s["config"].update(weight_decay=-0.5), "weight_decay must lie in"),
+    (lambda s: s["arrays"]["scalars"].__setitem__(2, np.nan), "do not fit"),
+    (lambda s: s["arrays"].update(exp_avg=s["arrays"]["exp_avg"].tolist()), "exp_avg must be an array of shape"),
+])
+def test_a_modified_state_is_refused_and_changes_nothing(backend, change, message):
+    source = trained_adam(backend)
+    target = trained_adam(backend, steps=1)
+    before = target.state_dict()
+    with pytest.raises(ValueError, match=message):
+        target.load_state_dict(edited(source.state_dict(), change))
+    after = target.state_dict()
+    assert after["config"] == before["config"]
+    for name, array in before["arrays"].items():
+        np.testing.assert_array_equal(after["arrays"][name], array)

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from .optimizer import Optimizer, _number, optimizer_from_config
+from .optimizer import Optimizer, _number
+from .state import optimizer_from_config
+
+
+def _nesterov(nesterov, momentum: float) -> bool:
+    if not isinstance(nesterov, bool):
+        raise TypeError(f"SGD: nesterov must be True or False, got {nesterov!r}")
+    if nesterov and momentum == 0:
+        raise ValueError("SGD: nesterov=True needs a momentum above 0 (as in torch.optim.SGD)")
+    return nesterov
 
 
 class SGD(Optimizer):
@@ -18,11 +27,8 @@ class SGD(Optimizer):
     def __init__(self, params=None, lr=0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0, max_grad_norm=None, decay_biases: bool = True):
         momentum = _number("SGD", "momentum", momentum, high=1.0, high_open=True)
-        if not isinstance(nesterov, bool):
-            raise TypeError(f"SGD: nesterov must be True or False, got {nesterov!r}")
-        if nesterov and momentum == 0:
-            raise ValueError("SGD: nesterov=True needs a momentum above 0 (as in torch.optim.SGD)")
-        super().__init__(params, lr, weight_decay, decay_biases, max_grad_norm, {"momentum": momentum}, nesterov)
+        super().__init__(params, lr, weight_decay, decay_biases, max_grad_norm, {"momentum": momentum},
+                         _nesterov(nesterov, momentum))
 
     @property
     def momentum(self) -> float:
@@ -31,7 +37,17 @@ class SGD(Optimizer):
     @momentum.setter
     def momentum(self, value) -> None:
         """Takes effect at the next step (a recorded graph records again)."""
-        self.numbers["momentum"] = _number("SGD", "momentum", value, high=1.0, high_open=True)
+        value = _number("SGD", "momentum", value, high=1.0, high_open=True)
+        _nesterov(self.flag, value)  # Nesterov needs a momentum
+        self.numbers["momentum"] = value
+
+    @property
+    def nesterov(self) -> bool:
+        return self.flag
+
+    @nesterov.setter
+    def nesterov(self, value) -> None:
+        self.flag = _nesterov(value, self.momentum)
 
     def _rule_arguments(self) -> dict:
         return {"momentum": self.numbers["momentum"], "nesterov": self.flag}
@@ -68,6 +84,14 @@ class Adam(Optimizer):
             raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {value!r}")
         self.numbers["beta1"], self.numbers["beta2"] = (
             _number(owner, f"betas[{i}]", beta, high=1.0, high_open=True) for i, beta in enumerate(value))
+
+    @property
+    def eps(self) -> float:
+        return self.numbers["eps"]
+
+    @eps.setter
+    def eps(self, value) -> None:
+        self.numbers["eps"] = _number(type(self).__name__, "eps", value)
 
     def _rule_arguments(self) -> dict:
         return {"betas": list(self.betas), "eps": self.numbers["eps"]}

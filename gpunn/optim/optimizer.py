@@ -13,23 +13,22 @@ from __future__ import annotations
 import math
 
 from ..layers import Parameter
-from ..schedules import Schedule, as_schedule, from_config
+from ..schedules import Schedule, as_schedule, real_number
 from .rules import RULES
+from .state import GROWTH_INTERVAL, INITIAL_LOSS_SCALE, LOSS_SCALE, SKIPPED, checked_counters, constructor_arguments
 
-#: Dynamic loss scaling for float16 models: torch.cuda.amp.GradScaler's defaults.
-INITIAL_LOSS_SCALE, GROWTH_INTERVAL = 2.0 ** 16, 2000
-#: The counters in ``scalars`` (see kernels/optim.cuh gpunn_after_update).
-APPLIED, ATTEMPTED, LOSS_SCALE, GOOD_STEPS, SKIPPED = range(5)
 _LR_TABLE_MINIMUM = 1024
 
 
 def _number(owner, name, value, low=0.0, high=math.inf, low_open=False, high_open=False):
-    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-          and (value > low if low_open else value >= low) and (value < high if high_open else value <= high))
+    number = real_number(owner, name, value)
+    ok = (math.isfinite(number) and (number > low if low_open else number >= low)
+          and (number < high if high_open else number <= high))
     if not ok:
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        closing = ")" if high_open or high == math.inf else "]"
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{closing}"
         raise ValueError(f"{owner}: {name} must lie in {interval} (a finite number), got {value!r}")
-    return float(value)
+    return number
 
 
 class _Segment:
@@ -50,10 +49,8 @@ class Optimizer:
         owner = type(self).__name__
         self._owner = owner
         self.schedule = as_schedule(owner, lr)
-        self.weight_decay = _number(owner, "weight_decay", weight_decay)
+        self.weight_decay = weight_decay
         self.decay_biases = decay_biases
-        if max_grad_norm is not None:
-            max_grad_norm = _number(owner, "max_grad_norm", max_grad_norm, low_open=True)
         self.max_grad_norm = max_grad_norm
         self.rule = RULES[self.rule_name]
         self.numbers, self.flag = numbers, bool(flag)
@@ -104,7 +101,11 @@ class Optimizer:
     # --- binding ----------------------------------------------------------------------------
     def bind(self, params) -> "Optimizer":
         """Take ``params`` (model.parameters() or a subset) and make the flat state for them."""
-        params = list(params)
+        try:
+            params = list(params)
+        except TypeError:
+            raise TypeError(f"{self._owner}: params must be a list of Parameters such as model.parameters(), "
+                            f"got {type(params).__name__}") from None
         if not params:
             raise ValueError(f"{self._owner}: no parameters to optimize (pass model.parameters())")
         for index, parameter in enumerate(params):
@@ -159,6 +160,24 @@ class Optimizer:
         else:
             self._segments_all = self._segments(self.params)
         self._partial_cache = {}
+
+    @property
+    def weight_decay(self) -> float:
+        return self._weight_decay
+
+    @weight_decay.setter
+    def weight_decay(self, value) -> None:
+        """Checked here too: a value set after construction takes effect at the next step."""
+        self._weight_decay = _number(self._owner, "weight_decay", value)
+
+    @property
+    def max_grad_norm(self):
+        """The global L2 norm gradients are clipped to, or None (no clipping)."""
+        return self._max_grad_norm
+
+    @max_grad_norm.setter
+    def max_grad_norm(self, value) -> None:
+        self._max_grad_norm = None if value is None else _number(self._owner, "max_grad_norm", value, low_open=True)
 
     @property
     def decay_biases(self) -> bool:
@@ -295,56 +314,55 @@ class Optimizer:
                 "arrays": arrays}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore what ``state_dict`` returned: hyperparameters, schedule, counters and flat state."""
+        """Restore what ``state_dict`` returned: hyperparameters, schedule, counters and flat state.
+        Everything is checked before anything changes: a refused state leaves the optimizer as it was."""
         self._require_bound("load_state_dict")
+        where = f"{self._owner}.load_state_dict"
         try:
-            config, arrays = dict(state["config"]), state["arrays"]
-        except (TypeError, KeyError) as error:
-            raise ValueError(f"{self._owner}.load_state_dict: expected {{'config': ..., 'arrays': ...}}, "
+            config, arrays = dict(state["config"]), dict(state["arrays"])
+        except (TypeError, KeyError, ValueError) as error:
+            raise ValueError(f"{where}: expected {{'config': ..., 'arrays': ...}} from state_dict(), "
                              f"got {type(state).__name__}") from error
         if config.get("type") != self._owner:
-            raise ValueError(f"{self._owner}.load_state_dict: the state is of a {config.get('type')!r} optimizer")
+            raise ValueError(f"{where}: the state is of a {config.get('type')!r} optimizer")
+        wanted = set(self.config()) | {"steps", "parameter_shapes"}
+        if set(config) != wanted:
+            missing, unknown = sorted(wanted - set(config)), sorted(set(config) - wanted)
+            raise ValueError(f"{where}: the config " + " and ".join(
+                ([f"lacks {missing}"] if missing else []) + ([f"has unknown {unknown}"] if unknown else []))
+                + " (pass what state_dict() returned, unchanged)")
         shapes = [list(parameter.shape) for parameter in self.params]
-        if "parameter_shapes" in config and config["parameter_shapes"] != shapes:
-            raise ValueError(f"{self._owner}.load_state_dict: the state is for parameters of shapes "
-                             f"{config['parameter_shapes']}, these have {shapes} (a different model?)")
+        if config["parameter_shapes"] != shapes:
+            raise ValueError(f"{where}: the state is for parameters of shapes {config['parameter_shapes']}, "
+                             f"these have {shapes} (a different model?)")
+        try:
+            restored = type(self)(None, **constructor_arguments(config))  # checks every hyperparameter
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{where}: {error}") from error
         expected = {"scalars": self._scalars, **dict(zip(self.rule.states, self._states))}
         if self._master is not None:
             expected["master"] = self._master
         if set(arrays) != set(expected):
-            raise ValueError(f"{self._owner}.load_state_dict: state arrays {sorted(arrays)} do not match "
+            raise ValueError(f"{where}: state arrays {sorted(arrays)} do not match "
                              f"{sorted(expected)} (a model of another dtype or size?)")
+        for name, target in expected.items():
+            shape = getattr(arrays[name], "shape", None)
+            if shape is None or tuple(shape) != tuple(target.shape):
+                got = type(arrays[name]).__name__ if shape is None else f"shape {tuple(shape)}"
+                raise ValueError(f"{where}: {name} must be an array of shape {tuple(target.shape)} for this model, "
+                                 f"got {got} (a different model?)")
+        steps = checked_counters(where, config["steps"], [float(value) for value in arrays["scalars"]])
         backend = self._flat.backend
         for name, target in expected.items():
-            if tuple(arrays[name].shape) != tuple(target.shape):
-                raise ValueError(f"{self._owner}.load_state_dict: {name} has shape {tuple(arrays[name].shape)}, "
-                                 f"this model needs {tuple(target.shape)} (a different model?)")
             target[...] = backend.asarray(arrays[name], target.dtype)
-        restored = type(self)(None, **_constructor_arguments(config))
         self.__dict__.update({k: v for k, v in vars(restored).items()
-                              if k in ("schedule", "weight_decay", "max_grad_norm", "numbers", "flag")})
+                              if k in ("schedule", "_weight_decay", "_max_grad_norm", "numbers", "flag")})
         self.decay_biases = restored.decay_biases  # rebuilds the weight-decay boundary
-        self._steps_issued = int(config.get("steps", 0))
+        self._steps_issued = steps
         self._fill_lr_table(max(self._lr_table.size, self._steps_issued + 1))
 
     def __repr__(self) -> str:
         return f"{self._owner}(lr={self.schedule!r}, " + ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items()) + ")"
 
 
-def _constructor_arguments(config: dict) -> dict:
-    arguments = {k: v for k, v in config.items() if k not in ("type", "schedule", "steps", "parameter_shapes")}
-    arguments["lr"] = from_config(config["schedule"]) if isinstance(config.get("schedule"), dict) else config["lr"]
-    if "betas" in arguments:
-        arguments["betas"] = tuple(arguments["betas"])
-    return arguments
-
-
-def optimizer_from_config(config: dict, classes: dict) -> Optimizer:
-    """An unbound optimizer rebuilt from ``config`` (``state_dict()["config"]``)."""
-    kind = config.get("type")
-    if kind not in classes:
-        raise ValueError(f"unknown optimizer type {kind!r}; expected one of {sorted(classes)}")
-    return classes[kind](None, **_constructor_arguments(config))
-
-
-__all__ = ["Optimizer", "Schedule", "optimizer_from_config"]
+__all__ = ["Optimizer", "Schedule"]
