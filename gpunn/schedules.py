@@ -38,6 +38,9 @@ def _count(owner: str, name: str, value, minimum: int = 1) -> int:
 class Schedule:
     """Base class: subclasses define ``_lr(step)`` and keep their arguments as attributes."""
 
+    #: The last step a schedule that ends defines (OneCycle), else None: it goes on forever.
+    last_step = None
+
     def __call__(self, step: int) -> float:
         return self._lr(_count(type(self).__name__, "step", step, minimum=0))
 
@@ -117,6 +120,8 @@ class OneCycle(Schedule):
     From max_lr/div_factor up to max_lr over the first pct_start·total_steps − 1 steps, then down
     to max_lr/(div_factor·final_div_factor) at step total_steps − 1, each phase along
     end + (start − end)·(1 + cos(π·p))/2. Momentum is not cycled (torch's cycle_momentum=False).
+    Step total_steps keeps the final rate (torch too allows that one update more); a later step
+    is a ValueError, as torch's OneCycleLR raises: total_steps must count every update.
     """
 
     def __init__(self, max_lr: float, total_steps: int, pct_start: float = 0.3, div_factor: float = 25.0,
@@ -131,7 +136,14 @@ class OneCycle(Schedule):
         if self.pct_start * self.total_steps - 1 <= 0:
             raise ValueError(f"OneCycle: pct_start·total_steps must exceed 1 (got {pct_start}·{total_steps})")
 
+    @property
+    def last_step(self) -> int:
+        return self.total_steps
+
     def _lr(self, step):
+        if step > self.total_steps:
+            raise ValueError(f"OneCycle: step {step} is past the schedule's end (total_steps={self.total_steps}); make total_steps "
+                             "the number of updates of the run (epochs × batches per epoch)")
         initial = self.max_lr / self.div_factor
         minimum = initial / self.final_div_factor
         peak_step = self.pct_start * self.total_steps - 1

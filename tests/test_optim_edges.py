@@ -125,3 +125,26 @@ def test_a_modified_state_is_refused_and_changes_nothing(backend, change, messag
     assert after["config"] == before["config"]
     for name, array in before["arrays"].items():
         np.testing.assert_array_equal(after["arrays"][name], array)
+
+
+# --- the end of a schedule ---------------------------------------------------------------------
+def test_one_cycle_ends_as_torch_one_cycle_lr_does():
+    """torch's OneCycleLR raises once stepped past total_steps; holding the last (tiny) rate
+    instead would quietly stop training when total_steps undercounts the updates."""
+    schedule = schedules.OneCycle(0.1, 10)
+    assert schedule(10) == schedule(9) == 0.1 / 25 / 1e4
+    with pytest.raises(ValueError, match=r"step 11 is past the schedule's end \(total_steps=10\)"):
+        schedule(11)
+    assert schedules.CosineDecay(0.1, 10, final_lr=0.01)(1000) == 0.01  # Keras's CosineDecay holds its end
+
+
+def test_fit_past_the_end_of_one_cycle_fails_before_training(backend, rng):
+    model = tiny_model(backend)
+    before = backend.to_numpy(model.flat.values).copy()
+    x, t = rng.normal(size=(40, 3)), rng.normal(size=(40, 1))
+    with pytest.raises(ValueError, match="past the schedule's end"):  # 4 batches × 10 epochs > 30 + 1
+        model.fit(x, t, loss=gn.MSELoss(), optimizer=gn.SGD(lr=schedules.OneCycle(0.1, 30)), epochs=10,
+                  batch_size=10, verbose=0)
+    np.testing.assert_array_equal(backend.to_numpy(model.flat.values), before)
+    model.fit(x, t, loss=gn.MSELoss(), optimizer=gn.SGD(lr=schedules.OneCycle(0.1, 40)), epochs=10, batch_size=10,
+              verbose=0)

@@ -75,7 +75,10 @@ class Optimizer:
 
     def reserve_steps(self, count: int) -> None:
         """Make the device's table of learning rates cover ``count`` more updates (fit calls it once;
-        TrainStep before each step, outside any graph recording)."""
+        TrainStep before each step, outside any graph recording); a schedule that ends before them
+        (OneCycle) raises its error here, before any of them runs."""
+        if count > 0:
+            self.schedule(self._steps_issued + count - 1)
         if self._flat is not None and self._lr_table.size > 1 and self._steps_issued + count > self._lr_table.size:
             self._fill_lr_table(max(2 * self._lr_table.size, self._steps_issued + count))
 
@@ -92,6 +95,8 @@ class Optimizer:
     def _fill_lr_table(self, length: int) -> None:
         backend = self._flat.backend
         length = 1 if type(self.schedule).__name__ == "Constant" else max(length, _LR_TABLE_MINIMUM)
+        if self.schedule.last_step is not None:  # the device holds the last rate beyond it
+            length = min(length, self.schedule.last_step + 1)
         values = [self.schedule(step) for step in range(length)]
         if self._lr_table is not None and self._lr_table.size == length:
             self._lr_table[...] = backend.asarray(values, "float64")  # same array: a graph stays valid
