@@ -31,9 +31,9 @@ class EarlyStopping:
 
     ``mode`` "min" suits losses, "max" accuracies; "auto" picks "min" for names containing
     "loss", "mse" or "mae". With ``restore_best`` the model ends with the weights of the best
-    epoch (the optimizer's state is not rewound, as in Keras). A fit from epoch 0, or of another
-    model, starts the count afresh (Keras's ``on_train_begin``); a resumed fit of the same model
-    (``initial_epoch`` > 0) carries on from it.
+    epoch (the optimizer's state is not rewound, as in Keras). A fit from epoch 0 starts the count
+    afresh (Keras's ``on_train_begin``); a resumed fit (``initial_epoch`` > 0, also of the model
+    loaded from a checkpoint) carries on from it.
     """
 
     def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
@@ -50,16 +50,15 @@ class EarlyStopping:
             mode = "min" if any(word in monitor for word in ("loss", "mse", "mae")) else "max"
         self.monitor, self.patience, self.min_delta = monitor, patience, float(min_delta)
         self.restore_best, self.mode = bool(restore_best), mode
-        self._model = None
         self._reset()
 
     def _reset(self) -> None:
         self.best = self.best_epoch = self.stopped_epoch = None
         self._wait, self._best_values = 0, None
 
-    def begin(self, model, initial_epoch: int, keys, callback) -> None:
+    def begin(self, initial_epoch: int, keys, callback) -> None:
         """Before training: refuse a monitor the history will not hold (rather than after an
-        epoch), and start afresh unless this resumes the same model's run."""
+        epoch), and start afresh unless this resumes a run."""
         name = self.monitor
         base = name[len("val_"):] if name.startswith("val_") else name
         if name not in keys and (callback is None or base == "loss" or base in METRICS):
@@ -67,9 +66,9 @@ class EarlyStopping:
                    else f"add {base!r} to metrics" if base in METRICS else "monitor one of these")
             raise ValueError(f"EarlyStopping: monitor {name!r} is not in the history this fit makes "
                              f"{sorted(keys)}: {fix}")
-        if initial_epoch == 0 or (self._model is not None and self._model is not model):
+        if initial_epoch == 0:
             self._reset()
-        self.stopped_epoch, self._model = None, model
+        self.stopped_epoch = None
 
     def _improved(self, value: float) -> bool:
         if self.best is None:
@@ -251,7 +250,7 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
         verbose = verbose if parallel.world.is_root else 0
     if early_stopping is not None:
         keys = {"loss", *metrics} | ({"val_loss", *(f"val_{name}" for name in metrics)} if validation else set())
-        early_stopping.begin(model, initial_epoch, keys | ({"skipped_steps"} if optimizer.mixed_precision else set()),
+        early_stopping.begin(initial_epoch, keys | ({"skipped_steps"} if optimizer.mixed_precision else set()),
                              callback)
     accumulate = "float64" if model.dtype.name == "float64" else "float32"
     batches = -(-n // batch_size)

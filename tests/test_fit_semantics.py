@@ -113,3 +113,22 @@ def test_predict_proba_of_huge_logits_is_exact_and_quiet():
         p = model.predict_proba(x)
     expected = 1 / (1 + np.exp(3.0))
     np.testing.assert_allclose(p, [[0, 1], [1, 0], [0.5, 0.5], [1 - expected, expected]], rtol=1e-15, atol=0)
+
+
+def test_early_stopping_carries_over_a_resume_from_a_checkpoint(data, tmp_path):
+    """10 epochs straight, or 5, save, load, and on from epoch 5 with the same stopper: the same
+    stop and the same restored best weights."""
+    x, labels, xv, tv = data
+    options = {"loss": gn.SoftmaxCrossEntropyLoss(), "batch_size": 16, "seed": 2, "verbose": 0,
+               "validation_data": (xv, tv)}
+    straight, stopper = mlp(), gn.EarlyStopping(patience=2)
+    history = straight.fit(x, labels, optimizer=gn.Adam(lr=0.05), epochs=60, early_stopping=stopper, **options)
+    cut = min(5, len(history["loss"]) - 1)
+    model, optimizer, resumed_stopper = mlp(), gn.Adam(lr=0.05), gn.EarlyStopping(patience=2)
+    model.fit(x, labels, optimizer=optimizer, epochs=cut, early_stopping=resumed_stopper, **options)
+    model.save(tmp_path / "cut.npz", optimizer=optimizer)
+    model = gn.load(tmp_path / "cut.npz")
+    rest = model.fit(x, labels, optimizer=gn.load_optimizer(tmp_path / "cut.npz", model), epochs=60,
+                     initial_epoch=cut, early_stopping=resumed_stopper, **options)
+    assert cut + len(rest["loss"]) == len(history["loss"]) and resumed_stopper.best_epoch == stopper.best_epoch
+    np.testing.assert_array_equal(model.flat.values, straight.flat.values)
