@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import warnings
+from numbers import Integral
 
 from .metrics import METRICS, check_metric_targets, check_metrics
 from .training import TrainingDiverged, TrainStep
@@ -40,7 +41,7 @@ class EarlyStopping:
                  restore_best: bool = True, mode: str = "auto"):
         if not isinstance(monitor, str) or not monitor:
             raise ValueError(f"EarlyStopping: monitor must name a history entry such as 'val_loss', got {monitor!r}")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+        if isinstance(patience, bool) or not isinstance(patience, Integral) or patience < 0:
             raise ValueError(f"EarlyStopping: patience must be an int >= 0, got {patience!r}")
         if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not 0 <= min_delta < math.inf:
             raise ValueError(f"EarlyStopping: min_delta must be a finite number >= 0, got {min_delta!r}")
@@ -48,7 +49,7 @@ class EarlyStopping:
             raise ValueError(f"EarlyStopping: mode must be 'auto', 'min' or 'max', got {mode!r}")
         if mode == "auto":
             mode = "min" if any(word in monitor for word in ("loss", "mse", "mae")) else "max"
-        self.monitor, self.patience, self.min_delta = monitor, patience, float(min_delta)
+        self.monitor, self.patience, self.min_delta = monitor, int(patience), float(min_delta)
         self.restore_best, self.mode = bool(restore_best), mode
         self._reset()
 
@@ -135,17 +136,17 @@ def _in_notebook() -> bool:
 
 
 def _positive_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
         raise ValueError(f"fit: {name} must be an int >= {minimum}, got {value!r}")
-    return value
+    return int(value)  # NumPy integers too, as Keras takes them
 
 
 def _seed(seed) -> int:
     if seed is None:
         return int.from_bytes(os.urandom(8), "little") >> 1
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
         raise ValueError(f"fit: seed must be None, an int >= 0, got {seed!r}")
-    return seed
+    return int(seed)
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from numbers import Integral
 
 from .flat import FlatBuffers
 
@@ -12,7 +13,7 @@ from .layers import Layer, Parameter
 
 def _check_batch_size(method: str, batch_size) -> None:
     """None (all rows at once) or a positive int: a negative one would silently skip every row."""
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, Integral)
                                    or batch_size < 1):
         raise ValueError(f"{method}: batch_size must be a positive int or None, got {batch_size!r}")
 

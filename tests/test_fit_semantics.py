@@ -25,8 +25,9 @@ def data(rng):
 
 def fit(model, data, **options):
     x, labels, xv, tv = data
-    options = {"optimizer": gn.Adam(lr=0.05), "epochs": 200, "validation_data": (xv, tv), **options}
-    return model.fit(x, labels, loss=gn.SoftmaxCrossEntropyLoss(), batch_size=16, seed=2, verbose=0, **options)
+    options = {"optimizer": gn.Adam(lr=0.05), "epochs": 200, "batch_size": 16, "seed": 2, "validation_data": (xv, tv),
+               **options}
+    return model.fit(x, labels, loss=gn.SoftmaxCrossEntropyLoss(), verbose=0, **options)
 
 
 @pytest.mark.parametrize("patience", [0, 1, 2, 3])
@@ -90,6 +91,8 @@ def test_evaluate_in_batches_and_at_once_agree(data):
 def test_mse_of_class_labels_is_a_clear_error(data, metric):
     x, labels, _, _ = data
     with pytest.raises(ValueError, match=f"metric '{metric}' compares each of the 3 outputs.*class labels"):
+        mlp().evaluate(x, np.eye(3)[labels], gn.SoftmaxCrossEntropyLoss(), metrics=(metric,))  # taken as labels
+    with pytest.raises(ValueError, match=f"metric '{metric}' compares"):
         mlp().evaluate(x, labels, gn.SoftmaxCrossEntropyLoss(), metrics=(metric,))
     with pytest.raises(ValueError, match=f"fit: metric '{metric}'"):
         fit(mlp(), data, epochs=1, metrics=(metric,))
@@ -132,3 +135,15 @@ def test_early_stopping_carries_over_a_resume_from_a_checkpoint(data, tmp_path):
                      initial_epoch=cut, early_stopping=resumed_stopper, **options)
     assert cut + len(rest["loss"]) == len(history["loss"]) and resumed_stopper.best_epoch == stopper.best_epoch
     np.testing.assert_array_equal(model.flat.values, straight.flat.values)
+
+
+def test_numpy_integers_count_as_ints(data):
+    """epochs=np.int64(3) is what a NumPy user passes (Keras takes it); same run as with ints."""
+    x, labels, xv, tv = data
+    runs = []
+    for kind in (int, np.int64):
+        model = mlp()
+        history = fit(model, data, epochs=kind(3), batch_size=kind(16), seed=kind(2),
+                      early_stopping=gn.EarlyStopping(patience=kind(2)))
+        runs.append((history, model.evaluate(xv, tv, gn.SoftmaxCrossEntropyLoss(), batch_size=kind(7))))
+    assert runs[0] == runs[1]
