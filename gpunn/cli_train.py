@@ -206,7 +206,14 @@ def _resume_settings(args) -> dict:
     if "run" not in extras:
         raise UserError(f"gpunn train: --resume {args.resume}: last.npz holds no run settings "
                         "(written by an older gpunn?)")
-    run = json.loads(str(extras["run"]))
+    try:  # a file that is not ours or was edited: one line, not a traceback
+        run = json.loads(str(extras["run"]))
+        sound = (set(RUN_SETTINGS) <= set(run["args"]) and isinstance(run["epoch"], int)
+                 and isinstance(run["history"], dict))
+    except (ValueError, TypeError, KeyError):
+        sound = False
+    if not sound:
+        raise UserError(f"gpunn train: --resume {args.resume}: the run record in last.npz is damaged")
     _refuse_conflicting_options(args, run["args"])
     epochs = args.epochs
     for name in RUN_SETTINGS:

@@ -134,3 +134,8 @@ def test_resume_refuses_options_it_would_ignore_and_changed_data(capsys, tmp_pat
     code, _, err = train(capsys, run, "--resume", str(run), "--epochs", "2")
     assert code == 2 and "the data is not the run's any more (its mean, std changed)" in err
     assert json.loads(str(gn.load(run / "last.npz").extras["run"]))["epoch"] == 1
+    model = gn.load(run / "last.npz")
+    model.extras["run"] = np.array(json.dumps({"args": {}, "epoch": 1}))  # edited, or not ours
+    model.save(run / "last.npz")
+    code, _, err = train(capsys, run, "--resume", str(run), "--epochs", "2")
+    assert code == 2 and "the run record in last.npz is damaged" in err and "Traceback" not in err
