@@ -8,6 +8,7 @@ anything: validation rows are carved from the training part.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -205,7 +206,15 @@ def _resume_settings(args) -> dict:
     if "run" not in extras:
         raise UserError(f"gpunn train: --resume {args.resume}: last.npz holds no run settings "
                         "(written by an older gpunn?)")
-    run = json.loads(str(extras["run"]))
+    try:  # a file that is not ours or was edited: one line, not a traceback
+        run = json.loads(str(extras["run"]))
+        sound = (set(RUN_SETTINGS) <= set(run["args"]) and isinstance(run["epoch"], int)
+                 and isinstance(run["history"], dict))
+    except (ValueError, TypeError, KeyError):
+        sound = False
+    if not sound:
+        raise UserError(f"gpunn train: --resume {args.resume}: the run record in last.npz is damaged")
+    _refuse_conflicting_options(args, run["args"])
     epochs = args.epochs
     for name in RUN_SETTINGS:
         setattr(args, name, run["args"][name])
@@ -218,6 +227,21 @@ def _resume_settings(args) -> dict:
         args.epochs = epochs
     args.out = args.resume
     return run
+
+
+def _refuse_conflicting_options(args, stored: dict) -> None:
+    """A resumed run keeps its stored settings; an option given with another value (told apart
+    from the option's default) would be ignored silently, so it is refused."""
+    from .cli import build_parser
+
+    defaults = vars(build_parser().parse_args(["train"]))
+    for name in RUN_SETTINGS:
+        value = getattr(args, name)
+        if name != "epochs" and value != defaults[name] and value != stored[name]:
+            option = "--" + name.replace("_", "-")
+            raise UserError(f"gpunn train: --resume {args.resume} continues the run with its own settings, but "
+                            f"{option} {value} differs from the run's {stored[name]}; drop {option}, or start a "
+                            "new run with another --out")
 
 
 def _plural(count: int, noun: str) -> str:
@@ -299,6 +323,9 @@ def command_train(args) -> int:
     run = _resume_settings(args) if args.resume else None
     if args.epochs is None:
         args.epochs = 30
+    if run is not None and run.get("stopped_early"):
+        raise UserError(f"gpunn train: --resume: the run stopped early after epoch {run['epoch']} (no better "
+                        f"validation loss for {_plural(args.early_stopping, 'epoch')}); it is finished")
     if run is not None and args.epochs <= run["epoch"]:
         raise UserError(f"gpunn train: --resume: the run already trained {run['epoch']} epochs; pass "
                         f"--epochs above {run['epoch']} to continue it")
@@ -341,6 +368,12 @@ def command_train(args) -> int:
     last, best = os.path.join(args.out, "last.npz"), os.path.join(args.out, "best.npz")
     checkpoint = Checkpoint(model, "regress" if regress else "classify", scaler, dataset.classes, target,
                             dataset.features, args.label if args.data else None)
+    if run is not None:  # the scaler and classes come from the data again: it must be the run's
+        changed = [name for name, value in checkpoint.extras().items()
+                   if name not in model.extras or not np.array_equal(model.extras[name], value)]
+        if changed:
+            raise UserError(f"gpunn train: --resume {args.resume}: the data is not the run's any more (its "
+                            f"{', '.join(changed)} changed); resume with the run's data, or start a new run")
     history = run["history"] if run else {}
     state = {"epoch": run["epoch"] if run else 0, "best_epoch": run.get("best_epoch") if run else None,
              "best_val_loss": run.get("best_val_loss") if run else None}
@@ -378,9 +411,13 @@ def command_train(args) -> int:
         if improved:
             state["best_epoch"], state["best_val_loss"] = epoch + 1, logs["val_loss"]
         if root:
-            stopper_state = [stopper.best, stopper.best_epoch, stopper._wait] if stopper else None
-            record = {"args": settings, "history": history, "stopper": stopper_state, "planned_epochs": planned,
-                      **state}
+            stopper_state, stopped = None, False
+            if stopper:  # its state after this epoch: fit updates the stopper only after this callback
+                after = copy.copy(stopper)
+                stopped = after.update(epoch, logs, model)
+                stopper_state = [after.best, after.best_epoch, after._wait]
+            record = {"args": settings, "history": history, "stopper": stopper_state, "stopped_early": stopped,
+                      "planned_epochs": planned, **state}
             save(last, extras={"run": np.array(json.dumps(record))}, optimizer=optimizer)
             if improved:
                 save(best)

@@ -12,8 +12,9 @@ import math
 import os
 import sys
 import warnings
+from numbers import Integral
 
-from .metrics import METRICS, check_metrics
+from .metrics import METRICS, check_metric_targets, check_metrics
 from .training import TrainingDiverged, TrainStep
 
 #: A finite loss this many times above the best epoch's is reported as divergence.
@@ -25,18 +26,22 @@ class TrainingWarning(UserWarning):
 
 
 class EarlyStopping:
-    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs
+    (as Keras counts: ``patience=2`` trains two epochs past the best one; 0 and 1 both stop at
+    the first epoch without improvement).
 
     ``mode`` "min" suits losses, "max" accuracies; "auto" picks "min" for names containing
     "loss", "mse" or "mae". With ``restore_best`` the model ends with the weights of the best
-    epoch (the optimizer's state is not rewound, as in Keras).
+    epoch (the optimizer's state is not rewound, as in Keras). A fit from epoch 0 starts the count
+    afresh (Keras's ``on_train_begin``); a resumed fit (``initial_epoch`` > 0, also of the model
+    loaded from a checkpoint) carries on from it.
     """
 
     def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
                  restore_best: bool = True, mode: str = "auto"):
         if not isinstance(monitor, str) or not monitor:
             raise ValueError(f"EarlyStopping: monitor must name a history entry such as 'val_loss', got {monitor!r}")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+        if isinstance(patience, bool) or not isinstance(patience, Integral) or patience < 0:
             raise ValueError(f"EarlyStopping: patience must be an int >= 0, got {patience!r}")
         if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not 0 <= min_delta < math.inf:
             raise ValueError(f"EarlyStopping: min_delta must be a finite number >= 0, got {min_delta!r}")
@@ -44,10 +49,27 @@ class EarlyStopping:
             raise ValueError(f"EarlyStopping: mode must be 'auto', 'min' or 'max', got {mode!r}")
         if mode == "auto":
             mode = "min" if any(word in monitor for word in ("loss", "mse", "mae")) else "max"
-        self.monitor, self.patience, self.min_delta = monitor, patience, float(min_delta)
+        self.monitor, self.patience, self.min_delta = monitor, int(patience), float(min_delta)
         self.restore_best, self.mode = bool(restore_best), mode
+        self._reset()
+
+    def _reset(self) -> None:
         self.best = self.best_epoch = self.stopped_epoch = None
         self._wait, self._best_values = 0, None
+
+    def begin(self, initial_epoch: int, keys, callback) -> None:
+        """Before training: refuse a monitor the history will not hold (rather than after an
+        epoch), and start afresh unless this resumes a run."""
+        name = self.monitor
+        base = name[len("val_"):] if name.startswith("val_") else name
+        if name not in keys and (callback is None or base == "loss" or base in METRICS):
+            fix = ("pass validation_data=(X_val, T_val)" if name.startswith("val_") and "val_loss" not in keys
+                   else f"add {base!r} to metrics" if base in METRICS else "monitor one of these")
+            raise ValueError(f"EarlyStopping: monitor {name!r} is not in the history this fit makes "
+                             f"{sorted(keys)}: {fix}")
+        if initial_epoch == 0:
+            self._reset()
+        self.stopped_epoch = None
 
     def _improved(self, value: float) -> bool:
         if self.best is None:
@@ -66,7 +88,7 @@ class EarlyStopping:
                 self._best_values = model.flat.values.copy()
             return False
         self._wait += 1
-        if self._wait > self.patience:
+        if self._wait >= self.patience:
             self.stopped_epoch = epoch
             return True
         return False
@@ -114,17 +136,17 @@ def _in_notebook() -> bool:
 
 
 def _positive_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
         raise ValueError(f"fit: {name} must be an int >= {minimum}, got {value!r}")
-    return value
+    return int(value)  # NumPy integers too, as Keras takes them
 
 
 def _seed(seed) -> int:
     if seed is None:
         return int.from_bytes(os.urandom(8), "little") >> 1
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
         raise ValueError(f"fit: seed must be None, an int >= 0, got {seed!r}")
-    return seed
+    return int(seed)
 
 
 @contextlib.contextmanager
@@ -204,7 +226,10 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (X_val, T_val)")
-            validation = step.prepare(*validation_data)
+            try:
+                validation = step.prepare(*validation_data)
+            except (TypeError, ValueError) as error:  # "X has 4 features" would point at the training data
+                raise type(error)(f"validation_data: {error}") from error
     except (TypeError, ValueError) as error:
         raise type(error)(f"fit: {error}") from error
     backend = model.backend
@@ -213,12 +238,21 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
         raise ValueError("fit: X has no rows")
     if validation is not None and validation[0].shape[0] == 0:
         raise ValueError("fit: validation_data has no rows")
+    try:
+        for t in [t_all] + ([validation[1]] if validation is not None else []):
+            check_metric_targets(metrics, t, model.out_features)
+    except ValueError as error:
+        raise ValueError(f"fit: {error}") from None
     if parallel is not None:
         parallel.check_agreement(rows=n, epochs=epochs, initial_epoch=initial_epoch, batch_size=batch_size,
                                  shuffle=shuffle, seed=seed, graph=graph, metrics=metrics,
                                  validation_rows=None if validation is None else validation[0].shape[0])
         parallel.broadcast_state(optimizer)
         verbose = verbose if parallel.world.is_root else 0
+    if early_stopping is not None:
+        keys = {"loss", *metrics} | ({"val_loss", *(f"val_{name}" for name in metrics)} if validation else set())
+        early_stopping.begin(initial_epoch, keys | ({"skipped_steps"} if optimizer.mixed_precision else set()),
+                             callback)
     accumulate = "float64" if model.dtype.name == "float64" else "float32"
     batches = -(-n // batch_size)
     optimizer.reserve_steps(batches * (epochs - initial_epoch))

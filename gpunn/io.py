@@ -28,6 +28,8 @@ _META_KEY = "__gpunn_meta__"
 _MAX_META_BYTES = 16 * 2**20
 _MAX_NESTING = 32
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,99}\Z")
+#: What zipfile raises for features save never writes: encryption, a newer zip version, patched data.
+_UNSUPPORTED_ZIP = (RuntimeError, NotImplementedError)
 EXTRA_KINDS = "biufU"  # booleans, integers, floats, strings: what np.load reads without pickle
 STATE_KINDS = "biuf"
 
@@ -153,7 +155,7 @@ class _Archive:
         try:
             self.zip = zipfile.ZipFile(self.file)
             self.members = {item.filename: item for item in self.zip.infolist()}
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, *_UNSUPPORTED_ZIP) as error:
             self.file.close()
             raise ModelFileError(f"{self.path}: not a readable gpunn model file ({error})") from None
 
@@ -188,7 +190,7 @@ class _Archive:
                         else np.lib.format.read_array_header_2_0)
                 shape, _, dtype = read(member)
                 offset = member.tell()
-        except (ValueError, OSError, EOFError, SyntaxError, zipfile.BadZipFile) as error:
+        except (ValueError, OSError, EOFError, SyntaxError, zipfile.BadZipFile, *_UNSUPPORTED_ZIP) as error:
             raise self.fail(f"array {name!r} has a damaged header ({error})") from None
         try:
             _check_array(np.empty(0, dtype), f"array {name!r}", kinds)
@@ -208,7 +210,7 @@ class _Archive:
         try:
             with self.zip.open(self.members[f"{name}.npy"]) as member:
                 array = np.lib.format.read_array(member, allow_pickle=False)
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, *_UNSUPPORTED_ZIP) as error:
             raise self.fail(f"array {name!r} is damaged ({error})") from None
         try:
             return _check_array(array, f"array {name!r}", kinds)

@@ -43,3 +43,12 @@ def check_metrics(metrics) -> tuple[str, ...]:
         if name not in METRICS:
             raise ValueError(f"unknown metric {name!r}; expected one of {sorted(METRICS)}")
     return names
+
+
+def check_metric_targets(metrics, t, outputs: int) -> None:
+    """mse and mae compare each output with a target of its own; class labels (one per row for
+    several outputs, as a softmax cross-entropy takes even one-hot targets) have none."""
+    for name in metrics:
+        if name in ("mse", "mae") and t.ndim == 1 and outputs > 1:
+            raise ValueError(f"metric {name!r} compares each of the {outputs} outputs with a target, but the "
+                             "loss takes the targets as class labels (one per row); use 'accuracy'")

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+from numbers import Integral
 
 from .flat import FlatBuffers
 
 from .chain import Chain, check_layers, walk
 from .layers import Layer, Parameter
+
+
+def _check_batch_size(method: str, batch_size) -> None:
+    """None (all rows at once) or a positive int: a negative one would silently skip every row."""
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, Integral)
+                                   or batch_size < 1):
+        raise ValueError(f"{method}: batch_size must be a positive int or None, got {batch_size!r}")
 
 
 class Sequential:
@@ -125,9 +133,7 @@ class Sequential:
         """The outputs for ``X`` as a device array of their own, in evaluation mode, in batches."""
         from .fit import evaluation_mode
 
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                       or batch_size < 1):
-            raise ValueError(f"predict: batch_size must be a positive int or None, got {batch_size!r}")
+        _check_batch_size("predict", batch_size)
         x = self.as_input(X)
         # Evaluation mode, on buffers of its own: a predict between forward and backward leaves
         # what backward needs untouched.
@@ -154,7 +160,11 @@ class Sequential:
         y = self._outputs(X, batch_size).astype("float64")
         ends_in_sigmoid = bool(self.layers) and isinstance(self.layers[-1], Sigmoid)
         if y.shape[1] == 1:
-            p = y if ends_in_sigmoid else 1 / (1 + xp.exp(-y))
+            if ends_in_sigmoid:
+                p = y
+            else:  # exp of −|y| only: logits of ±1000 give 0 and 1 without an overflow warning
+                e = xp.exp(-abs(y))
+                p = xp.where(y >= 0, 1 / (1 + e), e / (1 + e))
             return self.backend.to_numpy(xp.concatenate([1 - p, p], axis=1))
         if ends_in_sigmoid:
             raise ValueError("predict_proba: the model ends in Sigmoid over several outputs (independent "
@@ -162,17 +172,19 @@ class Sequential:
         shifted = xp.exp(y - y.max(axis=1, keepdims=True))
         return self.backend.to_numpy(shifted / shifted.sum(axis=1, keepdims=True))
 
-    def evaluate(self, X, T, loss, metrics=(), batch_size: int = 4096) -> dict:
+    def evaluate(self, X, T, loss, metrics=(), batch_size: int | None = 4096) -> dict:
         """``{"loss": mean loss, metric: value, ...}`` over (X, T), in evaluation mode."""
         from .fit import evaluate_prepared
-        from .metrics import check_metrics
+        from .metrics import check_metric_targets, check_metrics
         from .training import TrainStep
 
         metrics = check_metrics(metrics)
+        _check_batch_size("evaluate", batch_size)
         x, t = TrainStep.prepare_data(self, loss, X, T)
         if x.shape[0] == 0:
             raise ValueError("evaluate: X has no rows")
-        return evaluate_prepared(self, x, t, loss, metrics, batch_size)
+        check_metric_targets(metrics, t, self.out_features)
+        return evaluate_prepared(self, x, t, loss, metrics, batch_size or x.shape[0])
 
     @contextlib.contextmanager
     def _inference_state(self):

@@ -102,3 +102,40 @@ def test_early_stopping_stops_and_reports(capsys, tmp_path):
 def test_bad_options_are_one_line_errors(capsys, tmp_path, options, message):
     code, _, err = train(capsys, tmp_path, *options)
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_resume_right_before_early_stopping_stops_where_the_straight_run_stopped(capsys, tmp_path, monkeypatch):
+    options = ("--early-stopping", "2", "--epochs", "60", "--lr", "0.01")
+    assert train(capsys, tmp_path / "straight", *options)[0] == 0
+    stopped = json.loads(str(gn.load(tmp_path / "straight" / "last.npz").extras["run"]))["epoch"]
+    assert stopped < 60
+    with monkeypatch.context() as patch:  # cut after the epoch before the stop: the stopper's count must be kept
+        interrupt_after(patch, stopped - 1)
+        assert train(capsys, tmp_path / "cut", *options)[0] == 130
+    assert train(capsys, tmp_path / "cut", "--resume", str(tmp_path / "cut"))[0] == 0
+    straight, resumed = (gn.load(tmp_path / name / "last.npz") for name in ("straight", "cut"))
+    assert json.loads(str(resumed.extras["run"]))["epoch"] == stopped
+    np.testing.assert_array_equal(resumed.flat.values, straight.flat.values)
+    code, _, err = train(capsys, tmp_path / "straight", "--resume", str(tmp_path / "straight"), "--epochs", "70")
+    assert code == 2 and f"the run stopped early after epoch {stopped}" in err
+
+
+def test_resume_refuses_options_it_would_ignore_and_changed_data(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, 3))
+    np.savez(tmp_path / "data.npz", X=x, y=(x[:, 0] > 0).astype(int))
+    run = tmp_path / "run"
+    assert train(capsys, run, "--data", str(tmp_path / "data.npz"), "--epochs", "1", "--hidden", "4")[0] == 0
+    for options, message in ((("--dtype", "float64"), "--dtype float64 differs from the run's float32"),
+                             (("--optimizer", "sgd"), "--optimizer sgd differs from the run's adam")):
+        code, _, err = train(capsys, run, "--resume", str(run), "--epochs", "2", *options)
+        assert code == 2 and message in err and "Traceback" not in err
+    np.savez(tmp_path / "data.npz", X=x * 10, y=(x[:, 0] > 0).astype(int))
+    code, _, err = train(capsys, run, "--resume", str(run), "--epochs", "2")
+    assert code == 2 and "the data is not the run's any more (its mean, std changed)" in err
+    assert json.loads(str(gn.load(run / "last.npz").extras["run"]))["epoch"] == 1
+    model = gn.load(run / "last.npz")
+    model.extras["run"] = np.array(json.dumps({"args": {}, "epoch": 1}))  # edited, or not ours
+    model.save(run / "last.npz")
+    code, _, err = train(capsys, run, "--resume", str(run), "--epochs", "2")
+    assert code == 2 and "the run record in last.npz is damaged" in err and "Traceback" not in err

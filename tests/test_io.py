@@ -49,6 +49,19 @@ def test_corrupt_file(tmp_path):
         gn.load(tmp_path / "text.npz")
 
 
+@pytest.mark.parametrize("offset,value", [(8, 0x01), (8, 0x40), (6, 99)])  # encrypted, strong encryption, zip 9.9
+def test_zip_features_we_never_write_are_model_file_errors(tmp_path, offset, value):
+    """zipfile raises RuntimeError or NotImplementedError for these, not BadZipFile."""
+    model, _ = trained_model()
+    model.save(tmp_path / "m.npz")
+    data = bytearray((tmp_path / "m.npz").read_bytes())
+    entry = data.index(b"PK\x01\x02")  # the first member's central directory entry
+    data[entry + offset] |= value
+    (tmp_path / "odd.npz").write_bytes(bytes(data))
+    with pytest.raises(gn.ModelFileError):
+        gn.load(tmp_path / "odd.npz")
+
+
 def test_foreign_npz(tmp_path):
     np.savez(tmp_path / "foreign.npz", weights=np.ones(3))
     with pytest.raises(gn.ModelFileError, match="no gpunn metadata"):
