@@ -18,14 +18,11 @@ import time
 import numpy as np
 
 from .cli_options import BACKEND_CHOICES, BACKEND_HELP, UserError, fraction, hidden_sizes, positive, seed
+from .cli_resume import RUN_SETTINGS, refuse_changed_data, resume_settings
 
 OPTIMIZER_CHOICES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 DEFAULT_LR = {"sgd": 0.05, "adam": 2e-3, "adamw": 2e-3}
 SCHEDULE_CHOICES = ("constant", "step", "cosine", "onecycle")
-#: The settings a resumed run takes from its checkpoint rather than from the command line.
-RUN_SETTINGS = ("data", "label", "task", "hidden", "activation", "dropout", "layer_norm", "residual", "loss", "batch_size",
-                "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_steps", "max_grad_norm", "dtype",
-                "seed", "test_fraction", "validation_fraction", "early_stopping", "epochs")
 
 
 def add_train_arguments(train) -> None:
@@ -195,55 +192,6 @@ def _save_plot(history: dict, path: str, metric: str) -> str | None:
     return path
 
 
-def _resume_settings(args) -> dict:
-    """Take the run's settings from RUN_DIR/last.npz; returns what the run stored."""
-    import gpunn as gn
-
-    path = os.path.join(args.resume, "last.npz")
-    if not os.path.isfile(path):
-        raise UserError(f"gpunn train: --resume {args.resume}: no last.npz there (is it a gpunn train --out folder?)")
-    extras = gn.load(path, backend="numpy").extras
-    if "run" not in extras:
-        raise UserError(f"gpunn train: --resume {args.resume}: last.npz holds no run settings "
-                        "(written by an older gpunn?)")
-    try:  # a file that is not ours or was edited: one line, not a traceback
-        run = json.loads(str(extras["run"]))
-        sound = (set(RUN_SETTINGS) <= set(run["args"]) and isinstance(run["epoch"], int)
-                 and isinstance(run["history"], dict))
-    except (ValueError, TypeError, KeyError):
-        sound = False
-    if not sound:
-        raise UserError(f"gpunn train: --resume {args.resume}: the run record in last.npz is damaged")
-    _refuse_conflicting_options(args, run["args"])
-    epochs = args.epochs
-    for name in RUN_SETTINGS:
-        setattr(args, name, run["args"][name])
-    planned = run.get("planned_epochs", args.epochs)  # the epochs the schedule was made for
-    if epochs is not None and epochs > planned and args.schedule != "constant":
-        raise UserError(f"gpunn train: --resume: the run's {args.schedule} schedule was planned over {planned} "
-                        f"epochs and does not continue as planned past them. Resume up to --epochs {planned}, or "
-                        "start a new run (the schedule is planned over the whole run)")
-    if epochs is not None:
-        args.epochs = epochs
-    args.out = args.resume
-    return run
-
-
-def _refuse_conflicting_options(args, stored: dict) -> None:
-    """A resumed run keeps its stored settings; an option given with another value (told apart
-    from the option's default) would be ignored silently, so it is refused."""
-    from .cli import build_parser
-
-    defaults = vars(build_parser().parse_args(["train"]))
-    for name in RUN_SETTINGS:
-        value = getattr(args, name)
-        if name != "epochs" and value != defaults[name] and value != stored[name]:
-            option = "--" + name.replace("_", "-")
-            raise UserError(f"gpunn train: --resume {args.resume} continues the run with its own settings, but "
-                            f"{option} {value} differs from the run's {stored[name]}; drop {option}, or start a "
-                            "new run with another --out")
-
-
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
@@ -320,15 +268,9 @@ def command_train(args) -> int:
     from .cli_options import use_backend_option
     from .training import TrainingDiverged
 
-    run = _resume_settings(args) if args.resume else None
+    run = resume_settings(args) if args.resume else None
     if args.epochs is None:
         args.epochs = 30
-    if run is not None and run.get("stopped_early"):
-        raise UserError(f"gpunn train: --resume: the run stopped early after epoch {run['epoch']} (no better "
-                        f"validation loss for {_plural(args.early_stopping, 'epoch')}); it is finished")
-    if run is not None and args.epochs <= run["epoch"]:
-        raise UserError(f"gpunn train: --resume: the run already trained {run['epoch']} epochs; pass "
-                        f"--epochs above {run['epoch']} to continue it")
     if args.early_stopping and not args.validation_fraction:
         raise UserError("gpunn train: --early-stopping watches the validation loss: keep --validation-fraction above 0")
     regress = args.task == "regress"
@@ -368,12 +310,8 @@ def command_train(args) -> int:
     last, best = os.path.join(args.out, "last.npz"), os.path.join(args.out, "best.npz")
     checkpoint = Checkpoint(model, "regress" if regress else "classify", scaler, dataset.classes, target,
                             dataset.features, args.label if args.data else None)
-    if run is not None:  # the scaler and classes come from the data again: it must be the run's
-        changed = [name for name, value in checkpoint.extras().items()
-                   if name not in model.extras or not np.array_equal(model.extras[name], value)]
-        if changed:
-            raise UserError(f"gpunn train: --resume {args.resume}: the data is not the run's any more (its "
-                            f"{', '.join(changed)} changed); resume with the run's data, or start a new run")
+    if run is not None:
+        refuse_changed_data(args, checkpoint, model)
     history = run["history"] if run else {}
     state = {"epoch": run["epoch"] if run else 0, "best_epoch": run.get("best_epoch") if run else None,
              "best_val_loss": run.get("best_val_loss") if run else None}
