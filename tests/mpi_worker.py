@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import gpunn as gn
-from gpunn import distributed
+from gpunn import distributed, transports
 from gpunn.backends.numpy_backend import NumpyBackend
 from test_graph_step import ReplayingBackend  # CUDA graphs on the CPU: a replay runs the recorded step again
 
@@ -52,7 +52,7 @@ def collectives(out: Path):
     assert np.array_equal(values, np.zeros(4))
     assert world.sum_floats([rank + 0.5, -rank]) == [sum(r + 0.5 for r in range(size)), -sum(range(size))]
 
-    staged = distributed.HostStagedTransport(comm, DeviceStandIn())
+    staged = transports.HostStagedTransport(comm, DeviceStandIn())
     buffer = np.full(3, rank + 1.0)
     staged.allreduce_sum(buffer)
     assert np.array_equal(buffer, np.full(3, size * (size + 1) / 2))
@@ -60,15 +60,15 @@ def collectives(out: Path):
     staged.broadcast(buffer, root=size - 1)
     assert np.array_equal(buffer, np.full(3, float(size)))
 
-    reason = distributed.nccl_unavailable_reason()
+    reason = transports.nccl_unavailable_reason()
     report["nccl_reason"] = reason
     if reason is None:  # NCCL loads: the id is made on rank 0 and every rank receives the same 128 bytes
-        unique_id = distributed.nccl_unique_id(comm)
+        unique_id = transports.nccl_unique_id(comm)
         assert isinstance(unique_id, bytes) and len(unique_id) == 128
         assert same_everywhere(comm, np.frombuffer(unique_id, np.uint8))
     try:
-        distributed.nccl_communicator(comm)
-    except distributed.DistributedError as error:
+        transports.nccl_communicator(comm)
+    except transports.DistributedError as error:
         report["communicator_error"] = str(error)
     else:
         raise AssertionError("a NCCL communicator was made on a machine without a GPU")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from gpunn import distributed
+from gpunn import distributed, transports
 
 
 def test_importing_gpunn_never_imports_mpi4py_or_cupy():
@@ -45,15 +45,15 @@ def test_shards_tile_the_batch_in_rank_order(rows, size):
 
 
 def test_nccl_version_codes():
-    assert distributed._version_text(23203) == "2.32.3"
-    assert distributed._version_text(20900) == "2.9.0"
-    assert distributed._version_text(2804) == "2.8.4"
+    assert transports._version_text(23203) == "2.32.3"
+    assert transports._version_text(20900) == "2.9.0"
+    assert transports._version_text(2804) == "2.8.4"
 
 
 def test_nccl_probe_names_the_reason_or_the_version():
-    reason = distributed.nccl_unavailable_reason()
+    reason = transports.nccl_unavailable_reason()
     if reason is None:
-        assert distributed.nccl_report().startswith(f"nccl: {distributed.nccl_version()}")
+        assert distributed.nccl_report().startswith(f"nccl: {transports.nccl_version()}")
     else:
         assert "nvidia-nccl" in reason or "CuPy is not installed" in reason
         assert distributed.nccl_report() == f"nccl: unavailable: {reason}"
