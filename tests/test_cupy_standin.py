@@ -218,7 +218,7 @@ def test_device_arrays_stay_on_the_device(cp):
 
 def test_installation_is_undone():
     loader, current = cublas.load_library, gn.get_backend()  # "auto" may import the real CuPy: first
-    before = {name: sys.modules.get(name) for name in ("cupy", "gpunn.backends.cupy_backend")}
+    before = {name: sys.modules.get(name) for name in ("cupy", *cupy_standin.BACKEND_MODULES)}
     with cupy_standin.installed() as standin:
         import cupy
 

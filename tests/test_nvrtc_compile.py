@@ -1,6 +1,6 @@
 """Every kernel the CuPy backend builds compiles as CuPy 14 will compile it on the GPU, with no GPU.
 
-For each entry of ``cupy_backend.KERNELS`` (every op, variant and storage dtype), the source comes
+For each entry of ``cupy_kernels.KERNELS`` (every op, variant and storage dtype), the source comes
 from CuPy's own code generator fed the argument types gpunn passes at launch
 (``cupy._core._kernel._get_elementwise_kernel_code``, and for reductions
 ``cupy._core._reduction._ReductionKernel_get_cached_function_code``), behind CuPy's headers
@@ -21,7 +21,7 @@ try:
 except ImportError as error:  # the README's test command installs it: pip install -e ".[test,cuda13]"
     raise RuntimeError("the NVRTC compile check needs CuPy: pip install -e '.[test,cuda13]'") from error
 
-from gpunn.backends import cupy_backend
+from gpunn.backends import cupy_kernels
 
 #: (architecture, 32-bit indexing): CuPy indexes with 64 bits for arrays of 2**31 elements or more.
 TARGETS = [("90", True), ("90", False), ("80", True)]
@@ -109,10 +109,10 @@ def compile_for(kernel, source, options, arch):
     return cubin
 
 
-@pytest.mark.parametrize("op,variant,dtype", cupy_backend.kernel_catalogue())
+@pytest.mark.parametrize("op,variant,dtype", cupy_kernels.kernel_catalogue())
 def test_kernel_compiles_with_nvrtc_as_cupy_compiles_it(op, variant, dtype):
-    kernel = cupy_backend._build(op, variant, dtype)
-    arguments = cupy_backend.KERNELS[op].arguments(variant, dtype)
+    kernel = cupy_kernels._build(op, variant, dtype)
+    arguments = cupy_kernels.KERNELS[op].arguments(variant, dtype)
     for arch, index_32_bits in TARGETS:
         source, options = generated_source(kernel, arguments, index_32_bits)
         assert f'extern "C" __global__ void {kernel.name}(' in source
@@ -125,8 +125,8 @@ def test_a_kernel_calling_an_undefined_function_fails_to_compile():
     from cupy.cuda.compiler import CompileException
 
     kernel = cupy.ElementwiseKernel("T z, T b", "T y", "y = gpunn_softplus_forward(z + b)", "gpunn_broken_kernel",
-                                    preamble=cupy_backend.kernel_source("activations.cuh"))
-    arguments = (cupy_backend.Arg("float32"), cupy_backend.Arg("float32", "row"), cupy_backend.Arg("float32"))
+                                    preamble=cupy_kernels.kernel_source("activations.cuh"))
+    arguments = (cupy_kernels.Arg("float32"), cupy_kernels.Arg("float32", "row"), cupy_kernels.Arg("float32"))
     source, options = generated_source(kernel, arguments, True)
     with pytest.raises(CompileException, match="gpunn_softplus_forward"):
         compile_for(kernel, source, options, "90")

@@ -43,7 +43,8 @@ from ._blas import CublasLibrary, column_major, column_major_gemm
 from ._device import KINDS, Device, StandinViolation
 from ._namespace import module
 
-BACKEND_MODULE = "gpunn.backends.cupy_backend"
+#: The backend's modules that import CuPy: re-imported on the stand-in, restored afterwards.
+BACKEND_MODULES = ("gpunn.backends.cupy_backend", "gpunn.backends.cupy_kernels")
 _MODULES = ("cupy", "cupy.cuda", "cupy.cuda.runtime")
 
 
@@ -70,13 +71,15 @@ def installed(block_threads: bool = False):
     from gpunn import backends
     from gpunn.backends import cublas
 
-    saved = {name: sys.modules.get(name) for name in _MODULES + (BACKEND_MODULE,)}
-    saved_attribute = backends.__dict__.get("cupy_backend")
+    saved = {name: sys.modules.get(name) for name in _MODULES + BACKEND_MODULES}
+    attributes = [name.rpartition(".")[2] for name in BACKEND_MODULES]
+    saved_attributes = {name: backends.__dict__.get(name) for name in attributes}
     saved_loader = cublas.load_library
     saved_backend = backends._current.get()  # a `use_backend(...)` without `with` inside must not leak
     device, library = Device(block_threads), CublasLibrary()
     sys.modules.update({"cupy": module, "cupy.cuda": module.cuda, "cupy.cuda.runtime": module.cuda.runtime})
-    sys.modules.pop(BACKEND_MODULE, None)
+    for name in BACKEND_MODULES:
+        sys.modules.pop(name, None)
     cublas.load_library = lambda runtime_major: library  # the wheel search is tests/test_cublas_loading.py's
     _device._current.append(device)
     backends._instance.cache_clear()  # the cached "cupy" backend must be built on the stand-in
@@ -93,10 +96,11 @@ def installed(block_threads: bool = False):
                 sys.modules.pop(name, None)
             else:
                 sys.modules[name] = value
-        if saved_attribute is None:
-            backends.__dict__.pop("cupy_backend", None)
-        else:
-            backends.cupy_backend = saved_attribute
+        for name, value in saved_attributes.items():
+            if value is None:
+                backends.__dict__.pop(name, None)
+            else:
+                setattr(backends, name, value)
         backends._instance.cache_clear()
         backends._current.set(saved_backend)
 

@@ -1,0 +1,287 @@
+"""The kernels the CuPy backend launches: one ``KernelSpec`` per fused op, each an
+ElementwiseKernel (or ReductionKernel) whose operation calls a ``kernels/*.cuh`` function, the
+file's text being the preamble. ``KERNELS`` is the one table: the backend builds from it and
+tests/test_nvrtc_compile.py compiles every entry, variant and dtype as CuPy generates it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import cupy
+
+from ..kernel_source import kernel_source
+from ..optim.rules import RULES
+from .activations import REGISTRY
+
+# Storage dtype -> (compute dtype name for kernel signatures, C++ compute type).
+_COMPUTE = {"float16": ("float32", "float"), "float32": ("float32", "float"), "float64": ("float64", "double")}
+
+DROPOUT_PARAMETERS = ("raw uint64 dropout_step, uint64 dropout_k0, uint64 dropout_k1, uint64 dropout_threshold, "
+                      "uint64 dropout_skip")
+DROPOUT_CALL = "dropout_skip + i, dropout_step[0], dropout_k0, dropout_k1, dropout_threshold, dropout_scale"
+
+# Layer normalisation's row and column sums. Every ReductionKernel here takes two or more inputs,
+# so CuPy never swaps in its CUB block reduction (cupy/_core/_cub_reduction.pyx,
+# _can_use_cub_block_reduction: "1 input and 1 output" only), whose post-map rewrites
+# _in_ind.size(); the plain kernel reduces each output with a block of threads
+# (_reduction.pyx, _get_block_specs) and writes into the given ``out`` without allocating.
+_LAYER_NORM_REDUCTIONS = {
+    # op: (inputs, output, map expression, post-map expression)
+    "layer_norm_mean": ("T x, int64 cols", "{cn} mean", "({c}) x", "mean = a / ({c}) cols"),
+    "layer_norm_rstd": ("T x, {cn} mean, int64 cols, {cn} eps", "{cn} rstd",
+                        "(({c}) x - mean) * (({c}) x - mean)", "rstd = gpunn_layer_norm_rstd(a, ({c}) cols, eps)"),
+    "layer_norm_mean_g": ("T dy, T gain, int64 cols", "{cn} mean_g", "({c}) dy * ({c}) gain",
+                          "mean_g = a / ({c}) cols"),
+    "layer_norm_mean_g_xhat": ("T dy, T x, T gain, {cn} mean, {cn} rstd, int64 cols", "{cn} mean_g_xhat",
+                               "({c}) dy * ({c}) gain * ((({c}) x - mean) * rstd)", "mean_g_xhat = a / ({c}) cols"),
+    "layer_norm_gain_gradient": ("T dy, T x, {cn} mean, {cn} rstd", "T dgain",
+                                 "({c}) dy * ((({c}) x - mean) * rstd)", "dgain = (T) a"),
+}
+
+
+#: The optimizer's launches (the norm and the update): blocks of GRID_BLOCK threads (a power of
+#: two, as gpunn_block_sum needs), at most GRID_MAX_BLOCKS of them striding over the buffer; 2048
+#: blocks of 128 threads fill an H100 (132 SMs, 2048 resident threads each) once over.
+GRID_BLOCK, GRID_MAX_BLOCKS = 128, 2048
+
+
+class Arg(NamedTuple):
+    """One argument as gpunn passes it at launch: an array of the batch's shape (``"array"``), a
+    vector broadcast over the rows (``"row"``, a bias) or the columns (``"column"``), a scalar,
+    a 1-d ``"raw"`` array the operation indexes itself, or a reduction's 2-d input reduced along
+    each row (``"matrix"``) into a 1-d output (``"rows"``)."""
+    dtype: str
+    kind: str = "array"
+
+
+class KernelSpec(NamedTuple):
+    """A kernel the backend builds, once per variant (an activation, or ``""``) and storage dtype.
+
+    ``arguments(variant, dtype)`` lists the launch's inputs then outputs, so that a test can generate the
+    source CuPy will compile and compile it with NVRTC (tests/test_nvrtc_compile.py)."""
+    build: Callable[[str, str], object]  # (variant, storage dtype) -> cupy kernel
+    arguments: Callable[[str, str], tuple]  # (variant, storage dtype) -> (Arg, ...)
+    variants: tuple[str, ...] = ("",)
+    dtypes: tuple[str, ...] = tuple(_COMPUTE)
+
+
+def _elementwise(in_params, out_params, operation, name, *files, **code):
+    """An ElementwiseKernel calling functions of ``files``; ``code``: CuPy's loop_prep/after_loop."""
+    return cupy.ElementwiseKernel(in_params, out_params, operation, name, preamble=kernel_source(*files), **code)
+
+
+def _bce_with_logits_loss(_, dtype):
+    compute_name, compute = _COMPUTE[dtype]
+    return cupy.ReductionKernel(
+        "T z, T t", f"{compute_name} loss", f"gpunn_bce_with_logits(({compute}) z, ({compute}) t)",
+        "a + b", f"loss = a / ({compute}) (_in_ind.size() / _out_ind.size())", "0",
+        "gpunn_bce_with_logits_mean_kernel", preamble=kernel_source("losses.cuh"))
+
+
+def _loss_gradient(function: str):
+    """A loss head's gradient ``function(y, t, scale·loss_scale)``, in the compute type: the
+    mean's small factor and the float16 loss scale meet before anything is rounded to storage."""
+    def build(_, dtype):
+        compute_name, compute = _COMPUTE[dtype]
+        return _elementwise(f"T y, T t, {compute_name} scale, raw float64 loss_scale", "T grad",
+                            f"grad = (T) {function}(({compute}) y, ({compute}) t, scale * ({compute}) loss_scale[0])",
+                            f"{function}_kernel", "losses.cuh")
+
+    return build
+
+
+def _softmax_cross_entropy_grad(_, dtype):
+    compute_name, compute = _COMPUTE[dtype]
+    return _elementwise(f"T z, {compute_name} lse, I label, int64 columns, {compute_name} scale, raw float64 loss_scale",
+                        "T grad", f"grad = (T) gpunn_softmax_xent_grad(({compute}) z, lse, "
+                        f"label == (I) (i % columns), scale * ({compute}) loss_scale[0])",
+                        "gpunn_softmax_xent_grad_kernel", "losses.cuh")
+
+
+def _update(rule, with_master: bool):
+    """One rule's fused update over flat buffers: the learning rate from the device's table, the
+    step and loss scale from its counters, unscale and clip, the rule, float16 rounding of masters.
+
+    A capped grid strides over the buffer (CupyBackend._grid_threads), so the last-block ticket
+    that advances the counters is taken by at most GRID_MAX_BLOCKS blocks, whatever the size."""
+    states = list(rule.states)
+    # The counters and the ticket are outputs: the last block writes them (CuPy's raw inputs are const).
+    outputs = (["raw C master"] if with_master else []) + ["raw T p"] + [f"raw C {name}" for name in states] + \
+        ["raw float64 scalars", "raw uint32 tickets"]
+    arguments = ", ".join([f"{name}[k]" for name in states] + ["unused"] * (2 - len(states)))
+    # Every thread reads this step's counters before its loop; they change only after every block
+    # has taken its ticket (after_loop).
+    prologue = """const C norm_value = norm[0];
+        const bool skip = dynamic && !gpunn_isfinite(norm_value);
+        const long long attempted = (long long) scalars[1];
+        const C lr = (C) lr_table[attempted < lr_length ? attempted : lr_length - 1];
+        const C step = (C) (scalars[0] + 1.0);
+        const C loss_scale = (C) scalars[2]"""
+    # A float16 parameter written from outside (assignment, a restored best epoch) no longer
+    # equals its rounded master weight: the written value wins, so training never ignores it.
+    operation = f"""
+        for (ptrdiff_t k = i; k < n && !skip; k += _ind.size()) {{
+            C grad = gpunn_effective_grad((C) g[k], loss_scale, norm_value, max_norm);
+            C param = {"((T) master[k] == p[k]) ? master[k] : (C) p[k]" if with_master else "(C) p[k]"};
+            C unused = C(0);
+            {rule.function}(param, {arguments}, grad, lr, step, k < decay_end ? weight_decay : C(0), h0, h1, h2, flag);
+            {"master[k] = param;" if with_master else ""}
+            p[k] = (T) param;
+        }}"""
+    # ``advance`` is False for all but the last launch of a step updating its parameters in pieces.
+    counters = ("if (advance && gpunn_last_block(&tickets[1]) && threadIdx.x == 0) "
+                "gpunn_after_update(&scalars[0], norm_value, dynamic, growth_interval)")
+
+    def build(_, dtype):
+        return _elementwise(
+            "raw T g, int64 n, raw float64 lr_table, int64 lr_length, raw C norm, C max_norm, bool dynamic, "
+            "C weight_decay, int64 decay_end, C h0, C h1, C h2, bool flag, bool advance, float64 growth_interval",
+            ", ".join(outputs), operation, f"{rule.function}_kernel", "optim.cuh", "grid.cuh", loop_prep=prologue,
+            after_loop=counters)
+
+    def arguments_for(_, dtype):
+        compute = _compute_name(dtype)
+        scalar = Arg(compute, "scalar")
+        return (Arg(dtype, "raw"), Arg("int64", "scalar"), Arg("float64", "raw"), Arg("int64", "scalar"),
+                Arg(compute, "raw"), scalar, Arg("bool", "scalar"), scalar, Arg("int64", "scalar"), scalar, scalar,
+                scalar, Arg("bool", "scalar"), Arg("bool", "scalar"), Arg("float64", "scalar"),
+                *([Arg(compute, "raw")] if with_master else []), Arg(dtype, "raw"),
+                *(Arg(compute, "raw") for _ in states), Arg("float64", "raw"), Arg("uint32", "raw"))
+
+    return KernelSpec(build, arguments_for, dtypes=("float16",) if with_master else ("float32", "float64"))
+
+
+def _gradient_norm(_, dtype):
+    """√Σx² of a flat buffer in one launch (see CupyBackend.global_norm)."""
+    return _elementwise(
+        "raw T x, int64 n", "raw C partials, raw C norm, raw uint32 tickets",
+        "for (ptrdiff_t k = i; k < n; k += _ind.size()) { C value = (C) x[k]; thread_sum += value * value; }",
+        "gpunn_gradient_norm_kernel", "math.cuh", "grid.cuh", loop_prep="C thread_sum = C(0)",
+        after_loop=f"""C block_sum = gpunn_block_sum<{GRID_BLOCK}>(thread_sum);
+        if (threadIdx.x == 0) partials[blockIdx.x] = block_sum;
+        if (gpunn_last_block(&tickets[0])) {{
+            volatile C* sums = &partials[0];  // written by other blocks: read past this SM's L1
+            C total = C(0);
+            for (unsigned int b = threadIdx.x; b < gridDim.x; b += blockDim.x) total += sums[b];
+            total = gpunn_block_sum<{GRID_BLOCK}>(total);
+            if (threadIdx.x == 0) norm[0] = gpunn_sqrt(total);
+        }}""")
+
+
+def _build_activation(op: str, name: str, compute_name: str, compute: str):
+    """An activation kernel from its registry entry: parameters become scalar arguments."""
+    kind = REGISTRY[name]
+    parameters = "".join(f", {compute_name} {parameter}" for parameter, _ in kind.parameters)
+    values = [parameter for parameter, _ in kind.parameters]
+    inputs = f"T {'dy, T saved' if op == 'activation_backward' else 'z, T b'}, {DROPOUT_PARAMETERS}, " \
+             f"{compute_name} dropout_scale{parameters}"
+    preamble = kernel_source("activations.cuh", "dropout.cuh")
+    if op == "activation_backward":
+        kept = f"gpunn_dropout(({compute}) dy, {DROPOUT_CALL})"
+        return cupy.ElementwiseKernel(inputs, "T dz", f"dz = (T) {kind.backward_call(kept, f'({compute}) saved', values)}",
+                                      f"gpunn_{name}_backward_kernel", preamble=preamble)
+    forward = f"{compute} a = {kind.forward_call('pre', values)}; y = (T) gpunn_dropout(a, {DROPOUT_CALL});"
+    if op == "bias_activation":
+        return cupy.ElementwiseKernel(inputs, "T y", f"{compute} pre = ({compute}) z + ({compute}) b; {forward}",
+                                      f"gpunn_bias_{name}_kernel", preamble=preamble)
+    return cupy.ElementwiseKernel(
+        inputs, "T y, T saved",
+        f"{compute} pre = ({compute}) z + ({compute}) b; {forward} saved = (T) {'pre' if kind.reads_input else 'a'};",
+        f"gpunn_bias_{name}_saving_kernel", preamble=preamble)
+
+
+def _activation(op):
+    def build(name, dtype):
+        compute_name, compute = _COMPUTE[dtype]
+        return _build_activation(op, name, compute_name, compute)
+
+    def arguments(name, dtype):
+        compute = _compute_name(dtype)
+        parameters = tuple(Arg(compute, "scalar") for _ in REGISTRY[name].parameters)
+        inputs = (Arg(dtype), Arg(dtype) if op == "activation_backward" else Arg(dtype, "row"),
+                  Arg("uint64", "raw"), *(Arg("uint64", "scalar") for _ in range(4)), Arg(compute, "scalar"),
+                  *parameters)
+        return inputs + ((Arg(dtype), Arg(dtype)) if op == "bias_activation_saving" else (Arg(dtype),))
+
+    return KernelSpec(build, arguments, tuple(REGISTRY))
+
+
+def _layer_norm_reduction(op):
+    def build(_, dtype):
+        compute_name, compute = _COMPUTE[dtype]
+        inputs, output, map_expression, post_map = (text.format(cn=compute_name, c=compute)
+                                                    for text in _LAYER_NORM_REDUCTIONS[op])
+        return cupy.ReductionKernel(inputs, output, map_expression, "a + b", post_map, "0", f"gpunn_{op}_kernel",
+                                    reduce_type=compute, preamble=kernel_source("layer_norm.cuh"))
+
+    def arguments(_, dtype):
+        compute = _compute_name(dtype)
+        kinds = {"T": lambda name: Arg(dtype, "row" if name == "gain" else "matrix"),
+                 "{cn}": lambda name: Arg(compute, "column" if name in ("mean", "rstd") else "scalar"),
+                 "int64": lambda name: Arg("int64", "scalar")}
+        inputs, output = _LAYER_NORM_REDUCTIONS[op][:2]
+        parsed = [kinds[kind](name) for kind, name in (item.split() for item in inputs.split(", "))]
+        result_type = dtype if output.startswith("T ") else compute
+        return (*parsed, Arg(result_type, "rows"))
+
+    return KernelSpec(build, arguments)
+
+
+def _layer_norm_forward(_, dtype):
+    compute_name, compute = _COMPUTE[dtype]
+    return _elementwise(f"T x, {compute_name} mean, {compute_name} rstd, T gain, T bias", "T y",
+                        f"y = (T) gpunn_layer_norm_forward(({compute}) x, mean, rstd, ({compute}) gain, ({compute}) bias)",
+                        "gpunn_layer_norm_forward_kernel", "layer_norm.cuh")
+
+
+def _layer_norm_backward(_, dtype):
+    compute_name, compute = _COMPUTE[dtype]
+    return _elementwise(f"T dy, T x, T gain, {compute_name} mean, {compute_name} rstd, {compute_name} mean_g, "
+                        f"{compute_name} mean_g_xhat", "T dx",
+                        f"dx = (T) gpunn_layer_norm_backward(({compute}) dy, ({compute}) x, ({compute}) gain, mean, "
+                        "rstd, mean_g, mean_g_xhat)", "gpunn_layer_norm_backward_kernel", "layer_norm.cuh")
+
+
+def _compute_name(dtype):
+    return _COMPUTE[dtype][0]
+
+
+#: Every kernel the backend builds. A new fused op is one entry here (and its ``.cuh`` function):
+#: the backend builds it through ``_build`` and the NVRTC test compiles every variant and dtype.
+KERNELS: dict[str, KernelSpec] = {
+    **{op: _activation(op) for op in ("bias_activation", "bias_activation_saving", "activation_backward")},
+    **{op: _layer_norm_reduction(op) for op in _LAYER_NORM_REDUCTIONS},
+    "layer_norm_forward": KernelSpec(_layer_norm_forward, lambda v, d: (
+        Arg(d), Arg(_compute_name(d), "column"), Arg(_compute_name(d), "column"), Arg(d, "row"), Arg(d, "row"), Arg(d))),
+    "layer_norm_backward": KernelSpec(_layer_norm_backward, lambda v, d: (
+        Arg(d), Arg(d), Arg(d, "row"), *(Arg(_compute_name(d), "column") for _ in range(4)), Arg(d))),
+    **{f"update_{name}{suffix}": _update(rule, bool(suffix)) for name, rule in RULES.items()
+       for suffix in ("", "_master")},
+    "gradient_norm": KernelSpec(_gradient_norm, lambda v, d: (
+        Arg(d, "raw"), Arg("int64", "scalar"), Arg(_compute_name(d), "raw"), Arg(_compute_name(d), "raw"),
+        Arg("uint32", "raw"))),
+    "mse_grad": KernelSpec(_loss_gradient("gpunn_mse_grad"), lambda v, d: (Arg(d), Arg(d), Arg(_compute_name(d), "scalar"),
+                                                 Arg("float64", "raw"), Arg(d))),
+    "bce_with_logits_loss": KernelSpec(_bce_with_logits_loss, lambda v, d: (Arg(d), Arg(d), Arg(_compute_name(d)))),
+    "bce_with_logits_grad": KernelSpec(
+        _loss_gradient("gpunn_bce_with_logits_grad"), lambda v, d: (Arg(d), Arg(d), Arg(_compute_name(d), "scalar"), Arg("float64", "raw"),
+                                          Arg(d))),
+    "softmax_cross_entropy_grad": KernelSpec(
+        _softmax_cross_entropy_grad, lambda v, d: (Arg(d), Arg(_compute_name(d), "column"), Arg("int64", "column"),
+                                                Arg("int64", "scalar"), Arg(_compute_name(d), "scalar"),
+                                                Arg("float64", "raw"), Arg(d))),
+}
+
+
+def kernel_catalogue():
+    """``(op, variant, dtype)`` for every kernel the backend can build."""
+    return [(op, variant, dtype) for op, spec in KERNELS.items() for variant in spec.variants for dtype in spec.dtypes]
+
+
+def _build(op: str, variant: str, dtype: str):
+    """One kernel for one op, variant and storage dtype; its operation calls a kernels/*.cuh function."""
+    spec = KERNELS.get(op)
+    if spec is None:
+        raise ValueError(f"unknown kernel {op!r}; known: {sorted(KERNELS)}")
+    return spec.build(variant, dtype)
