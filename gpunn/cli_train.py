@@ -77,8 +77,8 @@ def add_train_arguments(train) -> None:
     train.add_argument("--early-stopping", type=positive(int), default=None, metavar="PATIENCE",
                        help="stop after PATIENCE epochs without a better validation loss")
     train.add_argument("--resume", metavar="RUN_DIR",
-                       help="continue the run in RUN_DIR from its last.npz, exactly (its settings are kept; "
-                            "--epochs may extend it)")
+                       help="continue the run in RUN_DIR from its last.npz, exactly (its settings are kept and "
+                            "other values of them refused; --epochs may extend a run with --schedule constant)")
     train.add_argument("--out", default="gpunn-run",
                        help="folder for last.npz, best.npz and curves.png (default: gpunn-run)")
     train.add_argument("--graph", action="store_true",
