@@ -2,6 +2,7 @@
 early stopping and an exact --resume, through the CLI entry point on the bundled digits."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -127,9 +128,15 @@ def test_resume_refuses_options_it_would_ignore_and_changed_data(capsys, tmp_pat
     run = tmp_path / "run"
     assert train(capsys, run, "--data", str(tmp_path / "data.npz"), "--epochs", "1", "--hidden", "4")[0] == 0
     for options, message in ((("--dtype", "float64"), "--dtype float64 differs from the run's float32"),
-                             (("--optimizer", "sgd"), "--optimizer sgd differs from the run's adam")):
+                             (("--optimizer", "sgd"), "--optimizer sgd differs from the run's adam"),
+                             (("--lr", "0.003"), "--lr 0.003 differs from the run's 0.002"),
+                             (("--weight-decay", "0.1"), "--weight-decay 0.1 differs from the run's 0.0")):
         code, _, err = train(capsys, run, "--resume", str(run), "--epochs", "2", *options)
         assert code == 2 and message in err and "Traceback" not in err
+    spelt_out = tmp_path / "spelt-out"  # the run's own (default) values, given explicitly: no conflict
+    shutil.copytree(run, spelt_out)
+    assert train(capsys, spelt_out, "--resume", str(spelt_out), "--epochs", "2", "--lr", "0.002",
+                 "--weight-decay", "0", "--loss", "softmax-ce")[0] == 0
     np.savez(tmp_path / "data.npz", X=x * 10, y=(x[:, 0] > 0).astype(int))
     code, _, err = train(capsys, run, "--resume", str(run), "--epochs", "2")
     assert code == 2 and "the data is not the run's any more (its mean, std changed)" in err
