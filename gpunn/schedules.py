@@ -1,5 +1,6 @@
 """Learning-rate schedules: ``schedule(step) -> lr``, where ``step`` counts the updates done before
-this one (0 for the first update).
+this one (0 for the first update). A float16 step skipped for overflow counts too, as torch's loop
+calls ``scheduler.step()`` after every ``scaler.step(optimizer)``.
 
 An optimizer's ``lr=`` takes a number or a schedule. The optimizer writes the schedule's values
 into a table on the device that its update kernel indexes with the step counter kept there, so a

@@ -57,6 +57,8 @@ class Optimizer:
         self.params: list[Parameter] = []
         self._flat = None
         self._steps_issued = 0
+        #: Whether ``loss_scale`` was ever handed out: a float16 model's gradients must carry it.
+        self._scale_requested = False
         if params is not None:
             self.bind(params)
 
@@ -221,8 +223,10 @@ class Optimizer:
     # --- the step ----------------------------------------------------------------------------
     @property
     def loss_scale(self):
-        """The loss scale as a 1-element float64 device array (1 unless the model is float16)."""
+        """The loss scale as a 1-element float64 device array (1 unless the model is float16): pass it
+        to the loss's backward, ``model.backward(loss.backward(optimizer.loss_scale))``, as TrainStep does."""
         self._require_bound("loss_scale")
+        self._scale_requested = True
         return self._scalars[LOSS_SCALE:LOSS_SCALE + 1]
 
     def _require_bound(self, what):
@@ -236,6 +240,10 @@ class Optimizer:
         fresh = [p.grad_valid for p in self.params]
         if not any(fresh):
             return
+        if self.mixed_precision and not self._scale_requested:  # the update divides by the scale
+            raise RuntimeError(f"{self._owner}.step: a float16 model's gradients must be scaled by the optimizer's "
+                               "loss scale (the update divides by it): model.backward(loss.backward("
+                               "optimizer.loss_scale)), as TrainStep and fit do")
         segments = self._segments_all if all(fresh) else self._fresh_segments(fresh)
         self.reserve_steps(1)
         backend = self._flat.backend
