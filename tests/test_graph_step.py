@@ -162,3 +162,24 @@ def test_a_scheduled_fit_records_once_up_to_its_last_step(rng, monkeypatch):
     model.fit(rng.normal(size=(64, 6)), rng.integers(0, 3, size=64), loss=gn.SoftmaxCrossEntropyLoss(),
               optimizer=optimizer, epochs=8, batch_size=16, seed=1, verbose=0, graph=True)
     assert (replaying.recordings, replaying.replays) == (1, 30)
+
+
+@pytest.mark.parametrize("attribute", ["lr", "schedule"])
+def test_a_schedule_set_after_recording_is_the_one_replayed(rng, attribute):
+    """``optimizer.schedule = …`` is ``optimizer.lr = …``: it was a plain attribute, so the
+    device's table of rates kept the old ones (eager steps too) while ``optimizer.lr`` reported
+    the new one."""
+    x, t = rng.normal(size=(8, 6)), rng.normal(size=(8, 3))
+    results = []
+    for backend, graph in ((NumpyBackend(), False), (ReplayingBackend(), True), (NumpyBackend(), False)):
+        model = make_model(backend)
+        optimizer = gn.SGD(lr=gn.schedules.StepDecay(0.1, step_size=2), momentum=0.9)
+        step = gn.TrainStep(model, gn.MSELoss(), optimizer, graph=graph)
+        prepared = step.prepare(x, t)
+        for index in range(8):
+            if index == 4 and len(results) < 2:  # the third run keeps its first schedule
+                setattr(optimizer, attribute, gn.schedules.ExponentialDecay(0.5, gamma=0.9))
+            step(*prepared)
+        results.append(model.predict(x))
+    assert optimizer.lr == 0.1 * 0.1 ** 4 and not np.array_equal(results[0], results[2])
+    np.testing.assert_array_equal(results[1], results[0])

@@ -48,14 +48,14 @@ class Optimizer:
     def __init__(self, params, lr, weight_decay, decay_biases, max_grad_norm, numbers, flag):
         owner = type(self).__name__
         self._owner = owner
-        self.schedule = as_schedule(owner, lr)
+        self._flat = None
+        self.schedule = lr
         self.weight_decay = weight_decay
         self.decay_biases = decay_biases
         self.max_grad_norm = max_grad_norm
         self.rule = RULES[self.rule_name]
         self.numbers, self.flag = numbers, bool(flag)
         self.params: list[Parameter] = []
-        self._flat = None
         self._steps_issued = 0
         #: Whether ``loss_scale`` was ever handed out: a float16 model's gradients must carry it.
         self._scale_requested = False
@@ -71,8 +71,17 @@ class Optimizer:
     @lr.setter
     def lr(self, value) -> None:
         """A number or a schedule; takes effect at the next update without re-recording a graph."""
-        self.schedule = as_schedule(self._owner, value)
-        if self._flat is not None:
+        self.schedule = value
+
+    @property
+    def schedule(self) -> Schedule:
+        """The learning-rate schedule; setting it (a number or a schedule) is setting ``lr``."""
+        return self._schedule
+
+    @schedule.setter
+    def schedule(self, value) -> None:
+        self._schedule = as_schedule(self._owner, value)
+        if self._flat is not None:  # the device's table of rates follows
             self._fill_lr_table(self._lr_table.size)
 
     def reserve_steps(self, count: int) -> None:
@@ -369,7 +378,7 @@ class Optimizer:
         for name, target in expected.items():
             target[...] = backend.asarray(arrays[name], target.dtype)
         self.__dict__.update({k: v for k, v in vars(restored).items()
-                              if k in ("schedule", "_weight_decay", "_max_grad_norm", "numbers", "flag")})
+                              if k in ("_schedule", "_weight_decay", "_max_grad_norm", "numbers", "flag")})
         self.decay_biases = restored.decay_biases  # rebuilds the weight-decay boundary
         self._steps_issued = steps
         self._fill_lr_table(max(self._lr_table.size, self._steps_issued + 1))
