@@ -39,7 +39,8 @@ def _count(owner: str, name: str, value, minimum: int = 1) -> int:
 class Schedule:
     """Base class: subclasses define ``_lr(step)`` and keep their arguments as attributes."""
 
-    #: The last step a schedule that ends defines (OneCycle), else None: it goes on forever.
+    #: The last step whose rate the device's table needs: a schedule that ends (OneCycle) or holds
+    #: its rate from there on (CosineDecay); None where the rate keeps changing.
     last_step = None
 
     def __call__(self, step: int) -> float:
@@ -107,6 +108,10 @@ class CosineDecay(Schedule):
         self.warmup_steps = _count("CosineDecay", "warmup_steps", warmup_steps, minimum=0)
         if self.warmup_steps >= self.total_steps:
             raise ValueError(f"CosineDecay: warmup_steps ({warmup_steps}) must be below total_steps ({total_steps})")
+
+    @property
+    def last_step(self) -> int:
+        return self.total_steps  # final_lr from here on
 
     def _lr(self, step):
         if step < self.warmup_steps:

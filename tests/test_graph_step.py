@@ -183,3 +183,22 @@ def test_a_schedule_set_after_recording_is_the_one_replayed(rng, attribute):
         results.append(model.predict(x))
     assert optimizer.lr == 0.1 * 0.1 ** 4 and not np.array_equal(results[0], results[2])
     np.testing.assert_array_equal(results[1], results[0])
+
+
+def test_a_cosine_schedule_records_once_however_long_a_loop_of_steps_runs(rng, monkeypatch):
+    """CosineDecay holds final_lr after total_steps, so the device's table of rates stops there:
+    a TrainStep loop (which, unlike fit, reserves one step at a time) never outgrows it. It grew
+    by doublings before, each a new array and so a new recording."""
+    from gpunn.optim import optimizer as optimizer_module
+
+    monkeypatch.setattr(optimizer_module, "_LR_TABLE_MINIMUM", 8)
+    x, t = rng.normal(size=(8, 6)), rng.normal(size=(8, 3))
+    results = []
+    for backend, graph in ((NumpyBackend(), False), (ReplayingBackend(), True)):
+        model = make_model(backend)
+        schedule = gn.schedules.CosineDecay(0.05, total_steps=20, final_lr=0.01, warmup_steps=3)
+        step = gn.TrainStep(model, gn.MSELoss(), gn.Adam(lr=schedule), graph=graph)
+        prepared = step.prepare(x, t)
+        results.append([float(step(*prepared)) for _ in range(50)])
+    assert (backend.recordings, backend.replays) == (1, 48)
+    assert results[1] == results[0]

@@ -90,7 +90,8 @@ class Optimizer:
         (OneCycle) raises its error here, before any of them runs."""
         if count > 0:
             self.schedule(self._steps_issued + count - 1)
-        if self._flat is not None and self._lr_table.size > 1 and self._steps_issued + count > self._lr_table.size:
+        if self._flat is not None and self._lr_table.size > 1 and self._steps_issued + count > self._lr_table.size \
+                and self.schedule.last_step is None:  # else the table holds the whole schedule already
             self._fill_lr_table(max(2 * self._lr_table.size, self._steps_issued + count))
 
     @property
@@ -106,8 +107,8 @@ class Optimizer:
     def _fill_lr_table(self, length: int) -> None:
         backend = self._flat.backend
         length = 1 if type(self.schedule).__name__ == "Constant" else max(length, _LR_TABLE_MINIMUM)
-        if self.schedule.last_step is not None:  # the device holds the last rate beyond it
-            length = min(length, self.schedule.last_step + 1)
+        if self.schedule.last_step is not None:  # all of it at once, and the device holds the last rate
+            length = self.schedule.last_step + 1  # beyond: the table never grows, so no graph records again
         values = [self.schedule(step) for step in range(length)]
         if self._lr_table is not None and self._lr_table.size == length:
             self._lr_table[...] = backend.asarray(values, "float64")  # same array: a graph stays valid
