@@ -73,3 +73,23 @@ def test_an_assigned_gradient_is_the_one_the_next_step_uses(backend):
     np.testing.assert_array_equal(backend.to_numpy(weight.value), before[start:start + 12].reshape(3, 4) - 1.5)
     with pytest.raises(ValueError, match=r"Parameter W: cannot assign a gradient of shape \(4, 3\)"):
         weight.grad = np.zeros((4, 3))
+
+
+def test_a_deep_copied_model_trains_its_own_flat_buffer(backend, rng):
+    """``copy.deepcopy(model)`` (a best-model snapshot, a teacher): a field-by-field copy left the
+    copy's parameters detached from its flat buffer, and fit failed with a KeyError."""
+    import copy
+
+    x, labels = rng.normal(size=(24, 3)), rng.integers(0, 2, size=24)
+    with gn.use_backend(backend):
+        model = gn.Sequential(gn.Dense(3, 4, seed=0), gn.Residual(gn.Dense(4, 4, seed=1), gn.ReLU()),
+                              gn.LayerNorm(4), gn.Dropout(0.25, seed=2), gn.Dense(4, 2, seed=3))
+    model.extras["classes"] = [0, 1]
+    twin = copy.deepcopy(model)
+    assert twin.backend is model.backend and twin.extras == model.extras and twin.extras is not model.extras
+    histories = [m.fit(x, labels, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=gn.Adam(lr=0.05), epochs=2, seed=1,
+                       verbose=0)["loss"] for m in (model, twin)]
+    assert histories[0] == histories[1]  # the same weights and dropout masks, trained apart
+    np.testing.assert_array_equal(backend.to_numpy(twin.flat.values), backend.to_numpy(model.flat.values))
+    twin.layers[0].W[...] = 0
+    assert backend.to_numpy(model.layers[0].W).any()
