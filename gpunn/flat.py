@@ -45,7 +45,7 @@ class FlatBuffers:
             gradient = self.grads[start:start + parameter.size].reshape(parameter.shape)
             if parameter.grad is not None and parameter.grad_valid:
                 gradient[...] = parameter.grad
-            parameter._value, parameter.grad, parameter.owner = view, gradient, self
+            parameter._value, parameter._grad, parameter.owner = view, gradient, self
 
     def offset(self, parameter) -> int:
         return self.offsets[id(parameter)]

@@ -88,11 +88,11 @@ def _optimizer_state(optimizer):
 
 
 # --- saving -------------------------------------------------------------------------------
-def _layer_record(layer) -> dict:
+def layer_record(layer) -> dict:
     """A layer's type and config; a residual block's branch nests as its "layers"."""
     record = {"type": type(layer).__name__, **layer.config()}
     if layer.sublayers():
-        record["layers"] = [_layer_record(inner) for inner in layer.sublayers()]
+        record["layers"] = [layer_record(inner) for inner in layer.sublayers()]
     return record
 
 
@@ -122,7 +122,7 @@ def save(model, path, extras: dict | None = None, optimizer=None) -> None:
         "format_version": FORMAT_VERSION,
         "gpunn_version": __version__,
         "dtype": str(model.dtype),
-        "layers": [_layer_record(layer) for layer in model.layers],
+        "layers": [layer_record(layer) for layer in model.layers],
         "extras": sorted(extras),
     }
     if optimizer is not None:

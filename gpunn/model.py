@@ -215,6 +215,22 @@ class Sequential:
 
         save(self, path, extras=extras, optimizer=optimizer)
 
+    def __deepcopy__(self, memo) -> "Sequential":
+        """``copy.deepcopy(model)``: the same layers rebuilt from their records (as ``load`` does), on
+        the same backend, with copies of the weights in a flat buffer of their own. A field-by-field
+        copy would leave the copy's parameters detached from its flat buffer (and copy the backend)."""
+        import copy
+
+        from .backends import use_backend
+        from .io import build_layer, layer_record
+
+        with use_backend(self.backend):
+            twin = Sequential(*[build_layer(layer_record(layer), self.dtype) for layer in self.layers])
+        twin.flat.values[...] = self.flat.values
+        twin.extras = copy.deepcopy(self.extras, memo)
+        memo[id(self)] = twin
+        return twin.train(self._training)
+
     def __repr__(self) -> str:
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"Sequential(\n  {inner}\n)"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .backends import get_backend
-from .layers import Layer, Parameter, register_layer
+from .layers import Layer, Parameter, ParameterAttribute, register_layer
 
 
 @register_layer
@@ -11,6 +11,8 @@ class LayerNorm(Layer):
     """``(x − mean)/√(var + eps)·gain + bias`` over each row's ``features`` values (biased
     variance, as torch.nn.LayerNorm); gain starts at 1 and bias at 0. The row statistics are
     computed once per forward, in float32 for float16 storage, and reused by backward."""
+
+    gain, bias = ParameterAttribute(), ParameterAttribute()
 
     def __init__(self, features: int, eps: float = 1e-5, dtype="float32"):
         super().__init__()

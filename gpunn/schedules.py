@@ -1,5 +1,6 @@
 """Learning-rate schedules: ``schedule(step) -> lr``, where ``step`` counts the updates done before
-this one (0 for the first update).
+this one (0 for the first update). A float16 step skipped for overflow counts too, as torch's loop
+calls ``scheduler.step()`` after every ``scaler.step(optimizer)``.
 
 An optimizer's ``lr=`` takes a number or a schedule. The optimizer writes the schedule's values
 into a table on the device that its update kernel indexes with the step counter kept there, so a
@@ -38,7 +39,8 @@ def _count(owner: str, name: str, value, minimum: int = 1) -> int:
 class Schedule:
     """Base class: subclasses define ``_lr(step)`` and keep their arguments as attributes."""
 
-    #: The last step a schedule that ends defines (OneCycle), else None: it goes on forever.
+    #: The last step whose rate the device's table needs: a schedule that ends (OneCycle) or holds
+    #: its rate from there on (CosineDecay); None where the rate keeps changing.
     last_step = None
 
     def __call__(self, step: int) -> float:
@@ -106,6 +108,10 @@ class CosineDecay(Schedule):
         self.warmup_steps = _count("CosineDecay", "warmup_steps", warmup_steps, minimum=0)
         if self.warmup_steps >= self.total_steps:
             raise ValueError(f"CosineDecay: warmup_steps ({warmup_steps}) must be below total_steps ({total_steps})")
+
+    @property
+    def last_step(self) -> int:
+        return self.total_steps  # final_lr from here on
 
     def _lr(self, step):
         if step < self.warmup_steps:

@@ -99,6 +99,7 @@ class TrainStep:
 
     def _step(self, x, t):
         model, loss, optimizer, parallel = self.model, self.loss, self.optimizer, self.data_parallel
+        loss_scale = optimizer.loss_scale  # an empty shard's zero gradient is scaled too
         if parallel is not None and x.shape[0] == 0:  # an empty shard: no loss, zero gradient
             self.outputs = model.backend.empty((0, model.out_features), model.dtype)
             value = model.backend.zeros((), model.dtype)
@@ -108,7 +109,7 @@ class TrainStep:
             self.outputs = model._forward(x)
             value = loss._forward(model.backend, self.outputs, t)
             model.zero_grad()
-            model.backward(loss.backward(optimizer.loss_scale), input_gradient=False)
+            model.backward(loss.backward(loss_scale), input_gradient=False)
         if parallel is not None:
             parallel.reduce_gradients(self._share)
         optimizer.step()

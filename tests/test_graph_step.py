@@ -162,3 +162,43 @@ def test_a_scheduled_fit_records_once_up_to_its_last_step(rng, monkeypatch):
     model.fit(rng.normal(size=(64, 6)), rng.integers(0, 3, size=64), loss=gn.SoftmaxCrossEntropyLoss(),
               optimizer=optimizer, epochs=8, batch_size=16, seed=1, verbose=0, graph=True)
     assert (replaying.recordings, replaying.replays) == (1, 30)
+
+
+@pytest.mark.parametrize("attribute", ["lr", "schedule"])
+def test_a_schedule_set_after_recording_is_the_one_replayed(rng, attribute):
+    """``optimizer.schedule = …`` is ``optimizer.lr = …``: it was a plain attribute, so the
+    device's table of rates kept the old ones (eager steps too) while ``optimizer.lr`` reported
+    the new one."""
+    x, t = rng.normal(size=(8, 6)), rng.normal(size=(8, 3))
+    results = []
+    for backend, graph in ((NumpyBackend(), False), (ReplayingBackend(), True), (NumpyBackend(), False)):
+        model = make_model(backend)
+        optimizer = gn.SGD(lr=gn.schedules.StepDecay(0.1, step_size=2), momentum=0.9)
+        step = gn.TrainStep(model, gn.MSELoss(), optimizer, graph=graph)
+        prepared = step.prepare(x, t)
+        for index in range(8):
+            if index == 4 and len(results) < 2:  # the third run keeps its first schedule
+                setattr(optimizer, attribute, gn.schedules.ExponentialDecay(0.5, gamma=0.9))
+            step(*prepared)
+        results.append(model.predict(x))
+    assert optimizer.lr == 0.1 * 0.1 ** 4 and not np.array_equal(results[0], results[2])
+    np.testing.assert_array_equal(results[1], results[0])
+
+
+def test_a_cosine_schedule_records_once_however_long_a_loop_of_steps_runs(rng, monkeypatch):
+    """CosineDecay holds final_lr after total_steps, so the device's table of rates stops there:
+    a TrainStep loop (which, unlike fit, reserves one step at a time) never outgrows it. It grew
+    by doublings before, each a new array and so a new recording."""
+    from gpunn.optim import optimizer as optimizer_module
+
+    monkeypatch.setattr(optimizer_module, "_LR_TABLE_MINIMUM", 8)
+    x, t = rng.normal(size=(8, 6)), rng.normal(size=(8, 3))
+    results = []
+    for backend, graph in ((NumpyBackend(), False), (ReplayingBackend(), True)):
+        model = make_model(backend)
+        schedule = gn.schedules.CosineDecay(0.05, total_steps=20, final_lr=0.01, warmup_steps=3)
+        step = gn.TrainStep(model, gn.MSELoss(), gn.Adam(lr=schedule), graph=graph)
+        prepared = step.prepare(x, t)
+        results.append([float(step(*prepared)) for _ in range(50)])
+    assert (backend.recordings, backend.replays) == (1, 48)
+    assert results[1] == results[0]

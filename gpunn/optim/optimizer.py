@@ -48,15 +48,17 @@ class Optimizer:
     def __init__(self, params, lr, weight_decay, decay_biases, max_grad_norm, numbers, flag):
         owner = type(self).__name__
         self._owner = owner
-        self.schedule = as_schedule(owner, lr)
+        self._flat = None
+        self.schedule = lr
         self.weight_decay = weight_decay
         self.decay_biases = decay_biases
         self.max_grad_norm = max_grad_norm
         self.rule = RULES[self.rule_name]
         self.numbers, self.flag = numbers, bool(flag)
         self.params: list[Parameter] = []
-        self._flat = None
         self._steps_issued = 0
+        #: Whether ``loss_scale`` was ever handed out: a float16 model's gradients must carry it.
+        self._scale_requested = False
         if params is not None:
             self.bind(params)
 
@@ -69,8 +71,17 @@ class Optimizer:
     @lr.setter
     def lr(self, value) -> None:
         """A number or a schedule; takes effect at the next update without re-recording a graph."""
-        self.schedule = as_schedule(self._owner, value)
-        if self._flat is not None:
+        self.schedule = value
+
+    @property
+    def schedule(self) -> Schedule:
+        """The learning-rate schedule; setting it (a number or a schedule) is setting ``lr``."""
+        return self._schedule
+
+    @schedule.setter
+    def schedule(self, value) -> None:
+        self._schedule = as_schedule(self._owner, value)
+        if self._flat is not None:  # the device's table of rates follows
             self._fill_lr_table(self._lr_table.size)
 
     def reserve_steps(self, count: int) -> None:
@@ -79,7 +90,8 @@ class Optimizer:
         (OneCycle) raises its error here, before any of them runs."""
         if count > 0:
             self.schedule(self._steps_issued + count - 1)
-        if self._flat is not None and self._lr_table.size > 1 and self._steps_issued + count > self._lr_table.size:
+        if self._flat is not None and self._lr_table.size > 1 and self._steps_issued + count > self._lr_table.size \
+                and self.schedule.last_step is None:  # else the table holds the whole schedule already
             self._fill_lr_table(max(2 * self._lr_table.size, self._steps_issued + count))
 
     @property
@@ -95,8 +107,8 @@ class Optimizer:
     def _fill_lr_table(self, length: int) -> None:
         backend = self._flat.backend
         length = 1 if type(self.schedule).__name__ == "Constant" else max(length, _LR_TABLE_MINIMUM)
-        if self.schedule.last_step is not None:  # the device holds the last rate beyond it
-            length = min(length, self.schedule.last_step + 1)
+        if self.schedule.last_step is not None:  # all of it at once, and the device holds the last rate
+            length = self.schedule.last_step + 1  # beyond: the table never grows, so no graph records again
         values = [self.schedule(step) for step in range(length)]
         if self._lr_table is not None and self._lr_table.size == length:
             self._lr_table[...] = backend.asarray(values, "float64")  # same array: a graph stays valid
@@ -221,8 +233,10 @@ class Optimizer:
     # --- the step ----------------------------------------------------------------------------
     @property
     def loss_scale(self):
-        """The loss scale as a 1-element float64 device array (1 unless the model is float16)."""
+        """The loss scale as a 1-element float64 device array (1 unless the model is float16): pass it
+        to the loss's backward, ``model.backward(loss.backward(optimizer.loss_scale))``, as TrainStep does."""
         self._require_bound("loss_scale")
+        self._scale_requested = True
         return self._scalars[LOSS_SCALE:LOSS_SCALE + 1]
 
     def _require_bound(self, what):
@@ -236,6 +250,10 @@ class Optimizer:
         fresh = [p.grad_valid for p in self.params]
         if not any(fresh):
             return
+        if self.mixed_precision and not self._scale_requested:  # the update divides by the scale
+            raise RuntimeError(f"{self._owner}.step: a float16 model's gradients must be scaled by the optimizer's "
+                               "loss scale (the update divides by it): model.backward(loss.backward("
+                               "optimizer.loss_scale)), as TrainStep and fit do")
         segments = self._segments_all if all(fresh) else self._fresh_segments(fresh)
         self.reserve_steps(1)
         backend = self._flat.backend
@@ -361,7 +379,7 @@ class Optimizer:
         for name, target in expected.items():
             target[...] = backend.asarray(arrays[name], target.dtype)
         self.__dict__.update({k: v for k, v in vars(restored).items()
-                              if k in ("schedule", "_weight_decay", "_max_grad_norm", "numbers", "flag")})
+                              if k in ("_schedule", "_weight_decay", "_max_grad_norm", "numbers", "flag")})
         self.decay_biases = restored.decay_biases  # rebuilds the weight-decay boundary
         self._steps_issued = steps
         self._fill_lr_table(max(self._lr_table.size, self._steps_issued + 1))
