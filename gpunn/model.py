@@ -221,16 +221,34 @@ class Sequential:
         copy would leave the copy's parameters detached from its flat buffer (and copy the backend)."""
         import copy
 
-        from .backends import use_backend
-        from .io import build_layer, layer_record
-
-        with use_backend(self.backend):
-            twin = Sequential(*[build_layer(layer_record(layer), self.dtype) for layer in self.layers])
-        twin.flat.values[...] = self.flat.values
-        twin.extras = copy.deepcopy(self.extras, memo)
+        twin = _rebuilt(self.backend, self._records(), self.dtype, self.flat.values, copy.deepcopy(self.extras, memo),
+                        self._training)
         memo[id(self)] = twin
-        return twin.train(self._training)
+        return twin
+
+    def __reduce__(self):
+        """``pickle`` (and ``copy.copy``) rebuild the model as ``copy.deepcopy`` does, from host
+        copies of the weights, on the backend of that name."""
+        return _rebuilt, (self.backend.name, self._records(), self.dtype.name,
+                          self.backend.to_numpy(self.flat.values).copy(), self.extras, self._training)
+
+    def _records(self) -> list:
+        from .io import layer_record
+
+        return [layer_record(layer) for layer in self.layers]
 
     def __repr__(self) -> str:
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"Sequential(\n  {inner}\n)"
+
+
+def _rebuilt(backend, records, dtype, values, extras, training) -> Sequential:
+    """A model from its layer records and flat weights (``backend``: one, or its name)."""
+    from .backends import use_backend
+    from .io import build_layer
+
+    with use_backend(backend):
+        model = Sequential(*[build_layer(record, dtype) for record in records])
+        model.flat.values[...] = model.backend.asarray(values, model.dtype)
+    model.extras = extras
+    return model.train(training)

@@ -75,9 +75,17 @@ def test_an_assigned_gradient_is_the_one_the_next_step_uses(backend):
         weight.grad = np.zeros((4, 3))
 
 
-def test_a_deep_copied_model_trains_its_own_flat_buffer(backend, rng):
-    """``copy.deepcopy(model)`` (a best-model snapshot, a teacher): a field-by-field copy left the
-    copy's parameters detached from its flat buffer, and fit failed with a KeyError."""
+def _pickled(model):
+    import pickle
+
+    return pickle.loads(pickle.dumps(model))
+
+
+@pytest.mark.parametrize("duplicate", ["deepcopy", "pickle"])
+def test_a_deep_copied_model_trains_its_own_flat_buffer(backend, rng, duplicate):
+    """``copy.deepcopy(model)`` (a best-model snapshot, a teacher) and a pickle round trip (joblib,
+    multiprocessing): a field-by-field copy left the copy's parameters detached from its flat
+    buffer, and fit failed with a KeyError."""
     import copy
 
     x, labels = rng.normal(size=(24, 3)), rng.integers(0, 2, size=24)
@@ -85,7 +93,7 @@ def test_a_deep_copied_model_trains_its_own_flat_buffer(backend, rng):
         model = gn.Sequential(gn.Dense(3, 4, seed=0), gn.Residual(gn.Dense(4, 4, seed=1), gn.ReLU()),
                               gn.LayerNorm(4), gn.Dropout(0.25, seed=2), gn.Dense(4, 2, seed=3))
     model.extras["classes"] = [0, 1]
-    twin = copy.deepcopy(model)
+    twin = copy.deepcopy(model) if duplicate == "deepcopy" else _pickled(model)
     assert twin.backend is model.backend and twin.extras == model.extras and twin.extras is not model.extras
     histories = [m.fit(x, labels, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=gn.Adam(lr=0.05), epochs=2, seed=1,
                        verbose=0)["loss"] for m in (model, twin)]
