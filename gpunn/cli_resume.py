@@ -58,27 +58,16 @@ def resume_settings(args) -> dict:
     return run
 
 
-def _as_run_used(name: str, stored: dict):
-    """A stored setting as the run used it: None stood for the option's default for that run."""
-    value = stored[name]
-    if value is not None or name not in ("lr", "weight_decay", "loss"):
-        return value
-    from .cli_train import DEFAULT_LR
-
-    optimizer = stored["optimizer"]
-    return {"lr": DEFAULT_LR.get(optimizer), "weight_decay": 0.01 if optimizer == "adamw" else 0.0,
-            "loss": "mse" if stored["task"] == "regress" else "softmax-ce"}[name]
-
-
 def refuse_conflicting_options(args, stored: dict) -> None:
     """A resumed run keeps its stored settings; an option given with another value (told apart
     from the option's default) would be ignored silently, so it is refused. The run's own value,
     spelt out (``--lr 0.002`` for a run that took Adam's default rate), is no conflict."""
     from .cli import build_parser
+    from .cli_train import setting_as_used
 
     defaults = vars(build_parser().parse_args(["train"]))
     for name in RUN_SETTINGS:
-        value, used = getattr(args, name), _as_run_used(name, stored)
+        value, used = getattr(args, name), setting_as_used(name, stored)
         if name != "epochs" and value not in (defaults[name], stored[name], used):
             option = "--" + name.replace("_", "-")
             raise UserError(f"gpunn train: --resume {args.resume} continues the run with its own settings, but "

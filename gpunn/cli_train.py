@@ -127,12 +127,30 @@ def build_model(features: int, hidden: list[int], classes: int, activation: str,
     return gn.Sequential(*layers)
 
 
+def setting_as_used(name: str, settings: dict):
+    """A run setting as the run uses it (``settings``: the parsed options, or a run's stored ones):
+    None stands for the default of the run's optimizer (lr, weight_decay) or task (loss)."""
+    value = settings[name]
+    if value is not None or name not in ("lr", "weight_decay", "loss"):
+        return value
+    if name == "loss":
+        return "mse" if settings["task"] == "regress" else "softmax-ce"
+    if name == "lr":
+        return DEFAULT_LR[settings["optimizer"]]
+    import inspect
+
+    import gpunn as gn
+
+    optimizer = getattr(gn, OPTIMIZER_CHOICES[settings["optimizer"]])
+    return inspect.signature(optimizer).parameters["weight_decay"].default
+
+
 def make_optimizer(args, steps_per_epoch: int):
     """The optimizer and schedule the options describe, over the whole run's updates."""
     import gpunn as gn
     from gpunn import schedules
 
-    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+    lr = setting_as_used("lr", vars(args))
     total = max(2, steps_per_epoch * args.epochs)
     if args.warmup_steps and args.schedule != "cosine":
         raise UserError("gpunn train: --warmup-steps applies to --schedule cosine (onecycle warms up by itself)")
@@ -153,7 +171,7 @@ def make_optimizer(args, steps_per_epoch: int):
 
 def describe_optimizer(args) -> str:
     """One line for the run's header: optimizer, rate, schedule, decay, clipping."""
-    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+    lr = setting_as_used("lr", vars(args))
     parts = [f"{OPTIMIZER_CHOICES[args.optimizer]} lr={lr:g}"]
     if args.optimizer == "sgd":
         parts.append(f"momentum={args.momentum:g}")
@@ -274,7 +292,7 @@ def command_train(args) -> int:
     if args.early_stopping and not args.validation_fraction:
         raise UserError("gpunn train: --early-stopping watches the validation loss: keep --validation-fraction above 0")
     regress = args.task == "regress"
-    loss_name = args.loss or ("mse" if regress else "softmax-ce")
+    loss_name = setting_as_used("loss", vars(args))
     if regress and loss_name != "mse":
         raise UserError("gpunn train: --task regress trains with --loss mse")
 

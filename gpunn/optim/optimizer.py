@@ -88,11 +88,12 @@ class Optimizer:
         """Make the device's table of learning rates cover ``count`` more updates (fit calls it once;
         TrainStep before each step, outside any graph recording); a schedule that ends before them
         (OneCycle) raises its error here, before any of them runs."""
-        if count > 0:
-            self.schedule(self._steps_issued + count - 1)
-        if self._flat is not None and self._lr_table.size > 1 and self._steps_issued + count > self._lr_table.size \
-                and self.schedule.last_step is None:  # else the table holds the whole schedule already
-            self._fill_lr_table(max(2 * self._lr_table.size, self._steps_issued + count))
+        last_step, final = self.schedule.last_step, self._steps_issued + count - 1
+        if last_step is not None and final > last_step:
+            self.schedule(final)  # OneCycle's own error (CosineDecay holds its final rate)
+        if self._flat is not None and self._lr_table.size > 1 and final >= self._lr_table.size \
+                and last_step is None:  # else the table holds the whole schedule already
+            self._fill_lr_table(max(2 * self._lr_table.size, final + 1))
 
     @property
     def steps_issued(self) -> int:
