@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gpunn" / "bench" / "suite"))  # peers
 from peers import GpunnPeer, TorchPeer, train_case
 
 

@@ -1,7 +1,7 @@
 """Launches per training step: a GPU cost counted on the CPU.
 
 Small MLPs on a GPU are launch-bound: each kernel launch costs a few microseconds of host and
-driver time whatever its size. gpunn's step runs on the CuPy stand-in (gpunn/testing/cupy_standin),
+driver time whatever its size. gpunn's step runs on the CuPy stand-in (tests/support/cupy_standin),
 which logs every kernel launch, cuBLAS call and memset/memcpy; PyTorch's same step (the peer of
 the benchmarks) runs under torch.profiler on the CPU, and its leaf operators (views and
 allocations left out) are counted. Counts do not depend on sizes, so each case runs on a scaled-down
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent / "gpunn" / "bench" / "suite"),  # peers
+                str(Path(__file__).resolve().parent.parent / "tests")]  # support: the CuPy stand-in
 from peers import GpunnPeer, TorchPeer, train_case  # noqa: E402
 
 #: The launch overhead of the model in benchmarks/PERF.md: a prediction's parameter, not a measurement.
@@ -38,7 +39,7 @@ def scaled(config, limit: int = 16):
 
 def gpunn_launches(case: str) -> dict:
     """Device operations per kind in one eager gpunn step on the CuPy backend (the stand-in)."""
-    from gpunn.testing import cupy_standin
+    from support import cupy_standin
 
     config, dtype, _, optimizer = train_case(case)
     with cupy_standin.installed() as standin:

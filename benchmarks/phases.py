@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent),  # interleave
+                str(Path(__file__).resolve().parent.parent / "gpunn" / "bench" / "suite")]  # peers
 from interleave import median_ms
 from peers import GpunnPeer, train_case
 

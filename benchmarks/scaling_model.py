@@ -12,7 +12,7 @@ Every rate below is an ASSUMPTION (vendor peak times an efficiency), to be repla
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gpunn" / "bench" / "suite"))  # peers
 
 from allreduce import gradient_elements  # noqa: E402
 from peers import TRAIN_CONFIGS  # noqa: E402

@@ -1,34 +1,29 @@
-"""gpunn: a small, fast backend for training multilayer perceptrons on NumPy or CuPy."""
+"""gpunn: a small, fast backend for training multilayer perceptrons on NumPy or CuPy.
 
-__version__ = "0.1.0"
+This module holds the public names and nothing else; ``README.md``'s code map says where each lives.
+"""
 
-from .backends import (
-    BackendUnavailableError,
-    available_backends,
-    cupy_unavailable_reason,
-    get_backend,
-    get_matmul_precision,
-    set_matmul_precision,
-    use_backend,
-)
-from . import distributed
-from .gradcheck import gradcheck
-from .io import ModelFileError, load, load_optimizer
-from .dropout import Dropout
-from .layers import GELU, Dense, Identity, LeakyReLU, Parameter, ReLU, Sigmoid, SiLU, Softplus, Tanh
-from .normalization import LayerNorm
-from .residual import Residual
-from .losses import BCELoss, BCEWithLogitsLoss, MSELoss, SoftmaxCrossEntropyLoss
-from .model import Sequential
-from .optim import SGD, Adam, AdamW, Optimizer
-from .fit import EarlyStopping, TrainingWarning
-from .training import TrainingDiverged, TrainStep
-from . import schedules
+from gpunn.version import __version__
+from gpunn.backends import (BackendUnavailableError, available_backends, cupy_unavailable_reason, get_backend,
+                            get_matmul_precision, set_matmul_precision, use_backend)
+from gpunn.io import ModelFileError, load, load_optimizer
+from gpunn.nn.dropout import Dropout
+from gpunn.nn.gradcheck import gradcheck
+from gpunn.nn.layers import GELU, Dense, Identity, LeakyReLU, Parameter, ReLU, Sigmoid, SiLU, Softplus, Tanh
+from gpunn.nn.losses import BCELoss, BCEWithLogitsLoss, MSELoss, SoftmaxCrossEntropyLoss
+from gpunn.nn.normalization import LayerNorm
+from gpunn.nn.residual import Residual
+from gpunn.nn.sequential import Sequential
+from gpunn.optim import SGD, Adam, AdamW, Optimizer
+from gpunn.train.fit import EarlyStopping, TrainingWarning
+from gpunn.train.step import TrainingDiverged, TrainStep
+from gpunn import distributed, layers, schedules
 
 __all__ = [
-    "Adam", "AdamW", "EarlyStopping", "Optimizer", "TrainingWarning", "load_optimizer", "schedules",
-    "BCELoss", "BCEWithLogitsLoss", "BackendUnavailableError", "Dense", "Dropout", "GELU", "Identity",
-    "LayerNorm", "LeakyReLU", "MSELoss", "ModelFileError", "Parameter", "ReLU", "Residual", "SGD", "Sequential",
-    "SiLU", "Sigmoid", "Softplus", "SoftmaxCrossEntropyLoss", "Tanh", "TrainStep", "TrainingDiverged", "available_backends", "cupy_unavailable_reason", "get_backend",
-    "get_matmul_precision", "gradcheck", "load", "set_matmul_precision", "use_backend",
+    "Adam", "AdamW", "BCELoss", "BCEWithLogitsLoss", "BackendUnavailableError", "Dense", "Dropout", "EarlyStopping",
+    "GELU", "Identity", "LayerNorm", "LeakyReLU", "MSELoss", "ModelFileError", "Optimizer", "Parameter", "ReLU",
+    "Residual", "SGD", "Sequential", "SiLU", "Sigmoid", "Softplus", "SoftmaxCrossEntropyLoss", "Tanh", "TrainStep",
+    "TrainingDiverged", "TrainingWarning", "available_backends", "cupy_unavailable_reason", "distributed",
+    "get_backend", "get_matmul_precision", "gradcheck", "layers", "load", "load_optimizer", "schedules",
+    "set_matmul_precision", "use_backend",
 ]

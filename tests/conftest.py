@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import gpunn as gn
-from gpunn.testing import cupy_standin
+from support import cupy_standin
 
-#: "cupy-standin" is the CuPy backend's own code on the CPU stand-in (gpunn/testing/cupy_standin):
+#: "cupy-standin" is the CuPy backend's own code on the CPU stand-in (tests/support/cupy_standin):
 #: it runs on every CI run; "cupy" needs a GPU. "numpy-twins" is the NumPy backend without its
 #: compiled host kernels (gpunn/backends/host_*.py): the NumPy twins a machine without a C++
 #: compiler runs.

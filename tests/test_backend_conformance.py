@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from gpunn.backends import resolve_backend
-from gpunn.backends.activations import REGISTRY
+from gpunn.backends.selection import resolve_backend
+from gpunn.kernels.activations import REGISTRY
 from gpunn.backends.base import ACTIVATIONS, Backend
 from gpunn.backends.numpy_backend import NumpyBackend
 
@@ -183,7 +183,7 @@ UPDATE_CASES = [("sgd", (0.0, 0, 0), False), ("sgd", (0.9, 0, 0), False), ("sgd"
 def test_optimizer_update(backend, rng, dtype, rule, hyper, flag):
     """One fused update over a flat buffer: the learning rate from the table, the step from the
     counters, the loss scale undone, weight decay only before decay_end, clipping by the norm."""
-    from gpunn.optim.rules import RULES
+    from gpunn.kernels.update_rules import RULES
 
     n, decay_end, lr_table = 37, 20, np.array([0.5, 0.1, 0.05])
     p, g = rng.normal(size=n), rng.normal(size=n)
@@ -206,7 +206,7 @@ def test_optimizer_update(backend, rng, dtype, rule, hyper, flag):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_optimizer_update_leaves_the_gradient_alone(backend, rng, dtype, rule, hyper, flag):
     """No loss scale, clipping or decay: the NumPy rules read the gradient in place; it stays as it was."""
-    from gpunn.optim.rules import RULES
+    from gpunn.kernels.update_rules import RULES
 
     n = 37
     p, g = rng.normal(size=n), rng.normal(size=n)
@@ -227,7 +227,7 @@ def test_optimizer_update_leaves_the_gradient_alone(backend, rng, dtype, rule, h
 def test_optimizer_update_with_master_weights_and_skip(backend, rng, dtype):
     """float16 storage: the float32 master is updated and rounded into the parameters; a
     non-finite norm under dynamic loss scaling leaves everything untouched."""
-    from gpunn.optim.rules import RULES
+    from gpunn.kernels.update_rules import RULES
 
     if "float16" not in backend.supported_dtypes:
         pytest.skip(f"{backend.name} has no float16")
@@ -256,7 +256,7 @@ def test_the_update_advances_the_counters_after_every_element_read_them(backend,
     non-finite norm halves the loss scale and counts a skip; growth_interval good steps double it,
     torch.cuda.amp.GradScaler's rule), after every element has read this step's learning rate,
     step and scale."""
-    from gpunn.optim.rules import RULES
+    from gpunn.kernels.update_rules import RULES
 
     rates = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
     P, G = backend.zeros((n,), "float32"), backend.asarray(np.ones(n), "float32")
@@ -275,7 +275,7 @@ def test_the_update_advances_the_counters_after_every_element_read_them(backend,
 
 def test_an_update_that_does_not_advance_leaves_the_counters(backend):
     """A step that updates its parameters in several launches advances the counters in the last."""
-    from gpunn.optim.rules import RULES
+    from gpunn.kernels.update_rules import RULES
 
     scalars = backend.asarray([2.0, 3.0, 1.0, 0.0, 0.0], "float64")
     P = backend.zeros((300,), "float32")

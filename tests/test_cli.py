@@ -8,6 +8,7 @@ import numpy as np
 
 import gpunn as gn
 from gpunn import cli
+from gpunn.extras import install_command
 
 
 def run(capsys, *argv):
@@ -114,11 +115,11 @@ def test_predict_errors(capsys, tmp_path):
         capsys, "predict", checkpoint, str(tmp_path / "wide.npz"))
     assert "no such checkpoint" in user_error(capsys, "predict", str(tmp_path / "nope.npz"), str(tmp_path / "wide.npz"))
     model = gn.load(checkpoint)
-    gn.io.FORMAT_VERSION, original = 99, gn.io.FORMAT_VERSION
-    try:
+    from gpunn.io import model_file
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model_file, "FORMAT_VERSION", 99)
         model.save(tmp_path / "future.npz")
-    finally:
-        gn.io.FORMAT_VERSION = original
     assert "format version 99" in user_error(capsys, "predict", str(tmp_path / "future.npz"), str(tmp_path / "wide.npz"))
     gn.Sequential(gn.Dense(3, 2)).save(tmp_path / "bare.npz")
     assert "not a checkpoint written by 'gpunn train'" in user_error(
@@ -128,7 +129,7 @@ def test_predict_errors(capsys, tmp_path):
 def test_without_scikit_learn_train_says_how_to_install(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn", None)
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
-    assert "pip install 'gpunn[data]'" in user_error(capsys, "train", "--out", str(tmp_path))
+    assert install_command("data") in user_error(capsys, "train", "--out", str(tmp_path))
 
 
 def test_entry_point_runs_as_a_module():
@@ -145,7 +146,7 @@ def test_without_matplotlib_train_says_how_to_get_curves(capsys, tmp_path, monke
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     code, out, err = train_digits(capsys, tmp_path, "--epochs", "1", "--quiet")
     assert code == 0, err
-    assert "curves: not drawn (pip install 'gpunn[plot]' for a PNG)" in out
+    assert f"curves: not drawn ({install_command('plot')} for a PNG)" in out
     assert not (tmp_path / "curves.png").exists()
 
 
@@ -375,7 +376,7 @@ def test_interrupts_broken_pipes_and_folders_are_one_line(capsys, tmp_path, trai
     (tmp_path / "afile").write_text("")
     assert "--out" in user_error(capsys, "bench", "--peers", "gpunn-numpy", "--out", str(tmp_path / "afile"))
     assert "a folder, not a data file" in user_error(capsys, "train", "--data", str(tmp_path))
-    from gpunn import checkpoint as checkpoint_module
+    from gpunn.cli import checkpoint as checkpoint_module
 
     def interrupted(path):
         raise KeyboardInterrupt

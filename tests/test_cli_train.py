@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import gpunn as gn
-import gpunn.fit
-from gpunn.cli import main
+import gpunn.train.fit
+from gpunn.cli.main import main
 
 pytest.importorskip("sklearn", reason="the digits come with scikit-learn (pip install 'gpunn[data]')")
 
@@ -46,7 +46,7 @@ def test_runs_reach_095_and_write_last_and_best(capsys, tmp_path, options):
 def interrupt_after(monkeypatch, epochs):
     """Ctrl-C once ``epochs`` epochs are checkpointed (raised where fit checks the next one)."""
     seen = []
-    check = gpunn.fit._check_divergence
+    check = gpunn.train.fit._check_divergence
 
     def check_then_interrupt(*arguments):
         seen.append(1)
@@ -54,7 +54,7 @@ def interrupt_after(monkeypatch, epochs):
             raise KeyboardInterrupt
         return check(*arguments)
 
-    monkeypatch.setattr(gpunn.fit, "_check_divergence", check_then_interrupt)
+    monkeypatch.setattr(gpunn.train.fit, "_check_divergence", check_then_interrupt)
 
 
 def test_resume_continues_an_interrupted_run_exactly(capsys, tmp_path, monkeypatch):

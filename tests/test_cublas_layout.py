@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gpunn.backends.cublas import load_library, row_major_gemm
-from gpunn.testing.cupy_standin import column_major_gemm
+from support.cupy_standin import column_major_gemm
 
 CASES = {"nn": lambda a, b: a @ b, "nt": lambda a, b: a @ b.T, "tn": lambda a, b: a.T @ b}
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from gpunn.backends import cublas
+from gpunn.extras import install_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,4 +54,4 @@ def test_another_majors_cublas_is_refused_and_the_error_says_what_was_tried(monk
     message = str(error.value)
     assert "libcublas.so.12, not the cuBLAS 13" in message
     assert "dlopen(libcublas.so.13): libcublas.so.13: no such file" in message
-    assert "gpunn[cuda13]" in message and "LD_LIBRARY_PATH" in message
+    assert install_command("cuda13") in message and "LD_LIBRARY_PATH" in message

@@ -9,7 +9,7 @@ import pytest
 
 cupy_backend = pytest.importorskip("gpunn.backends.cupy_backend", reason="CuPy is not installed")
 from gpunn.backends import cupy_kernels  # noqa: E402 (after the skip: it imports CuPy)
-from gpunn.backends.activations import REGISTRY  # noqa: E402
+from gpunn.kernels.activations import REGISTRY  # noqa: E402
 
 
 def expressions(kernel) -> str:

@@ -1,7 +1,7 @@
 """CuPy against NumPy: every op, many shapes and dtypes, a whole fit, memory behaviour.
 
 On a GPU (``benchmarks/gpu_check.sh``) the real CuPy runs; elsewhere, as on CI, the CPU stand-in
-(gpunn/testing/cupy_standin) runs the CuPy backend's code instead. The tests of what only a GPU
+(tests/support/cupy_standin) runs the CuPy backend's code instead. The tests of what only a GPU
 can show (memory pools, TF32, allocation hooks, the largest shapes) skip there with the reason.
 """
 
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import gpunn as gn
-from gpunn.backends import resolve_backend
+from gpunn.backends.selection import resolve_backend
 from gpunn.backends.base import ACTIVATIONS
 
-from gpunn.testing import cupy_standin
+from support import cupy_standin
 
 from conftest import matmul_error_bound, tolerance
 
@@ -167,7 +167,7 @@ def test_tf32_switches_at_any_time(cp_backend, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fused_updates_match_numpy(cp_backend, np_backend, rng, dtype, rule, hyper, flag):
     """One fused update over a flat buffer, clipping and loss scale included (float16: master weights)."""
-    from gpunn.optim.rules import RULES
+    from gpunn.kernels.update_rules import RULES
 
     compute = reference(dtype)
     n = 3 * 1024
@@ -328,7 +328,7 @@ def test_re_recording_reuses_one_pool_and_frees_it(cp_backend, rng):
 
 
 def test_cli_trains_with_graphs(tmp_path, capsys):
-    from gpunn.cli import main
+    from gpunn.cli.main import main
 
     assert main(["train", "--backend", "cupy", "--graph", "--epochs", "5", "--quiet", "--out", str(tmp_path)]) == 0
     accuracy = float(capsys.readouterr().out.split("test accuracy:")[1].split()[0])

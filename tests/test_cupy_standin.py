@@ -4,14 +4,16 @@ CuPy's device wall, the cuBLAS model, isolation from other tests, and the launch
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import gpunn as gn
-from gpunn.backends import backend_of, cublas, resolve_backend
-from gpunn.testing import cupy_standin
-from gpunn.testing.cupy_standin import StandinViolation
+from gpunn.backends.selection import backend_of, resolve_backend
+from gpunn.backends import cublas
+from support import cupy_standin
+from support.cupy_standin import StandinViolation
 
 
 @pytest.fixture
@@ -101,14 +103,15 @@ def test_a_barrier_some_threads_skip_aborts_with_its_block_named(tmp_path):
     the stand-in stops the process with a message instead of hanging the test run."""
     script = tmp_path / "divergent.py"
     script.write_text(
-        "from gpunn.testing import cupy_standin\n"
+        "from support import cupy_standin\n"
         "with cupy_standin.installed(block_threads=True) as standin:\n"
         "    cp = standin.cupy\n"
         "    kernel = cp.ElementwiseKernel('raw float32 x', 'raw float32 y', '', 'divergent',\n"
         "                                  after_loop='if (threadIdx.x > 0) __syncthreads()')\n"
         "    kernel(cp.zeros(1, 'float32'), cp.zeros(1, 'float32'), size=64, block_size=32)\n")
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "GPUNN_STANDIN_BARRIER_SECONDS": "1"})
+                            env={**os.environ, "GPUNN_STANDIN_BARRIER_SECONDS": "1",
+                                 "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")]))})
     assert result.returncode != 0
     assert "__syncthreads in block" in result.stderr and "for 1 of its 32 threads" in result.stderr
 

@@ -1,15 +1,15 @@
 """The stand-in's kernels are the CUDA kernels' maths: every op of the CuPy backend, run on the
 stand-in, equals bit for bit the nvcc host build of the same ``kernels/*.cuh`` function
-(``kernels/host_harness.cu``, shared with tests/test_kernels_host.py), edge values included."""
+(``tests/support/host_harness.cu``, shared with tests/test_kernels_host.py), edge values included."""
 
 import ctypes
 
 import numpy as np
 import pytest
 
-from gpunn.backends import resolve_backend
+from gpunn.backends.selection import resolve_backend
 from gpunn.backends.base import ACTIVATIONS
-from gpunn.testing import cupy_standin
+from support import cupy_standin
 
 from test_kernels_host import (CTYPES, extremes, harness, harness_source, pointer, pytestmark,  # noqa: F401
                                run_activation)
@@ -49,7 +49,7 @@ def test_activations(harness, cp_backend, rng, dtype, activation):
 @pytest.mark.parametrize("rule,hyper,flag", [("sgd", (0.9, 0.0, 0.0), True), ("adam", (0.9, 0.999, 1e-8), True)])
 def test_update_rules(harness, cp_backend, rng, dtype, rule, hyper, flag):
     """The fused update kernel (prologue and rule) equals the nvcc build of the same .cuh functions."""
-    from gpunn.optim.rules import RULES
+    from gpunn.kernels.update_rules import RULES
 
     c_type, suffix = CTYPES[dtype]
     n, decay_end, lr, scale, norm, max_norm = 64, 40, 0.05, 4.0, 10.0, 2.0

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from gpunn.data import DataError, Standardizer, encode_labels, load_table, read_features, regression_targets
+from gpunn.cli.data import DataError, Standardizer, encode_labels, load_table, read_features, regression_targets
 
 
 def write(path, text, encoding="utf-8"):

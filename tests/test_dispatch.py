@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import gpunn as gn
-from gpunn import backends
+from gpunn.backends import selection as backends
 
 
 def test_use_backend_as_call_and_context_manager():

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from gpunn import distributed, transports
+from gpunn.distributed import world as distributed, transports
 
 
 def test_importing_gpunn_never_imports_mpi4py_or_cupy():

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import gpunn as gn
-from gpunn.backends import resolve_backend
-from gpunn.testing import cupy_standin
+from gpunn.backends.selection import resolve_backend
+from support import cupy_standin
 
 import test_backend_conformance as conformance
 from test_training_toolkit import mlp

@@ -10,11 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from gpunn import host_compiler
+from gpunn.backends import host_compiler
 from gpunn.backends import host_activations, host_update
-from gpunn.backends.activations import REGISTRY, activation_function
+from gpunn.kernels.activations import REGISTRY, activation_function
 from gpunn.backends.numpy_backend import NumpyBackend
-from gpunn.optim.rules import RULES
+from gpunn.kernels.update_rules import RULES
 
 from conftest import without_host_kernels
 from test_backend_conformance import UPDATE_CASES

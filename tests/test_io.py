@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gpunn as gn
-from gpunn import io
+from gpunn.io import model_file as io
 
 
 def trained_model():
@@ -113,7 +113,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from gpunn import atomic  # noqa: E402
+from gpunn.io import atomic  # noqa: E402
 
 
 def small_model():
@@ -255,7 +255,7 @@ def test_save_errors_name_the_users_path(tmp_path):
 
 SLOW_SAVE = """
 import sys, time, numpy as np, gpunn as gn
-from gpunn import io
+from gpunn.io import model_file as io
 model = gn.Sequential(gn.Dense(3, 2, seed=0))
 def slow(file, **arrays):
     file.write(b"x" * 100000); file.flush(); print("writing", flush=True); time.sleep(30)

@@ -1,31 +1,33 @@
 """The CUDA kernels' maths, checked on every CI run without a GPU.
 
-``kernels/host_harness.cu`` includes every ``kernels/*.cuh``: nvcc builds it as device code
+``tests/support/host_harness.cu`` includes every ``gpunn/kernels/*.cuh``: nvcc builds it as device code
 for sm_90 (the H100/H200) and as a host shared library, which ctypes loads so that the very
 functions CuPy compiles for the GPU are compared with the NumPy backend, extremes included.
 """
 
 import ctypes
+from pathlib import Path
 import shutil
 import subprocess
 
 import numpy as np
 import pytest
 
-from gpunn.backends.activations import REGISTRY, activation_function
+from gpunn.kernels.activations import REGISTRY, activation_function
 from gpunn.backends.base import ACTIVATIONS, DropoutMask
 from gpunn.backends.numpy_backend import NumpyBackend, advance_counters
-from gpunn.kernel_source import kernel_dir, kernel_source
+from gpunn.kernels.source import kernel_dir, kernel_source
 
 NVCC = shutil.which("nvcc")
 pytestmark = [pytest.mark.nvcc, pytest.mark.skipif(NVCC is None, reason="CUDA's nvcc is not on PATH")]
-HARNESS = kernel_dir() / "host_harness.cu"
+HARNESS = Path(__file__).resolve().parent / "support" / "host_harness.cu"
 CTYPES = {"float32": (ctypes.c_float, "f32"), "float64": (ctypes.c_double, "f64")}
 RTOL = {"float32": 2e-6, "float64": 1e-14}
 numpy_backend = NumpyBackend()
 
 
 def nvcc(*arguments):
+    arguments = ("-I", str(kernel_dir()), *arguments)  # the harness sits in tests/support, the .cuh files in gpunn/kernels
     result = subprocess.run([NVCC, *arguments], capture_output=True, text=True)
     assert result.returncode == 0, f"nvcc {' '.join(arguments)} failed:\n{result.stderr}"
 
@@ -223,7 +225,7 @@ UPDATE_CASES = [("sgd", (0.0, 0.0, 0.0), False), ("sgd", (0.9, 0.0, 0.0), False)
 @pytest.mark.parametrize("rule,hyper,flag", UPDATE_CASES)
 def test_update_rules_match_numpy(harness, rng, dtype, rule, hyper, flag):
     """kernels/optim.cuh against its host twin in optim.rules, zero, huge and NaN gradients included."""
-    from gpunn.optim.rules import RULES
+    from gpunn.kernels.update_rules import RULES
 
     c_type, suffix = CTYPES[dtype]
     p, g = rng.normal(size=60).astype(dtype), extremes(dtype, rng, shape=(60,))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import gpunn as gn
-from gpunn import schedules
+from gpunn.optim import schedules
 
 
 def tiny_model(backend, seed=0):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import gpunn as gn
-from gpunn import schedules
+from gpunn.optim import schedules
 
 from golden.torch_trajectories import CASES, GOLDEN, problem, torch_schedule_values, torch_trajectory
 

@@ -1,5 +1,7 @@
 """The seeds' worked numbers and training examples, through the public API, on every backend."""
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -64,6 +66,12 @@ GENDER_X = np.array([[-2, -1], [25, 6], [17, 4], [-15, -6]], dtype=float)  # wei
 GENDER_Y = np.array([[1], [0], [0], [1]], dtype=float)  # 1 = female
 
 
+#: The seeds' training runs (4000 steps each) on the real backends; the stand-in, which runs the CuPy
+#: backend's code a hundred times slower on the CPU, follows NumPy's trajectory in the test below.
+TRAINING_BACKENDS = pytest.mark.parametrize("backend", ["numpy", "numpy-twins", "cupy"], indirect=True)
+
+
+@TRAINING_BACKENDS
 def test_gender_network_trains(backend):
     model = gn.Sequential(gn.Dense(2, 2, seed=1), gn.Sigmoid(), gn.Dense(2, 1, seed=2), gn.Sigmoid())
     history = model.fit(GENDER_X, GENDER_Y, loss=gn.MSELoss(), optimizer=gn.SGD(lr=0.1),
@@ -74,6 +82,7 @@ def test_gender_network_trains(backend):
     assert frank < 0.1, f"Frank should be male (<0.1), got {frank}"
 
 
+@TRAINING_BACKENDS
 def test_xor_trains_with_tanh(backend):
     x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=float)
     y = np.array([[0], [1], [1], [0]], dtype=float)
@@ -81,3 +90,21 @@ def test_xor_trains_with_tanh(backend):
     model.fit(x, y, loss=gn.MSELoss(), optimizer=gn.SGD(lr=0.1), epochs=1000, batch_size=1,
               seed=0, verbose=0)
     np.testing.assert_array_equal(model.predict(x).round(), y)
+
+
+def test_the_cupy_backend_on_the_stand_in_follows_numpys_training_trajectory():
+    """The seeds' gender network for 25 epochs (100 steps) on the stand-in and on NumPy: the same
+    weights to float64 rounding, so the 1000-epoch runs above hold for the CuPy backend's code too."""
+    from support import cupy_standin
+
+    weights = {}
+    for name in ("numpy", "cupy-standin"):
+        context = cupy_standin.installed() if name == "cupy-standin" else contextlib.nullcontext()
+        with context, gn.use_backend(name.split("-")[0]):
+            model = gn.Sequential(gn.Dense(2, 2, seed=1, dtype="float64"), gn.Sigmoid(),
+                                  gn.Dense(2, 1, seed=2, dtype="float64"), gn.Sigmoid())
+            model.fit(GENDER_X, GENDER_Y, loss=gn.MSELoss(), optimizer=gn.SGD(lr=0.1), epochs=25, batch_size=1,
+                      seed=0, verbose=0)
+            weights[name] = model.backend.to_numpy(model.flat.values)
+    assert not np.array_equal(weights["numpy"], np.zeros_like(weights["numpy"]))
+    np.testing.assert_allclose(weights["cupy-standin"], weights["numpy"], rtol=1e-12, atol=1e-14)

@@ -269,7 +269,7 @@ def test_non_finite_parameters_end_training(backend, rng):
 def test_one_update_launch_for_the_whole_model(make, dtype, expected):
     """However many parameter arrays, an optimizer step is one update kernel over the flat buffer,
     which also advances the counters (and one norm kernel when it needs the gradient norm)."""
-    from gpunn.testing import cupy_standin
+    from support import cupy_standin
 
     with cupy_standin.installed() as standin:
         model = mlp("cupy", dtype=dtype, widths=(6, 12, 8, 5, 3))  # 8 parameter arrays
@@ -331,7 +331,7 @@ def test_narrow_integer_labels_do_not_wrap(backend, rng):
 def test_graph_recording_counts_the_update_it_ran_once():
     """CuPy's capture runs the step eagerly and then records it without running it: the host's
     count of updates (the schedule's step) must match the device's."""
-    from gpunn.testing import cupy_standin
+    from support import cupy_standin
 
     with cupy_standin.installed():
         model = mlp("cupy", widths=(6, 4))
@@ -346,7 +346,7 @@ def test_graph_recording_counts_the_update_it_ran_once():
 
 
 def test_float16_softmax_gradient_keeps_the_log_sum_exp_in_float32(rng):
-    from gpunn.testing import cupy_standin
+    from support import cupy_standin
 
     with cupy_standin.installed():
         with gn.use_backend("cupy") as cupy_backend:

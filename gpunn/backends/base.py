@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .activations import ACTIVATIONS, ActivationFunction, as_activation_function  # noqa: F401 (re-exported)
+from gpunn.kernels.activations import ACTIVATIONS, ActivationFunction, as_activation_function  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

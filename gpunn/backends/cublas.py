@@ -14,6 +14,7 @@ first operand and A as its second, and no data moves. This module imports no arr
 from __future__ import annotations
 
 import ctypes
+from gpunn.extras import install_command
 
 OP_N, OP_T = 0, 1
 DATA_TYPES = {"float16": 2, "float32": 0, "float64": 1}  # cudaDataType: CUDA_R_16F, _32F, _64F
@@ -88,7 +89,7 @@ def load_library(runtime_major: int):
         library.gpunn_path = candidate
         return library
     raise OSError(f"cannot load {soname} for CuPy's CUDA {runtime_major} runtime; tried: " + "; ".join(tried)
-                  + f". Install it with pip install 'gpunn[cuda{runtime_major}]', or put a CUDA "
+                  + f". Install it with {install_command(f'cuda{runtime_major}')}, or put a CUDA "
                   f"{runtime_major} toolkit's lib64 on LD_LIBRARY_PATH")
 
 

@@ -16,9 +16,9 @@ import platform
 
 import numpy as np
 
-from ..host_compiler import HOST_PRELUDE, HOST_TYPES as _TYPES, HostBuild
-from ..kernel_source import kernel_source
-from .activations import REGISTRY
+from gpunn.backends.host_compiler import HOST_PRELUDE, HOST_TYPES as _TYPES, HostBuild
+from gpunn.kernels.source import kernel_source
+from gpunn.kernels.activations import REGISTRY
 
 _VECTOR_MATH = ("exp", "tanh", "log1p", "erf")
 FLAGS = ("-std=c++17", "-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-lmvec", "-Wl,-z,defs")

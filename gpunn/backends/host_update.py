@@ -11,9 +11,9 @@ from __future__ import annotations
 import ctypes
 import functools
 
-from ..host_compiler import HOST_PRELUDE, HOST_TYPES as _TYPES, HostBuild
-from ..kernel_source import kernel_source
-from ..optim.rules import RULES
+from gpunn.backends.host_compiler import HOST_PRELUDE, HOST_TYPES as _TYPES, HostBuild
+from gpunn.kernels.source import kernel_source
+from gpunn.kernels.update_rules import RULES
 
 FLAGS = ("-std=c++17", "-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off")
 

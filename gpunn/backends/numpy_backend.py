@@ -6,9 +6,9 @@ import functools
 
 import numpy as np
 
-from . import host_activations, host_update
-from .base import Backend, as_activation_function, refuse_complex
-from .numpy_activations import KEEPING, TWINS, _sigmoid_inplace
+from gpunn.backends import host_activations, host_update
+from gpunn.backends.base import Backend, as_activation_function, refuse_complex
+from gpunn.backends.numpy_activations import KEEPING, TWINS, _sigmoid_inplace
 
 
 def dropout_keep(mask, shape):

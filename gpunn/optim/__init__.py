@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .optimizer import Optimizer, _number
-from .state import optimizer_from_config
+from gpunn.optim.optimizer import Optimizer, _number
+from gpunn.optim.state import optimizer_from_config
 
 
 def _nesterov(nesterov, momentum: float) -> bool:

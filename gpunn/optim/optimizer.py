@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import math
 
-from ..layers import Parameter
-from ..schedules import Schedule, as_schedule, real_number
-from .rules import RULES
-from .state import GROWTH_INTERVAL, INITIAL_LOSS_SCALE, LOSS_SCALE, SKIPPED, checked_counters, constructor_arguments
+from gpunn.nn.layers import Parameter
+from gpunn.optim.schedules import Schedule, as_schedule, real_number
+from gpunn.kernels.update_rules import RULES
+from gpunn.optim.state import (GROWTH_INTERVAL, INITIAL_LOSS_SCALE, LOSS_SCALE, SKIPPED, checked_counters, constructor_arguments)
 
 _LR_TABLE_MINIMUM = 1024
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from ..schedules import from_config
+from gpunn.optim.schedules import from_config
 
 #: Dynamic loss scaling for float16 models: torch.cuda.amp.GradScaler's defaults.
 INITIAL_LOSS_SCALE, GROWTH_INTERVAL = 2.0 ** 16, 2000

@@ -1,0 +1,125 @@
+"""The ``gpunn`` command line's parser: every subcommand and option, with its help text."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from gpunn.bench.report import GROUPS
+from gpunn.cli.options import (ACTIVATION_CHOICES, BACKEND_CHOICES, BACKEND_HELP, LOSS_CHOICES, OPTIMIZER_CHOICES,
+                               SCHEDULE_CHOICES, Parser, fraction, hidden_sizes, non_negative, positive, seed)
+from gpunn.version import __version__
+from gpunn.extras import install_command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="gpunn", description="Train multilayer perceptrons on NumPy (CPU) or CuPy (GPU).")
+    parser.add_argument("--version", action="version", version=f"gpunn {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    info = commands.add_parser("info", help="versions, backends, and why CuPy is or is not usable")
+    info.set_defaults(command="info")
+
+    train = commands.add_parser(
+        "train", help="train an MLP classifier or regressor (default: the bundled handwritten digits)",
+        description="Train an MLP and report loss and accuracy (RMSE and R² with --task regress) per epoch. "
+                    f"Without --data it uses scikit-learn's bundled 8x8 digits ({install_command('data')}). The "
+                    "data is split into train/validation/test parts (stratified for classes) and standardised on "
+                    "the training part; each epoch writes last.npz, the best validation epoch best.npz.")
+    add_train_arguments(train)
+
+    predict = commands.add_parser("predict", help="predict with a trained checkpoint for a .npz/.csv",
+                                  description="Write one CSV row per input row: the predicted class and "
+                                              "each class's probability, or the predicted value of a "
+                                              "regression. CSV columns are matched to the training "
+                                              "features by name.")
+    predict.add_argument("checkpoint", help="best.npz or last.npz written by 'gpunn train'")
+    predict.add_argument("input", help=".npz (array X, columns in training order) or .csv with the training "
+                                       "feature columns by name (a label column is ignored)")
+    predict.add_argument("--label", help="a CSV column to ignore as the label (default: the training label)")
+    predict.add_argument("--out", help="write the CSV here instead of to standard output")
+    predict.add_argument("--backend", choices=BACKEND_CHOICES, help=BACKEND_HELP)
+    predict.set_defaults(command="predict")
+
+    bench = commands.add_parser(
+        "bench", help="benchmark gpunn against PyTorch on CPU and GPU, and write a report",
+        description="Run the pytest-benchmark suite (gpunn on NumPy and CuPy, PyTorch eager and with CUDA "
+                    "graphs where installed) and write the raw JSON, a markdown report and a plot named by "
+                    f"device and date. Needs {install_command('bench')}.")
+    bench.add_argument("--quick", action="store_true", help="small sizes (the CPU suite in under 3 minutes)")
+    bench.add_argument("--backend", choices=["numpy", "cupy", "all"], default="all",
+                       help="numpy: CPU peers; cupy: GPU peers; all: whatever can run (default)")
+    bench.add_argument("--peers", help="comma-separated implementations, e.g. gpunn-numpy,torch-cpu")
+    bench.add_argument("--case", action="append", choices=GROUPS, help="only these groups (repeatable)")
+    bench.add_argument("-k", dest="keyword", help="a pytest -k expression over the case names")
+    bench.add_argument("--out", default=os.path.join("benchmarks", "results"), help="(default: benchmarks/results)")
+    bench.add_argument("--threads", type=positive(int), help="CPU threads for NumPy's BLAS and PyTorch (default: all)")
+    bench.add_argument("--max-time", type=positive(float), default=1.0, help="seconds per case (default: 1.0)")
+    bench.add_argument("--min-rounds", type=positive(int), default=5, help="rounds per case at least (default: 5)")
+    bench.add_argument("--passes", type=positive(int), default=1,
+                       help="run the suite this many times; each time reported is the median over passes, each ratio the median of the per-pass ratios (default: 1)")
+    bench.set_defaults(command="bench")
+    return parser
+
+
+def add_train_arguments(train) -> None:
+    """The options of ``gpunn train``."""
+    train.add_argument("--data", help="your .npz (arrays X, y) or .csv (a header row and a label column)")
+    train.add_argument("--label", default="label", help="the label column of a CSV (default: label)")
+    train.add_argument("--task", default="auto", choices=["auto", "classify", "regress"],
+                       help="classify: labels are classes; regress: predict the numeric label (MSE on "
+                            "standardised targets; RMSE and R² reported); auto (default): classify, but "
+                            "refuse a numeric label column that looks like a quantity")
+    train.add_argument("--backend", choices=BACKEND_CHOICES, help=BACKEND_HELP)
+    train.add_argument("--hidden", type=hidden_sizes, default=[128, 64], help="hidden layer sizes (default: 128,64)")
+    train.add_argument("--activation", default="tanh", choices=list(ACTIVATION_CHOICES),
+                       help="hidden activation (default: tanh)")
+    train.add_argument("--dropout", type=fraction(low_inclusive=True), default=0.0,
+                       help="dropout rate after each hidden activation, in [0, 1) (default: 0, none)")
+    train.add_argument("--layer-norm", action="store_true", help="LayerNorm after each hidden Dense")
+    train.add_argument("--residual", action="store_true",
+                       help="hidden layers as wide as the previous one become residual blocks x + f(x)")
+    train.add_argument("--loss", choices=list(LOSS_CHOICES),
+                       help="softmax-ce (default for classes): softmax cross-entropy; mse: MSE on one-hot "
+                            "targets (and the only loss of --task regress)")
+    train.add_argument("--epochs", type=positive(int), default=None,
+                       help="the last epoch to train to (default: 30; with --resume, the stored one)")
+    train.add_argument("--batch-size", type=positive(int), default=32, help="mini-batch size (default: 32)")
+    train.add_argument("--optimizer", default="adam", choices=list(OPTIMIZER_CHOICES),
+                       help="sgd (with --momentum), adam, or adamw (decoupled weight decay) (default: adam)")
+    train.add_argument("--lr", type=positive(float), default=None,
+                       help="(peak) learning rate (default: 0.002 for adam and adamw, 0.05 for sgd)")
+    train.add_argument("--momentum", type=fraction(low_inclusive=True), default=0.9,
+                       help="SGD momentum in [0, 1) (default: 0.9)")
+    train.add_argument("--weight-decay", type=non_negative, default=None,
+                       help="weight decay (L2 for sgd and adam, decoupled for adamw; default: 0, adamw 0.01)")
+    train.add_argument("--schedule", default="constant", choices=SCHEDULE_CHOICES,
+                       help="learning-rate schedule over the run: constant, step (x0.1 at each third), cosine "
+                            "(to 0, after --warmup-steps), onecycle (default: constant)")
+    train.add_argument("--warmup-steps", type=seed, default=0,
+                       help="linear warmup updates before the cosine schedule (default: 0)")
+    train.add_argument("--max-grad-norm", type=positive(float), default=None,
+                       help="clip gradients to this global L2 norm (default: no clipping)")
+    train.add_argument("--dtype", default="float32", choices=["float16", "float32", "float64"],
+                       help="float16 trains with float32 master weights and dynamic loss scaling (default: float32)")
+    train.add_argument("--seed", type=seed, default=0,
+                       help="seed for the splits, initialisation and shuffling (default: 0)")
+    train.add_argument("--test-fraction", type=fraction(low_inclusive=False), default=0.2,
+                       help="share of rows held out for the final test (default: 0.2)")
+    train.add_argument("--validation-fraction", type=fraction(low_inclusive=True), default=0.1,
+                       help="share of the training part kept for validation, which picks best.npz and drives "
+                            "--early-stopping; 0 for none (default: 0.1)")
+    train.add_argument("--early-stopping", type=positive(int), default=None, metavar="PATIENCE",
+                       help="stop after PATIENCE epochs without a better validation loss")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue the run in RUN_DIR from its last.npz, exactly (its settings are kept and "
+                            "other values of them refused; --epochs may extend a run with --schedule constant)")
+    train.add_argument("--out", default="gpunn-run",
+                       help="folder for last.npz, best.npz and curves.png (default: gpunn-run)")
+    train.add_argument("--graph", action="store_true",
+                       help="replay each full batch's step as a CUDA graph (cupy backend)")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel training over the MPI job that started this process "
+                            "(mpiexec -n 4 gpunn train --distributed); --batch-size is the global batch")
+    train.add_argument("--quiet", action="store_true", help="print only the final summary")
+    train.set_defaults(command="train")

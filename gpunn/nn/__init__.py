@@ -1,0 +1,1 @@
+"""Layers, the Sequential model and its fused chain, flat parameter buffers, losses and gradient checks."""

@@ -1,0 +1,59 @@
+"""Layer normalisation: each row to zero mean and unit variance, then a learned gain and bias."""
+
+from __future__ import annotations
+
+from gpunn.backends.selection import get_backend
+from gpunn.nn.layers import Layer, Parameter, ParameterAttribute, register_layer
+
+
+@register_layer
+class LayerNorm(Layer):
+    """``(x − mean)/√(var + eps)·gain + bias`` over each row's ``features`` values (biased
+    variance, as torch.nn.LayerNorm); gain starts at 1 and bias at 0. The row statistics are
+    computed once per forward, in float32 for float16 storage, and reused by backward."""
+
+    gain, bias = ParameterAttribute(), ParameterAttribute()
+
+    def __init__(self, features: int, eps: float = 1e-5, dtype="float32"):
+        super().__init__()
+        if not isinstance(features, int) or isinstance(features, bool) or features < 1:
+            raise ValueError(f"LayerNorm: features must be a positive int, got {features!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+            raise ValueError(f"LayerNorm: eps must be a positive number, got {eps!r}")
+        self.backend = backend = get_backend()
+        self.dtype = backend.check_dtype(dtype)
+        self.in_features = self.out_features = self.features = features
+        self.eps = float(eps)
+        self.gain = Parameter(backend.asarray([1.0] * features, self.dtype), "gain", backend)
+        self.bias = Parameter(backend.zeros((features,), self.dtype), "bias", backend)
+        self._statistics_dtype = "float32" if self.dtype.itemsize < 4 else self.dtype
+        self._x = None
+
+    def parameters(self):
+        return [self.gain, self.bias]
+
+    def config(self) -> dict:
+        return {"features": self.features, "eps": self.eps}
+
+    @classmethod
+    def from_config(cls, config: dict, dtype, sublayers: list):
+        return cls(**config, dtype=dtype)
+
+    def forward(self, x):
+        backend, rows = self.backend, x.shape[0]
+        y = self._buffer("y", x.shape, backend, self.dtype)
+        self._mean = self._buffer("mean", (rows,), backend, self._statistics_dtype)
+        self._rstd = self._buffer("rstd", (rows,), backend, self._statistics_dtype)
+        self._x = x
+        return backend.layer_norm_forward(x, self.gain.value, self.bias.value, self.eps, y, self._mean, self._rstd)
+
+    def backward(self, dy, input_gradient: bool = True):
+        if self._x is None:
+            raise RuntimeError("LayerNorm.backward called before forward")
+        backend, x, mean, rstd = self.backend, self._x, self._mean, self._rstd
+        self.gain.accept_gradient(lambda out: backend.layer_norm_gain_gradient(dy, x, mean, rstd, out=out))
+        self.bias.accept_gradient(lambda out: backend.bias_gradient(dy, out=out))
+        if not input_gradient:
+            return None
+        dx = self._buffer("dx", x.shape, backend, self.dtype)
+        return backend.layer_norm_backward(dy, x, self.gain.value, mean, rstd, out=dx)

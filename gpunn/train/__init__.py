@@ -1,0 +1,1 @@
+"""Training: the step (eager and CUDA graph), fit and evaluate, early stopping and metrics."""

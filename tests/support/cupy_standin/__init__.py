@@ -1,0 +1,109 @@
+"""A stand-in for the CuPy that gpunn's CuPy backend uses, so that the backend's own Python code
+runs on a machine without a GPU (every CI run).
+
+``with installed() as standin:`` makes ``import cupy`` return the stand-in, re-imports
+``gpunn.backends.cupy_backend`` on it, hands gpunn's cuBLAS loader a NumPy model of the library,
+and restores everything afterwards (nothing leaks into other tests).
+
+What it runs for real:
+  * ``ElementwiseKernel`` / ``ReductionKernel``: the operation, preamble and typedefs that CuPy
+    would compile, compiled as host C++ (g++, or $CXX) and run over the arrays' memory, with
+    CuPy 14.2's argument rules ported from its source (``_kernels.py`` cites the lines);
+  * the ``cublasGemmEx`` calls gpunn makes, received argument by argument as ctypes passes them
+    and computed by a column-major NumPy BLAS through the raw pointers (``_blas.py``);
+  * CuPy's generic routines (ufuncs, reductions, indexing, copies) through NumPy, behind CuPy's
+    device wall: no implicit conversion to NumPy, NumPy arrays refused as device operands.
+Every device operation is logged (kernel, cuBLAS call, memset/memcpy, graph launch), which gives
+the launch counts of a training step (``Standin.count``).
+
+What it cannot show (the GPU run, ``benchmarks/gpu_check.sh``, still owes these):
+  * streams: launches run one at a time, in order; stream semantics, overlap and races between
+    launches are absent (inside a launch, ``installed(block_threads=True)`` runs each block's
+    threads as host threads, so a block's barriers and shared memory are real; blocks run in turn);
+  * CUDA graph capture: captured launches are recorded and replayed in order on the same
+    buffers, which catches host work or transfers inside a captured step, nothing more;
+  * memory pools: allocation is NumPy's; pool reuse, fragmentation and graph-pool lifetime
+    (issue 10, defect 3) are not modelled;
+  * cuBLAS itself: its kernels, TF32 rounding (``COMPUTE_32F_FAST_TF32`` computes in float32
+    here), workspace use and the library loading (the model replaces ``load_library``);
+  * the device compiler: NVRTC's parsing, device-only intrinsics, FMA contraction (the GPU may
+    fuse a·b+c; the host build does not), float16 arithmetic of ``__half`` intrinsics;
+  * performance: nothing here is timed; the launch counts feed a model, not a measurement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import sys
+from collections import Counter
+
+from support.cupy_standin import _device
+from support.cupy_standin._blas import CublasLibrary, column_major, column_major_gemm
+from support.cupy_standin._device import KINDS, Device, StandinViolation
+from support.cupy_standin._namespace import module
+
+#: The backend's modules that import CuPy: re-imported on the stand-in, restored afterwards.
+BACKEND_MODULES = ("gpunn.backends.cupy_backend", "gpunn.backends.cupy_kernels")
+_MODULES = ("cupy", "cupy.cuda", "cupy.cuda.runtime")
+
+
+class Standin:
+    """The installed stand-in: its device (launch log) and its cuBLAS model (call log)."""
+
+    def __init__(self, device: Device, cublas: CublasLibrary):
+        self.device, self.cublas, self.cupy = device, cublas, module
+
+    def count(self, work) -> Counter:
+        """Run ``work()`` and return its device operations per kind (see ``KINDS``)."""
+        start = len(self.device.launches)
+        work()
+        return self.device.count(start)
+
+
+@contextlib.contextmanager
+def installed(block_threads: bool = False):
+    """Run the block with the stand-in as ``cupy`` and gpunn's CuPy backend imported on it.
+
+    A kernel whose threads work together (code around its loop: kernels/grid.cuh) runs on CuPy's
+    grid of blocks; with ``block_threads`` each block has CuPy's threads, as host threads meeting
+    at every ``__syncthreads`` (exact, and slow: for tests of that code), otherwise one thread."""
+    from gpunn.backends import selection as backends
+    from gpunn.backends import cublas
+
+    saved = {name: sys.modules.get(name) for name in _MODULES + BACKEND_MODULES}
+    attributes = [name.rpartition(".")[2] for name in BACKEND_MODULES]
+    saved_attributes = {name: backends.__dict__.get(name) for name in attributes}
+    saved_loader = cublas.load_library
+    saved_backend = backends._current.get()  # a `use_backend(...)` without `with` inside must not leak
+    device, library = Device(block_threads), CublasLibrary()
+    sys.modules.update({"cupy": module, "cupy.cuda": module.cuda, "cupy.cuda.runtime": module.cuda.runtime})
+    for name in BACKEND_MODULES:
+        sys.modules.pop(name, None)
+    cublas.load_library = lambda runtime_major: library  # the wheel search is tests/test_cublas_loading.py's
+    _device._current.append(device)
+    backends._instance.cache_clear()  # the cached "cupy" backend must be built on the stand-in
+    try:
+        yield Standin(device, library)
+    finally:
+        # What died inside the block (a dropped graph frees its pool) goes now, on this device,
+        # not later inside another installation's stream capture.
+        gc.collect()
+        _device._current.pop()
+        cublas.load_library = saved_loader
+        for name, value in saved.items():
+            if value is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = value
+        for name, value in saved_attributes.items():
+            if value is None:
+                backends.__dict__.pop(name, None)
+            else:
+                setattr(backends, name, value)
+        backends._instance.cache_clear()
+        backends._current.set(saved_backend)
+
+
+__all__ = ["KINDS", "CublasLibrary", "Standin", "StandinViolation", "column_major", "column_major_gemm",
+           "installed"]
