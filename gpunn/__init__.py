@@ -3,7 +3,7 @@
 This module holds the public names and nothing else; ``README.md``'s code map says where each lives.
 """
 
-from gpunn.version import __version__
+from gpunn.version import __version__  # noqa: F401  (gpunn.__version__)
 from gpunn.backends import (BackendUnavailableError, available_backends, cupy_unavailable_reason, get_backend,
                             get_matmul_precision, set_matmul_precision, use_backend)
 from gpunn.io import ModelFileError, load, load_optimizer

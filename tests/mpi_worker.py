@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import gpunn as gn
-from gpunn.distributed import world as distributed, transports
+from gpunn.distributed import transports
 from gpunn.backends.numpy_backend import NumpyBackend
 from test_graph_step import ReplayingBackend  # CUDA graphs on the CPU: a replay runs the recorded step again
 

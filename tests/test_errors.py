@@ -79,7 +79,7 @@ def test_layer_sizes_must_chain(backend):
 
 
 def test_bad_constructor_arguments(backend):
-    with pytest.raises(ValueError, match="in_features must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="in_features must be an int >= 1, got 0"):
         gn.Dense(0, 3)
     with pytest.raises(ValueError, match=r"weight must have shape \(2, 3\), got \(3, 2\)"):
         gn.Dense(2, 3, weight=np.ones((3, 2)))

@@ -313,13 +313,13 @@ def test_a_layer_used_twice_is_an_error(backend):
 
 
 @pytest.mark.parametrize("bad,message", [
-    (lambda: gn.Dropout(1.0), "rate must be a number in \\[0, 1\\)"),
-    (lambda: gn.Dropout(0.1, seed=-1), "seed must be an int"),
+    (lambda: gn.Dropout(1.0), "rate must lie in \\[0, 1\\)"),
+    (lambda: gn.Dropout(0.1, seed=-1), "seed must be None, an int >= 0"),
     (lambda: gn.GELU(approximate="fast"), "approximate must be 'none' or 'tanh'"),
     (lambda: gn.LeakyReLU(float("nan")), "negative_slope must be a finite number"),
     (lambda: gn.Softplus(beta=0), "beta must not be 0"),
-    (lambda: gn.LayerNorm(0), "features must be a positive int"),
-    (lambda: gn.LayerNorm(3, eps=0), "eps must be a positive number"),
+    (lambda: gn.LayerNorm(0), "features must be an int >= 1"),
+    (lambda: gn.LayerNorm(3, eps=0), "eps must be a positive finite number"),
     (lambda: gn.Residual(), "give the branch's layers"),
 ])
 def test_bad_arguments_are_clear_errors(backend, bad, message):

@@ -44,7 +44,7 @@ def test_zero_weight_decay_leaves_a_diverged_parameter_infinite(backend, make):
     (lambda: schedules.CosineDecay(0.1, total_steps="100"), TypeError, "total_steps must be an int"),
     (lambda: schedules.OneCycle(0.1, 100, pct_start="0.3"), TypeError, "pct_start must be a number"),
     (lambda: schedules.Constant(0.1)(1.5), TypeError, "step must be an int >= 0"),
-    (lambda: gn.SGD(max_grad_norm=float("inf")), ValueError, r"max_grad_norm must lie in \(0, inf\)"),
+    (lambda: gn.SGD(max_grad_norm=float("inf")), ValueError, "max_grad_norm must be a positive finite number"),
     (lambda: gn.SGD(gn.Sequential(gn.Dense(2, 1)), lr=0.1), TypeError, "such as model.parameters\\(\\), got Sequential"),
 ])
 def test_hyperparameters_of_the_wrong_type_are_type_errors(make, error, message):

@@ -74,7 +74,7 @@ def test_bad_hyperparameters_are_refused():
                           (lambda: gn.Adam(betas=(0.9, 1.0)), r"betas\[1\] must lie in \[0, 1\)"),
                           (lambda: gn.Adam(eps=-1), "eps must lie in"),
                           (lambda: gn.AdamW(weight_decay=float("inf")), "weight_decay must lie in"),
-                          (lambda: gn.SGD(max_grad_norm=0), "max_grad_norm must lie in"),
+                          (lambda: gn.SGD(max_grad_norm=0), "max_grad_norm must be a positive finite number"),
                           (lambda: gn.SGD(nesterov=True), "nesterov=True needs a momentum"),
                           (lambda: gn.schedules.CosineDecay(0.1, 10, warmup_steps=10), "warmup_steps"),
                           (lambda: gn.schedules.StepDecay(0.1, step_size=0), "step_size must be an int")):

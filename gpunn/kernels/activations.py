@@ -10,8 +10,9 @@ this table; nothing else branches on an activation's name.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from gpunn import checks
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,7 @@ def activation_function(name: str, **parameters) -> ActivationFunction:
         raise TypeError(f"activation {name!r} takes parameters {tuple(known)}, got {sorted(unknown)}")
     values = []
     for parameter, default in kind.parameters:
-        value = parameters.get(parameter, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{name}: {parameter} must be a finite number, got {value!r}")
-        values.append(float(value))
+        values.append(checks.number(name, parameter, parameters.get(parameter, default)))
     return ActivationFunction(kind, tuple(values))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 
+from gpunn import checks
 from gpunn.backends.selection import get_backend
 from gpunn.backends.base import DropoutMask
 from gpunn.nn.layers import Layer, register_layer
@@ -25,15 +26,14 @@ class Dropout(Layer):
 
     def __init__(self, rate: float, seed: int | None = None, step: int = 0):
         super().__init__()
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
-            raise ValueError(f"Dropout: rate must be a number in [0, 1), got {rate!r}")
+        rate = checks.number("Dropout", "rate", rate, low=0.0, high=1.0, high_open=True)
+        seed = checks.seed("Dropout", seed, below=1 << 128)
         if seed is None:
             seed = secrets.randbits(64)
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 1 << 128:
-            raise ValueError(f"Dropout: seed must be an int in [0, 2**128), got {seed!r}")
-        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < 1 << 64:
+        step = checks.count("Dropout", "step", step, minimum=0)
+        if step >= 1 << 64:  # the mask counter is a uint64 on the device
             raise ValueError(f"Dropout: step must be an int in [0, 2**64), got {step!r}")
-        self.rate, self.seed = float(rate), seed
+        self.rate, self.seed = rate, seed
         self._step, self._initial_step = None, step
         #: The first row of this process's shard in the global batch (data parallelism sets it).
         self.row_offset = 0

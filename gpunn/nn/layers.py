@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from gpunn import checks
 from gpunn.backends.selection import Backend, get_backend
 from gpunn.kernels.activations import IDENTITY, activation_function
 
@@ -221,9 +222,8 @@ class Dense(Layer):
     def __init__(self, in_features: int, out_features: int, weight=None, bias=None,
                  init: str = "xavier", dtype="float32", seed=None):
         super().__init__()
-        for argument, value in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"Dense: {argument} must be a positive int, got {value!r}")
+        in_features = checks.count("Dense", "in_features", in_features)
+        out_features = checks.count("Dense", "out_features", out_features)
         self.backend = backend = get_backend()
         self.dtype = backend.check_dtype(dtype)
         self.in_features, self.out_features, self.init = in_features, out_features, init

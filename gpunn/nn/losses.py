@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from gpunn import checks
 from gpunn.backends.selection import backend_of
 
 
@@ -108,10 +109,8 @@ class BCELoss(_BinaryTargets):
 
     def __init__(self, eps: float | None = None):
         super().__init__()
-        if eps is not None and not (isinstance(eps, (int, float)) and not isinstance(eps, bool)
-                                    and 0 < eps <= 0.1):
-            raise ValueError(f"BCELoss: eps must be a number in (0, 0.1] (typically 1e-7), got {eps!r}")
-        self.eps = eps
+        self.eps = None if eps is None else checks.number("BCELoss", "eps", eps, low=0.0,
+                                                           high=0.1, low_open=True)
 
     def _forward(self, backend, y, t):
         xp = backend.xp

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gpunn import checks
 from gpunn.backends.selection import get_backend
 from gpunn.nn.layers import Layer, Parameter, ParameterAttribute, register_layer
 
@@ -16,10 +17,8 @@ class LayerNorm(Layer):
 
     def __init__(self, features: int, eps: float = 1e-5, dtype="float32"):
         super().__init__()
-        if not isinstance(features, int) or isinstance(features, bool) or features < 1:
-            raise ValueError(f"LayerNorm: features must be a positive int, got {features!r}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(f"LayerNorm: eps must be a positive number, got {eps!r}")
+        features = checks.count("LayerNorm", "features", features)
+        eps = checks.positive("LayerNorm", "eps", eps)
         self.backend = backend = get_backend()
         self.dtype = backend.check_dtype(dtype)
         self.in_features = self.out_features = self.features = features

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from numbers import Integral
 
+from gpunn import checks
 from gpunn.nn.flat import FlatBuffers
 
 from gpunn.nn.chain import Chain, check_layers, walk
 from gpunn.nn.layers import Layer, Parameter, build_layer, layer_record
-
-
-def _check_batch_size(method: str, batch_size) -> None:
-    """None (all rows at once) or a positive int: a negative one would silently skip every row."""
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, Integral)
-                                   or batch_size < 1):
-        raise ValueError(f"{method}: batch_size must be a positive int or None, got {batch_size!r}")
 
 
 class Sequential:
@@ -131,7 +124,7 @@ class Sequential:
 
     def _outputs(self, X, batch_size: int | None):
         """The outputs for ``X`` as a device array of their own, in evaluation mode, in batches."""
-        _check_batch_size("predict", batch_size)
+        checks.batch_size("predict", batch_size)
         x = self.as_input(X)
         # Evaluation mode, on buffers of its own: a predict between forward and backward leaves
         # what backward needs untouched.

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from gpunn.optim.optimizer import Optimizer, _number
+from gpunn import checks
+from gpunn.optim.optimizer import Optimizer
 from gpunn.optim.state import optimizer_from_config
 
 
 def _nesterov(nesterov, momentum: float) -> bool:
-    if not isinstance(nesterov, bool):
-        raise TypeError(f"SGD: nesterov must be True or False, got {nesterov!r}")
+    nesterov = checks.flag("SGD", "nesterov", nesterov)
     if nesterov and momentum == 0:
         raise ValueError("SGD: nesterov=True needs a momentum above 0 (as in torch.optim.SGD)")
     return nesterov
@@ -26,7 +26,7 @@ class SGD(Optimizer):
 
     def __init__(self, params=None, lr=0.01, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0, max_grad_norm=None, decay_biases: bool = True):
-        momentum = _number("SGD", "momentum", momentum, high=1.0, high_open=True)
+        momentum = checks.number("SGD", "momentum", momentum, low=0.0, high=1.0, high_open=True)
         super().__init__(params, lr, weight_decay, decay_biases, max_grad_norm, {"momentum": momentum},
                          _nesterov(nesterov, momentum))
 
@@ -37,7 +37,7 @@ class SGD(Optimizer):
     @momentum.setter
     def momentum(self, value) -> None:
         """Takes effect at the next step (a recorded graph records again)."""
-        value = _number("SGD", "momentum", value, high=1.0, high_open=True)
+        value = checks.number("SGD", "momentum", value, low=0.0, high=1.0, high_open=True)
         _nesterov(self.flag, value)  # Nesterov needs a momentum
         self.numbers["momentum"] = value
 
@@ -68,8 +68,8 @@ class Adam(Optimizer):
         owner = type(self).__name__
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
-        beta1, beta2 = (_number(owner, f"betas[{i}]", beta, high=1.0, high_open=True) for i, beta in enumerate(betas))
-        eps = _number(owner, "eps", eps)
+        beta1, beta2 = (checks.number(owner, f"betas[{i}]", beta, low=0.0, high=1.0, high_open=True) for i, beta in enumerate(betas))
+        eps = checks.number(owner, "eps", eps, low=0.0)
         super().__init__(params, lr, weight_decay, decay_biases, max_grad_norm,
                          {"beta1": beta1, "beta2": beta2, "eps": eps}, self.decoupled)
 
@@ -83,7 +83,7 @@ class Adam(Optimizer):
         if not isinstance(value, (tuple, list)) or len(value) != 2:
             raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {value!r}")
         self.numbers["beta1"], self.numbers["beta2"] = (
-            _number(owner, f"betas[{i}]", beta, high=1.0, high_open=True) for i, beta in enumerate(value))
+            checks.number(owner, f"betas[{i}]", beta, low=0.0, high=1.0, high_open=True) for i, beta in enumerate(value))
 
     @property
     def eps(self) -> float:
@@ -91,7 +91,7 @@ class Adam(Optimizer):
 
     @eps.setter
     def eps(self, value) -> None:
-        self.numbers["eps"] = _number(type(self).__name__, "eps", value)
+        self.numbers["eps"] = checks.number(type(self).__name__, "eps", value, low=0.0)
 
     def _rule_arguments(self) -> dict:
         return {"betas": list(self.betas), "eps": self.numbers["eps"]}

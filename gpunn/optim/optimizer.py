@@ -10,25 +10,14 @@ scale) is read on the device, so a recorded CUDA graph stays valid.
 
 from __future__ import annotations
 
-import math
 
 from gpunn.nn.layers import Parameter
-from gpunn.optim.schedules import Schedule, as_schedule, real_number
+from gpunn import checks
+from gpunn.optim.schedules import Schedule, as_schedule
 from gpunn.kernels.update_rules import RULES
 from gpunn.optim.state import (GROWTH_INTERVAL, INITIAL_LOSS_SCALE, LOSS_SCALE, SKIPPED, checked_counters, constructor_arguments)
 
 _LR_TABLE_MINIMUM = 1024
-
-
-def _number(owner, name, value, low=0.0, high=math.inf, low_open=False, high_open=False):
-    number = real_number(owner, name, value)
-    ok = (math.isfinite(number) and (number > low if low_open else number >= low)
-          and (number < high if high_open else number <= high))
-    if not ok:
-        closing = ")" if high_open or high == math.inf else "]"
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{closing}"
-        raise ValueError(f"{owner}: {name} must lie in {interval} (a finite number), got {value!r}")
-    return number
 
 
 class _Segment:
@@ -186,7 +175,7 @@ class Optimizer:
     @weight_decay.setter
     def weight_decay(self, value) -> None:
         """Checked here too: a value set after construction takes effect at the next step."""
-        self._weight_decay = _number(self._owner, "weight_decay", value)
+        self._weight_decay = checks.number(self._owner, "weight_decay", value, low=0.0)
 
     @property
     def max_grad_norm(self):
@@ -195,7 +184,7 @@ class Optimizer:
 
     @max_grad_norm.setter
     def max_grad_norm(self, value) -> None:
-        self._max_grad_norm = None if value is None else _number(self._owner, "max_grad_norm", value, low_open=True)
+        self._max_grad_norm = None if value is None else checks.positive(self._owner, "max_grad_norm", value)
 
     @property
     def decay_biases(self) -> bool:
@@ -203,8 +192,7 @@ class Optimizer:
 
     @decay_biases.setter
     def decay_biases(self, value: bool) -> None:
-        if not isinstance(value, bool):
-            raise TypeError(f"{self._owner}: decay_biases must be True or False, got {value!r}")
+        value = checks.flag(self._owner, "decay_biases", value)
         self._decay_biases = value
         if getattr(self, "_flat", None) is not None:
             self._make_segments()

@@ -12,28 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 
-
-def real_number(owner: str, name: str, value) -> float:
-    """``value`` as a float, or a TypeError (as torch.optim gives) for anything but a real number;
-    NumPy scalars count (an ``lr`` computed with NumPy is a number too)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{owner}: {name} must be a number, got {type(value).__name__} {value!r}")
-    return float(value)
-
-
-def _positive_number(owner: str, name: str, value) -> float:
-    value = real_number(owner, name, value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{owner}: {name} must be a positive finite number, got {value!r}")
-    return value
-
-
-def _count(owner: str, name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{owner}: {name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{owner}: {name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
+from gpunn import checks
 
 
 class Schedule:
@@ -44,7 +23,7 @@ class Schedule:
     last_step = None
 
     def __call__(self, step: int) -> float:
-        return self._lr(_count(type(self).__name__, "step", step, minimum=0))
+        return self._lr(checks.count(type(self).__name__, "step", step, minimum=0))
 
     def config(self) -> dict:
         return {"type": type(self).__name__, **vars(self)}
@@ -60,7 +39,7 @@ class Constant(Schedule):
     """lr(step) = lr."""
 
     def __init__(self, lr: float):
-        self.lr = _positive_number("Constant", "lr", lr)
+        self.lr = checks.positive("Constant", "lr", lr)
 
     def _lr(self, step):
         return self.lr
@@ -70,9 +49,9 @@ class StepDecay(Schedule):
     """lr(step) = lr · gamma^⌊step / step_size⌋ (torch's StepLR, stepped once per update)."""
 
     def __init__(self, lr: float, step_size: int, gamma: float = 0.1):
-        self.lr = _positive_number("StepDecay", "lr", lr)
-        self.step_size = _count("StepDecay", "step_size", step_size)
-        self.gamma = _positive_number("StepDecay", "gamma", gamma)
+        self.lr = checks.positive("StepDecay", "lr", lr)
+        self.step_size = checks.count("StepDecay", "step_size", step_size)
+        self.gamma = checks.positive("StepDecay", "gamma", gamma)
 
     def _lr(self, step):
         return self.lr * self.gamma ** (step // self.step_size)
@@ -82,8 +61,8 @@ class ExponentialDecay(Schedule):
     """lr(step) = lr · gamma^step (torch's ExponentialLR, stepped once per update)."""
 
     def __init__(self, lr: float, gamma: float):
-        self.lr = _positive_number("ExponentialDecay", "lr", lr)
-        self.gamma = _positive_number("ExponentialDecay", "gamma", gamma)
+        self.lr = checks.positive("ExponentialDecay", "lr", lr)
+        self.gamma = checks.positive("ExponentialDecay", "gamma", gamma)
 
     def _lr(self, step):
         return self.lr * self.gamma ** step
@@ -100,12 +79,12 @@ class CosineDecay(Schedule):
     """
 
     def __init__(self, lr: float, total_steps: int, final_lr: float = 0.0, warmup_steps: int = 0):
-        self.lr = _positive_number("CosineDecay", "lr", lr)
-        self.total_steps = _count("CosineDecay", "total_steps", total_steps)
-        self.final_lr = real_number("CosineDecay", "final_lr", final_lr)
+        self.lr = checks.positive("CosineDecay", "lr", lr)
+        self.total_steps = checks.count("CosineDecay", "total_steps", total_steps)
+        self.final_lr = checks.real("CosineDecay", "final_lr", final_lr)
         if not 0 <= self.final_lr <= self.lr:
             raise ValueError(f"CosineDecay: final_lr must lie in [0, lr={lr}], got {final_lr!r}")
-        self.warmup_steps = _count("CosineDecay", "warmup_steps", warmup_steps, minimum=0)
+        self.warmup_steps = checks.count("CosineDecay", "warmup_steps", warmup_steps, minimum=0)
         if self.warmup_steps >= self.total_steps:
             raise ValueError(f"CosineDecay: warmup_steps ({warmup_steps}) must be below total_steps ({total_steps})")
 
@@ -132,13 +111,13 @@ class OneCycle(Schedule):
 
     def __init__(self, max_lr: float, total_steps: int, pct_start: float = 0.3, div_factor: float = 25.0,
                  final_div_factor: float = 1e4):
-        self.max_lr = _positive_number("OneCycle", "max_lr", max_lr)
-        self.total_steps = _count("OneCycle", "total_steps", total_steps, minimum=2)
-        self.pct_start = real_number("OneCycle", "pct_start", pct_start)
+        self.max_lr = checks.positive("OneCycle", "max_lr", max_lr)
+        self.total_steps = checks.count("OneCycle", "total_steps", total_steps, minimum=2)
+        self.pct_start = checks.real("OneCycle", "pct_start", pct_start)
         if not 0 < self.pct_start < 1:
             raise ValueError(f"OneCycle: pct_start must lie in (0, 1), got {pct_start!r}")
-        self.div_factor = _positive_number("OneCycle", "div_factor", div_factor)
-        self.final_div_factor = _positive_number("OneCycle", "final_div_factor", final_div_factor)
+        self.div_factor = checks.positive("OneCycle", "div_factor", div_factor)
+        self.final_div_factor = checks.positive("OneCycle", "final_div_factor", final_div_factor)
         if self.pct_start * self.total_steps - 1 <= 0:
             raise ValueError(f"OneCycle: pct_start·total_steps must exceed 1 (got {pct_start}·{total_steps})")
 

@@ -12,10 +12,9 @@ import math
 import os
 import sys
 import warnings
-from numbers import Integral
 
+from gpunn import checks
 from gpunn.train.metrics import METRICS, check_metric_targets, check_metrics
-from gpunn.nn.sequential import _check_batch_size
 from gpunn.train.step import TrainingDiverged, TrainStep
 
 #: A finite loss this many times above the best epoch's is reported as divergence.
@@ -42,10 +41,9 @@ class EarlyStopping:
                  restore_best: bool = True, mode: str = "auto"):
         if not isinstance(monitor, str) or not monitor:
             raise ValueError(f"EarlyStopping: monitor must name a history entry such as 'val_loss', got {monitor!r}")
-        if isinstance(patience, bool) or not isinstance(patience, Integral) or patience < 0:
-            raise ValueError(f"EarlyStopping: patience must be an int >= 0, got {patience!r}")
-        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not 0 <= min_delta < math.inf:
-            raise ValueError(f"EarlyStopping: min_delta must be a finite number >= 0, got {min_delta!r}")
+        patience = checks.count("EarlyStopping", "patience", patience, minimum=0)
+        min_delta = checks.number("EarlyStopping", "min_delta", min_delta, low=0.0)
+        restore_best = checks.flag("EarlyStopping", "restore_best", restore_best)
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"EarlyStopping: mode must be 'auto', 'min' or 'max', got {mode!r}")
         if mode == "auto":
@@ -136,20 +134,6 @@ def _in_notebook() -> bool:
         return False
 
 
-def _positive_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise ValueError(f"fit: {name} must be an int >= {minimum}, got {value!r}")
-    return int(value)  # NumPy integers too, as Keras takes them
-
-
-def _seed(seed) -> int:
-    if seed is None:
-        return int.from_bytes(os.urandom(8), "little") >> 1
-    if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
-        raise ValueError(f"fit: seed must be None, an int >= 0, got {seed!r}")
-    return int(seed)
-
-
 @contextlib.contextmanager
 def evaluation_mode(model):
     """Layers that behave differently in training (dropout) run in evaluation mode inside."""
@@ -164,7 +148,7 @@ def evaluation_mode(model):
 def evaluate(model, X, T, loss, metrics=(), batch_size: int | None = 4096) -> dict:
     """``{"loss": mean loss, metric: value, ...}`` over (X, T), in evaluation mode (``Sequential.evaluate``)."""
     metrics = check_metrics(metrics)
-    _check_batch_size("evaluate", batch_size)
+    checks.batch_size("evaluate", batch_size)
     x, t = TrainStep.prepare_data(model, loss, X, T)
     if x.shape[0] == 0:
         raise ValueError("evaluate: X has no rows")
@@ -210,9 +194,9 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
     is split into contiguous shards by rank (``gpunn.data_parallel``). Losses and metrics are
     global (validation runs whole on every rank); only rank 0 shows progress.
     """
-    epochs = _positive_int("epochs", epochs)
-    batch_size = _positive_int("batch_size", batch_size)
-    initial_epoch = _positive_int("initial_epoch", initial_epoch, minimum=0)
+    epochs = checks.count("fit", "epochs", epochs)
+    batch_size = checks.count("fit", "batch_size", batch_size)
+    initial_epoch = checks.count("fit", "initial_epoch", initial_epoch, minimum=0)
     if initial_epoch >= epochs:
         raise ValueError(f"fit: initial_epoch ({initial_epoch}) must be below epochs ({epochs}): epochs is the "
                          "number of the last epoch, as in Keras")
@@ -223,7 +207,9 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
     if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
         raise TypeError(f"fit: early_stopping must be a gn.EarlyStopping, got {early_stopping!r}")
     metrics = check_metrics(metrics)
-    seed = _seed(seed)
+    seed = checks.seed("fit", seed)
+    if seed is None:
+        seed = int.from_bytes(os.urandom(8), "little") >> 1
     parallel = None
     if distributed:
         from gpunn.distributed.data_parallel import DataParallel

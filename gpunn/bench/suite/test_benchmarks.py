@@ -10,7 +10,7 @@ import contextlib
 import pytest
 
 import gpunn as gn
-from peers import PEERS, TRAIN_CONFIGS, train_case
+from peers import PEERS, train_case
 
 DTYPE = "float32"
 ITEMSIZE = 4
