@@ -78,7 +78,7 @@ def test_only_input_reading_activations_keep_the_pre_activation(backend, rng):
     for make, keeps in ((gn.Tanh, False), (gn.GELU, True)):
         layer = dense(rng, 4, 5)
         gn.Sequential(layer, make()).forward(x)
-        assert ("saved" in layer._buffers) is keeps
+        assert ("saved" in layer.state.buffers) is keeps
 
 
 @pytest.mark.parametrize("batch", [1, 6])
@@ -251,7 +251,7 @@ def test_dropout_backward_uses_the_forward_mask(backend, rng):
     dy = model.backward(backend.asarray(np.ones((3, 8)), "float64"))
     assert dy is not None
     dense = model.layers[0]
-    hidden = backend.to_numpy(dense._saved)  # relu output before dropout
+    hidden = backend.to_numpy(dense.state.saved)  # relu output before dropout
     expected_dz = np.where(y != 0, 2.0, 0.0) * (hidden > 0)
     np.testing.assert_allclose(backend.to_numpy(dense.db), expected_dz.sum(axis=0))
 

@@ -24,7 +24,7 @@ def test_feedforward_2_2_1(backend):
     model = gn.Sequential(hidden, gn.Sigmoid(), gn.Dense(2, 1, weight=[[0], [1]], bias=[0]), gn.Sigmoid())
     output = model.predict([[2, 3]])
     model.forward([[2, 3]])  # predict keeps its activations apart from forward's (which backward reads)
-    np.testing.assert_allclose(to_host(backend, hidden._y), [[0.9526, 0.9526]], atol=5e-5)
+    np.testing.assert_allclose(to_host(backend, hidden.state.y), [[0.9526, 0.9526]], atol=5e-5)
     assert output[0, 0] == pytest.approx(0.7216, abs=5e-5)
 
 

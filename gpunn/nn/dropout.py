@@ -38,7 +38,6 @@ class Dropout(Layer):
         #: The first row of this process's shard in the global batch (data parallelism sets it).
         self.row_offset = 0
         self._advance = True
-        self._mask = None
 
     def config(self) -> dict:
         return {"rate": self.rate, "seed": self.seed, "step": self.step}
@@ -51,16 +50,16 @@ class Dropout(Layer):
     def forward_mask(self) -> DropoutMask | None:
         """The mask for this forward (advancing the step), or None in evaluation or at rate 0."""
         if not self.training or self.rate == 0:
-            self._mask = None
+            self.state.mask = None
             return None
         backend = self.backend = get_backend() if self.backend is None else self.backend
         if self._step is None:
             self._step = backend.asarray([self._initial_step], "uint64")
         if self._advance:
             self._step += 1
-        self._mask = DropoutMask(self.seed, int(self.rate * 2.0 ** 64), 1.0 / (1.0 - self.rate), self._step,
-                                 self.row_offset)
-        return self._mask
+        self.state.mask = DropoutMask(self.seed, int(self.rate * 2.0 ** 64), 1.0 / (1.0 - self.rate), self._step,
+                                      self.row_offset)
+        return self.state.mask
 
     @contextlib.contextmanager
     def fixed_mask(self):
@@ -79,7 +78,8 @@ class Dropout(Layer):
         return self.backend.bias_activation(x, 0, "identity", out=y, dropout=mask)
 
     def backward(self, dy, input_gradient: bool = True):
-        if self._mask is None:
+        mask = self.state.mask
+        if mask is None:
             return dy
         dx = self._buffer("dx", dy.shape, self.backend, dy.dtype)
-        return self.backend.activation_backward(dy, dy, "identity", out=dx, dropout=self._mask)
+        return self.backend.activation_backward(dy, dy, "identity", out=dx, dropout=mask)

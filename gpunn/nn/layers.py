@@ -150,6 +150,28 @@ class ParameterAttribute:
         layer.__dict__[self.name] = value
 
 
+class LayerState:
+    """What a layer keeps from its forward for its backward (its input ``x``, output ``y``, what the
+    activation's backward reads ``saved``, the kept pre-dropout values ``kept``, the dropout ``mask``,
+    LayerNorm's ``mean`` and ``rstd``), and the workspace arrays it reuses across calls.
+
+    A model owns two for each of its layers, one for training and one for ``predict``, and points the
+    layer at one or the other: a predict between forward and backward leaves backward's state alone.
+    """
+
+    def __init__(self):
+        self.buffers: dict = {}
+        self.x = self.y = self.saved = self.kept = self.mask = self.mean = self.rstd = None
+
+    def buffer(self, name: str, shape, backend: Backend, dtype):
+        """A workspace array reused across calls while shape and dtype stay the same."""
+        held = self.buffers.get(name)
+        if held is None or held.shape != tuple(shape) or held.dtype != dtype:
+            held = backend.empty(shape, dtype)
+            self.buffers[name] = held
+        return held
+
+
 class Layer:
     """Base of every layer. Subclasses set ``backend`` and ``dtype`` when they hold arrays.
 
@@ -163,7 +185,7 @@ class Layer:
     out_features: int | None = None
 
     def __init__(self):
-        self._buffers: dict = {}
+        self.state = LayerState()
         self.training = True
 
     def parameters(self) -> list[Parameter]:
@@ -190,12 +212,7 @@ class Layer:
         raise NotImplementedError
 
     def _buffer(self, name: str, shape, backend: Backend, dtype):
-        """A workspace array reused across calls while shape and dtype stay the same."""
-        held = self._buffers.get(name)
-        if held is None or held.shape != tuple(shape) or held.dtype != dtype:
-            held = backend.empty(shape, dtype)
-            self._buffers[name] = held
-        return held
+        return self.state.buffer(name, shape, backend, dtype)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
@@ -238,7 +255,6 @@ class Dense(Layer):
             self._own_array(bias, (out_features,), "bias")
         self.weight = Parameter(weight, "W", backend)
         self.bias = Parameter(bias, "b", backend)
-        self._x = self._y = self._saved = self._kept = self._mask = None
 
     def _own_array(self, array, shape, argument):
         try:
@@ -288,19 +304,21 @@ class Dense(Layer):
                 kept = self._buffer("kept", shape, backend, self.dtype)
             backend.matmul(x, self.weight.value, out=saved)
             backend.bias_activation(saved, self.bias.value, activation, out=y, saved=saved, dropout=mask, kept=kept)
-        self._x, self._y, self._saved, self._kept, self._mask = x, y, saved, kept, mask
+        state = self.state
+        state.x, state.y, state.saved, state.kept, state.mask = x, y, saved, kept, mask
         return y
 
     def backward(self, dy, activation=IDENTITY, dropout=None, input_gradient: bool = True):
         """Fill dW and db from dL/dY; return dL/dX (None when ``input_gradient`` is False)."""
-        if self._x is None:
+        state = self.state
+        if state.x is None:
             raise RuntimeError("Dense.backward called before forward")
         backend = self.backend
         dz = dy
-        if activation.name != "identity" or self._mask is not None:
-            dz = backend.activation_backward(dy, self._saved, activation, dropout=self._mask, kept=self._kept,
+        if activation.name != "identity" or state.mask is not None:
+            dz = backend.activation_backward(dy, state.saved, activation, dropout=state.mask, kept=state.kept,
                                              out=self._buffer("dz", dy.shape, backend, self.dtype))
-        x = self._x
+        x = state.x
         self.weight.accept_gradient(lambda out: backend.matmul_tn(x, dz, out=out))
         self.bias.accept_gradient(lambda out: backend.bias_gradient(dz, out=out))
         if not input_gradient:
@@ -326,13 +344,13 @@ class Activation(Layer):
         backend = self.backend = get_backend() if self.backend is None else self.backend
         y = self._buffer("y", x.shape, backend, x.dtype)
         backend.bias_activation(x, 0, self.function, out=y)
-        self._saved = x if self.function.reads_input else y
+        self.state.saved = x if self.function.reads_input else y
         return y
 
     def backward(self, dy, input_gradient: bool = True):
         backend = self.backend
         dx = self._buffer("dx", dy.shape, backend, dy.dtype)
-        return backend.activation_backward(dy, self._saved, self.function, out=dx)
+        return backend.activation_backward(dy, self.state.saved, self.function, out=dx)
 
 
 @register_layer

@@ -26,7 +26,6 @@ class LayerNorm(Layer):
         self.gain = Parameter(backend.asarray([1.0] * features, self.dtype), "gain", backend)
         self.bias = Parameter(backend.zeros((features,), self.dtype), "bias", backend)
         self._statistics_dtype = "float32" if self.dtype.itemsize < 4 else self.dtype
-        self._x = None
 
     def parameters(self):
         return [self.gain, self.bias]
@@ -40,16 +39,18 @@ class LayerNorm(Layer):
 
     def forward(self, x):
         backend, rows = self.backend, x.shape[0]
+        state = self.state
         y = self._buffer("y", x.shape, backend, self.dtype)
-        self._mean = self._buffer("mean", (rows,), backend, self._statistics_dtype)
-        self._rstd = self._buffer("rstd", (rows,), backend, self._statistics_dtype)
-        self._x = x
-        return backend.layer_norm_forward(x, self.gain.value, self.bias.value, self.eps, y, self._mean, self._rstd)
+        state.mean = self._buffer("mean", (rows,), backend, self._statistics_dtype)
+        state.rstd = self._buffer("rstd", (rows,), backend, self._statistics_dtype)
+        state.x = x
+        return backend.layer_norm_forward(x, self.gain.value, self.bias.value, self.eps, y, state.mean, state.rstd)
 
     def backward(self, dy, input_gradient: bool = True):
-        if self._x is None:
+        state = self.state
+        if state.x is None:
             raise RuntimeError("LayerNorm.backward called before forward")
-        backend, x, mean, rstd = self.backend, self._x, self._mean, self._rstd
+        backend, x, mean, rstd = self.backend, state.x, state.mean, state.rstd
         self.gain.accept_gradient(lambda out: backend.layer_norm_gain_gradient(dy, x, mean, rstd, out=out))
         self.bias.accept_gradient(lambda out: backend.bias_gradient(dy, out=out))
         if not input_gradient:

@@ -8,7 +8,7 @@ from gpunn import checks
 from gpunn.nn.flat import FlatBuffers
 
 from gpunn.nn.chain import Chain, check_layers, walk
-from gpunn.nn.layers import Layer, Parameter, build_layer, layer_record
+from gpunn.nn.layers import Layer, LayerState, Parameter, build_layer, layer_record
 
 
 class Sequential:
@@ -36,6 +36,10 @@ class Sequential:
                 layer.backend = self.backend
         self._chain = Chain(self.layers)
         self._steps = self._chain.steps
+        #: Each layer's (training, inference) state: what forward keeps for backward, and the workspaces.
+        self._states = [(LayerState(), LayerState()) for _ in self.all_layers()]
+        for layer, (training, _) in zip(self.all_layers(), self._states):
+            layer.state = training
         self.extras: dict = {}
         #: Every parameter's value and gradient are views into these two flat arrays.
         self.flat = FlatBuffers(self.parameters(), self.backend, self.dtype)
@@ -171,19 +175,16 @@ class Sequential:
 
     @contextlib.contextmanager
     def _inference_state(self):
-        """Swap every layer's saved state (buffers, saved inputs and outputs) for a separate
-        set while inside, and put the training state back after."""
-        layers = self.all_layers()  # nested ones (inside Residual) too
-        saved = [dict(vars(layer)) for layer in layers]
-        for layer in layers:
-            layer._buffers = layer.__dict__.get("_inference_buffers", {})
+        """Inside, every layer (nested ones too) works in the model's inference state; the training
+        state, which a pending backward reads, comes back after."""
+        layers = self.all_layers()
+        for layer, (_, inference) in zip(layers, self._states):
+            layer.state = inference
         try:
             yield
         finally:
-            for layer, state in zip(layers, saved):
-                inference = layer._buffers
-                vars(layer).clear()
-                vars(layer).update(state, _inference_buffers=inference)
+            for layer, (training, _) in zip(layers, self._states):
+                layer.state = training
 
     def fit(self, X, T, *, loss, optimizer, **options):
         """Train; see ``gpunn.fit.fit`` for the options (validation, metrics, early stopping, resume)."""

@@ -143,7 +143,7 @@ class _RecordedStep:
         model = train_step.model
         return ([model.flat.values, model.flat.grads] + train_step.optimizer.device_arrays()
                 + train_step.optimizer.scratch_arrays()
-                + [array for layer in model.all_layers() for array in layer._buffers.values()])
+                + [array for layer in model.all_layers() for array in layer.state.buffers.values()])
 
     def _key(self):
         """What the recording baked in: hyperparameters passed as kernel arguments, the precision,
