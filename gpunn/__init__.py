@@ -15,7 +15,7 @@ from gpunn.nn.normalization import LayerNorm
 from gpunn.nn.residual import Residual
 from gpunn.nn.sequential import Sequential
 from gpunn.optim import SGD, Adam, AdamW, Optimizer
-from gpunn.train.fit import EarlyStopping, TrainingWarning
+from gpunn.train.callbacks import EarlyStopping, TrainingWarning
 from gpunn.train.step import TrainingDiverged, TrainStep
 from gpunn import distributed, layers, schedules
 

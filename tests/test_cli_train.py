@@ -46,7 +46,7 @@ def test_runs_reach_095_and_write_last_and_best(capsys, tmp_path, options):
 def interrupt_after(monkeypatch, epochs):
     """Ctrl-C once ``epochs`` epochs are checkpointed (raised where fit checks the next one)."""
     seen = []
-    check = gpunn.train.fit._check_divergence
+    check = gpunn.train.fit.check_divergence
 
     def check_then_interrupt(*arguments):
         seen.append(1)
@@ -54,7 +54,7 @@ def interrupt_after(monkeypatch, epochs):
             raise KeyboardInterrupt
         return check(*arguments)
 
-    monkeypatch.setattr(gpunn.train.fit, "_check_divergence", check_then_interrupt)
+    monkeypatch.setattr(gpunn.train.fit, "check_divergence", check_then_interrupt)
 
 
 def test_resume_continues_an_interrupted_run_exactly(capsys, tmp_path, monkeypatch):
@@ -146,3 +146,52 @@ def test_resume_refuses_options_it_would_ignore_and_changed_data(capsys, tmp_pat
     model.save(run / "last.npz")
     code, _, err = train(capsys, run, "--resume", str(run), "--epochs", "2")
     assert code == 2 and "the run record in last.npz is damaged" in err and "Traceback" not in err
+
+
+def test_a_run_record_in_gpunn_0_1s_form_resumes_exactly(capsys, tmp_path, monkeypatch):
+    """Checkpoints written before the run record was typed keep the early-stopping count as a list
+    [best, best_epoch, wait]; they resume to the same weights as a straight run."""
+    options = ("--early-stopping", "3", "--epochs", "6", "--lr", "0.01")
+    assert train(capsys, tmp_path / "straight", *options)[0] == 0
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 3)
+        assert train(capsys, tmp_path / "old", *options)[0] == 130
+    last = tmp_path / "old" / "last.npz"
+    model, optimizer = gn.load(last), None
+    optimizer = gn.load_optimizer(last, model)
+    run = json.loads(str(model.extras["run"]))
+    stopper = run["stopper"]
+    run["stopper"] = [stopper["best"], stopper["best_epoch"], stopper["wait"]]
+    model.save(last, extras={**model.extras, "run": np.array(json.dumps(run))}, optimizer=optimizer)
+    assert train(capsys, tmp_path / "old", "--resume", str(tmp_path / "old"))[0] == 0
+    straight, resumed = (gn.load(tmp_path / name / "last.npz") for name in ("straight", "old"))
+    np.testing.assert_array_equal(resumed.flat.values, straight.flat.values)
+
+
+def test_an_interrupt_names_the_epoch_that_is_on_disk(capsys, tmp_path, monkeypatch):
+    """Ctrl-C while epoch 3's checkpoint is being written: last.npz still holds epoch 2, and so does
+    the message (it used to name epoch 3)."""
+    save = gn.Sequential.save
+    calls = []
+
+    def interrupted_save(self, path, *arguments, **options):
+        if str(path).endswith("last.npz"):
+            calls.append(path)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+        return save(self, path, *arguments, **options)
+
+    monkeypatch.setattr(gn.Sequential, "save", interrupted_save)
+    code, _, err = train(capsys, tmp_path, "--epochs", "5")
+    assert code == 130 and "the checkpoint of epoch 2 is kept" in err, err
+    assert json.loads(str(gn.load(tmp_path / "last.npz").extras["run"]))["epoch"] == 2
+
+
+def test_the_run_settings_come_from_the_parser():
+    """No hand-kept list: every option of the "run settings" group is stored, and only those."""
+    from gpunn.cli.parser import build_parser
+
+    args = build_parser().parse_args(["train"])
+    assert set(args.run_settings) >= {"hidden", "lr", "optimizer", "seed", "epochs", "early_stopping", "data"}
+    assert not {"out", "resume", "backend", "quiet", "graph", "distributed"} & set(args.run_settings)
+    assert args.run_settings["batch_size"] == 32 and args.run_settings["hidden"] == [128, 64]

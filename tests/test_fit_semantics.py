@@ -147,3 +147,21 @@ def test_numpy_integers_count_as_ints(data):
                       early_stopping=gn.EarlyStopping(patience=kind(2)))
         runs.append((history, model.evaluate(xv, tv, gn.SoftmaxCrossEntropyLoss(), batch_size=kind(7))))
     assert runs[0] == runs[1]
+
+
+def test_early_stopping_state_is_public_and_round_trips(data):
+    """``best``, ``best_epoch``, ``wait`` and ``stopped_epoch`` are public, and ``state_dict()`` /
+    ``load_state_dict()`` carry them (plain numbers: JSON), so a resumed count goes on where it was."""
+    import json
+
+    stopper = gn.EarlyStopping(patience=50)
+    fit(mlp(), data, epochs=6, early_stopping=stopper)
+    state = stopper.state_dict()
+    assert state == json.loads(json.dumps(state)) and state["wait"] == stopper.wait
+    assert state["best_epoch"] == stopper.best_epoch and state["best"] == stopper.best
+    again = gn.EarlyStopping(patience=50)
+    again.load_state_dict(state)
+    assert again.state_dict() == state
+    for bad in ({"best": 1.0}, {**state, "wait": -1}, {**state, "best": "low"}, [1, 2, 3]):
+        with pytest.raises((ValueError, TypeError), match="EarlyStopping"):
+            gn.EarlyStopping().load_state_dict(bad)

@@ -187,10 +187,10 @@ def test_progress_bar_in_a_notebook(monkeypatch):
     fake_ipython.get_ipython = ZMQInteractiveShell
     monkeypatch.setitem(sys.modules, "IPython", fake_ipython)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
-    from gpunn.train import fit as training
+    from gpunn.train import callbacks
 
-    assert training._in_notebook()
-    progress = training._Progress(2, verbose=1)
+    assert callbacks.in_notebook()
+    progress = callbacks.Progress(2, verbose=1)
     try:
         assert progress.bar is not None
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from types import MappingProxyType
 
 from gpunn.bench.report import GROUPS
 from gpunn.cli.options import (ACTIVATION_CHOICES, BACKEND_CHOICES, BACKEND_HELP, LOSS_CHOICES, OPTIMIZER_CHOICES,
@@ -63,54 +64,64 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_train_arguments(train) -> None:
-    """The options of ``gpunn train``."""
-    train.add_argument("--data", help="your .npz (arrays X, y) or .csv (a header row and a label column)")
-    train.add_argument("--label", default="label", help="the label column of a CSV (default: label)")
-    train.add_argument("--task", default="auto", choices=["auto", "classify", "regress"],
-                       help="classify: labels are classes; regress: predict the numeric label (MSE on "
-                            "standardised targets; RMSE and R² reported); auto (default): classify, but "
-                            "refuse a numeric label column that looks like a quantity")
+    """The options of ``gpunn train``. Those in the "run settings" group describe the run: they are
+    saved in its checkpoint, and ``--resume`` continues with them (``args.run_settings`` maps each
+    one's name to its default, derived here from the options themselves)."""
+    settings = train.add_argument_group(
+        "run settings", "kept in the run's last.npz: --resume continues with them and refuses other values")
+    defaults = {}
+
+    def setting(*flags, **options):
+        action = settings.add_argument(*flags, **options)
+        defaults[action.dest] = action.default
+
+    setting("--data", help="your .npz (arrays X, y) or .csv (a header row and a label column)")
+    setting("--label", default="label", help="the label column of a CSV (default: label)")
+    setting("--task", default="auto", choices=["auto", "classify", "regress"],
+            help="classify: labels are classes; regress: predict the numeric label (MSE on "
+                 "standardised targets; RMSE and R² reported); auto (default): classify, but "
+                 "refuse a numeric label column that looks like a quantity")
     train.add_argument("--backend", choices=BACKEND_CHOICES, help=BACKEND_HELP)
-    train.add_argument("--hidden", type=hidden_sizes, default=[128, 64], help="hidden layer sizes (default: 128,64)")
-    train.add_argument("--activation", default="tanh", choices=list(ACTIVATION_CHOICES),
-                       help="hidden activation (default: tanh)")
-    train.add_argument("--dropout", type=fraction(low_inclusive=True), default=0.0,
-                       help="dropout rate after each hidden activation, in [0, 1) (default: 0, none)")
-    train.add_argument("--layer-norm", action="store_true", help="LayerNorm after each hidden Dense")
-    train.add_argument("--residual", action="store_true",
-                       help="hidden layers as wide as the previous one become residual blocks x + f(x)")
-    train.add_argument("--loss", choices=list(LOSS_CHOICES),
-                       help="softmax-ce (default for classes): softmax cross-entropy; mse: MSE on one-hot "
-                            "targets (and the only loss of --task regress)")
-    train.add_argument("--epochs", type=positive(int), default=None,
-                       help="the last epoch to train to (default: 30; with --resume, the stored one)")
-    train.add_argument("--batch-size", type=positive(int), default=32, help="mini-batch size (default: 32)")
-    train.add_argument("--optimizer", default="adam", choices=list(OPTIMIZER_CHOICES),
-                       help="sgd (with --momentum), adam, or adamw (decoupled weight decay) (default: adam)")
-    train.add_argument("--lr", type=positive(float), default=None,
-                       help="(peak) learning rate (default: 0.002 for adam and adamw, 0.05 for sgd)")
-    train.add_argument("--momentum", type=fraction(low_inclusive=True), default=0.9,
-                       help="SGD momentum in [0, 1) (default: 0.9)")
-    train.add_argument("--weight-decay", type=non_negative, default=None,
-                       help="weight decay (L2 for sgd and adam, decoupled for adamw; default: 0, adamw 0.01)")
-    train.add_argument("--schedule", default="constant", choices=SCHEDULE_CHOICES,
-                       help="learning-rate schedule over the run: constant, step (x0.1 at each third), cosine "
-                            "(to 0, after --warmup-steps), onecycle (default: constant)")
-    train.add_argument("--warmup-steps", type=seed, default=0,
-                       help="linear warmup updates before the cosine schedule (default: 0)")
-    train.add_argument("--max-grad-norm", type=positive(float), default=None,
-                       help="clip gradients to this global L2 norm (default: no clipping)")
-    train.add_argument("--dtype", default="float32", choices=["float16", "float32", "float64"],
-                       help="float16 trains with float32 master weights and dynamic loss scaling (default: float32)")
-    train.add_argument("--seed", type=seed, default=0,
-                       help="seed for the splits, initialisation and shuffling (default: 0)")
-    train.add_argument("--test-fraction", type=fraction(low_inclusive=False), default=0.2,
-                       help="share of rows held out for the final test (default: 0.2)")
-    train.add_argument("--validation-fraction", type=fraction(low_inclusive=True), default=0.1,
-                       help="share of the training part kept for validation, which picks best.npz and drives "
-                            "--early-stopping; 0 for none (default: 0.1)")
-    train.add_argument("--early-stopping", type=positive(int), default=None, metavar="PATIENCE",
-                       help="stop after PATIENCE epochs without a better validation loss")
+    setting("--hidden", type=hidden_sizes, default=[128, 64], help="hidden layer sizes (default: 128,64)")
+    setting("--activation", default="tanh", choices=list(ACTIVATION_CHOICES),
+            help="hidden activation (default: tanh)")
+    setting("--dropout", type=fraction(low_inclusive=True), default=0.0,
+            help="dropout rate after each hidden activation, in [0, 1) (default: 0, none)")
+    setting("--layer-norm", action="store_true", help="LayerNorm after each hidden Dense")
+    setting("--residual", action="store_true",
+            help="hidden layers as wide as the previous one become residual blocks x + f(x)")
+    setting("--loss", choices=list(LOSS_CHOICES),
+            help="softmax-ce (default for classes): softmax cross-entropy; mse: MSE on one-hot "
+                 "targets (and the only loss of --task regress)")
+    setting("--epochs", type=positive(int), default=None,
+            help="the last epoch to train to (default: 30; with --resume, the stored one)")
+    setting("--batch-size", type=positive(int), default=32, help="mini-batch size (default: 32)")
+    setting("--optimizer", default="adam", choices=list(OPTIMIZER_CHOICES),
+            help="sgd (with --momentum), adam, or adamw (decoupled weight decay) (default: adam)")
+    setting("--lr", type=positive(float), default=None,
+            help="(peak) learning rate (default: 0.002 for adam and adamw, 0.05 for sgd)")
+    setting("--momentum", type=fraction(low_inclusive=True), default=0.9,
+            help="SGD momentum in [0, 1) (default: 0.9)")
+    setting("--weight-decay", type=non_negative, default=None,
+            help="weight decay (L2 for sgd and adam, decoupled for adamw; default: 0, adamw 0.01)")
+    setting("--schedule", default="constant", choices=SCHEDULE_CHOICES,
+            help="learning-rate schedule over the run: constant, step (x0.1 at each third), cosine "
+                 "(to 0, after --warmup-steps), onecycle (default: constant)")
+    setting("--warmup-steps", type=seed, default=0,
+            help="linear warmup updates before the cosine schedule (default: 0)")
+    setting("--max-grad-norm", type=positive(float), default=None,
+            help="clip gradients to this global L2 norm (default: no clipping)")
+    setting("--dtype", default="float32", choices=["float16", "float32", "float64"],
+            help="float16 trains with float32 master weights and dynamic loss scaling (default: float32)")
+    setting("--seed", type=seed, default=0,
+            help="seed for the splits, initialisation and shuffling (default: 0)")
+    setting("--test-fraction", type=fraction(low_inclusive=False), default=0.2,
+            help="share of rows held out for the final test (default: 0.2)")
+    setting("--validation-fraction", type=fraction(low_inclusive=True), default=0.1,
+            help="share of the training part kept for validation, which picks best.npz and drives "
+                 "--early-stopping; 0 for none (default: 0.1)")
+    setting("--early-stopping", type=positive(int), default=None, metavar="PATIENCE",
+            help="stop after PATIENCE epochs without a better validation loss")
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue the run in RUN_DIR from its last.npz, exactly (its settings are kept and "
                             "other values of them refused; --epochs may extend a run with --schedule constant)")
@@ -122,4 +133,4 @@ def add_train_arguments(train) -> None:
                        help="data-parallel training over the MPI job that started this process "
                             "(mpiexec -n 4 gpunn train --distributed); --batch-size is the global batch")
     train.add_argument("--quiet", action="store_true", help="print only the final summary")
-    train.set_defaults(command="train")
+    train.set_defaults(command="train", run_settings=MappingProxyType(defaults))

@@ -3,26 +3,17 @@ that keep a resume exact (a finished run, options that would be ignored, data th
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
+import gpunn as gn
 from gpunn.cli.options import UserError
-from gpunn.cli.parser import build_parser
-from gpunn.cli.run import setting_as_used
-
-#: The settings a resumed run takes from its checkpoint rather than from the command line.
-RUN_SETTINGS = ("data", "label", "task", "hidden", "activation", "dropout", "layer_norm", "residual", "loss", "batch_size",
-                "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_steps", "max_grad_norm", "dtype",
-                "seed", "test_fraction", "validation_fraction", "early_stopping", "epochs")
+from gpunn.cli.run import RunRecord, setting_as_used
 
 
-def resume_settings(args) -> dict:
-    """Take the run's settings from RUN_DIR/last.npz, refusing a finished run; returns what the
-    run stored."""
-    import gpunn as gn
-
+def resume_settings(args) -> RunRecord:
+    """Take the run's settings from RUN_DIR/last.npz, refusing a finished run; returns its record."""
     path = os.path.join(args.resume, "last.npz")
     if not os.path.isfile(path):
         raise UserError(f"gpunn train: --resume {args.resume}: no last.npz there (is it a gpunn train --out folder?)")
@@ -31,18 +22,14 @@ def resume_settings(args) -> dict:
         raise UserError(f"gpunn train: --resume {args.resume}: last.npz holds no run settings "
                         "(written by an older gpunn?)")
     try:  # a file that is not ours or was edited: one line, not a traceback
-        run = json.loads(str(extras["run"]))
-        sound = (set(RUN_SETTINGS) <= set(run["args"]) and isinstance(run["epoch"], int)
-                 and isinstance(run["history"], dict))
-    except (ValueError, TypeError, KeyError):
-        sound = False
-    if not sound:
-        raise UserError(f"gpunn train: --resume {args.resume}: the run record in last.npz is damaged")
-    refuse_conflicting_options(args, run["args"])
+        record = RunRecord.from_extra(extras["run"], args.run_settings)
+    except ValueError:
+        raise UserError(f"gpunn train: --resume {args.resume}: the run record in last.npz is damaged") from None
+    refuse_conflicting_options(args, record.settings)
     epochs = args.epochs
-    for name in RUN_SETTINGS:
-        setattr(args, name, run["args"][name])
-    planned = run.get("planned_epochs", args.epochs)  # the epochs the schedule was made for
+    for name in args.run_settings:
+        setattr(args, name, record.settings[name])
+    planned = record.planned_epochs  # the epochs the schedule was made for
     if epochs is not None and epochs > planned and args.schedule != "constant":
         raise UserError(f"gpunn train: --resume: the run's {args.schedule} schedule was planned over {planned} "
                         f"epochs and does not continue as planned past them. Resume up to --epochs {planned}, or "
@@ -50,24 +37,23 @@ def resume_settings(args) -> dict:
     if epochs is not None:
         args.epochs = epochs
     args.out = args.resume
-    if run.get("stopped_early"):
+    if record.stopped_early:
         patience = args.early_stopping
-        raise UserError(f"gpunn train: --resume: the run stopped early after epoch {run['epoch']} (no better "
+        raise UserError(f"gpunn train: --resume: the run stopped early after epoch {record.epoch} (no better "
                         f"validation loss for {patience} epoch{'' if patience == 1 else 's'}); it is finished")
-    if args.epochs is not None and args.epochs <= run["epoch"]:
-        raise UserError(f"gpunn train: --resume: the run already trained {run['epoch']} epochs; pass "
-                        f"--epochs above {run['epoch']} to continue it")
-    return run
+    if args.epochs is not None and args.epochs <= record.epoch:
+        raise UserError(f"gpunn train: --resume: the run already trained {record.epoch} epochs; pass "
+                        f"--epochs above {record.epoch} to continue it")
+    return record
 
 
 def refuse_conflicting_options(args, stored: dict) -> None:
     """A resumed run keeps its stored settings; an option given with another value (told apart
     from the option's default) would be ignored silently, so it is refused. The run's own value,
     spelt out (``--lr 0.002`` for a run that took Adam's default rate), is no conflict."""
-    defaults = vars(build_parser().parse_args(["train"]))
-    for name in RUN_SETTINGS:
+    for name, default in args.run_settings.items():
         value, used = getattr(args, name), setting_as_used(name, stored)
-        if name != "epochs" and value not in (defaults[name], stored[name], used):
+        if name != "epochs" and value not in (default, stored[name], used):
             option = "--" + name.replace("_", "-")
             raise UserError(f"gpunn train: --resume {args.resume} continues the run with its own settings, but "
                             f"{option} {value} differs from the run's {used}; drop {option}, or start a "

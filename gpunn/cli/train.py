@@ -9,7 +9,6 @@ anything: validation rows are carved from the training part.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import sys
@@ -19,8 +18,8 @@ import numpy as np
 
 from gpunn.cli.options import (ACTIVATION_CHOICES, EXIT_INTERRUPTED, LOSS_CHOICES, OPTIMIZER_CHOICES, UserError, say,
                                use_backend_option)
-from gpunn.cli.run import setting_as_used
-from gpunn.cli.resume import RUN_SETTINGS, refuse_changed_data, resume_settings
+from gpunn.cli.resume import refuse_changed_data, resume_settings
+from gpunn.cli.run import RunRecord, setting_as_used
 from gpunn.extras import install_command
 
 def build_model(features: int, hidden: list[int], classes: int, activation: str, dtype: str, seed: int,
@@ -185,7 +184,7 @@ def command_train(args) -> int:
     from gpunn.cli.checkpoint import Checkpoint
     from gpunn.train.step import TrainingDiverged
 
-    run = resume_settings(args) if args.resume else None
+    resumed = resume_settings(args) if args.resume else None
     if args.epochs is None:
         args.epochs = 30
     if args.early_stopping and not args.validation_fraction:
@@ -211,7 +210,7 @@ def command_train(args) -> int:
     world = gn.distributed.init(backend) if args.distributed else None
     root = world is None or world.is_root  # only rank 0 prints and writes checkpoints
     steps_per_epoch = -(-len(train_rows) // args.batch_size)
-    if run is None:
+    if resumed is None:
         model = _build(args, dataset, outputs, backend)
         optimizer = make_optimizer(args, steps_per_epoch)
     else:
@@ -227,19 +226,17 @@ def command_train(args) -> int:
     last, best = os.path.join(args.out, "last.npz"), os.path.join(args.out, "best.npz")
     checkpoint = Checkpoint(model, "regress" if regress else "classify", scaler, dataset.classes, target,
                             dataset.features, args.label if args.data else None)
-    if run is not None:
+    if resumed is not None:
         refuse_changed_data(args, checkpoint, model)
-    history = run["history"] if run else {}
-    state = {"epoch": run["epoch"] if run else 0, "best_epoch": run.get("best_epoch") if run else None,
-             "best_val_loss": run.get("best_val_loss") if run else None}
+    record = resumed or RunRecord(settings={name: getattr(args, name) for name in args.run_settings},
+                                  planned_epochs=args.epochs)
     stopper = None
     if args.early_stopping:
         stopper = gn.EarlyStopping("val_loss", patience=args.early_stopping, restore_best=False)
-        if run and run.get("stopper"):
-            stopper.best, stopper.best_epoch, stopper._wait = run["stopper"]
+        if record.stopper:
+            stopper.load_state_dict(record.stopper)
     quiet = args.quiet or not root  # only rank 0 prints
-    settings = {name: getattr(args, name) for name in RUN_SETTINGS}
-    planned = run.get("planned_epochs", args.epochs) if run else args.epochs
+    on_disk = [record.epoch]  # the epoch last.npz holds: what an interrupt reports
     metric = "mse" if regress else "accuracy"
 
     say(quiet=quiet, line=f"training on {dataset.name}: {len(train_rows)} train / {len(validation_rows)} validation / "
@@ -248,7 +245,7 @@ def command_train(args) -> int:
         f"{'-'.join(str(n) for n in [dataset.X.shape[1], *args.hidden, outputs])} {args.activation} MLP, "
         f"{loss_name}, {describe_optimizer(args)}, {args.dtype} on {backend.name}"
         + (f", data-parallel over {world.size} ranks (global batch {args.batch_size})" if world else "")
-        + (f"; resuming after epoch {state['epoch']}" if run else ""))
+        + (f"; resuming after epoch {record.epoch}" if resumed else ""))
 
     def save(path, **options):
         try:
@@ -256,24 +253,17 @@ def command_train(args) -> int:
         except OSError as error:
             raise UserError(f"gpunn train: {error.strerror or error}") from None
         except ValueError as error:  # non-finite weights: the run diverged
-            raise TrainingDiverged(f"gpunn train: epoch {state['epoch']}: {error}") from None
+            raise TrainingDiverged(f"gpunn train: epoch {record.epoch}: {error}") from None
 
     def after_epoch(epoch, logs):
-        for key, value in logs.items():
-            history.setdefault(key, []).append(value)
-        state["epoch"] = epoch + 1
-        improved = "val_loss" in logs and (state["best_val_loss"] is None or logs["val_loss"] < state["best_val_loss"])
-        if improved:
-            state["best_epoch"], state["best_val_loss"] = epoch + 1, logs["val_loss"]
+        improved = record.improve(epoch, logs)
         if root:
-            stopper_state, stopped = None, False
             if stopper:  # its state after this epoch: fit updates the stopper only after this callback
                 after = copy.copy(stopper)
-                stopped = after.update(epoch, logs, model)
-                stopper_state = [after.best, after.best_epoch, after._wait]
-            record = {"args": settings, "history": history, "stopper": stopper_state, "stopped_early": stopped,
-                      "planned_epochs": planned, **state}
-            save(last, extras={"run": np.array(json.dumps(record))}, optimizer=optimizer)
+                record.stopped_early = after.update(epoch, logs, model)
+                record.stopper = after.state_dict()
+            save(last, extras={"run": record.to_extra()}, optimizer=optimizer)
+            on_disk[0] = record.epoch
             if improved:
                 save(best)
         if regress:
@@ -295,7 +285,7 @@ def command_train(args) -> int:
         with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
             warnings.simplefilter("ignore", gn.TrainingWarning)  # printed per epoch instead
             fit_history = model.fit(x_train, targets, loss=loss, optimizer=optimizer, epochs=args.epochs,
-                                    initial_epoch=state["epoch"], batch_size=args.batch_size, seed=args.seed,
+                                    initial_epoch=record.epoch, batch_size=args.batch_size, seed=args.seed,
                                     verbose=1 if sys.stderr.isatty() and not args.quiet else 0,  # a bar only
                                     callback=after_epoch, graph=args.graph,
                                     distributed=args.distributed, metrics=(metric,),
@@ -303,8 +293,8 @@ def command_train(args) -> int:
     except MemoryError:
         raise UserError("gpunn train: out of memory while training; use a smaller --batch-size or --hidden") from None
     except KeyboardInterrupt:
-        kept = (f"the checkpoint of epoch {state['epoch']} is kept at {last} (continue with --resume {args.out})"
-                if state["epoch"] else "no epoch finished, so no checkpoint was written")
+        kept = (f"the checkpoint of epoch {on_disk[0]} is kept at {last} (continue with --resume {args.out})"
+                if on_disk[0] else "no epoch finished, so no checkpoint was written")
         print(f"gpunn train: interrupted; {kept}", file=sys.stderr)
         return EXIT_INTERRUPTED
     backend.synchronize()
@@ -312,10 +302,10 @@ def command_train(args) -> int:
     if not root:
         return 0
     trained = len(fit_history["loss"])
-    plot = _save_plot(history, os.path.join(args.out, "curves.png"), metric)
-    final = {"last epoch": (model, f"{state['epoch']}: last.npz")}
-    if state["best_epoch"] is not None:
-        final["best validation epoch"] = (gn.load(best), f"{state['best_epoch']}: best.npz")
+    plot = _save_plot(record.history, os.path.join(args.out, "curves.png"), metric)
+    final = {"last epoch": (model, f"{record.epoch}: last.npz")}
+    if record.best_epoch is not None:
+        final["best validation epoch"] = (gn.load(best), f"{record.best_epoch}: best.npz")
     for index, (name, (trained_model, where)) in enumerate(final.items()):
         label = "" if index == 0 else f" of the {name}"
         if regress:
@@ -327,6 +317,6 @@ def command_train(args) -> int:
     if stopper is not None and stopper.stopped_epoch is not None:
         print(f"early stopping: no better validation loss for {_plural(args.early_stopping, 'epoch')}")
     print(f"wall time: {seconds:.2f} s for {_plural(trained, 'epoch')} on {backend.name}")
-    print(f"checkpoints: {last}" + (f", {best}" if state["best_epoch"] is not None else ""))
+    print(f"checkpoints: {last}" + (f", {best}" if record.best_epoch is not None else ""))
     print(f"curves: {plot}" if plot else f"curves: not drawn ({install_command('plot')} for a PNG)")
     return 0
