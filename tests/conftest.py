@@ -11,18 +11,16 @@ from support import cupy_standin
 
 #: "cupy-standin" is the CuPy backend's own code on the CPU stand-in (tests/support/cupy_standin):
 #: it runs on every CI run; "cupy" needs a GPU. "numpy-twins" is the NumPy backend without its
-#: compiled host kernels (gpunn/backends/host_*.py): the NumPy twins a machine without a C++
+#: compiled host kernels (gpunn/backends/native.py): the NumPy twins a machine without a C++
 #: compiler runs.
 BACKENDS = ("numpy", "numpy-twins", "cupy", "cupy-standin")
 
 
 def without_host_kernels(monkeypatch):
-    from gpunn.backends import host_activations, host_update
+    from gpunn.backends import native
 
-    for module, names in ((host_activations, ("bias_activation", "activation_backward")), (host_update, ("update",))):
-        for name in names:
-            monkeypatch.setattr(module, name, lambda *arguments: False)
-    monkeypatch.setattr(host_activations, "available", lambda dtype: False)
+    for name in ("bias_activation", "activation_backward", "update", "activations_available"):
+        monkeypatch.setattr(native, name, lambda *arguments: False)
 
 
 def skip_reason(name):

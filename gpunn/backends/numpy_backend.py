@@ -6,7 +6,7 @@ import functools
 
 import numpy as np
 
-from gpunn.backends import host_activations, host_update
+from gpunn.backends import native
 from gpunn.backends.base import Backend, as_activation_function, refuse_complex
 from gpunn.backends.numpy_activations import KEEPING, TWINS, _sigmoid_inplace
 
@@ -147,14 +147,14 @@ class NumpyBackend(Backend):
         for float16 models, which compute in float32 (a float16 Φ would round the slope)."""
         dtype = np.dtype(dtype)
         return (as_activation_function(activation).name in KEEPING and dtype != np.float16
-                and not host_activations.available(dtype))
+                and not native.activations_available(dtype))
 
     @_float16_computes_in_float32
     def bias_activation(self, z, bias, activation, out=None, saved=None, dropout=None, kept=None):
         function = as_activation_function(activation)
         if kept is None:  # activations.cuh compiled for the host, where it can run: one pass
             result = np.empty_like(z) if out is None else out
-            if host_activations.bias_activation(z, bias, function, result, saved):
+            if native.bias_activation(z, bias, function, result, saved):
                 return _apply_dropout(result, dropout)
         forward = _saturating(TWINS[function.name][0])
         if saved is None:
@@ -181,7 +181,7 @@ class NumpyBackend(Backend):
         if function.name == "identity":
             np.copyto(out, dy)
             return _apply_dropout(out, dropout)
-        if kept is None and host_activations.activation_backward(dy, saved, function, out):
+        if kept is None and native.activation_backward(dy, saved, function, out):
             return _apply_dropout(out, dropout)
         # The slope is built in ``out`` when that aliases no input, else in a temporary.
         aliased = any(np.may_share_memory(out, a) for a in (dy, saved, kept) if a is not None)
@@ -255,7 +255,7 @@ class NumpyBackend(Backend):
                 weight_decay, decay_end, max_norm):
         lr = float(lr_table[min(int(scalars[1]), lr_table.size - 1)])
         step, loss_scale = float(scalars[0]) + 1.0, float(scalars[2])
-        if master is None and host_update.update(rule, param, states, grad, lr, step, weight_decay, decay_end,
+        if master is None and native.update(rule, param, states, grad, lr, step, weight_decay, decay_end,
                                                  hyper, flag, loss_scale, norm_value, max_norm):
             return  # optim.cuh's rule in one compiled pass; below, its NumPy twin in a dozen
         target = param if master is None else master

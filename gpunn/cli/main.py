@@ -50,16 +50,14 @@ def _cupy_report() -> list[str]:
 
 
 def command_info(args) -> int:
-    from gpunn.backends import available_backends, get_matmul_precision
-    from gpunn.backends import host_activations, host_update
-
+    from gpunn.backends import available_backends, get_matmul_precision, native
     from gpunn.distributed.world import mpi_report, nccl_report
 
     lines = [f"gpunn: {__version__}", f"numpy: {np.__version__}", *_cupy_report(), mpi_report(), nccl_report(),
              f"backends available: {', '.join(available_backends())}",
              "default dtype: float32", f"matmul precision: {get_matmul_precision()}",
-             f"numpy optimizer update: {host_update.status()}",
-             f"numpy activations: {host_activations.status()}"]
+             f"numpy optimizer update: {native.update_status()}",
+             f"numpy activations: {native.activation_status()}"]
     print("\n".join(lines))
     return 0
 

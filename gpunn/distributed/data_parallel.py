@@ -10,7 +10,7 @@ from gpunn.distributed.world import shard_bounds
 
 
 def gradient_buffers(model) -> list:
-    """The arrays that hold the model's gradients: its one flat gradient buffer (gpunn.flat), so
+    """The arrays that hold the model's gradients: its one flat gradient buffer (gpunn.nn.flat), so
     the all-reduce is one call per step."""
     return [model.flat.grads]
 

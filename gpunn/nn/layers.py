@@ -52,7 +52,7 @@ def build_layer(record: dict, dtype):
 class Parameter:
     """A trainable array and its gradient; ``grad_valid`` is False until a backward writes it.
 
-    Inside a model both arrays are views into the model's flat buffers (``gpunn.flat``), so one
+    Inside a model both arrays are views into the model's flat buffers (``gpunn.nn.flat``), so one
     fused update and one all-reduce cover every parameter. Writing into ``value`` in place works
     as usual; assigning a new array copies it into the same storage (after checking its shape), so
     training always sees what was assigned. The same holds for ``grad`` inside a model: an assigned
@@ -328,7 +328,7 @@ class Dense(Layer):
 
 
 class Activation(Layer):
-    """An elementwise nonlinearity from the activation registry (gpunn/backends/activations.py).
+    """An elementwise nonlinearity from the activation registry (gpunn/kernels/activations.py).
 
     After a Dense it fuses into the Dense's pass; alone it keeps what its backward reads: its
     output (sigmoid, tanh, relu) or its input (the others).

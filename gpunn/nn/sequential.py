@@ -187,7 +187,7 @@ class Sequential:
                 layer.state = training
 
     def fit(self, X, T, *, loss, optimizer, **options):
-        """Train; see ``gpunn.fit.fit`` for the options (validation, metrics, early stopping, resume)."""
+        """Train; see ``gpunn.train.fit.fit`` for the options (validation, metrics, early stopping, resume)."""
         from gpunn.train.fit import fit
 
         return fit(self, X, T, loss=loss, optimizer=optimizer, **options)

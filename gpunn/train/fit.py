@@ -73,7 +73,7 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
 
     ``distributed=True`` trains data-parallel over the MPI world (``gpunn.distributed.init``):
     every rank passes the same data and settings; ``batch_size`` is global, and each global batch
-    is split into contiguous shards by rank (``gpunn.data_parallel``). Losses and metrics are
+    is split into contiguous shards by rank (``gpunn.distributed.data_parallel``). Losses and metrics are
     global (validation runs whole on every rank); only rank 0 shows progress.
     """
     epochs = checks.count("fit", "epochs", epochs)

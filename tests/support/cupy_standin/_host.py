@@ -1,11 +1,11 @@
 """Compiling a kernel's C++ for the host: the prelude that stands in for CuPy's headers; the
-build and its cache are gpunn.host_compiler's (one compile per distinct kernel)."""
+build and its cache are gpunn.backends.native's (one compile per distinct kernel)."""
 
 from __future__ import annotations
 
 import ctypes
 
-from gpunn.backends.host_compiler import HostCompilerError, build, cache_dir
+from gpunn.backends.native import HostCompilerError, build, cache_dir
 
 MAX_DIMS = 32
 
