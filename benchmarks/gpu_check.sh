@@ -20,7 +20,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 GPUNN_BAC
 
 # A GPU machine may reach no package index: the two tests that build a wheel in an isolated
 # environment or ask pip's resolver about the extras run on CI instead.
-python3 -m pytest -p no:cacheprovider -ra tests --deselect tests/test_packaging.py --deselect tests/test_extras.py \
+python3 -m pytest -p no:cacheprovider -ra tests --deselect tests/test_packaging.py --deselect tests/backends/test_extras.py \
     --junitxml="$out/tests.xml" 2>&1 | tee "$out/tests.log"
 status=${PIPESTATUS[0]}
 

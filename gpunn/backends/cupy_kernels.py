@@ -1,7 +1,7 @@
 """The kernels the CuPy backend launches: one ``KernelSpec`` per fused op, each an
 ElementwiseKernel (or ReductionKernel) whose operation calls a ``kernels/*.cuh`` function, the
 file's text being the preamble. ``KERNELS`` is the one table: the backend builds from it and
-tests/test_nvrtc_compile.py compiles every entry, variant and dtype as CuPy generates it.
+tests/kernels/test_nvrtc_compile.py compiles every entry, variant and dtype as CuPy generates it.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class KernelSpec(NamedTuple):
     """A kernel the backend builds, once per variant (an activation, or ``""``) and storage dtype.
 
     ``arguments(variant, dtype)`` lists the launch's inputs then outputs, so that a test can generate the
-    source CuPy will compile and compile it with NVRTC (tests/test_nvrtc_compile.py)."""
+    source CuPy will compile and compile it with NVRTC (tests/kernels/test_nvrtc_compile.py)."""
     build: Callable[[str, str], object]  # (variant, storage dtype) -> cupy kernel
     arguments: Callable[[str, str], tuple]  # (variant, storage dtype) -> (Arg, ...)
     variants: tuple[str, ...] = ("",)

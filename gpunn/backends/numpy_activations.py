@@ -13,7 +13,7 @@ import numpy as np
 # |x| < 2:  erf(x) = x·A(x²/2 − 1);  2 ≤ |x| < 6:  erf(|x|) = 1 − exp(−x²)·B((|x| − 4)/2);
 # |x| ≥ 6:  ±1 (erfc(6) < 2^−55). A and B are Chebyshev-economised polynomials (monomial, highest
 # degree first) fitted to erf(√t)/√t and erfc(x)·exp(x²) with 50-digit mpmath values
-# (tests/test_numpy_erf.py refits them); within 3 ulp of math.erf everywhere.
+# (tests/kernels/test_numpy_erf.py refits them); within 3 ulp of math.erf everywhere.
 _ERF_SMALL = (1.7169664781829218e-11, -1.4817570672621855e-10, 1.1333579234901372e-09,
               -8.603632056264318e-09, 6.119703939808185e-08, -4.045225228502215e-07,
               2.4758013291882113e-06, -1.3946266839339954e-05, 7.180100865470197e-05,
@@ -32,7 +32,7 @@ _ERFC_SCALED = (2.289129018275158e-09, -6.7237580409382605e-09, 7.51985535709463
 # unit of x·G (tanh flattens any error where erf nears ±1). Nothing is clamped: beyond |x| = 4, G
 # grows and x·G(x²) > 10, so tanh rounds to ±1 as erf does in float32 (±∞ included). Horner's
 # passes and tanh are SIMD ufuncs: a fifth of the cost of a two-branch evaluation; within 4 ulp of
-# math.erf (tests/test_numpy_erf.py refits G).
+# math.erf (tests/kernels/test_numpy_erf.py refits G).
 _ERF_TANH_32 = (4.749570013658804e-09, 4.1775980824119644e-08, -4.893753332043424e-06, 8.48472537628983e-05,
                 -0.0006148959369168981, -0.0001958048228068159, 0.10277033738562487, 1.1283791670955126)
 _SQRT1_2, _INV_SQRT_2PI, _SQRT_2_OVER_PI, _KAPPA = (0.70710678118654752440, 0.39894228040143267794,

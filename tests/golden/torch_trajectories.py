@@ -1,7 +1,7 @@
 """Optimizer trajectories from torch.optim, the reference gpunn's optimizers must reproduce.
 
 ``python tests/golden/torch_trajectories.py`` (with PyTorch installed) writes
-``tests/golden/trajectories.npz``; tests/test_optim_trajectories.py compares gpunn with that file
+``tests/golden/trajectories.npz``; tests/optim/test_optim_trajectories.py compares gpunn with that file
 on every run, and with live PyTorch too where it is installed. Each case trains the same float64
 5-7-3 tanh MLP on fixed batches for 50 steps under MSE and records the loss of every step and the
 final parameters.

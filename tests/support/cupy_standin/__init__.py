@@ -80,7 +80,7 @@ def installed(block_threads: bool = False):
     sys.modules.update({"cupy": module, "cupy.cuda": module.cuda, "cupy.cuda.runtime": module.cuda.runtime})
     for name in BACKEND_MODULES:
         sys.modules.pop(name, None)
-    cublas.load_library = lambda runtime_major: library  # the wheel search is tests/test_cublas_loading.py's
+    cublas.load_library = lambda runtime_major: library  # the wheel search is tests/backends/test_cublas_loading.py's
     _device._current.append(device)
     backends._instance.cache_clear()  # the cached "cupy" backend must be built on the stand-in
     try:

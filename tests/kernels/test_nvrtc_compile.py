@@ -40,7 +40,7 @@ def internals():
                 core.assemble_cupy_compiler_options, core._cupy_header_list, compiler._NVRTCProgram)
     except (ImportError, AttributeError) as error:
         pytest.fail(f"CuPy {cupy.__version__}: its kernel code generator is not where CuPy 14.2 keeps it "
-                    f"({error}); update tests/test_nvrtc_compile.py to this CuPy's internals")
+                    f"({error}); update tests/kernels/test_nvrtc_compile.py to this CuPy's internals")
 
 
 def array_infos(arguments, index_32_bits):
@@ -100,7 +100,7 @@ def generated_source(kernel, arguments, index_32_bits):
             kernel.preamble, kernel.options), kernel.options
     except (AttributeError, TypeError) as error:
         pytest.fail(f"CuPy {cupy.__version__}: its kernel code generator changed ({type(error).__name__}: {error}); "
-                    "update tests/test_nvrtc_compile.py to this CuPy's internals")
+                    "update tests/kernels/test_nvrtc_compile.py to this CuPy's internals")
 
 
 def compile_for(kernel, source, options, arch):

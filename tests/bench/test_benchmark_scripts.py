@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-SUITE = Path(__file__).resolve().parent.parent / "benchmarks"
+SUITE = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def run(script, *arguments):

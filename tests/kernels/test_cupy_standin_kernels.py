@@ -1,6 +1,6 @@
 """The stand-in's kernels are the CUDA kernels' maths: every op of the CuPy backend, run on the
 stand-in, equals bit for bit the nvcc host build of the same ``kernels/*.cuh`` function
-(``tests/support/host_harness.cu``, shared with tests/test_kernels_host.py), edge values included."""
+(``tests/support/host_harness.cu``, shared with tests/kernels/test_kernels_host.py), edge values included."""
 
 import ctypes
 

@@ -3,8 +3,8 @@
 A NumPy model of cublasGemmEx (column-major operands with leading dimensions, the CuPy
 stand-in's) runs the arguments that ``row_major_gemm`` chooses on the flat buffers of row-major
 arrays; the result, read back row-major, must be the product that was asked for. The stand-in
-feeds the backend's real calls to the same model (tests/test_cupy_standin.py), and the GPU run
-compares the real calls with NumPy (tests/test_cupy_parity.py).
+feeds the backend's real calls to the same model (tests/backends/test_cupy_standin.py), and the GPU run
+compares the real calls with NumPy (tests/backends/test_cupy_parity.py).
 """
 
 import numpy as np

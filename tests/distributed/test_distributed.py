@@ -1,6 +1,6 @@
 """gpunn.distributed without starting MPI jobs: imports, launcher checks, shards, NCCL probes.
 
-The MPI jobs themselves (mpiexec -n 2 and -n 3) run in tests/test_distributed_mpi.py.
+The MPI jobs themselves (mpiexec -n 2 and -n 3) run in tests/distributed/test_distributed_mpi.py.
 """
 
 import subprocess

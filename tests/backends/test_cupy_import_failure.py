@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("cupy", reason="CuPy is not installed (pip install '.[cuda13]')")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(code_or_args, tmp_path, **variables):

@@ -1,4 +1,4 @@
-"""Real MPI jobs (mpiexec -n 2 and -n 3) running tests/mpi_worker.py, each bounded three ways:
+"""Real MPI jobs (mpiexec -n 2 and -n 3) running tests/distributed/mpi_worker.py, each bounded three ways:
 MPIEXEC_TIMEOUT for the job, a subprocess timeout for mpiexec, pytest-timeout for the test.
 A few runs check many things each, so the whole file stays within seconds on 2 cores."""
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # mpi_worker: the model, data and reference
 WORKER = Path(__file__).resolve().parent / "mpi_worker.py"
 JOB_SECONDS = 60
@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.mpi, pytest.mark.timeout(3 * JOB_SECONDS),
 def job_environment(**extra):
     environ = dict(os.environ, MPIEXEC_TIMEOUT=str(JOB_SECONDS), OMP_NUM_THREADS="1",
                    OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", GPUNN_BACKEND="numpy")
-    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environ.get("PYTHONPATH")]))
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests"), environ.get("PYTHONPATH")]))
     environ.update(extra)
     return environ
 

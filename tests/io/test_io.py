@@ -269,7 +269,7 @@ def test_sigterm_during_a_save_removes_the_temporary_and_keeps_the_old_file(tmp_
     small_model().save(path)
     good = path.read_bytes()
     process = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, str(path)], stdout=subprocess.PIPE, text=True,
-                               env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)))
+                               env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
     assert process.stdout.readline().strip() == "writing"
     assert len(list(tmp_path.glob(".gpunn-*.partial"))) == 1
     process.send_signal(signal.SIGTERM)

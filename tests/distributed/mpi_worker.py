@@ -1,4 +1,4 @@
-"""What each rank runs in tests/test_distributed_mpi.py: ``mpiexec -n N python mpi_worker.py SCENARIO OUT``.
+"""What each rank runs in tests/distributed/test_distributed_mpi.py: ``mpiexec -n N python mpi_worker.py SCENARIO OUT``.
 
 Checks that need every rank's view (the same bytes everywhere) are made here, by gathering to
 rank 0; what must be compared with a single process is written to OUT for the test to compare.
@@ -15,7 +15,7 @@ import numpy as np
 import gpunn as gn
 from gpunn.distributed import transports
 from gpunn.backends.numpy_backend import NumpyBackend
-from test_graph_step import ReplayingBackend  # CUDA graphs on the CPU: a replay runs the recorded step again
+from support.replaying_backend import ReplayingBackend  # CUDA graphs on the CPU: a replay runs the recorded step again
 
 
 class DeviceStandIn(NumpyBackend):

@@ -20,7 +20,7 @@ from gpunn.kernels.source import kernel_dir, kernel_source
 
 NVCC = shutil.which("nvcc")
 pytestmark = [pytest.mark.nvcc, pytest.mark.skipif(NVCC is None, reason="CUDA's nvcc is not on PATH")]
-HARNESS = Path(__file__).resolve().parent / "support" / "host_harness.cu"
+HARNESS = Path(__file__).resolve().parents[1] / "support" / "host_harness.cu"
 CTYPES = {"float32": (ctypes.c_float, "f32"), "float64": (ctypes.c_double, "f64")}
 RTOL = {"float32": 2e-6, "float64": 1e-14}
 numpy_backend = NumpyBackend()

@@ -16,7 +16,7 @@ import pytest
 from gpunn.backends import cublas
 from gpunn.extras import install_command
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_finds_the_wheels_cublas_after_a_plain_import_cupy():

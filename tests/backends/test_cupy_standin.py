@@ -111,7 +111,7 @@ def test_a_barrier_some_threads_skip_aborts_with_its_block_named(tmp_path):
         "    kernel(cp.zeros(1, 'float32'), cp.zeros(1, 'float32'), size=64, block_size=32)\n")
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "GPUNN_STANDIN_BARRIER_SECONDS": "1",
-                                 "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")]))})
+                                 "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))})
     assert result.returncode != 0
     assert "__syncthreads in block" in result.stderr and "for 1 of its 32 threads" in result.stderr
 

@@ -1,11 +1,11 @@
 """TrainStep(graph=True): the recording, replay and fallback logic, checked on the CPU.
 
-``ReplayingBackend`` stands in for CUDA graphs on NumPy the way a real graph behaves: recording
+``ReplayingBackend`` (tests/support) stands in for CUDA graphs on NumPy the way a real graph behaves: recording
 runs the step once (CuPy's capture runs it eagerly, then records without running), and a replay
 runs the step again on whatever the recorded arrays hold at that moment. So a TrainStep that
 forgot to copy a batch into its static inputs, or replayed a graph whose learning rate had
 changed, trains differently from the eager step and these tests fail. The real capture runs in
-tests/test_cupy_parity.py on a GPU.
+tests/backends/test_cupy_parity.py on a GPU.
 """
 
 import gc
@@ -15,40 +15,7 @@ import pytest
 
 import gpunn as gn
 from gpunn.backends.numpy_backend import NumpyBackend
-
-
-class ReplayingBackend(NumpyBackend):
-    supports_graphs = True
-
-    def __init__(self):
-        super().__init__()
-        self.recordings = self.replays = self.pools = self.pools_freed = 0
-
-    def capture(self, step, previous=None):
-        """Counts private pools as CupyBackend.capture makes them: a new one unless ``previous``
-        hands its own over; a pool is freed when the graph holding it is dropped."""
-        self.recordings += 1
-        if previous is None:
-            self.pools += 1
-        else:
-            previous.pool_owned = False
-        result = step()
-        return result, _Replay(self, step, result)
-
-
-class _Replay:
-    def __init__(self, backend, step, like):
-        self.backend, self.step, self.output = backend, step, np.empty_like(like)
-        self.pool_owned = True
-
-    def replay(self):
-        assert self.pool_owned, "a graph replayed after handing its memory to a new recording"
-        self.backend.replays += 1
-        np.copyto(self.output, self.step())
-
-    def __del__(self):
-        if self.pool_owned:
-            self.backend.pools_freed += 1
+from support.replaying_backend import ReplayingBackend
 
 
 def make_model(backend, seed=1):

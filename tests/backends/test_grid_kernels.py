@@ -13,7 +13,7 @@ from gpunn.backends.selection import resolve_backend
 from support import cupy_standin
 
 import test_backend_conformance as conformance
-from test_training_toolkit import mlp
+from support.models import mlp
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The matmul parity tolerance of tests/test_cupy_parity.py, checked on the CPU: a float64 reference
+"""The matmul parity tolerance of tests/backends/test_cupy_parity.py, checked on the CPU: a float64 reference
 and a bound derived from k and the compute type's rounding, tight enough to fail a lower precision."""
 
 import numpy as np
