@@ -125,8 +125,10 @@ def add_train_arguments(train) -> None:
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue the run in RUN_DIR from its last.npz, exactly (its settings are kept and "
                             "other values of them refused; --epochs may extend a run with --schedule constant)")
-    train.add_argument("--out", default="gpunn-run",
-                       help="folder for last.npz, best.npz and curves.png (default: gpunn-run)")
+    train.add_argument("--out", help="folder for last.npz, best.npz and curves.png (default: gpunn-run; with "
+                                      "--resume, the resumed run's folder). A folder holding another run is refused")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in --out (without it, gpunn train never replaces a run)")
     train.add_argument("--graph", action="store_true",
                        help="replay each full batch's step as a CUDA graph (cupy backend)")
     train.add_argument("--distributed", action="store_true",

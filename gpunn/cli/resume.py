@@ -36,7 +36,6 @@ def resume_settings(args) -> RunRecord:
                         "start a new run (the schedule is planned over the whole run)")
     if epochs is not None:
         args.epochs = epochs
-    args.out = args.resume
     if record.stopped_early:
         patience = args.early_stopping
         raise UserError(f"gpunn train: --resume: the run stopped early after epoch {record.epoch} (no better "

@@ -195,3 +195,33 @@ def test_the_run_settings_come_from_the_parser():
     assert set(args.run_settings) >= {"hidden", "lr", "optimizer", "seed", "epochs", "early_stopping", "data"}
     assert not {"out", "resume", "backend", "quiet", "graph", "distributed"} & set(args.run_settings)
     assert args.run_settings["batch_size"] == 32 and args.run_settings["hidden"] == [128, 64]
+
+
+def test_a_fresh_run_never_replaces_a_run_it_was_not_told_to(capsys, tmp_path):
+    assert train(capsys, tmp_path / "run", "--epochs", "2")[0] == 0
+    kept = (tmp_path / "run" / "last.npz").read_bytes()
+    code, _, err = train(capsys, tmp_path / "run", "--epochs", "3", "--seed", "5")
+    assert code == 2 and "already holds a run (last.npz); continue it with --resume" in err and "--overwrite" in err
+    assert (tmp_path / "run" / "last.npz").read_bytes() == kept
+    assert train(capsys, tmp_path / "run", "--epochs", "3", "--seed", "5", "--overwrite")[0] == 0
+    assert json.loads(str(gn.load(tmp_path / "run" / "last.npz").extras["run"]))["epoch"] == 3
+
+
+def test_resume_into_another_folder_leaves_the_run_it_resumed_as_it_was(capsys, tmp_path):
+    """--resume RUN --out OTHER continues RUN's training into OTHER (it used to ignore --out and
+    overwrite RUN); the continuation equals resuming in place."""
+    assert train(capsys, tmp_path / "run", "--epochs", "2")[0] == 0
+    original = (tmp_path / "run" / "last.npz").read_bytes()
+    shutil.copytree(tmp_path / "run", tmp_path / "in-place")
+    assert main(["train", "--backend", "numpy", "--quiet", "--resume", str(tmp_path / "run"),
+                 "--out", str(tmp_path / "other"), "--epochs", "4"]) == 0
+    assert (tmp_path / "run" / "last.npz").read_bytes() == original
+    assert main(["train", "--backend", "numpy", "--quiet", "--resume", str(tmp_path / "in-place"), "--epochs", "4"]) == 0
+    other, in_place = (gn.load(tmp_path / name / "last.npz") for name in ("other", "in-place"))
+    np.testing.assert_array_equal(other.flat.values, in_place.flat.values)
+    assert json.loads(str(other.extras["run"]))["epoch"] == 4
+    # a second resume into OTHER, which now holds a run of its own, is refused
+    capsys.readouterr()
+    code = main(["train", "--backend", "numpy", "--quiet", "--resume", str(tmp_path / "run"), "--out",
+                 str(tmp_path / "other"), "--epochs", "5"])
+    assert code == 2 and "already holds a run" in capsys.readouterr().err

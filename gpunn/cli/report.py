@@ -1,0 +1,97 @@
+"""What ``gpunn train`` prints and draws: the header, a line per epoch, the test scores and the curves."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+import gpunn as gn
+from gpunn.extras import install_command
+
+
+def save_plot(history: dict, path: str, metric: str) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = range(1, len(history["loss"]) + 1)
+    for key in ("loss", "val_loss"):
+        if key in history:
+            left.plot(epochs, history[key], label=key.replace("_", " "))
+    left.set(xlabel="epoch", ylabel="loss", title="loss")
+    left.legend()
+    for key in (metric, f"val_{metric}"):
+        if key in history:
+            right.plot(epochs, history[key], label=key.replace("_", " "))
+    right.set(xlabel="epoch", ylabel=metric, title=metric)
+    right.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def regression_scores(model, X, y, target) -> tuple[float, float]:
+    """(RMSE in the target's units, R²) of the model on (X, y), computed on the standardised
+    scale so that targets near 1e300 do not overflow."""
+    scaled = target(y[:, None])[:, 0]
+    error = float(np.mean((model.predict(X)[:, 0].astype(np.float64) - scaled) ** 2))
+    spread = float(np.mean((scaled - scaled.mean()) ** 2))
+    return math.sqrt(error) * float(target.std[0]), (1 - error / spread if spread > 0 else float("nan"))
+
+
+def header(args, data, outputs: int, loss_name: str, optimizer: str, backend, world, resumed_after) -> str:
+    """The run's first line: the data, the network, the loss, the optimizer, the dtype and backend."""
+    features = data.dataset.X.shape[1]
+    return (f"training on {data.dataset.name}: {len(data.train_rows)} train / {len(data.validation_rows)} validation / "
+            f"{len(data.test_rows)} test rows, {features} features, "
+            + ("a numeric target" if args.task == "regress" else f"{outputs} classes") + "; "
+            f"{'-'.join(str(n) for n in [features, *args.hidden, outputs])} {args.activation} MLP, "
+            f"{loss_name}, {optimizer}, {args.dtype} on {backend.name}"
+            + (f", data-parallel over {world.size} ranks (global batch {args.batch_size})" if world else "")
+            + (f"; resuming after epoch {resumed_after}" if resumed_after is not None else ""))
+
+
+def epoch_lines(epoch: int, epochs: int, logs: dict, regress: bool) -> list[str]:
+    """An epoch's line (loss, accuracy, validation), then its warnings."""
+    line = f"epoch {epoch + 1:3d}/{epochs}  loss {logs['loss']:.4f}"
+    if not regress:
+        line += f"  train acc {logs['accuracy']:.4f}"
+    if "val_loss" in logs:
+        line += f"  val loss {logs['val_loss']:.4f}" + ("" if regress else f"  val acc {logs['val_accuracy']:.4f}")
+    if logs.get("skipped_steps"):
+        line += f"  ({logs['skipped_steps']} float16 steps skipped: loss scale lowered)"
+    return [line] + [f"warning: {warning}" for warning in logs.get("warnings", [])]
+
+
+def results(args, model, writer, data, stopper, trained: int, seconds: float, backend, metric: str) -> None:
+    """The test scores of the last epoch and of the best validation epoch, then where things are."""
+    record, regress = writer.record, args.task == "regress"
+    x_test, y_test = data.features(data.test_rows), data.dataset.y[data.test_rows]
+    plot = save_plot(record.history, os.path.join(args.out, "curves.png"), metric)
+    final = {"last epoch": (model, f"{record.epoch}: last.npz")}
+    if record.best_epoch is not None:
+        final["best validation epoch"] = (gn.load(writer.best), f"{record.best_epoch}: best.npz")
+    for index, (name, (trained_model, where)) in enumerate(final.items()):
+        label = "" if index == 0 else f" of the {name}"
+        if regress:
+            rmse, r2 = regression_scores(trained_model, x_test, y_test, data.target)
+            print(f"test RMSE{label}: {rmse:.6g}  test R²: {r2:.4f} ({where})")
+        else:
+            accuracy = float(np.mean(trained_model.predict(x_test).argmax(axis=1) == y_test))
+            print(f"test accuracy{label}: {accuracy:.4f} ({name if index == 0 else 'epoch'} {where})")
+    if stopper is not None and stopper.stopped_epoch is not None:
+        print(f"early stopping: no better validation loss for {plural(args.early_stopping, 'epoch')}")
+    print(f"wall time: {seconds:.2f} s for {plural(trained, 'epoch')} on {backend.name}")
+    print(f"checkpoints: {writer.last}" + (f", {writer.best}" if record.best_epoch is not None else ""))
+    print(f"curves: {plot}" if plot else f"curves: not drawn ({install_command('plot')} for a PNG)")
