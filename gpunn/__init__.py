@@ -3,21 +3,23 @@
 This module holds the public names and nothing else; ``README.md``'s code map says where each lives.
 """
 
-from gpunn.version import __version__  # noqa: F401  (gpunn.__version__)
+from gpunn import distributed, layers, schedules
 from gpunn.backends import (BackendUnavailableError, available_backends, cupy_unavailable_reason, get_backend,
                             get_matmul_precision, set_matmul_precision, use_backend)
 from gpunn.io import ModelFileError, load, load_optimizer
+from gpunn.nn.activations import GELU, Identity, LeakyReLU, ReLU, Sigmoid, SiLU, Softplus, Tanh
+from gpunn.nn.dense import Dense
 from gpunn.nn.dropout import Dropout
 from gpunn.nn.gradcheck import gradcheck
-from gpunn.nn.layers import GELU, Dense, Identity, LeakyReLU, Parameter, ReLU, Sigmoid, SiLU, Softplus, Tanh
 from gpunn.nn.losses import BCELoss, BCEWithLogitsLoss, MSELoss, SoftmaxCrossEntropyLoss
 from gpunn.nn.normalization import LayerNorm
+from gpunn.nn.parameter import Parameter
 from gpunn.nn.residual import Residual
 from gpunn.nn.sequential import Sequential
 from gpunn.optim import SGD, Adam, AdamW, Optimizer
 from gpunn.train.callbacks import EarlyStopping, TrainingWarning
 from gpunn.train.step import TrainingDiverged, TrainStep
-from gpunn import distributed, layers, schedules
+from gpunn.version import __version__  # noqa: F401  (gpunn.__version__)
 
 __all__ = [
     "Adam", "AdamW", "BCELoss", "BCEWithLogitsLoss", "BackendUnavailableError", "Dense", "Dropout", "EarlyStopping",

@@ -19,7 +19,7 @@ from hypothesis.extra import numpy as hnp
 
 import gpunn as gn
 from gpunn.cli.data import DataError, Standardizer, load_table
-from gpunn.nn.layers import ACTIVATION_LAYERS
+from gpunn.nn.activations import ACTIVATION_LAYERS
 
 EXAMPLES = int(os.environ.get("GPUNN_PROPERTY_EXAMPLES", 100))
 FAST = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -14,6 +14,7 @@ first operand and A as its second, and no data moves. This module imports no arr
 from __future__ import annotations
 
 import ctypes
+
 from gpunn.extras import install_command
 
 OP_N, OP_T = 0, 1

@@ -16,9 +16,10 @@ import cupy
 import numpy
 
 from gpunn.backends import cublas
-from gpunn.backends.precision import get_matmul_precision
 from gpunn.backends.base import Backend, as_activation_function, refuse_complex
 from gpunn.backends.cupy_kernels import _COMPUTE, GRID_BLOCK, GRID_MAX_BLOCKS, _build
+from gpunn.backends.precision import get_matmul_precision
+
 
 def _check_cache_dir() -> None:
     """CuPy writes compiled kernels to its cache; say so clearly when it cannot."""

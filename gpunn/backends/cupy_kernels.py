@@ -10,9 +10,9 @@ from typing import Callable, NamedTuple
 
 import cupy
 
+from gpunn.kernels.activations import REGISTRY
 from gpunn.kernels.source import kernel_source
 from gpunn.kernels.update_rules import RULES
-from gpunn.kernels.activations import REGISTRY
 
 # Storage dtype -> (compute dtype name for kernel signatures, C++ compute type).
 _COMPUTE = {"float16": ("float32", "float"), "float32": ("float32", "float"), "float64": ("float64", "double")}

@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
 from gpunn.extras import install_command
 
 GROUPS = ("ceiling", "matmul", "activation", "dense", "train-step", "epoch", "transfer", "distributed")

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+
 from gpunn.extras import install_command
 
 TASKS = ("auto", "classify", "regress")

@@ -14,8 +14,9 @@ import numpy as np
 from gpunn.cli.options import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError, use_backend_option
 from gpunn.cli.parser import build_parser
 from gpunn.cli.train import command_train
-from gpunn.version import __version__
 from gpunn.extras import cuda_install_hint
+from gpunn.version import __version__
+
 
 # --- info ---------------------------------------------------------------------------------
 def _cupy_report() -> list[str]:

@@ -9,8 +9,8 @@ from types import MappingProxyType
 from gpunn.bench.report import GROUPS
 from gpunn.cli.options import (ACTIVATION_CHOICES, BACKEND_CHOICES, BACKEND_HELP, LOSS_CHOICES, OPTIMIZER_CHOICES,
                                SCHEDULE_CHOICES, Parser, fraction, hidden_sizes, non_negative, positive, seed)
-from gpunn.version import __version__
 from gpunn.extras import install_command
+from gpunn.version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:

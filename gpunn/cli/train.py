@@ -27,6 +27,7 @@ from gpunn.cli.resume import refuse_changed_data, resume_settings
 from gpunn.cli.run import RunRecord, setting_as_used
 from gpunn.train.step import TrainingDiverged
 
+
 @dataclass
 class Split:
     """The run's data: its rows in three parts, standardised with the training part's scalers."""

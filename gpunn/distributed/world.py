@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import sys
 
-from gpunn.distributed.transports import (DistributedError, HostStagedTransport, MpiTransport, NcclTransport, nccl_communicator, nccl_unavailable_reason, nccl_version)
+from gpunn.distributed.transports import (DistributedError, HostStagedTransport, MpiTransport, NcclTransport,
+                                          nccl_communicator, nccl_unavailable_reason, nccl_version)
 from gpunn.extras import install_command
+
 
 def mpi_install_hint() -> str:
     return f"{install_command('mpi')} (mpi4py and MPICH)"

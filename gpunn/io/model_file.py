@@ -20,7 +20,7 @@ import zipfile
 import numpy as np
 
 from gpunn.io.atomic import atomic_write
-from gpunn.nn.layers import build_layer, layer_record
+from gpunn.nn.layer import build_layer, layer_record
 from gpunn.version import __version__
 
 FORMAT = "gpunn-model"

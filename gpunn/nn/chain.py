@@ -6,8 +6,10 @@ one elementwise pass; every other layer runs on its own.
 
 from __future__ import annotations
 
+from gpunn.nn.activations import Activation
+from gpunn.nn.dense import Dense
 from gpunn.nn.dropout import Dropout
-from gpunn.nn.layers import Activation, Dense, Layer
+from gpunn.nn.layer import Layer
 
 
 def plan(layers) -> list[tuple[Layer, dict]]:

@@ -12,9 +12,9 @@ import contextlib
 import secrets
 
 from gpunn import checks
-from gpunn.backends.selection import get_backend
 from gpunn.backends.base import DropoutMask
-from gpunn.nn.layers import Layer, register_layer
+from gpunn.backends.selection import get_backend
+from gpunn.nn.layer import Layer, register_layer
 
 
 @register_layer

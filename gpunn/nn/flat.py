@@ -9,7 +9,6 @@ boundary index rather than a mask.
 
 from __future__ import annotations
 
-
 #: Flat buffers are padded with zeros to a multiple of this many elements, so a backend can
 #: reduce them in equal blocks (the CuPy gradient norm does).
 PADDING = 1024

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from gpunn import checks
 from gpunn.backends.selection import get_backend
-from gpunn.nn.layers import Layer, Parameter, ParameterAttribute, register_layer
+from gpunn.nn.layer import Layer, register_layer
+from gpunn.nn.parameter import Parameter, ParameterAttribute
 
 
 @register_layer

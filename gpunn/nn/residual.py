@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gpunn.nn.chain import Chain, check_layers
-from gpunn.nn.layers import Layer, register_layer
+from gpunn.nn.layer import Layer, register_layer
 
 
 @register_layer

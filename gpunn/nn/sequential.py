@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 
 from gpunn import checks
-from gpunn.nn.flat import FlatBuffers
-
 from gpunn.nn.chain import Chain, check_layers, walk
-from gpunn.nn.layers import Layer, LayerState, Parameter, build_layer, layer_record
+from gpunn.nn.flat import FlatBuffers
+from gpunn.nn.layer import Layer, LayerState, build_layer, layer_record
+from gpunn.nn.parameter import Parameter
 
 
 class Sequential:
@@ -149,7 +149,7 @@ class Sequential:
         """Class probabilities as a NumPy array whose rows sum to 1: the softmax of several
         outputs (logits), or [1 − p, p] for one output, p = σ(output) (or the output itself when
         the model ends in Sigmoid)."""
-        from gpunn.nn.layers import Sigmoid
+        from gpunn.nn.activations import Sigmoid
 
         xp = self.backend.xp
         y = self._outputs(X, batch_size).astype("float64")

@@ -10,12 +10,12 @@ scale) is read on the device, so a recorded CUDA graph stays valid.
 
 from __future__ import annotations
 
-
-from gpunn.nn.layers import Parameter
 from gpunn import checks
-from gpunn.optim.schedules import Schedule, as_schedule
 from gpunn.kernels.update_rules import RULES
-from gpunn.optim.state import (GROWTH_INTERVAL, INITIAL_LOSS_SCALE, LOSS_SCALE, SKIPPED, checked_counters, constructor_arguments)
+from gpunn.nn.parameter import Parameter
+from gpunn.optim.schedules import Schedule, as_schedule
+from gpunn.optim.state import (GROWTH_INTERVAL, INITIAL_LOSS_SCALE, LOSS_SCALE, SKIPPED, checked_counters,
+                               constructor_arguments)
 
 _LR_TABLE_MINIMUM = 1024
 

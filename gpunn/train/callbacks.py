@@ -11,7 +11,6 @@ from gpunn import checks
 from gpunn.train.metrics import METRICS
 from gpunn.train.step import TrainingDiverged
 
-
 #: A finite loss this many times above the best epoch's is reported as divergence.
 DIVERGENCE_FACTOR = 100.0
 

@@ -12,9 +12,10 @@ import math
 import os
 
 from gpunn import checks
-from gpunn.train.metrics import METRICS, check_metric_targets, check_metrics
 from gpunn.train.callbacks import EarlyStopping, Progress, check_divergence
+from gpunn.train.metrics import METRICS, check_metric_targets, check_metrics
 from gpunn.train.step import TrainStep
+
 
 @contextlib.contextmanager
 def evaluation_mode(model):

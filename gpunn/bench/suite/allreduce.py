@@ -17,8 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import gpunn as gn  # noqa: E402
 from peers import PEERS, TRAIN_CONFIGS  # noqa: E402
+
+import gpunn as gn  # noqa: E402
 
 WARM_UP_CALLS = 3
 

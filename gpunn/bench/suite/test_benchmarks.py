@@ -8,9 +8,9 @@ device, versions, dtype, TF32, threads, and the case's FLOPs and bytes.
 import contextlib
 
 import pytest
+from peers import PEERS, train_case
 
 import gpunn as gn
-from peers import PEERS, train_case
 
 DTYPE = "float32"
 ITEMSIZE = 4
