@@ -26,3 +26,8 @@ def test_interleave_pairs_both_libraries_and_the_gemms():
     out = run("interleave.py", "S-adam", "2")
     assert "block 2: torch-cpu" in out and "GEMMs" in out
     assert "S-adam: median torch/gpunn over 2 blocks" in out and "beyond gpunn's GEMMs" in out
+
+
+def test_step_time_prints_a_median_per_step():
+    out = run("step_time.py")
+    assert out.strip().endswith("ms/step") and float(out.split(": ")[-1].split()[0]) > 0
