@@ -10,6 +10,7 @@ from gpunn.io import ModelFileError, load, load_optimizer
 from gpunn.nn.activations import GELU, Identity, LeakyReLU, ReLU, Sigmoid, SiLU, Softplus, Tanh
 from gpunn.nn.dense import Dense
 from gpunn.nn.dropout import Dropout
+from gpunn.nn.dtype import default_dtype, get_default_dtype, set_default_dtype
 from gpunn.nn.gradcheck import gradcheck
 from gpunn.nn.losses import BCELoss, BCEWithLogitsLoss, MSELoss, SoftmaxCrossEntropyLoss
 from gpunn.nn.normalization import LayerNorm
@@ -22,10 +23,10 @@ from gpunn.train.step import TrainingDiverged, TrainStep
 from gpunn.version import __version__  # noqa: F401  (gpunn.__version__)
 
 __all__ = [
-    "Adam", "AdamW", "BCELoss", "BCEWithLogitsLoss", "BackendUnavailableError", "Dense", "Dropout", "EarlyStopping",
-    "GELU", "Identity", "LayerNorm", "LeakyReLU", "MSELoss", "ModelFileError", "Optimizer", "Parameter", "ReLU",
-    "Residual", "SGD", "Sequential", "SiLU", "Sigmoid", "Softplus", "SoftmaxCrossEntropyLoss", "Tanh", "TrainStep",
-    "TrainingDiverged", "TrainingWarning", "available_backends", "cupy_unavailable_reason", "distributed",
-    "get_backend", "get_matmul_precision", "gradcheck", "layers", "load", "load_optimizer", "schedules",
-    "set_matmul_precision", "use_backend",
+    "Adam", "AdamW", "BCELoss", "BCEWithLogitsLoss", "BackendUnavailableError", "Dense", "Dropout",
+    "EarlyStopping", "GELU", "Identity", "LayerNorm", "LeakyReLU", "MSELoss", "ModelFileError", "Optimizer",
+    "Parameter", "ReLU", "Residual", "SGD", "Sequential", "SiLU", "Sigmoid", "Softplus", "SoftmaxCrossEntropyLoss",
+    "Tanh", "TrainStep", "TrainingDiverged", "TrainingWarning", "available_backends", "cupy_unavailable_reason",
+    "default_dtype", "distributed", "get_backend", "get_default_dtype", "get_matmul_precision", "gradcheck",
+    "layers", "load", "load_optimizer", "schedules", "set_default_dtype", "set_matmul_precision", "use_backend",
 ]

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gpunn"
 #: The public API (``gpunn``) sits above the library and below its users, the command line and the benchmarks.
 FLOORS = [("gpunn.version", "gpunn.extras", "gpunn.checks", "gpunn.kernels"), ("gpunn.backends",), ("gpunn.nn",), ("gpunn.optim",),
           ("gpunn.distributed",), ("gpunn.train", "gpunn.io"), ("gpunn", "gpunn.layers", "gpunn.schedules"),
-          ("gpunn.cli", "gpunn.bench"), ("gpunn.__main__",)]
+          ("gpunn.cli", "gpunn.bench", "gpunn.sklearn"), ("gpunn.__main__",)]
 DELEGATES = {("gpunn.nn.sequential", "Sequential.fit"), ("gpunn.nn.sequential", "Sequential.evaluate"),
              ("gpunn.nn.sequential", "Sequential.save")}
 

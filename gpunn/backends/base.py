@@ -42,6 +42,34 @@ class DropoutMask:
         return self.key & 0xFFFFFFFFFFFFFFFF, self.key >> 64
 
 
+#: DLPack's device types (dlpack.h, DLDeviceType) by the names messages give them.
+DLPACK_DEVICES = {1: "cpu", 2: "cuda", 3: "cuda_host", 4: "opencl", 7: "vulkan", 8: "metal", 10: "rocm",
+                  13: "cuda_managed", 14: "oneapi"}
+DLPACK_CPU, DLPACK_CUDA, DLPACK_CUDA_MANAGED = 1, 2, 13
+
+
+def dlpack_device(x) -> tuple[int, int] | None:
+    """(device type, device id) of a foreign array that speaks DLPack (PyTorch, JAX, …), else None."""
+    if isinstance(x, np.ndarray) or not hasattr(x, "__dlpack_device__") or not hasattr(x, "__dlpack__"):
+        return None
+    device_type, device_id = x.__dlpack_device__()
+    return int(device_type), int(device_id)
+
+
+def device_name(device: tuple[int, int]) -> str:
+    kind = DLPACK_DEVICES.get(device[0], f"DLPack device type {device[0]}")
+    return kind if device[0] == DLPACK_CPU else f"{kind}:{device[1]}"
+
+
+def host_view(x):
+    """A CPU array that speaks DLPack as a NumPy array sharing its memory (no copy)."""
+    try:
+        return np.from_dlpack(x)
+    except (BufferError, RuntimeError, TypeError, ValueError) as error:  # e.g. a tensor that requires grad
+        raise TypeError(f"the {type(x).__module__.split('.')[0]} array ({type(x).__name__}) cannot be shared "
+                        f"through DLPack: {error}") from None
+
+
 def refuse_complex(x, dtype) -> None:
     """Complex data cast to a real dtype loses its imaginary part with only a warning: refuse it."""
     if dtype is not None and np.dtype(dtype).kind != "c" and np.iscomplexobj(x):

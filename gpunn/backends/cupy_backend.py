@@ -16,7 +16,8 @@ import cupy
 import numpy
 
 from gpunn.backends import cublas
-from gpunn.backends.base import Backend, as_activation_function, refuse_complex
+from gpunn.backends.base import (DLPACK_CPU, DLPACK_CUDA, DLPACK_CUDA_MANAGED, Backend, as_activation_function,
+                                device_name, dlpack_device, host_view, refuse_complex)
 from gpunn.backends.cupy_kernels import _COMPUTE, GRID_BLOCK, GRID_MAX_BLOCKS, _build
 from gpunn.backends.precision import get_matmul_precision
 
@@ -79,8 +80,28 @@ class CupyBackend(Backend):
         return isinstance(x, cupy.ndarray)
 
     def asarray(self, x, dtype=None):
+        device = dlpack_device(x)
+        if device is not None and not isinstance(x, cupy.ndarray):
+            x = self._from_dlpack(x, device)
         refuse_complex(x, dtype)
         return cupy.asarray(x, dtype=dtype)
+
+    @staticmethod
+    def _from_dlpack(x, device):
+        """A foreign array (PyTorch, JAX) on this device as a CuPy array sharing its memory; a CPU one as a
+        NumPy view, copied to the device as NumPy input is. cupy.from_dlpack (CuPy 14.2,
+        cupy/_core/dlpack.pyx) takes CUDA and managed memory and hands the producer CuPy's current
+        stream; it refuses CPU memory, and would switch devices for memory on another GPU."""
+        if device[0] == DLPACK_CPU:
+            return host_view(x)
+        if device[0] not in (DLPACK_CUDA, DLPACK_CUDA_MANAGED):
+            raise ValueError(f"the array is on {device_name(device)}, which the cupy backend cannot read: move it "
+                             "to the GPU or the CPU first")
+        here = cupy.cuda.Device().id
+        if device[1] != here:
+            raise ValueError(f"the array is on {device_name(device)} but the model is on cuda:{here}: move it "
+                             f"(PyTorch: .to('cuda:{here}')) or build the model under cupy.cuda.Device({device[1]})")
+        return cupy.from_dlpack(x)
 
     def to_numpy(self, x):
         return cupy.asnumpy(x)

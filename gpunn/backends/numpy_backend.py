@@ -7,7 +7,8 @@ import functools
 import numpy as np
 
 from gpunn.backends import native
-from gpunn.backends.base import Backend, as_activation_function, refuse_complex
+from gpunn.backends.base import (DLPACK_CPU, Backend, as_activation_function, device_name, dlpack_device, host_view,
+                                refuse_complex)
 from gpunn.backends.numpy_activations import KEEPING, TWINS, _sigmoid_inplace
 
 
@@ -110,6 +111,13 @@ class NumpyBackend(Backend):
         return isinstance(x, np.ndarray)
 
     def asarray(self, x, dtype=None):
+        device = dlpack_device(x)
+        if device is not None:  # PyTorch, JAX, ...: shared without a copy where the memory is the CPU's
+            if device[0] != DLPACK_CPU:
+                raise ValueError(f"the array is on {device_name(device)} but the numpy backend computes on the "
+                                 "CPU: move it there first (PyTorch: .cpu(), JAX: jax.device_get), or train on "
+                                 "the cupy backend")
+            x = host_view(x)
         if hasattr(x, "__cuda_array_interface__"):
             raise _foreign_array_error(x, self.name)
         refuse_complex(x, dtype)

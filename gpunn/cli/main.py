@@ -52,11 +52,12 @@ def _cupy_report() -> list[str]:
 
 def command_info(args) -> int:
     from gpunn.backends import available_backends, get_matmul_precision, native
+    from gpunn.nn.dtype import get_default_dtype
     from gpunn.distributed.world import mpi_report, nccl_report
 
     lines = [f"gpunn: {__version__}", f"numpy: {np.__version__}", *_cupy_report(), mpi_report(), nccl_report(),
              f"backends available: {', '.join(available_backends())}",
-             "default dtype: float32", f"matmul precision: {get_matmul_precision()}",
+             f"default dtype: {get_default_dtype()}", f"matmul precision: {get_matmul_precision()}",
              f"numpy optimizer update: {native.update_status()}",
              f"numpy activations: {native.activation_status()}"]
     print("\n".join(lines))

@@ -7,6 +7,7 @@ import math
 from gpunn import checks
 from gpunn.backends.selection import get_backend
 from gpunn.kernels.activations import IDENTITY
+from gpunn.nn import dtype as dtype_setting
 from gpunn.nn.layer import Layer, register_layer
 from gpunn.nn.parameter import Parameter, ParameterAttribute
 
@@ -29,12 +30,12 @@ class Dense(Layer):
     """
 
     def __init__(self, in_features: int, out_features: int, weight=None, bias=None,
-                 init: str = "xavier", dtype="float32", seed=None):
+                 init: str = "xavier", dtype=None, seed=None):
         super().__init__()
         in_features = checks.count("Dense", "in_features", in_features)
         out_features = checks.count("Dense", "out_features", out_features)
         self.backend = backend = get_backend()
-        self.dtype = backend.check_dtype(dtype)
+        self.dtype = backend.check_dtype(dtype_setting.resolve(dtype))
         self.in_features, self.out_features, self.init = in_features, out_features, init
         if weight is None:
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gpunn import checks
 from gpunn.backends.selection import get_backend
+from gpunn.nn import dtype as dtype_setting
 from gpunn.nn.layer import Layer, register_layer
 from gpunn.nn.parameter import Parameter, ParameterAttribute
 
@@ -16,12 +17,12 @@ class LayerNorm(Layer):
 
     gain, bias = ParameterAttribute(), ParameterAttribute()
 
-    def __init__(self, features: int, eps: float = 1e-5, dtype="float32"):
+    def __init__(self, features: int, eps: float = 1e-5, dtype=None):
         super().__init__()
         features = checks.count("LayerNorm", "features", features)
         eps = checks.positive("LayerNorm", "eps", eps)
         self.backend = backend = get_backend()
-        self.dtype = backend.check_dtype(dtype)
+        self.dtype = backend.check_dtype(dtype_setting.resolve(dtype))
         self.in_features = self.out_features = self.features = features
         self.eps = float(eps)
         self.gain = Parameter(backend.asarray([1.0] * features, self.dtype), "gain", backend)

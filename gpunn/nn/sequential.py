@@ -6,6 +6,7 @@ import contextlib
 
 from gpunn import checks
 from gpunn.nn.chain import Chain, check_layers, walk
+from gpunn.nn.dtype import get_default_dtype
 from gpunn.nn.flat import FlatBuffers
 from gpunn.nn.layer import Layer, LayerState, build_layer, layer_record
 from gpunn.nn.parameter import Parameter
@@ -30,7 +31,7 @@ class Sequential:
             from gpunn.backends.selection import get_backend
 
             self.backend = get_backend()
-            self.dtype = self.backend.check_dtype("float32")
+            self.dtype = self.backend.check_dtype(get_default_dtype())
         for _, layer in walk(self.layers):
             if layer.dtype is None:
                 layer.backend = self.backend
@@ -222,6 +223,48 @@ class Sequential:
     def __repr__(self) -> str:
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"Sequential(\n  {inner}\n)"
+
+    # --- the model as a sequence of layers ---------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __getitem__(self, index):
+        """The layer at ``index`` (negative counts from the end); a slice gives a list of layers, not a
+        new model, since a layer belongs to one model."""
+        if isinstance(index, slice):
+            return self.layers[index]
+        if isinstance(index, bool) or not hasattr(index, "__index__"):
+            raise TypeError(f"Sequential indices must be ints or slices, got {type(index).__name__}")
+        try:
+            return self.layers[index]
+        except IndexError:
+            raise IndexError(f"Sequential index {index} is out of range for a model of {len(self.layers)} "
+                             "layers") from None
+
+    def summary(self, print_fn=print) -> None:
+        """Keras's table: each layer with its output shape and parameter count, then the totals
+        (trainable, and frozen as non-trainable). ``print_fn`` receives each line."""
+        rows, width = [], self.in_features
+        for index, layer in enumerate(self.layers):
+            width = layer.out_features if layer.out_features is not None else width
+            count = sum(int(parameter.value.size) for parameter in layer.parameters())
+            rows.append((f"{index} {type(layer).__name__}", f"(None, {width if width is not None else '?'})",
+                         f"{count:,}"))
+        leaves = [layer for layer in self.all_layers() if not layer.sublayers()]
+        trainable = sum(int(p.value.size) for layer in leaves if getattr(layer, "trainable", True)
+                        for p in layer.parameters())
+        total = sum(int(parameter.value.size) for parameter in self.parameters())
+        header = ("Layer (type)", "Output shape", "Param #")
+        widths = [max(len(row[column]) for row in [header, *rows]) + 3 for column in range(3)]
+        line = lambda cells: "".join(cell.ljust(size) for cell, size in zip(cells, widths)).rstrip()  # noqa: E731
+        rule = "=" * sum(widths)
+        for text in [f"Model: Sequential, {self.dtype} on {self.backend.name}", line(header), rule,
+                     *(line(row) for row in rows), rule, f"Total params: {total:,}",
+                     f"Trainable params: {trainable:,}", f"Non-trainable params: {total - trainable:,}"]:
+            print_fn(text)
 
 
 def _rebuilt(backend, records, dtype, values, extras, training) -> Sequential:
