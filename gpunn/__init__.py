@@ -7,6 +7,7 @@ from gpunn import distributed, layers, schedules
 from gpunn.backends import (BackendUnavailableError, available_backends, cupy_unavailable_reason, get_backend,
                             get_matmul_precision, set_matmul_precision, use_backend)
 from gpunn.io import ModelFileError, load, load_optimizer
+from gpunn.io.onnx_export import export_onnx
 from gpunn.nn.activations import GELU, Identity, LeakyReLU, ReLU, Sigmoid, SiLU, Softplus, Tanh
 from gpunn.nn.dense import Dense
 from gpunn.nn.dropout import Dropout
@@ -27,6 +28,6 @@ __all__ = [
     "EarlyStopping", "GELU", "Identity", "LayerNorm", "LeakyReLU", "MSELoss", "ModelFileError", "Optimizer",
     "Parameter", "ReLU", "Residual", "SGD", "Sequential", "SiLU", "Sigmoid", "Softplus", "SoftmaxCrossEntropyLoss",
     "Tanh", "TrainStep", "TrainingDiverged", "TrainingWarning", "available_backends", "cupy_unavailable_reason",
-    "default_dtype", "distributed", "get_backend", "get_default_dtype", "get_matmul_precision", "gradcheck",
+    "default_dtype", "export_onnx", "distributed", "get_backend", "get_default_dtype", "get_matmul_precision", "gradcheck",
     "layers", "load", "load_optimizer", "schedules", "set_default_dtype", "set_matmul_precision", "use_backend",
 ]

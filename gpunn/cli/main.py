@@ -13,6 +13,7 @@ import numpy as np
 
 from gpunn.cli.options import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError, use_backend_option
 from gpunn.cli.parser import build_parser
+from gpunn.cli.export import command_export
 from gpunn.cli.train import command_train
 from gpunn.extras import cuda_install_hint
 from gpunn.version import __version__
@@ -116,7 +117,8 @@ def command_bench(args) -> int:
     return 0
 
 
-COMMANDS = {"info": command_info, "train": command_train, "predict": command_predict, "bench": command_bench}
+COMMANDS = {"info": command_info, "train": command_train, "predict": command_predict, "bench": command_bench,
+            "export": command_export}
 
 
 def main(argv=None) -> int:

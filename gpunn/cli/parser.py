@@ -42,6 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--backend", choices=BACKEND_CHOICES, help=BACKEND_HELP)
     predict.set_defaults(command="predict")
 
+    export = commands.add_parser(
+        "export", help="a trained checkpoint as an ONNX model that serves raw rows",
+        description="Write a gpunn train checkpoint (a run folder's best.npz, else its last.npz, or a .npz) as "
+                    "one ONNX graph: raw feature columns in the training order in (standardised inside), "
+                    "class probabilities and the class index (or the predicted value) out, the feature and "
+                    f"class names in its metadata. Needs {install_command('onnx')}.")
+    export.add_argument("checkpoint", help="a gpunn train --out folder, or a checkpoint .npz")
+    export.add_argument("out", help="the .onnx file to write")
+    export.set_defaults(command="export")
+
     bench = commands.add_parser(
         "bench", help="benchmark gpunn against PyTorch on CPU and GPU, and write a report",
         description="Run the pytest-benchmark suite (gpunn on NumPy and CuPy, PyTorch eager and with CUDA "
