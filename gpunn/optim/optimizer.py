@@ -108,11 +108,14 @@ class Optimizer:
     # --- binding ----------------------------------------------------------------------------
     def bind(self, params) -> "Optimizer":
         """Take ``params`` (model.parameters() or a subset) and make the flat state for them."""
+        wrong = TypeError(f"{self._owner}: params must be a list of Parameters such as model.parameters(), "
+                          f"got {type(params).__name__}")
+        if callable(getattr(params, "parameters", None)):  # a model, itself a sequence of layers
+            raise wrong
         try:
             params = list(params)
         except TypeError:
-            raise TypeError(f"{self._owner}: params must be a list of Parameters such as model.parameters(), "
-                            f"got {type(params).__name__}") from None
+            raise wrong from None
         if not params:
             raise ValueError(f"{self._owner}: no parameters to optimize (pass model.parameters())")
         for index, parameter in enumerate(params):
