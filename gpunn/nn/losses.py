@@ -156,6 +156,10 @@ class SoftmaxCrossEntropyLoss(Loss):
         xp = backend.xp
         t = t if backend.is_array(t) else backend.asarray(t)
         batch, classes = output_shape
+        if classes == 1:  # torch trains nothing here without a word: stricter, on purpose
+            raise ValueError("SoftmaxCrossEntropyLoss: the outputs have one column, whose softmax is always 1: the "
+                             "loss is 0 and nothing trains. Give the last layer one output per class (2 or "
+                             "more), or use BCEWithLogitsLoss for one output of two classes")
         if t.ndim == 2:
             if tuple(t.shape) != tuple(output_shape):
                 raise ValueError(f"SoftmaxCrossEntropyLoss: one-hot targets have shape {tuple(t.shape)} "

@@ -152,3 +152,14 @@ def test_fit_arguments_of_the_wrong_kind(backend, argument, value, message):
 def test_text_targets_are_not_one_per_row(backend):
     with pytest.raises(ValueError, match="T must hold one target per row of X, got str"):
         make_model().fit(np.ones((3, 3)), "abc", loss=gn.MSELoss(), optimizer=gn.SGD(lr=0.1), verbose=0)
+
+
+def test_softmax_cross_entropy_over_one_output_is_refused(rng):
+    """Its softmax is always 1: the loss was 0 and nothing trained, without a word. torch accepts it;
+    gpunn refuses (a documented stricter-than-PyTorch refusal)."""
+    model = gn.Sequential(gn.Dense(3, 1, seed=0))
+    X, labels = rng.normal(size=(6, 3)), np.zeros(6, dtype=int)
+    for call in (lambda: gn.SoftmaxCrossEntropyLoss()(model.forward(X), labels),
+                 lambda: model.fit(X, labels, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=gn.SGD(), verbose=0)):
+        with pytest.raises(ValueError, match="one column, whose softmax is always 1.*BCEWithLogitsLoss"):
+            call()
