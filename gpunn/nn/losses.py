@@ -171,8 +171,13 @@ class SoftmaxCrossEntropyLoss(Loss):
             raise ValueError(f"SoftmaxCrossEntropyLoss: labels must have shape ({batch},) or "
                              f"{tuple(output_shape)}, got {tuple(t.shape)}")
         if t.dtype.kind not in "iu":
+            if t.dtype.kind == "f" and not bool(xp.isfinite(t).all()):
+                raise ValueError("SoftmaxCrossEntropyLoss: labels contain NaN or Inf; they must be class indices")
             if t.dtype.kind != "f" or not bool((t == xp.floor(t)).all()):
                 raise ValueError(f"SoftmaxCrossEntropyLoss: labels must be integers, got dtype {t.dtype}")
+            if t.size and (float(t.min()) < 0 or float(t.max()) >= classes):  # before int64 wraps 1e30 around
+                raise ValueError(f"SoftmaxCrossEntropyLoss: labels must lie in [0, {classes}), "
+                                 f"got {float(t.min()):g}..{float(t.max()):g}")
         t = t.astype("int64", copy=False)  # a narrow type (uint8) would wrap when compared with column indices
         if t.size and (int(t.min()) < 0 or int(t.max()) >= classes):
             raise ValueError(f"SoftmaxCrossEntropyLoss: labels must lie in [0, {classes}), "
