@@ -116,4 +116,5 @@ class ParameterAttribute:
                 raise ValueError(f"{type(layer).__name__}.{self.name}: cannot replace a Parameter that a model "
                                  f"holds (its flat buffers and optimizer would keep the old one); assign its "
                                  f"array instead: layer.{self.name} = new.value")
+            held._checked(value.value, held.value, "a Parameter")  # the same rule as assigning its array
         layer.__dict__[self.name] = value

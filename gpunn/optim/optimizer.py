@@ -204,6 +204,9 @@ class Optimizer:
 
     def check_model(self, model) -> None:
         """A clear error unless this optimizer's parameters belong to ``model``."""
+        if self._flat is None:
+            raise ValueError(f"{self._owner} is bound to no model yet; pass model.parameters() to it (or train "
+                             "with it) first")
         if self._flat is not model.flat:
             raise ValueError(f"{self._owner} is bound to the parameters of another model; make a new "
                              "optimizer for this model (one optimizer's state belongs to one model)")

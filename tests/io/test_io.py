@@ -494,6 +494,8 @@ def test_save_refuses_an_optimizer_of_another_model_or_not_an_optimizer(tmp_path
     for wrong in ("adam", gn.Adam):
         with pytest.raises(TypeError, match="optimizer must be the gpunn optimizer"):
             model.save(path, optimizer=wrong)
+    with pytest.raises(ValueError, match="bound to no model yet"):
+        model.save(path, optimizer=gn.Adam())
     assert path.read_bytes() == good
     model.save(path, optimizer=gn.Adam(model.parameters()))  # its own: saved
 

@@ -122,3 +122,14 @@ def test_assigned_values_and_gradients_are_checked_as_the_constructor_checks_the
     np.testing.assert_array_equal(backend.to_numpy(dense.W), before)
     dense.weight.grad = np.full((3, 2), 0.5)  # finite: accepted, packed or not
     assert dense.weight.grad_valid
+
+
+def test_a_parameter_swapped_in_before_any_model_holds_the_layer_follows_the_same_rule(backend):
+    with gn.use_backend(backend):
+        dense = gn.Dense(3, 2, dtype="float32", seed=0)
+    with pytest.raises(ValueError, match="holding NaN or Inf"):
+        dense.weight = gn.Parameter(backend.asarray(np.full((3, 2), np.nan), "float32"), "W", backend)
+    with pytest.raises(ValueError, match=r"of shape \(2, 3\)"):
+        dense.weight = gn.Parameter(backend.asarray(np.ones((2, 3)), "float32"), "W", backend)
+    dense.weight = gn.Parameter(backend.asarray(np.ones((3, 2)), "float32"), "W", backend)
+    assert float(backend.to_numpy(dense.W).sum()) == 6.0
