@@ -98,16 +98,35 @@ def get_backend() -> Backend:
     return backend
 
 
+#: The ``with use_backend(...)`` blocks open in this context, innermost last (their switches' tokens).
+_blocks: contextvars.ContextVar[tuple] = contextvars.ContextVar("gpunn_backend_blocks", default=())
+
+
 class use_backend:
-    """Switch backend: ``use_backend("numpy")`` for the context, or ``with use_backend(...)``."""
+    """Switch backend: ``use_backend("numpy")`` for the context, or ``with use_backend(...)``.
+
+    Leaving a block brings back the backend that was current when the switch was made. Blocks nest:
+    one left before a block opened inside it is a RuntimeError (nothing changes), and one object
+    may be entered again (also inside itself), switching again each time."""
 
     def __init__(self, name: str | Backend):
         self.backend = resolve_backend(name)
-        self._token = _current.set(self.backend)
+        self._pending = _current.set(self.backend)  # the switch made now; the first ``with`` claims it
+        self._tokens: list = []  # this object's open blocks, innermost last
 
     def __enter__(self) -> Backend:
+        token, self._pending = self._pending or _current.set(self.backend), None
+        self._tokens.append(token)
+        _blocks.set(_blocks.get() + (token,))
         return self.backend
 
     def __exit__(self, *exc_info) -> None:
-        _current.reset(self._token)
+        blocks = _blocks.get()
+        if not self._tokens:
+            raise RuntimeError("use_backend: leaving a block that was never entered (or was left already)")
+        if not blocks or blocks[-1] is not self._tokens[-1]:
+            raise RuntimeError(f"use_backend({self.backend.name!r}): blocks must be left innermost first, and a "
+                               "block opened inside this one is still open; leave it first (nothing was changed)")
+        _blocks.set(blocks[:-1])
+        _current.reset(self._tokens.pop())
 

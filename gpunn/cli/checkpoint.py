@@ -25,6 +25,7 @@ class Checkpoint:
     target_scaler: Standardizer | None = None  # regression: outputs are standardised targets
     features: list[str] | None = None  # the training file's feature columns, in the model's order
     label: str | None = None  # the training file's label column
+    data_digest: np.ndarray | None = None  # gpunn train: a digest of the train, validation and test rows
 
     def extras(self) -> dict:
         extras = {"task": np.array(self.task), "mean": self.scaler.mean, "std": self.scaler.std}
@@ -36,6 +37,8 @@ class Checkpoint:
             extras["features"] = np.array(self.features, dtype=str)
         if self.label is not None:
             extras["label"] = np.array(self.label)
+        if self.data_digest is not None:
+            extras["data_digest"] = np.asarray(self.data_digest, dtype=str)
         return extras
 
     @classmethod

@@ -9,6 +9,7 @@ to train a regression (``--task regress``) instead.
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -253,6 +254,22 @@ def random_split(rows: int, test_fraction: float, seed: int):
     order = np.random.default_rng(seed).permutation(rows)
     cut = min(max(int(round(rows * test_fraction)), 1), rows - 1) if rows > 1 else 0
     return order[cut:], np.sort(order[:cut])
+
+
+SPLIT_PARTS = ("train", "validation", "test")
+
+
+def split_digests(X, y, parts) -> np.ndarray:
+    """A SHA-256 of each part's rows (their indices, features and labels), in ``SPLIT_PARTS`` order: what
+    ``--resume`` compares, since a changed validation or test row leaves the scaler as it was."""
+    digests = []
+    for rows in parts:
+        digest = hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
+        digest.update(np.ascontiguousarray(X[rows], dtype=np.float64).tobytes())
+        labels = np.asarray(y[rows])
+        digest.update(str(labels.dtype).encode() + np.ascontiguousarray(labels).tobytes())
+        digests.append(digest.hexdigest())
+    return np.array(digests, dtype=str)
 
 
 @dataclass

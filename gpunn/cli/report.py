@@ -9,6 +9,7 @@ import numpy as np
 
 import gpunn as gn
 from gpunn.extras import install_command
+from gpunn.train.callbacks import DIVERGENCE_FACTOR
 
 
 def save_plot(history: dict, path: str, metric: str) -> str | None:
@@ -62,6 +63,16 @@ def header(args, data, outputs: int, loss_name: str, optimizer: str, backend, wo
             + (f"; resuming after epoch {resumed_after}" if resumed_after is not None else ""))
 
 
+def divergence(epoch: int, loss: float, before: float | None) -> str | None:
+    """The warning for an epoch whose training loss is over DIVERGENCE_FACTOR times the loss before this
+    run's training (fit compares with the best epoch's, so a run that starts by blowing up, such as
+    ``--lr 1e4``, said nothing), else None."""
+    if before is None or not math.isfinite(before) or not loss > DIVERGENCE_FACTOR * max(before, 1e-12):
+        return None
+    return (f"epoch {epoch + 1}: the loss {loss:.4g} is over {DIVERGENCE_FACTOR:.0f}x the loss before training "
+            f"({before:.4g}); training is diverging: lower --lr (or clip with --max-grad-norm)")
+
+
 def epoch_lines(epoch: int, epochs: int, logs: dict, regress: bool) -> list[str]:
     """An epoch's line (loss, accuracy, validation), then its warnings."""
     line = f"epoch {epoch + 1:3d}/{epochs}  loss {logs['loss']:.4f}"
@@ -80,8 +91,12 @@ def results(args, model, writer, data, stopper, trained: int, seconds: float, ba
     x_test, y_test = data.features(data.test_rows), data.dataset.y[data.test_rows]
     plot = save_plot(record.history, os.path.join(args.out, "curves.png"), metric)
     final = {"last epoch": (model, f"{record.epoch}: last.npz")}
-    if record.best_epoch is not None:
+    best = record.best_epoch is not None and os.path.isfile(writer.best)
+    if best:
         final["best validation epoch"] = (gn.load(writer.best), f"{record.best_epoch}: best.npz")
+    elif record.best_epoch is not None:  # a resumed run whose best.npz was deleted, and no epoch since beat it
+        print(f"note: {writer.best} (the best validation epoch, {record.best_epoch}) is gone, so only the last "
+              "epoch is scored")
     for index, (name, (trained_model, where)) in enumerate(final.items()):
         label = "" if index == 0 else f" of the {name}"
         if regress:
@@ -93,5 +108,5 @@ def results(args, model, writer, data, stopper, trained: int, seconds: float, ba
     if stopper is not None and stopper.stopped_epoch is not None:
         print(f"early stopping: no better validation loss for {plural(args.early_stopping, 'epoch')}")
     print(f"wall time: {seconds:.2f} s for {plural(trained, 'epoch')} on {backend.name}")
-    print(f"checkpoints: {writer.last}" + (f", {writer.best}" if record.best_epoch is not None else ""))
+    print(f"checkpoints: {writer.last}" + (f", {writer.best}" if best else ""))
     print(f"curves: {plot}" if plot else f"curves: not drawn ({install_command('plot')} for a PNG)")

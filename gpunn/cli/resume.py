@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 import gpunn as gn
+from gpunn.cli.data import SPLIT_PARTS
 from gpunn.cli.options import UserError
 from gpunn.cli.run import RunRecord, setting_as_used
 
@@ -60,9 +61,19 @@ def refuse_conflicting_options(args, stored: dict) -> None:
 
 
 def refuse_changed_data(args, checkpoint, model) -> None:
-    """The scaler and classes come from the data again on resume: they must be the run's."""
-    changed = [name for name, value in checkpoint.extras().items()
-               if name not in model.extras or not np.array_equal(model.extras[name], value)]
+    """The scaler, the classes and the rows of each part come from the data again on resume: they must
+    be the run's. (A run of a gpunn that stored no digest of its rows is compared by the rest.)"""
+    stored = model.extras
+    changed = [name for name, value in checkpoint.extras().items() if name != "data_digest"
+               and (name not in stored or not np.array_equal(stored[name], value))]
+    now = checkpoint.extras().get("data_digest")
+    if now is not None and "data_digest" in stored:
+        before = stored["data_digest"]
+        if before.shape != now.shape:
+            changed.append("rows")
+        else:
+            changed += [f"{part} rows" for part, old, new in zip(SPLIT_PARTS, before.tolist(), now.tolist())
+                        if old != new]
     if changed:
         raise UserError(f"gpunn train: --resume {args.resume}: the data is not the run's any more (its "
                         f"{', '.join(changed)} changed); resume with the run's data, or start a new run")

@@ -21,7 +21,8 @@ import gpunn as gn
 from gpunn.cli import report
 from gpunn.cli.build import describe_optimizer, make_optimizer, model_for
 from gpunn.cli.checkpoint import Checkpoint
-from gpunn.cli.data import DataError, Standardizer, load_digits, load_table, random_split, stratified_split
+from gpunn.cli.data import (DataError, Standardizer, load_digits, load_table, random_split, split_digests,
+                            stratified_split)
 from gpunn.cli.options import EXIT_INTERRUPTED, LOSS_CHOICES, UserError, say, use_backend_option
 from gpunn.cli.resume import refuse_changed_data, resume_settings
 from gpunn.cli.run import RunRecord, setting_as_used
@@ -105,6 +106,9 @@ class RunWriter:
         self.record, self.stopper, self.root, self.quiet = record, stopper, root, quiet
         self.last, self.best = (os.path.join(args.out, name) for name in ("last.npz", "best.npz"))
         self.on_disk = record.epoch  # the epoch last.npz holds: what an interrupt reports
+        self.loss_before = None  # the training loss before this run's first epoch (the divergence check's)
+        self.caught: list = []  # the warnings fit issued (a TrainingWarning is printed with its epoch)
+        self.warned = 0
 
     def save(self, path, **options) -> None:
         try:
@@ -128,6 +132,12 @@ class RunWriter:
                 self.save(self.best)
         for line in report.epoch_lines(epoch, self.args.epochs, logs, self.args.task == "regress"):
             say(line, self.quiet)
+        issued = [str(caught.message) for caught in self.caught[self.warned:]]
+        self.warned = len(self.caught)
+        own = report.divergence(epoch, logs["loss"], self.loss_before)
+        if self.root:  # warnings print with --quiet too, as errors do
+            for message in issued + ([own] if own and not any("diverging" in m for m in issued) else []):
+                print(f"gpunn train: warning: {message}", file=sys.stderr, flush=True)
 
 
 def command_train(args) -> int:
@@ -160,7 +170,9 @@ def command_train(args) -> int:
             raise UserError(f"gpunn train: --out {args.out}: cannot create the folder "
                             f"({error.strerror or error})") from None
     checkpoint = Checkpoint(model, "regress" if regress else "classify", data.scaler, data.dataset.classes,
-                            data.target, data.dataset.features, args.label if args.data else None)
+                            data.target, data.dataset.features, args.label if args.data else None,
+                            split_digests(data.dataset.X, data.dataset.y,
+                                          (data.train_rows, data.validation_rows, data.test_rows)))
     if resumed is not None:
         refuse_changed_data(args, checkpoint, model)
     record = resumed or RunRecord(settings={name: getattr(args, name) for name in args.run_settings},
@@ -178,8 +190,10 @@ def command_train(args) -> int:
     metric = "mse" if regress else "accuracy"
     started = time.perf_counter()
     try:
-        with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
-            warnings.simplefilter("ignore", gn.TrainingWarning)  # printed per epoch instead
+        with warnings.catch_warnings(record=True) as writer.caught, np.errstate(over="ignore", invalid="ignore"):
+            warnings.simplefilter("always", gn.TrainingWarning)  # printed with their epoch by the writer
+            writer.loss_before = model.evaluate(data.features(data.train_rows), data.targets(data.train_rows, loss_name),
+                                                getattr(gn, LOSS_CHOICES[loss_name])())["loss"]
             history = model.fit(data.features(data.train_rows), data.targets(data.train_rows, loss_name),
                                 loss=getattr(gn, LOSS_CHOICES[loss_name])(), optimizer=optimizer, epochs=args.epochs,
                                 initial_epoch=record.epoch, batch_size=args.batch_size, seed=args.seed,

@@ -6,7 +6,10 @@ update on the same numbers, so parameters stay bit-identical without being sent 
 
 from __future__ import annotations
 
+import json
+
 from gpunn.distributed.world import shard_bounds
+from gpunn.nn.layer import layer_record
 
 
 def gradient_buffers(model) -> list:
@@ -21,6 +24,28 @@ def state_buffers(model, optimizer) -> list:
     return [model.flat.values] + list(optimizer.device_arrays())
 
 
+def training_description(model, optimizer) -> dict:
+    """What must agree across ranks, as JSON-able data: the layers' records without what rank 0's
+    broadcast overwrites anyway (initialisation) or what may differ (a dropout seed drawn per rank
+    changes the masks, not the shapes), the dtype, the bound parameters, the optimizer's settings."""
+    def architecture(record):
+        kept = {key: value for key, value in record.items() if key not in ("init", "seed", "layers")}
+        if "layers" in record:
+            kept["layers"] = [architecture(inner) for inner in record["layers"]]
+        return kept
+
+    config = optimizer.config()
+    return {"layers": [architecture(layer_record(layer)) for layer in model.layers],
+            "dtype": str(model.dtype),
+            "optimizer type": config.pop("type"),
+            "learning-rate schedules": config.pop("schedule"),
+            "optimizer settings": config,
+            "optimizer steps": optimizer.steps_issued,
+            "optimized parameters": [model.named_parameters()[index][0] for index, parameter
+                                     in enumerate(model.parameters()) if any(parameter is bound for bound in
+                                                                             optimizer.params)]}
+
+
 class DataParallel:
     """One rank's part in data-parallel training of ``model`` over ``world``."""
 
@@ -32,7 +57,7 @@ class DataParallel:
 
     def check_agreement(self, **settings) -> None:
         """Every rank must run the same number of steps, or the collectives would wait forever."""
-        everyone = self.world.comm.allgather(settings)
+        everyone = self.world.allgather(settings)
         differing = sorted(key for key in settings if any(other[key] != settings[key] for other in everyone))
         if differing:
             views = "; ".join(f"rank {rank}: " + ", ".join(f"{key}={view[key]!r}" for key in differing)
@@ -45,8 +70,25 @@ class DataParallel:
         low, high = shard_bounds(stop - start, self.world.rank, self.world.size)
         return start + low, start + high
 
+    def check_model_and_optimizer(self, optimizer) -> None:
+        """Every rank must train the same architecture (layer types, widths, activations, dropout),
+        dtype and optimizer (type, hyperparameters, clipping, schedule, step count): rank 0's state is
+        broadcast into each rank's buffers, and one update rule runs on the same numbers everywhere.
+        Else ranks trained apart without a word, or died inside MPI ("message sizes do not match")."""
+        mine = training_description(self.model, optimizer)
+        everyone = self.world.allgather(mine)
+        for key in mine:
+            views = [view.get(key) for view in everyone]
+            if any(view != views[0] for view in views):
+                differing = "; ".join(f"rank {rank}: {json.dumps(view, default=str)[:200]}"
+                                      for rank, view in enumerate(views) if view != views[0] or rank == 0)
+                raise ValueError(f"fit: every rank must train the same model with the same optimizer, but they differ in "
+                                 f"their {key} ({differing}); build them from the same code and settings")
+
     def broadcast_state(self, optimizer) -> None:
-        """Every rank starts from rank 0's parameters and optimizer state."""
+        """Every rank starts from rank 0's parameters and optimizer state, once every rank is checked to
+        train the same model with the same optimizer (``check_model_and_optimizer``)."""
+        self.check_model_and_optimizer(optimizer)
         for buffer in state_buffers(self.model, optimizer):
             self.world.broadcast(buffer)
 

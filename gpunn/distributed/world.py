@@ -10,8 +10,12 @@ the one ``World`` it made and returns it again on later calls.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import sys
+import threading
+import time
 
 from gpunn.distributed.transports import (DistributedError, HostStagedTransport, MpiTransport, NcclTransport,
                                           nccl_communicator, nccl_unavailable_reason, nccl_version)
@@ -63,6 +67,71 @@ def check_launcher(world_size: int, environ=None) -> None:
             f"({os.path.join(os.path.dirname(sys.executable), 'mpiexec')}), or 'srun --mpi=pmi2' under Slurm")
 
 
+_EXIT_TAG = 0x67706E  # the exit notices' tag, on a communicator of their own
+#: A moment for the launcher to forward what a failing rank printed before MPI_Abort tears the job down
+#: (without it MPICH's hydra lost the end of the traceback in about one job of five).
+_FORWARD_SECONDS = 0.3
+_EXIT_GRACE = 2.0  # seconds a collective that was under way when a rank left may take to return
+
+
+class _ExitWatch:
+    """Ends the job when one rank leaves while the others still need it: ``sys.exit()`` (or the
+    script's end) on one rank bypasses the excepthook, and the others waited in their next collective
+    until the launcher's timeout (the leaving rank too, in MPI_Finalize).
+
+    At exit each rank sends a notice to every other rank on a communicator of its own, then waits for
+    theirs (all ranks leaving is the normal end of a job, however late rank 0 finishes its own work).
+    A listener thread receives the notices: one that arrives while this rank is inside a gpunn
+    collective, or a collective started after one arrived, aborts the job with a message naming the
+    rank that left. Needs MPI_THREAD_MULTIPLE (mpi4py's default); without it only the excepthook acts."""
+
+    def __init__(self, comm, MPI):
+        self.comm, self.rank, self.size = comm.Dup(), comm.Get_rank(), comm.Get_size()
+        self.MPI, self.departed, self.collectives, self.entered, self.done = MPI, [], 0, 0, False
+        self.listener = threading.Thread(target=self._listen, name="gpunn-exit-watch", daemon=True)
+        self.listener.start()
+        atexit.register(self.leave)
+
+    def _listen(self) -> None:
+        while len(self.departed) < self.size - 1:
+            status = self.MPI.Status()
+            self.comm.recv(source=self.MPI.ANY_SOURCE, tag=_EXIT_TAG, status=status)
+            self.departed.append(status.Get_source())
+            entered, waited = self.entered, 0.0
+            while self.collectives and self.entered == entered and waited < _EXIT_GRACE:  # a last collective
+                time.sleep(0.02)  # of the leaving rank may still be returning here: give it a moment
+                waited += 0.02
+            if self.collectives and self.entered == entered and not self.done:
+                self.abort()
+
+    def abort(self) -> None:
+        print(f"gpunn: rank {self.departed[0]} of {self.size} exited while rank {self.rank} still needs it in a "
+              "collective (sys.exit() on one rank, or one rank leaving its training early); aborting the MPI job",
+              file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        time.sleep(_FORWARD_SECONDS)
+        self.comm.Abort(1)
+
+    @contextlib.contextmanager
+    def collective(self):
+        """Around each blocking collective of gpunn: a rank that has left aborts the job."""
+        if self.departed and not self.done:
+            self.abort()
+        self.collectives += 1
+        self.entered += 1
+        try:
+            yield
+        finally:
+            self.collectives -= 1
+
+    def leave(self) -> None:
+        """At exit: tell every other rank, then wait for theirs (their notices, or their abort)."""
+        requests = [self.comm.issend(None, dest=rank, tag=_EXIT_TAG) for rank in range(self.size) if rank != self.rank]
+        self.listener.join()
+        self.done = True
+        self.MPI.Request.Waitall(requests)
+
+
 def _install_abort_hook(comm) -> None:
     """An exception that reaches the top of one rank ends the whole job, not only that rank:
     without this the other ranks wait forever in their next collective."""
@@ -75,6 +144,7 @@ def _install_abort_hook(comm) -> None:
                   file=sys.stderr)
             sys.stdout.flush()
             sys.stderr.flush()
+            time.sleep(_FORWARD_SECONDS)
         finally:
             comm.Abort(1)
 
@@ -93,10 +163,14 @@ def shard_bounds(rows: int, rank: int, size: int) -> tuple[int, int]:
 class World:
     """The processes of one data-parallel job: rank, size, and the collectives gpunn uses."""
 
-    def __init__(self, comm, backend, transport, local_rank: int, local_size: int):
+    def __init__(self, comm, backend, transport, local_rank: int, local_size: int, exit_watch=None):
         self.comm, self.backend, self.transport = comm, backend, transport
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.local_rank, self.local_size = local_rank, local_size
+        self.exit_watch = exit_watch
+
+    def _collective(self):
+        return self.exit_watch.collective() if self.exit_watch is not None else contextlib.nullcontext()
 
     @property
     def is_root(self) -> bool:
@@ -110,33 +184,47 @@ class World:
     def allreduce_sum(self, buffer):
         """Sum ``buffer`` (one contiguous array on the backend's device) over all ranks, in place."""
         if self.size > 1:
-            self.transport.allreduce_sum(buffer)
+            with self._collective():
+                self.transport.allreduce_sum(buffer)
         return buffer
 
     def broadcast(self, buffer, root: int = 0):
         """Overwrite ``buffer`` on every rank with ``root``'s, in place."""
         if self.size > 1:
-            self.transport.broadcast(buffer, root)
+            with self._collective():
+                self.transport.broadcast(buffer, root)
         return buffer
+
+    def allgather(self, value) -> list:
+        """Every rank's ``value`` (a host object), in rank order."""
+        if self.size == 1:
+            return [value]
+        with self._collective():
+            return self.comm.allgather(value)
 
     def sum_floats(self, values) -> list[float]:
         """Host numbers summed over all ranks, in rank order, so every rank gets the same bits
         (epoch totals; not for the step's hot path)."""
         values = [float(value) for value in values]
-        everyone = self.comm.allgather(values) if self.size > 1 else [values]
+        everyone = self.allgather(values)
         return [sum(rank_values[index] for rank_values in everyone) for index in range(len(values))]
 
     def broadcast_object(self, value, root: int = 0):
-        return self.comm.bcast(value, root=root) if self.size > 1 else value
+        if self.size == 1:
+            return value
+        with self._collective():
+            return self.comm.bcast(value, root=root)
 
     def barrier(self) -> None:
         if self.size > 1:
-            self.comm.Barrier()
+            with self._collective():
+                self.comm.Barrier()
 
     def abort(self, code: int = 1) -> None:
         """End every rank of the job now (after a failure the other ranks cannot see)."""
         sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(_FORWARD_SECONDS)
         self.comm.Abort(code)
 
     def print(self, *args, **kwargs) -> None:
@@ -220,13 +308,16 @@ def init(backend=None, transport: str | None = None) -> World:
     MPI = _import_mpi()
     comm = MPI.COMM_WORLD
     check_launcher(comm.Get_size())
+    exit_watch = None
     if comm.Get_size() > 1:
         _install_abort_hook(comm)
+        if MPI.Query_thread() == MPI.THREAD_MULTIPLE:
+            exit_watch = _ExitWatch(comm, MPI)
     local_comm = comm.Split_type(MPI.COMM_TYPE_SHARED)
     if backend.name == "cupy" and not backend.host_resident and transport != "host":
         _select_device(comm, local_comm)
     world = World(comm, backend, _transport_for(backend, transport, comm),
-                  local_comm.Get_rank(), local_comm.Get_size())
+                  local_comm.Get_rank(), local_comm.Get_size(), exit_watch)
     _world.append(world)
     return world
 

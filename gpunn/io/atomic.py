@@ -116,8 +116,20 @@ def _fatal_signals_unwind():
 
 
 def _path_error(error: OSError, path: str) -> OSError:
-    """The same kind of OSError, naming the user's path instead of our temporary's."""
+    """The same kind of OSError, naming the user's path instead of our temporary's. An OSError
+    raised without an errno (by a writer, a file system layer) keeps its own words."""
+    if error.errno is None or error.strerror is None:
+        return type(error)(f"cannot write {path}: {error or type(error).__name__}")
     return type(error)(error.errno, f"cannot write {path}: {error.strerror}")
+
+
+def user_path(path, owner: str = "save") -> str:
+    """``path`` (a str, bytes or os.PathLike) as a str; TypeError naming what it got otherwise."""
+    try:
+        return os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise TypeError(f"{owner}: path must be a str, bytes or os.PathLike file name, got "
+                        f"{type(path).__name__} {str(path)[:50]!r}") from None
 
 
 def atomic_write(path, write) -> None:
@@ -126,7 +138,7 @@ def atomic_write(path, write) -> None:
     OSErrors name ``path`` (never the temporary): FileNotFoundError when its folder does not
     exist, IsADirectoryError when ``path`` is a folder, PermissionError, and so on.
     """
-    path = os.fspath(path)
+    path = user_path(path)
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise IsADirectoryError(errno.EISDIR, f"cannot write {path}: it is a folder; give a file name")

@@ -19,7 +19,7 @@ import zipfile
 
 import numpy as np
 
-from gpunn.io.atomic import atomic_write
+from gpunn.io.atomic import atomic_write, user_path
 from gpunn.nn.layer import build_layer, layer_record
 from gpunn.version import __version__
 
@@ -119,11 +119,51 @@ def save(model, path, extras: dict | None = None, optimizer=None) -> None:
         "extras": sorted(extras),
     }
     if optimizer is not None:
-        config, state = _optimizer_state(optimizer)
+        config, state = _optimizer_state(_bound_to(optimizer, model))
         meta["optimizer"] = {"config": config, "arrays": sorted(state)}
         arrays.update({f"optimizer.{name}": value for name, value in state.items()})
-    arrays[_META_KEY] = np.frombuffer(json.dumps(meta, allow_nan=False).encode(), dtype=np.uint8)
+    text = json.dumps(meta, allow_nan=False).encode()
+    _check_readable(meta, text, sum(array.nbytes for array in arrays.values()))
+    arrays[_META_KEY] = np.frombuffer(text, dtype=np.uint8)
     atomic_write(path, lambda file: np.savez(file, **arrays))
+
+
+def _bound_to(optimizer, model):
+    """``optimizer`` if it is an optimizer of ``model``: another model's state would load into this
+    one's parameters (same shapes) or be refused only when the file is read back."""
+    if isinstance(optimizer, type) or not hasattr(optimizer, "state_dict"):
+        raise TypeError(f"save: optimizer must be the gpunn optimizer training this model (e.g. gn.Adam("
+                        f"model.parameters())), got {type(optimizer).__name__} {str(optimizer)[:50]!r}")
+    check_model = getattr(optimizer, "check_model", None)
+    if check_model is not None:
+        try:
+            check_model(model)
+        except ValueError as error:
+            raise ValueError(f"save: {error}; pass the optimizer of the model being saved") from None
+    return optimizer
+
+
+def _check_readable(meta: dict, text: bytes, size: int) -> None:
+    """What ``load`` checks of the metadata, checked before writing (``size``: the bytes of the arrays,
+    which the file holds at least): a file that save writes, load reads back."""
+    if not meta["layers"]:
+        raise ValueError("save: the model has no layers; load refuses a model file without any")
+    if len(text) > _MAX_META_BYTES:
+        raise ValueError(f"save: the model's metadata takes {len(text)} bytes; load reads at most {_MAX_META_BYTES}")
+    depth = _nesting(meta)
+    if depth > _MAX_NESTING:
+        raise ValueError(f"save: the model's layers nest {depth} levels deep in the file's metadata (each "
+                         f"Residual inside another adds two); load reads at most {_MAX_NESTING}: flatten the "
+                         "nesting (a Residual's branch may hold several layers)")
+    for index, record in enumerate(meta["layers"]):
+        if not _sizes_fit_the_file(record, np.dtype(meta["dtype"]).itemsize, size):
+            raise ValueError(f"save: layer {index} ({record['type']}) declares sizes that load would take for a "
+                             "crafted file")
+
+    def fail(message):
+        return ValueError(f"save: load would refuse this file: {message}")
+
+    _check_metadata(json.loads(text), fail)
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -131,7 +171,7 @@ class _Archive:
     """An opened model file: its zip directory, and arrays read one by one on request."""
 
     def __init__(self, path):
-        self.path = os.fspath(path)
+        self.path = user_path(path, "load")
         try:  # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it
             descriptor = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         except FileNotFoundError:
@@ -253,6 +293,10 @@ def _check_metadata(meta, fail) -> dict:
     if not isinstance(layers, list) or not all(isinstance(r, dict) and isinstance(r.get("type"), str)
                                                for r in layers):
         raise fail("corrupt gpunn metadata ('layers' must be a list of objects, each with a 'type')")
+    if not layers:  # Sequential() would return its input: never what was saved
+        raise fail("corrupt gpunn metadata (no layers: a model file holds at least one)")
+    if version >= 2 and "extras" not in meta:  # version 2 always names its extras (maybe none)
+        raise fail("corrupt gpunn metadata (a version-2 file without its 'extras' list)")
     names = meta.get("extras", [])
     optimizer = meta.get("optimizer", {"arrays": []})
     if not isinstance(optimizer, dict) or not isinstance(optimizer.get("config", {}), dict):
@@ -342,8 +386,12 @@ def read_optimizer_state(path) -> dict:
 
 def load_optimizer(path, model):
     """The optimizer saved in ``path``, bound to ``model`` (load the model from the same file first)."""
+    from gpunn.nn.sequential import Sequential
     from gpunn.optim import load_optimizer_state
 
+    if not isinstance(model, Sequential):
+        raise TypeError(f"load_optimizer: model must be the gpunn model the optimizer trains (model = "
+                        f"gn.load(path), then gn.load_optimizer(path, model)), got {type(model).__name__}")
     state = read_optimizer_state(path)
     try:
         return load_optimizer_state(state, model)

@@ -64,11 +64,11 @@ class Dropout(Layer):
     @contextlib.contextmanager
     def fixed_mask(self):
         """Inside the block, training forwards reuse the current step's mask (for gradient checks)."""
-        self._advance = False
+        before, self._advance = self._advance, False
         try:
             yield self
         finally:
-            self._advance = True
+            self._advance = before  # blocks nest (gradcheck holds the mask inside a user's block)
 
     def forward(self, x):
         mask = self.forward_mask()

@@ -6,6 +6,8 @@ gradient to about 1e-8, so a wrong derivative cannot hide behind rounding.
 
 from __future__ import annotations
 
+import contextlib
+
 
 def numerical_gradient(function, array, eps: float = 1e-6):
     """d function() / d array by central differences, perturbing ``array`` in place."""
@@ -31,10 +33,10 @@ def _gradient_name(name: str) -> str:
 def gradcheck(model, loss, X, T, eps: float = 1e-6, rtol: float = 1e-5, atol: float = 1e-8) -> dict:
     """Compare every analytic gradient of ``loss(model(X), T)`` with central differences.
 
-    Checks each parameter of every layer and dL/dX. Returns the largest absolute error per
+    Checks each parameter of every layer and dL/dX; a model in training mode keeps one dropout mask
+    for the whole check (``Dropout.fixed_mask``). Returns the largest absolute error per
     checked array; raises AssertionError naming the first array that disagrees.
     """
-    backend = model.backend
     if str(model.dtype) != "float64":
         raise ValueError(f"gradcheck needs a float64 model, got {model.dtype}")
     x = model.as_input(X)
@@ -43,7 +45,16 @@ def gradcheck(model, loss, X, T, eps: float = 1e-6, rtol: float = 1e-5, atol: fl
     def value():
         return loss(model._forward(x), T)
 
-    value()
+    value()  # draws this check's dropout masks; every later forward reuses them
+    with contextlib.ExitStack() as held:
+        for layer in model.all_layers():
+            if hasattr(layer, "fixed_mask"):
+                held.enter_context(layer.fixed_mask())
+        return _compare(model, loss, value, x, eps, rtol, atol)
+
+
+def _compare(model, loss, value, x, eps, rtol, atol) -> dict:
+    backend = model.backend
     model.zero_grad()
     analytic = {"dX": backend.to_numpy(model.backward(loss.backward())).copy()}
     named = [(_gradient_name(name), parameter) for name, parameter in model.named_parameters()]

@@ -47,6 +47,13 @@ def build_layer(record: dict, dtype):
     return cls.from_config(config, dtype, [build_layer(inner, dtype) for inner in nested])
 
 
+def walk_layers(layer):
+    """``layer`` and every layer it holds, depth first."""
+    yield layer
+    for inner in layer.sublayers():
+        yield from walk_layers(inner)
+
+
 class LayerState:
     """What a layer keeps from its forward for its backward (its input ``x``, output ``y``, what the
     activation's backward reads ``saved``, the kept pre-dropout values ``kept``, the dropout ``mask``,
@@ -80,6 +87,8 @@ class Layer:
     dtype = None
     in_features: int | None = None
     out_features: int | None = None
+    #: Whether a model holds this layer: a layer belongs to one model (Sequential refuses a second).
+    in_model: bool = False
 
     def __init__(self):
         self.state = LayerState()
@@ -110,6 +119,21 @@ class Layer:
 
     def _buffer(self, name: str, shape, backend: Backend, dtype):
         return self.state.buffer(name, shape, backend, dtype)
+
+    def __deepcopy__(self, memo) -> "Layer":
+        """``copy.deepcopy(layer)``: the layer rebuilt from its record on the same backend, with copies of
+        its weights, in no model (the torch idiom of stacking copies of a block). A field-by-field copy
+        would copy the backend itself and the parameters' ties to the original's model."""
+        from gpunn.backends.selection import get_backend, use_backend
+
+        with use_backend(self.backend if self.backend is not None else get_backend()):
+            twin = build_layer(layer_record(self), self.dtype)
+        for (_, mine), (_, theirs) in zip(self.named_parameters("layer"), twin.named_parameters("layer")):
+            theirs.value[...] = mine.value
+        for inner, copied in zip(walk_layers(self), walk_layers(twin)):
+            copied.training = inner.training
+        memo[id(self)] = twin
+        return twin
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())

@@ -156,6 +156,10 @@ class SoftmaxCrossEntropyLoss(Loss):
         xp = backend.xp
         t = t if backend.is_array(t) else backend.asarray(t)
         batch, classes = output_shape
+        if classes == 1:  # torch trains nothing here without a word: stricter, on purpose
+            raise ValueError("SoftmaxCrossEntropyLoss: the outputs have one column, whose softmax is always 1: the "
+                             "loss is 0 and nothing trains. Give the last layer one output per class (2 or "
+                             "more), or use BCEWithLogitsLoss for one output of two classes")
         if t.ndim == 2:
             if tuple(t.shape) != tuple(output_shape):
                 raise ValueError(f"SoftmaxCrossEntropyLoss: one-hot targets have shape {tuple(t.shape)} "
@@ -167,8 +171,13 @@ class SoftmaxCrossEntropyLoss(Loss):
             raise ValueError(f"SoftmaxCrossEntropyLoss: labels must have shape ({batch},) or "
                              f"{tuple(output_shape)}, got {tuple(t.shape)}")
         if t.dtype.kind not in "iu":
+            if t.dtype.kind == "f" and not bool(xp.isfinite(t).all()):
+                raise ValueError("SoftmaxCrossEntropyLoss: labels contain NaN or Inf; they must be class indices")
             if t.dtype.kind != "f" or not bool((t == xp.floor(t)).all()):
                 raise ValueError(f"SoftmaxCrossEntropyLoss: labels must be integers, got dtype {t.dtype}")
+            if t.size and (float(t.min()) < 0 or float(t.max()) >= classes):  # before int64 wraps 1e30 around
+                raise ValueError(f"SoftmaxCrossEntropyLoss: labels must lie in [0, {classes}), "
+                                 f"got {float(t.min()):g}..{float(t.max()):g}")
         t = t.astype("int64", copy=False)  # a narrow type (uint8) would wrap when compared with column indices
         if t.size and (int(t.min()) < 0 or int(t.max()) >= classes):
             raise ValueError(f"SoftmaxCrossEntropyLoss: labels must lie in [0, {classes}), "

@@ -13,7 +13,8 @@ class Parameter:
     as usual; assigning a new array copies it into the same storage (after checking its shape), so
     training always sees what was assigned. The same holds for ``grad`` inside a model: an assigned
     gradient is copied into the flat gradient buffer and counts as fresh (as torch's ``p.grad = g``
-    is used by the next step), and ``grad = None`` marks it stale.
+    is used by the next step), and ``grad = None`` marks it stale. Assigned arrays are checked as a
+    layer's constructor checks its arrays: the shape, and finite values that fit the dtype.
     """
 
     def __init__(self, value, name: str, backend: Backend):
@@ -39,16 +40,21 @@ class Parameter:
 
     @grad.setter
     def grad(self, array):
-        if self.owner is None:  # not packed yet: nothing else holds the gradient
-            self._grad = array
-        elif array is None:
+        if array is None:
+            if self.owner is None:
+                self._grad = None
             self.grad_valid = False
+        elif self.owner is None:  # not packed yet: nothing else holds the gradient
+            self._grad = self._checked(array, self._value, "a gradient").copy()
+            self.grad_valid = True
         else:
             self._copy_into(self._grad, array, "a gradient")
             self.grad_valid = True
 
-    def _copy_into(self, target, array, what: str) -> None:
-        """Copy ``array`` into ``target`` in place (a view of the flat buffer stays that view)."""
+    def _checked(self, array, target, what: str):
+        """``array`` as ``target``'s dtype and shape, finite: what a layer's constructor checks of
+        ``weight=``/``bias=``, checked of every assignment too (a NaN, or a value that overflows
+        float16, is refused here as there)."""
         try:
             converted = self.backend.asarray(array, target.dtype)
         except (TypeError, ValueError) as error:
@@ -57,7 +63,14 @@ class Parameter:
         if tuple(converted.shape) != tuple(target.shape):
             raise ValueError(f"Parameter {self.name}: cannot assign {what} of shape {tuple(converted.shape)} "
                              f"to a parameter of shape {tuple(target.shape)}")
-        target[...] = converted
+        if not bool(self.backend.xp.isfinite(converted).all()):
+            raise ValueError(f"Parameter {self.name}: cannot assign {what} holding NaN or Inf (or values too "
+                             f"large for {target.dtype})")
+        return converted
+
+    def _copy_into(self, target, array, what: str) -> None:
+        """Copy ``array`` into ``target`` in place (a view of the flat buffer stays that view)."""
+        target[...] = self._checked(array, target, what)
 
     @property
     def shape(self):
@@ -103,4 +116,5 @@ class ParameterAttribute:
                 raise ValueError(f"{type(layer).__name__}.{self.name}: cannot replace a Parameter that a model "
                                  f"holds (its flat buffers and optimizer would keep the old one); assign its "
                                  f"array instead: layer.{self.name} = new.value")
+            held._checked(value.value, held.value, "a Parameter")  # the same rule as assigning its array
         layer.__dict__[self.name] = value

@@ -14,7 +14,8 @@ from gpunn.nn.parameter import Parameter
 
 class Sequential:
     """A feed-forward network. ``forward`` returns the last layer's output buffer, which the
-    next forward call reuses; ``predict`` returns an independent NumPy array.
+    next forward call reuses; ``model(X)`` returns a copy of it the user can keep, and ``predict``
+    an independent NumPy array (in evaluation mode).
 
     A model starts in training mode (dropout active); ``eval()`` or ``with model.evaluating():``
     switch to evaluation, and ``predict`` always evaluates.
@@ -24,6 +25,11 @@ class Sequential:
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
         first, self.in_features, self.out_features = check_layers(layers, "Sequential")
+        for position, layer in walk(layers):
+            if layer.in_model:  # parameters or not: its buffers and saved state serve one model
+                raise ValueError(f"Sequential: the {type(layer).__name__} at position {position} already belongs "
+                                 "to another model; a layer belongs to one model, parameters or not (its saved "
+                                 "forward state would be overwritten by the other's): create a new layer")
         self.layers = list(layers)
         if first is not None:
             self.backend, self.dtype = first.backend, first.dtype
@@ -44,6 +50,8 @@ class Sequential:
         self.extras: dict = {}
         #: Every parameter's value and gradient are views into these two flat arrays.
         self.flat = FlatBuffers(self.parameters(), self.backend, self.dtype)
+        for layer in self.all_layers():
+            layer.in_model = True
         self.train()
 
     def all_layers(self) -> list[Layer]:
@@ -115,10 +123,14 @@ class Sequential:
         return array
 
     def forward(self, X):
-        """The network's output for a batch ``X`` (batch, features), on the backend."""
+        """The network's output for a batch ``X`` (batch, features), on the backend: the last layer's
+        output buffer, which the next forward overwrites (the zero-allocation path of training loops)."""
         return self._forward(self.as_input(X))
 
-    __call__ = forward
+    def __call__(self, X):
+        """``model(X)``: ``forward``, returning an array of its own that the next call leaves alone (as
+        a torch module's output); ``forward`` skips the copy."""
+        return self.forward(X).copy()
 
     def _forward(self, x):
         return self._chain.forward(x)

@@ -77,9 +77,13 @@ class Optimizer:
         """Make the device's table of learning rates cover ``count`` more updates (fit calls it once;
         TrainStep before each step, outside any graph recording); a schedule that ends before them
         (OneCycle) raises its error here, before any of them runs."""
+        if self._flat is not None and self.schedule.config() != self._table_source:  # edited since bound
+            self._fill_lr_table(self._lr_table.size)
         last_step, final = self.schedule.last_step, self._steps_issued + count - 1
         if last_step is not None and final > last_step:
             self.schedule(final)  # OneCycle's own error (CosineDecay holds its final rate)
+        elif last_step is None:
+            self.schedule(final)  # a rate beyond the float range (gamma > 1) raises before any update
         if self._flat is not None and self._lr_table.size > 1 and final >= self._lr_table.size \
                 and last_step is None:  # else the table holds the whole schedule already
             self._fill_lr_table(max(2 * self._lr_table.size, final + 1))
@@ -99,7 +103,8 @@ class Optimizer:
         length = 1 if type(self.schedule).__name__ == "Constant" else max(length, _LR_TABLE_MINIMUM)
         if self.schedule.last_step is not None:  # all of it at once, and the device holds the last rate
             length = self.schedule.last_step + 1  # beyond: the table never grows, so no graph records again
-        values = [self.schedule(step) for step in range(length)]
+        values = self.schedule.table(length)
+        self._table_source = self.schedule.config()  # what the table holds: an edit is noticed by reserve_steps
         if self._lr_table is not None and self._lr_table.size == length:
             self._lr_table[...] = backend.asarray(values, "float64")  # same array: a graph stays valid
         else:
@@ -202,6 +207,9 @@ class Optimizer:
 
     def check_model(self, model) -> None:
         """A clear error unless this optimizer's parameters belong to ``model``."""
+        if self._flat is None:
+            raise ValueError(f"{self._owner} is bound to no model yet; pass model.parameters() to it (or train "
+                             "with it) first")
         if self._flat is not model.flat:
             raise ValueError(f"{self._owner} is bound to the parameters of another model; make a new "
                              "optimizer for this model (one optimizer's state belongs to one model)")
@@ -368,8 +376,17 @@ class Optimizer:
                                  f"got {got} (a different model?)")
         steps = checked_counters(where, config["steps"], [float(value) for value in arrays["scalars"]])
         backend = self._flat.backend
+        converted = {}
         for name, target in expected.items():
-            target[...] = backend.asarray(arrays[name], target.dtype)
+            try:
+                converted[name] = backend.asarray(arrays[name], target.dtype)
+            except (TypeError, ValueError) as error:
+                raise TypeError(f"{where}: {name} cannot be read as a {target.dtype} array: {error}") from None
+            if not bool(backend.xp.isfinite(converted[name]).all()):  # an Inf exp_avg_sq would freeze training
+                raise ValueError(f"{where}: {name} holds NaN or Inf (or values too large for {target.dtype}); "
+                                 "save refuses such a state, and so does loading it")
+        for name, target in expected.items():
+            target[...] = converted[name]
         self.__dict__.update({k: v for k, v in vars(restored).items()
                               if k in ("_schedule", "_weight_decay", "_max_grad_norm", "numbers", "flag")})
         self.decay_biases = restored.decay_biases  # rebuilds the weight-decay boundary

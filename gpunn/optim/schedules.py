@@ -9,10 +9,28 @@ schedule never forces a CUDA graph to be recorded again.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 
 from gpunn import checks
+
+
+class RateOverflow(ValueError):
+    """The rate of a step lies beyond the float range (a decay schedule with gamma > 1)."""
+
+
+def _decayed(owner: str, lr: float, gamma: float, exponent: int, step: int) -> float:
+    """lr · gamma^exponent, or RateOverflow naming the step where it leaves the float range."""
+    try:
+        value = lr * gamma ** exponent
+    except OverflowError:
+        value = math.inf
+    if not math.isfinite(value):
+        raise RateOverflow(f"{owner}: the learning rate at step {step} (lr={lr} × gamma={gamma} ** {exponent}) "
+                           "exceeds the float range; gamma > 1 grows the rate without bound: use gamma <= 1 or "
+                           "fewer steps")
+    return value
 
 
 class Schedule:
@@ -24,6 +42,31 @@ class Schedule:
 
     def __call__(self, step: int) -> float:
         return self._lr(checks.count(type(self).__name__, "step", step, minimum=0))
+
+    def __setattr__(self, name, value) -> None:
+        """A setting edited after construction is checked as the constructor checks it, and an
+        optimizer the schedule is bound to uses it from its next update on."""
+        if name in self.__dict__:
+            settings = inspect.signature(type(self)).parameters
+            if name not in settings:
+                raise AttributeError(f"{type(self).__name__}.{name} cannot be set")
+            value = getattr(type(self)(**{**vars(self), name: value}), name)
+        elif name not in inspect.signature(type(self)).parameters:
+            raise AttributeError(f"{type(self).__name__} has no setting {name!r}; its settings are "
+                                 f"{', '.join(inspect.signature(type(self)).parameters)}")
+        object.__setattr__(self, name, value)
+
+    def table(self, length: int) -> list:
+        """The rates of steps 0 .. length − 1 for the device's table; a rate beyond the float range
+        (gamma > 1, far ahead) is stored as inf there, and the host raises before any step uses it."""
+        values = []
+        for step in range(length):
+            try:
+                values.append(self(step))
+            except RateOverflow:
+                values.extend([math.inf] * (length - step))
+                break
+        return values
 
     def config(self) -> dict:
         return {"type": type(self).__name__, **vars(self)}
@@ -54,7 +97,7 @@ class StepDecay(Schedule):
         self.gamma = checks.positive("StepDecay", "gamma", gamma)
 
     def _lr(self, step):
-        return self.lr * self.gamma ** (step // self.step_size)
+        return _decayed("StepDecay", self.lr, self.gamma, step // self.step_size, step)
 
 
 class ExponentialDecay(Schedule):
@@ -65,7 +108,7 @@ class ExponentialDecay(Schedule):
         self.gamma = checks.positive("ExponentialDecay", "gamma", gamma)
 
     def _lr(self, step):
-        return self.lr * self.gamma ** step
+        return _decayed("ExponentialDecay", self.lr, self.gamma, step, step)
 
 
 class CosineDecay(Schedule):

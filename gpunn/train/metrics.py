@@ -42,6 +42,9 @@ def check_metrics(metrics) -> tuple[str, ...]:
     for name in names:
         if name not in METRICS:
             raise ValueError(f"unknown metric {name!r}; expected one of {sorted(METRICS)}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:  # each metric has one history key: counted twice it would be summed twice
+        raise ValueError(f"metrics lists {', '.join(map(repr, repeated))} more than once; name each metric once")
     return names
 
 

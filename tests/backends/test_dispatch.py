@@ -68,3 +68,47 @@ def test_matmul_precision_setting():
         gn.set_matmul_precision("highest")
     with pytest.raises(ValueError, match="unknown matmul precision 'fp8'"):
         gn.set_matmul_precision("fp8")
+
+
+# --- blocks out of order, one object entered again (issue 22) ---------------------------------
+def two_backends():
+    from gpunn.backends.numpy_backend import NumpyBackend
+
+    return NumpyBackend(), NumpyBackend()  # two distinct instances: which one is current is visible
+
+
+def test_blocks_left_out_of_order_are_a_clear_error_that_changes_nothing():
+    """The outer block left first used to restore the state before it, then the inner one put
+    the outer's backend back: the wrong backend stayed current after both."""
+    first, second = two_backends()
+    before = gn.get_backend()
+    outer, inner = gn.use_backend(first), gn.use_backend(second)
+    outer.__enter__()
+    inner.__enter__()
+    with pytest.raises(RuntimeError, match="left innermost first"):
+        outer.__exit__(None, None, None)
+    assert gn.get_backend() is second
+    inner.__exit__(None, None, None)
+    assert gn.get_backend() is first
+    outer.__exit__(None, None, None)
+    assert gn.get_backend() is before
+    with pytest.raises(RuntimeError, match="never entered"):
+        outer.__exit__(None, None, None)
+
+
+def test_one_use_backend_object_entered_again_switches_each_time():
+    """Re-entering raised a raw RuntimeError about a ContextVar token."""
+    first, second = two_backends()
+    before = gn.get_backend()
+    switch = gn.use_backend(first)
+    with switch:
+        assert gn.get_backend() is first
+    assert gn.get_backend() is before
+    with gn.use_backend(second):
+        with switch as entered:
+            assert entered is first and gn.get_backend() is first
+            with switch:  # inside itself too
+                assert gn.get_backend() is first
+            assert gn.get_backend() is first
+        assert gn.get_backend() is second
+    assert gn.get_backend() is before

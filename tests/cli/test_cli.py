@@ -118,7 +118,8 @@ def test_predict_errors(capsys, tmp_path):
     from gpunn.io import model_file
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(model_file, "FORMAT_VERSION", 99)
+        patch.setattr(model_file, "FORMAT_VERSION", 99)  # a future gpunn, which reads what it writes
+        patch.setattr(model_file, "READABLE_VERSIONS", (1, 2, 99))
         model.save(tmp_path / "future.npz")
     assert "format version 99" in user_error(capsys, "predict", str(tmp_path / "future.npz"), str(tmp_path / "wide.npz"))
     gn.Sequential(gn.Dense(3, 2)).save(tmp_path / "bare.npz")

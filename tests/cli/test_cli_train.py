@@ -139,7 +139,7 @@ def test_resume_refuses_options_it_would_ignore_and_changed_data(capsys, tmp_pat
                  "--weight-decay", "0", "--loss", "softmax-ce")[0] == 0
     np.savez(tmp_path / "data.npz", X=x * 10, y=(x[:, 0] > 0).astype(int))
     code, _, err = train(capsys, run, "--resume", str(run), "--epochs", "2")
-    assert code == 2 and "the data is not the run's any more (its mean, std changed)" in err
+    assert code == 2 and "the data is not the run's any more (its mean, std, train rows, validation rows, test rows changed)" in err
     assert json.loads(str(gn.load(run / "last.npz").extras["run"]))["epoch"] == 1
     model = gn.load(run / "last.npz")
     model.extras["run"] = np.array(json.dumps({"args": {}, "epoch": 1}))  # edited, or not ours
@@ -225,3 +225,82 @@ def test_resume_into_another_folder_leaves_the_run_it_resumed_as_it_was(capsys, 
     code = main(["train", "--backend", "numpy", "--quiet", "--resume", str(tmp_path / "run"), "--out",
                  str(tmp_path / "other"), "--epochs", "5"])
     assert code == 2 and "already holds a run" in capsys.readouterr().err
+
+
+# --- issue 22: changed validation/test rows, a deleted best.npz, a run that blows up ----------
+@pytest.mark.parametrize("part", ["validation", "test"])
+def test_resume_notices_changed_validation_or_test_rows(capsys, tmp_path, part):
+    """Only the scaler and class names were compared: an edited validation or test row, which leaves the
+    training part's scaler as it was, resumed silently against other data."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, 3))
+    y = (x[:, 0] > 0).astype(int)
+    np.savez(tmp_path / "data.npz", X=x, y=y)
+    run = tmp_path / "run"
+    assert train(capsys, run, "--data", str(tmp_path / "data.npz"), "--epochs", "1", "--hidden", "4")[0] == 0
+    stored = gn.load(run / "last.npz").extras
+    assert stored["data_digest"].shape == (3,)
+    from gpunn.cli.train import split
+    from gpunn.cli.parser import build_parser
+
+    args = build_parser().parse_args(["train", "--data", str(tmp_path / "data.npz")])
+    data = split(args)
+    row = int((data.validation_rows if part == "validation" else data.test_rows)[0])
+    edited = x.copy()
+    edited[row] += 0.5
+    np.savez(tmp_path / "data.npz", X=edited, y=y)
+    from gpunn.cli.data import Standardizer
+
+    assert np.array_equal(Standardizer.fit(edited[data.train_rows]).mean, data.scaler.mean)  # the scaler alone
+    code, _, err = train(capsys, run, "--resume", str(run), "--epochs", "2")
+    assert code == 2 and f"its {part} rows changed" in err and "Traceback" not in err
+    np.savez(tmp_path / "data.npz", X=x, y=y)  # the run's data again: resumes
+    assert train(capsys, run, "--resume", str(run), "--epochs", "2")[0] == 0
+
+
+def test_a_run_of_a_gpunn_without_row_digests_still_resumes(capsys, tmp_path):
+    run = tmp_path / "run"
+    assert train(capsys, run, "--epochs", "1")[0] == 0
+    model = gn.load(run / "last.npz")
+    del model.extras["data_digest"]
+    model.save(run / "last.npz", optimizer=gn.load_optimizer(run / "last.npz", model))
+    assert train(capsys, run, "--resume", str(run), "--epochs", "2")[0] == 0
+
+
+def test_a_resumed_run_whose_best_npz_was_deleted_finishes_and_says_so(capsys, tmp_path):
+    """It crashed at the end with FileNotFoundError, loading best.npz for the test scores."""
+    run = tmp_path / "run"
+    assert train(capsys, run, "--epochs", "3", "--lr", "0.0001")[0] == 0
+    (run / "best.npz").unlink()
+    record = json.loads(str(gn.load(run / "last.npz").extras["run"]))
+    model = gn.load(run / "last.npz")  # make sure no later epoch beats the recorded best
+    record["best_val_loss"] = -1.0
+    model.extras["run"] = np.array(json.dumps(record))
+    model.save(run / "last.npz", optimizer=gn.load_optimizer(run / "last.npz", model))
+    code, out, err = train(capsys, run, "--resume", str(run), "--epochs", "4")
+    assert code == 0, err
+    assert "best.npz (the best validation epoch" in out and "is gone" in out and "Traceback" not in err
+    assert "test accuracy: " in out and "best validation epoch: " not in out.split("is gone")[1]
+
+
+def test_a_run_that_blows_up_from_its_first_epoch_warns_even_when_quiet(capsys, tmp_path):
+    """--lr 1e4: every epoch's loss is far above the loss before training, but never 100x the best
+    epoch's, so fit said nothing and the run exited 0 silently."""
+    code, out, err = train(capsys, tmp_path / "run", "--epochs", "2", "--lr", "1e4")
+    assert code == 0
+    assert err.count("gpunn train: warning: epoch") == 2 and "training is diverging: lower --lr" in err
+    code, out, err = train(capsys, tmp_path / "calm", "--epochs", "2")
+    assert code == 0 and "warning" not in err
+
+
+def test_fits_own_divergence_warning_is_printed(capsys, tmp_path, monkeypatch):
+    """fit's TrainingWarning (a loss 100x the best epoch's) went to the history, which the CLI never read."""
+    def warn_then_check(model, epoch, logs, best_loss, history):
+        import warnings
+
+        warnings.warn(f"epoch {epoch + 1}: a test warning", gn.TrainingWarning)
+        return best_loss
+
+    monkeypatch.setattr(gpunn.train.fit, "check_divergence", warn_then_check)
+    code, _, err = train(capsys, tmp_path / "run", "--epochs", "2")
+    assert code == 0 and "gpunn train: warning: epoch 1: a test warning" in err and "epoch 2: a test" in err

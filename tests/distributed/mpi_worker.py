@@ -91,6 +91,17 @@ def fail_on_one_rank(out: Path):
     (out / f"rank{world.rank}-passed-the-collective").write_text("")
 
 
+def exit_on_one_rank(out: Path, code: int):
+    """Rank 1 calls sys.exit(code) while the others wait in a collective: SystemExit bypasses the
+    excepthook, so the exit hook must end the whole job."""
+    world = gn.distributed.init("numpy")
+    if world.rank == 1:
+        time.sleep(0.2)
+        sys.exit(code if code >= 0 else None)
+    world.allreduce_sum(np.zeros(1))  # never completes: rank 1 is gone
+    (out / f"rank{world.rank}-passed-the-collective").write_text("")
+
+
 def init_only(out: Path):
     gn.distributed.init("numpy")
 
@@ -241,7 +252,57 @@ def dropout_training(out: Path, seed: int):
         np.save(out / "dropout.npy", snapshots)
 
 
-SCENARIOS = {"cli": command_line, "collectives": collectives, "fail-on-one-rank": fail_on_one_rank, "init": init_only,
+def mismatched_model(rank, case):
+    """Rank 1's model or optimizer differs from rank 0's in one way (``case``)."""
+    odd = rank == 1
+    width = 9 if odd and case == "width" else 8
+    activation = gn.ReLU() if odd and case == "activation" else gn.Tanh()
+    dtype = "float32" if odd and case == "dtype" else "float64"
+    layers = [gn.Dense(5, width, dtype=dtype, seed=1), activation]
+    if case == "dropout":
+        layers.append(gn.Dropout(0.5 if odd else 0.4, seed=9))
+    model = gn.Sequential(*layers, gn.Dense(width, 3, dtype=dtype, seed=2))
+    settings = {"lr": LR, "momentum": MOMENTUM}
+    if odd and case == "momentum":
+        settings["momentum"] = 0.5
+    if odd and case == "weight decay":
+        settings["weight_decay"] = 0.01
+    if odd and case == "clipping":
+        settings["max_grad_norm"] = 1.0
+    optimizer = gn.Adam(lr=LR) if odd and case == "optimizer type" else gn.SGD(**settings)
+    return model, optimizer
+
+
+MISMATCHES = {"width": "layers", "activation": "layers", "dropout": "layers", "dtype": "dtype",
+              "optimizer type": "optimizer type", "momentum": "optimizer settings",
+              "weight decay": "optimizer settings", "clipping": "optimizer settings"}
+
+
+def mismatches(out: Path, seed: int):
+    """Each case: every rank gets the same gpunn ValueError before the first step (no MPI error, no
+    silent training apart); then matching ranks train as usual."""
+    world = gn.distributed.init("numpy")
+    X, labels = data(seed)
+    messages = {}
+    for case in MISMATCHES:
+        model, optimizer = mismatched_model(world.rank, case)
+        try:
+            model.fit(X, labels, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=optimizer, epochs=1, batch_size=8,
+                      seed=seed, verbose=0, distributed=True)
+        except ValueError as error:
+            messages[case] = str(error)
+        else:
+            messages[case] = None
+    model, optimizer = mismatched_model(world.rank, "none")
+    model.fit(X, labels, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=optimizer, epochs=1, batch_size=8, seed=seed,
+              verbose=0, distributed=True)
+    everyone = world.allgather(messages)
+    if world.is_root:
+        (out / "mismatches.json").write_text(json.dumps(everyone))
+
+
+SCENARIOS = {"mismatches": mismatches, "cli": command_line, "collectives": collectives, "fail-on-one-rank": fail_on_one_rank, "init": init_only,
+             "exit-on-one-rank": exit_on_one_rank,
              "training": training, "dropout": dropout_training}
 
 if __name__ == "__main__":

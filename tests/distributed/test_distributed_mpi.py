@@ -159,3 +159,29 @@ def test_command_line_prints_and_checkpoints_on_rank_zero_only(tmp_path, rng):
     last, best = str(tmp_path / "run" / "last.npz"), str(tmp_path / "run" / "best.npz")
     assert saves[0].count(last) == 2 and set(saves[0]) <= {last, best} and saves[1] == []
     assert (tmp_path / "run" / "last.npz").is_file()
+
+
+@pytest.mark.parametrize("code", [-1, 0, 3], ids=["sys.exit()", "sys.exit(0)", "sys.exit(3)"])
+def test_sys_exit_on_one_rank_ends_the_job_within_seconds(tmp_path, code):
+    """SystemExit bypasses the excepthook: the other ranks waited in their collective (and the leaving
+    rank in MPI_Finalize) until the launcher's timeout."""
+    result, seconds = mpirun(2, WORKER, "exit-on-one-rank", tmp_path, code)
+    assert result.returncode != 0
+    assert seconds < 15, f"the job took {seconds:.1f} s to end"
+    assert "rank 1 of 2 exited while rank 0 still needs it in a collective" in result.stderr
+    assert not list(tmp_path.glob("rank*-passed-the-collective"))
+
+
+def test_ranks_whose_models_or_optimizers_differ_are_refused_before_the_first_step(tmp_path, rng):
+    """Data, batch and fit settings were compared across ranks, the model and optimizer not: ranks
+    trained apart without a word, or died inside MPICH ("message sizes do not match")."""
+    from mpi_worker import MISMATCHES
+
+    result, _ = mpirun(2, WORKER, "mismatches", tmp_path, int(rng.integers(2**31)))
+    assert result.returncode == 0, result.stderr
+    everyone = json.loads((tmp_path / "mismatches.json").read_text())
+    for case, part in MISMATCHES.items():
+        messages = [rank_messages[case] for rank_messages in everyone]
+        assert messages[0] is not None and messages[0] == messages[1], (case, messages)
+        assert f"every rank must train the same model with the same optimizer, but they differ in their {part} (" \
+            in messages[0], (case, messages[0])

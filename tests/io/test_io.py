@@ -408,3 +408,100 @@ def test_an_npy_renamed_npz(tmp_path):
     os.rename(tmp_path / "x.npy", tmp_path / "x.npz")
     with pytest.raises(gn.ModelFileError, match="not a readable gpunn model file"):
         gn.load(tmp_path / "x.npz")
+
+
+# --- reliability, round three (issue 22) ----------------------------------------------------
+def nested_residuals(levels):
+    inner = gn.Dense(3, 3, seed=0)
+    for _ in range(levels):
+        inner = gn.Residual(inner)
+    return gn.Sequential(inner)
+
+
+def test_whatever_save_writes_load_reads_back_and_the_rest_is_refused_before_the_old_file(tmp_path):
+    path = tmp_path / "m.npz"
+    small_model().save(path)
+    good = path.read_bytes()
+    # every depth save accepts loads back; the first it refuses is refused before the old file is touched
+    accepted = 0
+    for levels in range(1, 30):
+        model = nested_residuals(levels)
+        try:
+            model.save(tmp_path / "deep.npz")
+        except ValueError as error:
+            assert "nest" in str(error) and "load reads at most 32" in str(error)
+            with pytest.raises(ValueError, match="nest"):
+                model.save(path)
+            assert path.read_bytes() == good
+            break
+        accepted = levels
+        loaded = gn.load(tmp_path / "deep.npz")
+        x = np.random.default_rng(levels).normal(size=(4, 3))
+        np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+    assert 10 <= accepted < 29
+
+
+def test_a_model_without_layers_is_neither_saved_nor_loaded(tmp_path):
+    path = tmp_path / "m.npz"
+    small_model().save(path)
+    good = path.read_bytes()
+    with pytest.raises(ValueError, match="no layers"):
+        gn.Sequential().save(path)
+    assert path.read_bytes() == good
+    crafted = archive(tmp_path / "empty.npz", {"__gpunn_meta__.npy": meta_npy(valid_meta(layers=[]))})
+    with pytest.raises(gn.ModelFileError, match="no layers"):
+        gn.load(crafted)
+
+
+@pytest.mark.parametrize("missing", ["extras"])
+def test_a_version_2_file_without_its_keys_is_a_model_file_error(tmp_path, missing):
+    meta = valid_meta()
+    del meta[missing]
+    with pytest.raises(gn.ModelFileError, match="without its 'extras'"):
+        gn.load(archive(tmp_path / "m.npz", dense_members(meta)))
+
+
+def test_bytes_and_path_like_paths_work_and_other_paths_are_type_errors(tmp_path):
+    model = small_model()
+    path = os.fsencode(tmp_path / "m.npz")
+    model.save(path)
+    x = np.ones((2, 3))
+    np.testing.assert_array_equal(gn.load(path).predict(x), model.predict(x))
+    with pytest.raises(TypeError, match="path must be a str, bytes or os.PathLike"):
+        model.save(5)
+    with pytest.raises(TypeError, match="path must be a str, bytes or os.PathLike"):
+        gn.load(None)
+
+
+def test_an_oserror_without_errno_names_the_path_and_its_own_words(tmp_path, monkeypatch):
+    def failing_savez(file, **arrays):
+        raise OSError("the disk went away")
+
+    monkeypatch.setattr(io.np, "savez", failing_savez)
+    with pytest.raises(OSError) as caught:
+        small_model().save(tmp_path / "m.npz")
+    assert str(caught.value) == f"cannot write {tmp_path / 'm.npz'}: the disk went away"
+    assert "None" not in str(caught.value)
+
+
+def test_save_refuses_an_optimizer_of_another_model_or_not_an_optimizer(tmp_path):
+    model, other = small_model(), small_model()
+    path = tmp_path / "m.npz"
+    model.save(path)
+    good = path.read_bytes()
+    with pytest.raises(ValueError, match="bound to the parameters of another model"):
+        model.save(path, optimizer=gn.Adam(other.parameters()))
+    for wrong in ("adam", gn.Adam):
+        with pytest.raises(TypeError, match="optimizer must be the gpunn optimizer"):
+            model.save(path, optimizer=wrong)
+    with pytest.raises(ValueError, match="bound to no model yet"):
+        model.save(path, optimizer=gn.Adam())
+    assert path.read_bytes() == good
+    model.save(path, optimizer=gn.Adam(model.parameters()))  # its own: saved
+
+
+def test_load_optimizer_with_something_else_than_a_model_is_a_type_error(tmp_path):
+    model = small_model()
+    model.save(tmp_path / "m.npz", optimizer=gn.SGD(model.parameters()))
+    with pytest.raises(TypeError, match="model must be the gpunn model"):
+        gn.load_optimizer(tmp_path / "m.npz", tmp_path / "m.npz")

@@ -152,3 +152,28 @@ def test_fit_arguments_of_the_wrong_kind(backend, argument, value, message):
 def test_text_targets_are_not_one_per_row(backend):
     with pytest.raises(ValueError, match="T must hold one target per row of X, got str"):
         make_model().fit(np.ones((3, 3)), "abc", loss=gn.MSELoss(), optimizer=gn.SGD(lr=0.1), verbose=0)
+
+
+def test_softmax_cross_entropy_over_one_output_is_refused(rng):
+    """Its softmax is always 1: the loss was 0 and nothing trained, without a word. torch accepts it;
+    gpunn refuses (a documented stricter-than-PyTorch refusal)."""
+    model = gn.Sequential(gn.Dense(3, 1, seed=0))
+    X, labels = rng.normal(size=(6, 3)), np.zeros(6, dtype=int)
+    for call in (lambda: gn.SoftmaxCrossEntropyLoss()(model.forward(X), labels),
+                 lambda: model.fit(X, labels, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=gn.SGD(), verbose=0)):
+        with pytest.raises(ValueError, match="one column, whose softmax is always 1.*BCEWithLogitsLoss"):
+            call()
+
+
+@pytest.mark.parametrize("bad,message", [(np.inf, "NaN or Inf"), (-np.inf, "NaN or Inf"), (np.nan, "NaN or Inf"),
+                                         (1e30, r"got 0\.\.1e\+30"), (-1e19, r"got -1e\+19\.\.")])
+def test_infinite_or_huge_float_labels_are_named_as_they_are(rng, bad, message):
+    """They were cast to int64 first and reported as -9223372036854775808."""
+    model = gn.Sequential(gn.Dense(3, 3, seed=0))
+    labels = np.array([0.0, 1.0, 2.0, bad])
+    for call in (lambda: gn.SoftmaxCrossEntropyLoss()(model.forward(rng.normal(size=(4, 3))), labels),
+                 lambda: model.fit(rng.normal(size=(4, 3)), labels, loss=gn.SoftmaxCrossEntropyLoss(),
+                                   optimizer=gn.SGD(), verbose=0)):
+        with pytest.raises(ValueError, match=message) as caught:
+            call()
+        assert "9223372036854775808" not in str(caught.value)

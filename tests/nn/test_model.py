@@ -195,3 +195,53 @@ def test_progress_bar_in_a_notebook(monkeypatch):
         assert progress.bar is not None
     finally:
         progress.close()
+
+
+# --- ownership, copies and what model(X) returns (issue 22) ------------------------------------
+@pytest.mark.parametrize("make", [gn.ReLU, lambda: gn.Dropout(0.5, seed=1), gn.Tanh],
+                         ids=["ReLU", "Dropout", "Tanh"])
+def test_a_layer_without_parameters_belongs_to_one_model(backend, make):
+    """Its saved forward state serves one model: the first model's gradients went wrong after the
+    second's forward."""
+    shared = make()
+    gn.Sequential(gn.Dense(3, 4, seed=0), shared, gn.Dense(4, 2, seed=1))
+    with pytest.raises(ValueError, match=r"at position 1 already belongs to another model"):
+        gn.Sequential(gn.Dense(3, 4, seed=2), shared)
+    with pytest.raises(ValueError, match=r"at position 0.0 already belongs to another model"):
+        gn.Sequential(gn.Residual(shared), gn.Dense(4, 2, seed=3))
+    loose = make()
+    with pytest.raises(ValueError, match="positions 0 and 1"):  # a refused model claims nothing
+        gn.Sequential(loose, loose)
+    gn.Sequential(gn.Dense(3, 3, seed=4), loose)
+
+
+def test_deepcopies_of_a_block_stack_into_one_model_and_train_apart(backend, rng):
+    """copy.deepcopy copied the backend, so stacking copied blocks (the torch idiom) failed."""
+    import copy
+
+    block = gn.Residual(gn.Dense(4, 4, dtype="float64", seed=1), gn.Tanh(), gn.Dropout(0.2, seed=5))
+    copies = [copy.deepcopy(block) for _ in range(3)]
+    model = gn.Sequential(gn.Dense(3, 4, dtype="float64", seed=0), *copies)
+    assert all(inner.backend is model.backend for inner in model.all_layers() if inner.backend is not None)
+    for made in copies:
+        np.testing.assert_array_equal(backend.to_numpy(made.layers[0].W), backend.to_numpy(block.layers[0].W))
+    model.fit(rng.normal(size=(8, 3)), rng.normal(size=(8, 4)), loss=gn.MSELoss(), optimizer=gn.SGD(lr=0.1),
+              epochs=1, verbose=0)
+    weights = [backend.to_numpy(made.layers[0].W).copy() for made in copies]
+    assert not np.array_equal(weights[0], backend.to_numpy(block.layers[0].W))  # trained: the original is not
+    assert not np.array_equal(weights[0], weights[1])  # three blocks, three sets of weights
+    twin = copy.deepcopy(model.layers[1])  # a copy of a layer in a model is in no model
+    gn.Sequential(twin)
+
+
+def test_model_call_returns_an_array_the_user_can_keep_and_forward_the_buffer(backend, rng):
+    """``a = model(X1); b = model(X2)`` gave ``a is b``: a changed under the user."""
+    model = gn.Sequential(gn.Dense(3, 2, dtype="float64", seed=0), gn.Tanh())
+    x1, x2 = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    a = model(x1)
+    kept = backend.to_numpy(a).copy()
+    b = model(x2)
+    assert a is not b
+    np.testing.assert_array_equal(backend.to_numpy(a), kept)
+    np.testing.assert_array_equal(backend.to_numpy(b), backend.to_numpy(model.forward(x2)))
+    assert model.forward(x1) is model.forward(x2)  # the zero-allocation path reuses its buffer

@@ -101,3 +101,35 @@ def test_a_deep_copied_model_trains_its_own_flat_buffer(backend, rng, duplicate)
     np.testing.assert_array_equal(backend.to_numpy(twin.flat.values), backend.to_numpy(model.flat.values))
     twin.layers[0].W[...] = 0
     assert backend.to_numpy(model.layers[0].W).any()
+
+
+# --- one rule for the constructor and for assignment (issue 22) --------------------------------
+@pytest.mark.parametrize("what", ["W", "b", "weight", "grad", "unpacked grad"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 1e5], ids=["nan", "inf", "overflows float16"])
+def test_assigned_values_and_gradients_are_checked_as_the_constructor_checks_them(backend, what, bad):
+    with gn.use_backend(backend):
+        dense = gn.Dense(3, 2, dtype="float16", seed=0)
+    if what != "unpacked grad":
+        gn.Sequential(dense)
+    with pytest.raises(ValueError, match=r"Dense: weight contains NaN or Inf|float16"):
+        gn.Dense(3, 2, dtype="float16", weight=np.full((3, 2), bad))  # what the constructor says
+    before = backend.to_numpy(dense.W).copy()
+    with pytest.raises(ValueError, match=r"NaN or Inf \(or values too large for float16\)"):
+        if what in ("W", "b", "weight"):
+            setattr(dense, what, np.full(tuple(getattr(dense, "W" if what == "weight" else what).shape), bad))
+        else:
+            dense.weight.grad = np.full((3, 2), bad)
+    np.testing.assert_array_equal(backend.to_numpy(dense.W), before)
+    dense.weight.grad = np.full((3, 2), 0.5)  # finite: accepted, packed or not
+    assert dense.weight.grad_valid
+
+
+def test_a_parameter_swapped_in_before_any_model_holds_the_layer_follows_the_same_rule(backend):
+    with gn.use_backend(backend):
+        dense = gn.Dense(3, 2, dtype="float32", seed=0)
+    with pytest.raises(ValueError, match="holding NaN or Inf"):
+        dense.weight = gn.Parameter(backend.asarray(np.full((3, 2), np.nan), "float32"), "W", backend)
+    with pytest.raises(ValueError, match=r"of shape \(2, 3\)"):
+        dense.weight = gn.Parameter(backend.asarray(np.ones((2, 3)), "float32"), "W", backend)
+    dense.weight = gn.Parameter(backend.asarray(np.ones((3, 2)), "float32"), "W", backend)
+    assert float(backend.to_numpy(dense.W).sum()) == 6.0

@@ -28,7 +28,7 @@ def test_zero_weight_decay_leaves_a_diverged_parameter_infinite(backend, make):
     """torch.optim skips weight decay at 0; 0·Inf must not turn a diverged parameter into NaN."""
     model = tiny_model(backend)
     first = model.parameters()[0]
-    first.value = np.full(first.shape, -np.inf)
+    first.value[...] = backend.asarray(np.full(first.shape, -np.inf), first.value.dtype)  # in place: assigning refuses Inf
     optimizer = make(model.parameters())
     step_with(model, optimizer, [np.ones(p.shape) for p in model.parameters()])
     assert (backend.to_numpy(first.value) == -np.inf).all()
@@ -114,6 +114,8 @@ def edited(state, change):
     (lambda s: s["config"].update(weight_decay=-0.5), "weight_decay must lie in"),
     (lambda s: s["arrays"]["scalars"].__setitem__(2, np.nan), "do not fit"),
     (lambda s: s["arrays"].update(exp_avg=s["arrays"]["exp_avg"].tolist()), "exp_avg must be an array of shape"),
+    (lambda s: s["arrays"]["exp_avg_sq"].__setitem__(0, np.inf), "exp_avg_sq holds NaN or Inf"),  # froze training
+    (lambda s: s["arrays"]["exp_avg"].__setitem__(1, np.nan), "exp_avg holds NaN or Inf"),
 ])
 def test_a_modified_state_is_refused_and_changes_nothing(backend, change, message):
     source = trained_adam(backend)
@@ -148,3 +150,54 @@ def test_fit_past_the_end_of_one_cycle_fails_before_training(backend, rng):
     np.testing.assert_array_equal(backend.to_numpy(model.flat.values), before)
     model.fit(x, t, loss=gn.MSELoss(), optimizer=gn.SGD(lr=schedules.OneCycle(0.1, 40)), epochs=10, batch_size=10,
               verbose=0)
+
+
+# --- schedules: edits after binding, rates beyond the float range (issue 22) -------------------
+def test_editing_a_bound_schedule_takes_effect_at_the_next_update(backend):
+    """opt.lr showed the edited rate while the updates used the device's table of the old one."""
+    model, twin = tiny_model(backend), tiny_model(backend)
+    edited_schedule = schedules.StepDecay(0.5, step_size=1, gamma=0.5)
+    optimizer = gn.SGD(model.parameters(), lr=edited_schedule)
+    reference = gn.SGD(twin.parameters(), lr=schedules.StepDecay(0.5, step_size=1, gamma=0.5))
+    gradients = [np.full(p.shape, 0.3) for p in model.parameters()]
+    step_with(model, optimizer, gradients)
+    step_with(twin, reference, gradients)
+    edited_schedule.gamma = 0.1       # from the second update on
+    reference.lr = schedules.StepDecay(0.5, step_size=1, gamma=0.1)  # assigned anew: the table follows
+    assert optimizer.lr == reference.lr == pytest.approx(0.05)
+    for _ in range(2):
+        step_with(model, optimizer, gradients)
+        step_with(twin, reference, gradients)
+    for mine, theirs in zip(model.parameters(), twin.parameters()):
+        np.testing.assert_array_equal(backend.to_numpy(mine.value), backend.to_numpy(theirs.value))
+
+
+@pytest.mark.parametrize("make,name,value,error", [
+    (lambda: schedules.StepDecay(0.1, step_size=2), "gamma", -1.0, ValueError),
+    (lambda: schedules.StepDecay(0.1, step_size=2), "step_size", 2.5, TypeError),
+    (lambda: schedules.CosineDecay(0.1, total_steps=10), "warmup_steps", 10, ValueError),
+    (lambda: schedules.OneCycle(0.1, total_steps=10), "pct_start", 1.5, ValueError),
+    (lambda: schedules.ExponentialDecay(0.1, 0.9), "gama", 0.5, AttributeError),
+])
+def test_a_schedule_edit_is_checked_as_the_constructor_checks_it(make, name, value, error):
+    schedule = make()
+    before = schedule.config()
+    with pytest.raises(error):
+        setattr(schedule, name, value)
+    assert schedule.config() == before
+
+
+@pytest.mark.parametrize("make", [lambda: schedules.ExponentialDecay(0.1, gamma=2.0),
+                                  lambda: schedules.StepDecay(0.1, step_size=3, gamma=1e10)],
+                         ids=["ExponentialDecay", "StepDecay"])
+def test_gamma_above_one_beyond_the_float_range_is_a_value_error_not_an_overflow(backend, rng, make):
+    """gamma > 1 raised a raw OverflowError, from the schedule and from fit."""
+    schedule = make()
+    with pytest.raises(ValueError, match="exceeds the float range; gamma > 1"):
+        schedule(5000)
+    assert schedule(3) > 0  # early steps are fine, and bind fills its table with inf beyond the range
+    model = tiny_model(backend)
+    X, T = rng.normal(size=(8, 3)), rng.normal(size=(8, 1))
+    with pytest.raises(ValueError, match="exceeds the float range"):  # before the first update
+        model.fit(X, T, loss=gn.MSELoss(), optimizer=gn.SGD(lr=schedule), epochs=2000, batch_size=1, verbose=0)
+    model.fit(X, T, loss=gn.MSELoss(), optimizer=gn.SGD(lr=make()), epochs=1, batch_size=8, verbose=0)

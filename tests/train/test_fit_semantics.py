@@ -165,3 +165,14 @@ def test_early_stopping_state_is_public_and_round_trips(data):
     for bad in ({"best": 1.0}, {**state, "wait": -1}, {**state, "best": "low"}, [1, 2, 3]):
         with pytest.raises((ValueError, TypeError), match="EarlyStopping"):
             gn.EarlyStopping().load_state_dict(bad)
+
+
+@pytest.mark.parametrize("metrics", [("accuracy", "accuracy"), ["mse", "accuracy", "mse"]])
+def test_a_metric_listed_twice_is_an_error(rng, metrics):
+    """("accuracy", "accuracy") was summed twice into one key: an accuracy of 1.45."""
+    model = mlp()
+    X, labels = rng.normal(size=(12, 6)), rng.integers(0, 3, size=12)
+    with pytest.raises(ValueError, match="more than once"):
+        model.fit(X, labels, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=gn.SGD(), metrics=metrics, verbose=0)
+    with pytest.raises(ValueError, match="more than once"):
+        model.evaluate(X, labels, gn.SoftmaxCrossEntropyLoss(), metrics=metrics)
