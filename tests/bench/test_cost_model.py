@@ -96,3 +96,21 @@ def test_real_kernels_compiled_by_nvrtc_and_disassembled(nvdisasm, tmp_path):
     row = written["kernels"][0]
     assert {"kernel", "dtype", "sass_per_element", "bytes_per_element", "predicted_fraction_of_copy"} <= set(row)
     assert row["kernel"] == "gpunn_bias_relu_kernel" and written["arch"] == "sm_90"
+
+
+def test_the_cli_prints_the_table_or_says_what_is_missing(monkeypatch, capsys, tmp_path):
+    from gpunn.cli.main import main
+
+    def missing():
+        raise cost_model.CostModelError("nvdisasm is not installed: pip install nvidia-cuda-nvdisasm")
+
+    monkeypatch.setattr(cost_model, "find_nvdisasm", missing)
+    assert main(["bench", "--cost-model", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == ("gpunn bench --cost-model: nvdisasm is not installed: "
+                                               "pip install nvidia-cuda-nvdisasm")
+    fake = cost_model.cost_of_sass(SASS, "k", 8, 1, 1, "op", "", "float32")
+    monkeypatch.setattr(cost_model, "run", lambda: [fake])
+    assert main(["bench", "--cost-model", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| op | - | float32 | 23, 6.5 | 8 |" in out and "a model, not a measurement" in out
+    assert json.loads((tmp_path / "cost-model-sm_90.json").read_text())["kernels"][0]["kernel"] == "k"
