@@ -92,10 +92,13 @@ def test_float16_gemms_reduce_in_float32_because_gpunn_sets_the_math_mode(rng):
         got = backend.matmul(backend.asarray(a), backend.asarray(b)).get()
         modes = [state["math_mode"] for state in standin.cublas.handles.values()]
     assert modes == [cublas.DISALLOW_REDUCED_PRECISION_REDUCTION]
-    np.testing.assert_array_equal(got, exact)  # one rounding (float32 vs float64 sums agree at float16)
+    # One rounding of a float32 sum: it differs from the rounded exact product only where the exact
+    # value lies within float32's accumulation error of a float16 rounding boundary (at most 2 of
+    # the 64 entries in 300 seeds), while float16 split-K reduction misses a third or more of them.
+    assert np.mean(got != exact) <= 0.1, np.mean(got != exact)
     with cupy_standin.installed() as standin, gn.use_backend("cupy") as backend:
         library = standin.cublas
         original = library.cublasSetMathMode
         library.cublasSetMathMode = type(original)(lambda handle, mode: 0, original.argtypes)  # ignored
         reduced = backend.matmul(backend.asarray(a), backend.asarray(b)).get()
-    assert not np.array_equal(reduced, exact)  # the model's float16 split-K is visibly worse
+    assert np.mean(reduced != exact) >= 0.25, np.mean(reduced != exact)  # float16 split-K: visibly worse
