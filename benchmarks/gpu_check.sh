@@ -4,7 +4,8 @@
 # Prints the GPU and library versions, runs the whole test suite with the CuPy backend usable
 # (every backend-parametrised test then runs on CuPy too), then the benchmark suite on the GPU and
 # the CPU side by side with PyTorch (skip it with GPUNN_SKIP_BENCH=1), and writes a short report
-# and the raw outputs into $OUT if set, else benchmarks/results/gpu-check-<date>/ (at most 8 files).
+# and the raw outputs into $OUT if set, else benchmarks/results/gpu-check-<date>/ (at most 9 files
+# and one folder).
 # Nothing is installed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,20 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 GPUNN_BAC
     python3 -c 'import sys, numpy, cupy, gpunn; print("python", sys.version.split()[0]); print("numpy", numpy.__version__); print("cupy", cupy.__version__, "CUDA runtime", cupy.cuda.runtime.runtimeGetVersion()); print("gpunn", gpunn.__version__, "backends", gpunn.available_backends())'
     python3 -m gpunn info
 } 2>&1 | tee "$out/environment.txt"
+
+# Issue 21's items first, short, so that their verdicts come back even if the long suite does not:
+# item 1 (each rank's GPU) and the stand-in's device, fence and graph-key checks as the CPU sees
+# them, with the real CuPy importable; item 2 (torch captures Adam/AdamW: capturable=True) on the GPU.
+python3 -m pytest -p no:cacheprovider -q tests/distributed/test_rank_device.py tests/backends/test_cupy_standin_devices.py \
+    tests/backends/test_grid_memory_order.py tests/train/test_graph_key.py tests/bench/test_torch_peer.py \
+    2>&1 | tee "$out/issue21-first.log"
+python3 -m gpunn bench --backend cupy --peers torch-cuda-graph,gpunn-cupy-graph -k "adam" --max-time 0.2 \
+    --out "$out/issue21-adam" 2>&1 | tail -n 20 | tee -a "$out/issue21-first.log"
+# The kernel cost model's predictions (sm_90 SASS; needs nvdisasm: pip install nvidia-cuda-nvdisasm),
+# then the measured fractions of copy bandwidth to hold them against (the activation group).
+python3 -m gpunn bench --cost-model --out "$out" 2>&1 | tail -n 110 | tee -a "$out/issue21-first.log"
+python3 -m gpunn bench --backend cupy --case activation --max-time 0.2 --out "$out/issue21-activation" 2>&1 \
+    | tail -n 40 | tee -a "$out/issue21-first.log"
 
 # A GPU machine may reach no package index: the two tests that build a wheel in an isolated
 # environment or ask pip's resolver about the extras run on CI instead.

@@ -6,6 +6,14 @@ supports capture. So the CuPy backend calls ``cublasGemmEx`` here, on a handle o
 same matmul code runs eagerly and inside a captured training step, and the compute type is
 chosen per call (float32 strict or TF32; float16 storage accumulates in float32).
 
+float32 accumulation of float16 GEMMs: ``CUBLAS_COMPUTE_32F`` makes each dot product accumulate
+in float32, but under the default math mode cuBLAS may still sum split-K partial results in the
+output type (float16). Every handle here therefore runs in ``CUBLAS_DEFAULT_MATH |
+CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION`` (cublas_api.h, CUDA 13: the flag forces "any
+reductions to use the accumulator type and not output type in case of mixed precision routines
+with lower size output type"; it changes nothing for float32 or float64 outputs), so a float16
+GEMM rounds to float16 once, at the end.
+
 A row-major array is the column-major transpose of itself, so the row-major product
 ``C = op(A)·op(B)`` is the column-major product ``Cᵀ = op(B)ᵀ·op(A)ᵀ``: cuBLAS gets B as its
 first operand and A as its second, and no data moves. This module imports no array library.
@@ -21,6 +29,10 @@ OP_N, OP_T = 0, 1
 DATA_TYPES = {"float16": 2, "float32": 0, "float64": 1}  # cudaDataType: CUDA_R_16F, _32F, _64F
 COMPUTE_32F, COMPUTE_32F_FAST_TF32, COMPUTE_64F = 68, 77, 70  # cublasComputeType_t
 _GEMM_DEFAULT = -1
+# cublasMath_t (cublas_api.h, CUDA 13): CUBLAS_DEFAULT_MATH = 0, and the flag
+# CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION = 16.
+DEFAULT_MATH, DISALLOW_REDUCED_PRECISION_REDUCTION = 0, 16
+MATH_MODE = DEFAULT_MATH | DISALLOW_REDUCED_PRECISION_REDUCTION
 #: The workspace cuBLAS gets for its kernels: NVIDIA's recommendation for Hopper GPUs.
 WORKSPACE_BYTES = 32 * 1024 * 1024
 
@@ -100,16 +112,19 @@ def _declare(library) -> None:
     library.cublasCreate_v2.argtypes = [ctypes.POINTER(void_p)]
     library.cublasSetStream_v2.argtypes = [void_p, void_p]
     library.cublasSetWorkspace_v2.argtypes = [void_p, void_p, ctypes.c_size_t]
+    library.cublasSetMathMode.argtypes = [void_p, c_int]  # cublasSetMathMode(cublasHandle_t, cublasMath_t)
     library.cublasGemmEx.argtypes = [void_p, c_int, c_int, c_int, c_int, c_int, void_p,
                                      void_p, c_int, c_int, void_p, c_int, c_int, void_p,
                                      void_p, c_int, c_int, c_int, c_int]
     library.cublasGetStatusString.restype = ctypes.c_char_p
-    for name in ("cublasCreate_v2", "cublasSetStream_v2", "cublasSetWorkspace_v2", "cublasGemmEx"):
+    for name in ("cublasCreate_v2", "cublasSetStream_v2", "cublasSetWorkspace_v2", "cublasSetMathMode",
+                 "cublasGemmEx"):
         getattr(library, name).restype = c_int
 
 
 class CublasHandle:
-    """A cuBLAS handle of our own on the current device, with a fixed workspace.
+    """A cuBLAS handle of our own on the current device, with a fixed workspace and the math
+    mode that keeps float16 reductions in float32 (``MATH_MODE``).
 
     ``cublasSetStream`` resets the workspace, so both are set again whenever the stream changes.
     """
@@ -119,6 +134,7 @@ class CublasHandle:
         handle = ctypes.c_void_p()
         self._check(library.cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")
         self._handle = handle
+        self._check(library.cublasSetMathMode(handle, MATH_MODE), "cublasSetMathMode")
         self._workspace = (workspace_pointer, workspace_bytes)
         self._stream = None
 

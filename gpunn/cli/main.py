@@ -102,8 +102,10 @@ def command_bench(args) -> int:
 
     from gpunn.bench.report import BACKEND_PEERS, run_suite, write_report
 
-    peers = args.peers or (",".join(BACKEND_PEERS.values()) if args.backend == "all" else BACKEND_PEERS[args.backend])
     out = Path(args.out)
+    if getattr(args, "cost_model", False):
+        return command_cost_model(out)
+    peers = args.peers or (",".join(BACKEND_PEERS.values()) if args.backend == "all" else BACKEND_PEERS[args.backend])
     try:
         raws = run_suite(out, args.quick, peers, args.case or [], args.keyword, args.threads, args.max_time,
                          args.min_rounds, args.passes)
@@ -114,6 +116,22 @@ def command_bench(args) -> int:
         raise UserError(f"gpunn bench: --out {out}: {error.strerror or error}") from None
     print(text)
     print(f"report: {path} (raw: {path.with_suffix('.json')})")
+    return 0
+
+
+def command_cost_model(out) -> int:
+    """``gpunn bench --cost-model``: the table, and its JSON beside the other reports."""
+    from gpunn.bench import cost_model
+
+    try:
+        costs = cost_model.run()
+        path = cost_model.write(costs, out)
+    except cost_model.CostModelError as error:
+        raise UserError(f"gpunn bench --cost-model: {error}") from None
+    except OSError as error:
+        raise UserError(f"gpunn bench: --out {out}: {error.strerror or error}") from None
+    print(cost_model.table(costs))
+    print(f"a model, not a measurement (see gpunn/bench/cost_model.py); written to {path}")
     return 0
 
 

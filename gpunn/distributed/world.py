@@ -163,11 +163,14 @@ def shard_bounds(rows: int, rank: int, size: int) -> tuple[int, int]:
 class World:
     """The processes of one data-parallel job: rank, size, and the collectives gpunn uses."""
 
-    def __init__(self, comm, backend, transport, local_rank: int, local_size: int, exit_watch=None):
+    def __init__(self, comm, backend, transport, local_rank: int, local_size: int, exit_watch=None,
+                 device: int | None = None):
         self.comm, self.backend, self.transport = comm, backend, transport
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.local_rank, self.local_size = local_rank, local_size
         self.exit_watch = exit_watch
+        #: The CUDA device this rank selected (``init`` made it current), or None on the host.
+        self.device = device
 
     def _collective(self):
         return self.exit_watch.collective() if self.exit_watch is not None else contextlib.nullcontext()
@@ -246,11 +249,13 @@ class World:
 _world: list[World] = []  # the one world of this process (see the module docstring)
 
 
-def _select_device(comm, local_comm) -> None:
+def _select_device(comm, local_comm) -> int:
     """Each rank of a node takes its own GPU: device ``local_rank``, or device 0 when the
-    scheduler shows each rank one GPU (CUDA_VISIBLE_DEVICES per task). (CuPy 14.2,
+    scheduler shows each rank one GPU (CUDA_VISIBLE_DEVICES per task); returns its id. (CuPy 14.2,
     cupy/cuda/device.pyx: ``Device.use()`` makes it current for this thread; ``pci_bus_id`` is
-    runtime.deviceGetPCIBusId, which tells two ranks on one physical GPU apart from two GPUs.)"""
+    runtime.deviceGetPCIBusId, which tells two ranks on one physical GPU apart from two GPUs.)
+    ``init`` calls it before the transport exists, so the NCCL communicator, and everything
+    allocated after ``init``, lives on this device."""
     import cupy
 
     count = cupy.cuda.runtime.getDeviceCount()
@@ -264,6 +269,23 @@ def _select_device(comm, local_comm) -> None:
     if len(set(buses)) != len(buses):
         raise DistributedError(f"ranks on this node share a GPU (PCI bus ids {buses}); give each rank its "
                                "own GPU (NCCL refuses two ranks on one device)")
+    return device.id
+
+
+def check_model_device(world: World, model) -> None:
+    """Refuse a model whose parameters live on another GPU than this rank's: made before
+    ``gpunn.distributed.init()`` selected the rank's device, it sits on device 0 while the
+    optimizer state, the cuBLAS handle and the NCCL communicator would sit on the rank's.
+    (CuPy 14.2: ``ndarray.device`` is the device of the array's memory.)"""
+    if world.device is None:
+        return
+    where = getattr(model.flat.values, "device", None)
+    found = getattr(where, "id", world.device)
+    if found != world.device:
+        raise ValueError(
+            f"fit: rank {world.rank} trains on GPU {world.device} (its node-local rank's device), but the model's "
+            f"parameters are on GPU {found}. Call gpunn.distributed.init() before building the model, so that "
+            f"it is made on this rank's GPU (or build it inside `with cupy.cuda.Device({world.device}):`)")
 
 
 def _transport_for(backend, transport: str | None, comm):
@@ -292,7 +314,8 @@ def init(backend=None, transport: str | None = None) -> World:
 
     Checks that the launcher and mpi4py agree on the number of processes, installs a hook
     that aborts the whole job when an exception ends one rank, and on CuPy selects this
-    rank's GPU by node-local rank and builds the NCCL communicator. ``transport`` defaults
+    rank's GPU by node-local rank and builds the NCCL communicator. On CuPy call it before
+    building the model: what is allocated afterwards lands on the rank's GPU. ``transport`` defaults
     to 'mpi' on NumPy and 'nccl' on CuPy; 'host' (device -> host -> MPI -> device) must be
     asked for by name.
     """
@@ -314,10 +337,11 @@ def init(backend=None, transport: str | None = None) -> World:
         if MPI.Query_thread() == MPI.THREAD_MULTIPLE:
             exit_watch = _ExitWatch(comm, MPI)
     local_comm = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    device = None
     if backend.name == "cupy" and not backend.host_resident and transport != "host":
-        _select_device(comm, local_comm)
+        device = _select_device(comm, local_comm)  # before anything of this rank is allocated
     world = World(comm, backend, _transport_for(backend, transport, comm),
-                  local_comm.Get_rank(), local_comm.Get_size(), exit_watch)
+                  local_comm.Get_rank(), local_comm.Get_size(), exit_watch, device)
     _world.append(world)
     return world
 

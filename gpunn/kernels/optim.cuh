@@ -54,7 +54,11 @@ __host__ __device__ inline void gpunn_adam_update(C& param, C& exp_avg, C& exp_a
     exp_avg_sq = exp_avg_sq * beta2 + (C(1) - beta2) * grad * grad;
     C step_size = lr / (C(1) - gpunn_pow(beta1, step));
     C denominator = gpunn_sqrt(exp_avg_sq) * (C(1) / gpunn_sqrt(C(1) - gpunn_pow(beta2, step))) + eps;
-    param = param - step_size * (exp_avg / denominator);
+    // With eps = 0 the denominator is 0 where no gradient was seen, and on the GPU also where the
+    // second moment is subnormal: CuPy compiles with -ftz=true (cupy/cuda/compiler.py), which
+    // flushes it to 0 while exp_avg is not. Such an element does not move (no 0/0 NaN, no x/0 Inf);
+    // a NaN denominator still compares unequal to 0, so a NaN gradient still poisons its parameter.
+    param = param - step_size * (denominator == C(0) ? C(0) : exp_avg / denominator);
 }
 
 // The per-step counters in ``scalars`` (double): [0] updates applied, [1] updates attempted (the

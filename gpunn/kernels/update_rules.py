@@ -72,7 +72,13 @@ def adam_host(xp, param, states, grad, work, lr, step, weight_decay, decay_end, 
     xp.sqrt(exp_avg_sq, out=work)
     work *= 1 / (1 - beta2 ** step) ** 0.5  # times the reciprocal: NumPy divides by a scalar 4× slower
     work += eps
-    xp.divide(exp_avg, work, out=work)
+    if eps >= xp.finfo(param.dtype).tiny:  # a normal eps: the denominator is never 0
+        xp.divide(exp_avg, work, out=work)
+    else:  # eps = 0 (or subnormal): a zero denominator moves nothing, as in kernels/optim.cuh
+        zero = work == 0
+        work[zero] = 1
+        xp.divide(exp_avg, work, out=work)
+        work[zero] = 0
     work *= lr / (1 - beta1 ** step)
     param -= work
 

@@ -96,9 +96,11 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
     parallel = None
     if distributed:
         from gpunn.distributed.data_parallel import DataParallel
-        from gpunn.distributed.world import init
+        from gpunn.distributed.world import check_model_device, init
 
-        parallel = DataParallel(init(model.backend), model)
+        world = init(model.backend)  # selects this rank's GPU before fit allocates anything
+        check_model_device(world, model)
+        parallel = DataParallel(world, model)
         seed = parallel.world.broadcast_object(seed)  # seed=None: rank 0's draw, so all shuffle alike
     step = TrainStep(model, loss, optimizer, graph=graph, data_parallel=parallel)
     try:

@@ -40,8 +40,9 @@ class TrainStep:
     steps of that shape replay the graph, and batches of any other shape (a smaller last batch)
     run eagerly. The learning rate (a number or a schedule), Adam's step count and the float16
     loss scale live on the device and never force a new recording; changing another
-    hyperparameter (momentum, betas, weight decay, clipping), the matmul precision or the
-    arrays behind the parameters records the graph again.
+    hyperparameter (momentum, betas, weight decay, clipping), the matmul precision, the
+    model's mode (``train()``/``eval()``), a dropout rate, ``Dropout.fixed_mask()``, LayerNorm's
+    eps or the arrays behind the parameters records the graph again.
     """
 
     def __init__(self, model, loss, optimizer, graph: bool = False, data_parallel=None):
@@ -147,11 +148,16 @@ class _RecordedStep:
 
     def _key(self):
         """What the recording baked in: hyperparameters passed as kernel arguments, the precision,
-        and which arrays (the learning rate and the counters are read on the device)."""
+        each layer's launch settings (train/eval mode, dropout's rate and whether ``fixed_mask()``
+        holds its step, LayerNorm's eps: a graph replays the recorded kernels with the recorded
+        arguments, so dropout recorded in training would go on after ``model.eval()``), and which
+        arrays (the learning rate and the counters are read on the device)."""
         train_step = self.train_step
         optimizer, flat = train_step.optimizer, train_step.model.flat
-        offsets = tuple(getattr(layer, "row_offset", 0) for layer in train_step.model.all_layers())
-        return (offsets, repr(optimizer.hyperparameters()), get_matmul_precision(), train_step._share,
+        layers = tuple((getattr(layer, "row_offset", 0), layer.training, getattr(layer, "rate", None),
+                        getattr(layer, "_advance", None), getattr(layer, "eps", None))
+                       for layer in train_step.model.all_layers())
+        return (layers, repr(optimizer.hyperparameters()), get_matmul_precision(), train_step._share,
                 id(flat.values), id(flat.grads),
                 tuple(id(array) for array in optimizer.device_arrays()))
 

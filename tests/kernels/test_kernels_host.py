@@ -5,6 +5,7 @@ for sm_90 (the H100/H200) and as a host shared library, which ctypes loads so th
 functions CuPy compiles for the GPU are compared with the NumPy backend, extremes included.
 """
 
+import contextlib
 import ctypes
 from pathlib import Path
 import shutil
@@ -297,3 +298,108 @@ def test_softmax_cross_entropy_grad_matches_numpy(harness, rng, dtype):
     expected = numpy_backend.softmax_cross_entropy_grad(z, lse, labels, 1 / 6)
     np.testing.assert_allclose(got, expected, rtol=RTOL[dtype] * 4, atol=RTOL[dtype])
     assert np.all(np.isfinite(got))
+
+
+# --- the GPU's flush-to-zero rules (issue 21, item 6) ----------------------------------------
+# CuPy compiles every kernel with -ftz=true (cupy/cuda/compiler.py, _compile_with_cache_cuda):
+# float32 subnormals become zero on the GPU, operands and results. The harness runs the same maths
+# with x86's MXCSR FTZ and DAZ bits set (gpunn_host_flush_to_zero in host_harness.cu), around the
+# harness call only, so NumPy's references are computed under the usual rules.
+FTZ_SKIP = pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64", "i686"),
+                              reason="FTZ/DAZ are set through x86's MXCSR")
+
+
+@contextlib.contextmanager
+def flush_to_zero(harness):
+    switch = harness.gpunn_host_flush_to_zero
+    switch.restype = ctypes.c_uint
+    before = switch(ctypes.c_int(1))
+    try:
+        yield
+    finally:
+        switch(ctypes.c_int(bool(before & 0x8040)))
+
+
+def flushed(values):
+    """float32 values with subnormals flushed to (signed) zero, as the GPU reads and writes them."""
+    values = np.array(values, np.float32)
+    with np.errstate(invalid="ignore"):
+        small = np.abs(values) < np.finfo(np.float32).tiny
+    values[small] = np.copysign(np.float32(0), values[small])
+    return values
+
+
+@FTZ_SKIP
+def test_flush_to_zero_is_in_force_inside_the_block_only(harness):
+    multiply = harness.gpunn_host_multiply_f32
+    multiply.restype, multiply.argtypes = ctypes.c_float, [ctypes.c_float, ctypes.c_float]
+    tiny = float(np.finfo(np.float32).tiny)
+    assert multiply(tiny, 0.5) == tiny / 2  # a subnormal result
+    with flush_to_zero(harness):
+        assert multiply(tiny, 0.5) == 0.0  # FTZ
+        assert multiply(tiny / 4, 4.0) == 0.0  # DAZ: a subnormal operand reads as zero
+    assert multiply(tiny, 0.5) == tiny / 2
+
+
+@FTZ_SKIP
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_float32_activations_under_the_gpus_flush_to_zero(harness, rng, activation):
+    """The forward and backward of every activation, float32, under FTZ/DAZ: finite where NumPy
+    is finite, and NumPy's value on flushed operands, flushed, up to rounding."""
+    z = extremes("float32", rng)
+    z.flat[20:26] = [1e-39, -1e-39, 3e-38, -3e-38, 1e-45, 87.5]  # subnormal and near-subnormal operands
+    bias = np.zeros(z.shape[1], np.float32)
+    with flush_to_zero(harness):
+        function, got, got_saved = run_activation(harness, "float32", activation, z, bias, None)
+    expected = flushed(numpy_backend.bias_activation(flushed(z), bias, function))
+    assert_rounding_close(got, expected, z * 2, "float32")
+    assert not np.isnan(got[~np.isnan(expected)]).any()
+    saved = z if function.reads_input else got_saved
+    dy = rng.normal(size=z.shape).astype(np.float32)
+    dy.flat[30:32] = [1e-40, -1e-40]
+    with flush_to_zero(harness):
+        _, got_dz = run_activation(harness, "float32", activation, np.ascontiguousarray(saved), None, None,
+                                   backward_dy=dy)
+    expected_dz = flushed(numpy_backend.activation_backward(flushed(dy), flushed(saved), function))
+    assert_rounding_close(got_dz, expected_dz, z * dy * 2, "float32")
+
+
+def adam_eps_zero(harness, p, g, s0, s1, dtype="float32"):
+    c_type, suffix = CTYPES[dtype]
+    harness[f"adam_update_{suffix}"](pointer(p), pointer(s0), pointer(s1), pointer(g), c_type(1e-3), c_type(1.0),
+                                     c_type(0.0), c_type(0.9), c_type(0.999), c_type(0.0), ctypes.c_int(0),
+                                     ctypes.c_long(0), ctypes.c_long(p.size))
+
+
+@pytest.mark.parametrize("dtype", CTYPES)
+def test_adam_with_eps_zero_leaves_an_element_without_gradient_in_place(harness, rng, dtype):
+    """eps = 0 and no gradient yet: 0/0 would make the parameter NaN; the kernel and its NumPy twin
+    leave it where it is, and move the others alike."""
+    from gpunn.kernels.update_rules import RULES
+
+    p = rng.normal(size=16).astype(dtype)
+    g = rng.normal(size=16).astype(dtype)
+    g[::3] = 0
+    s0, s1 = np.zeros_like(p), np.zeros_like(p)
+    expected_p, expected_states = p.copy(), [s0.copy(), s1.copy()]
+    RULES["adam"].host(np, expected_p, expected_states, g.copy(), np.empty_like(g), 1e-3, 1.0, 0.0, 0, 0.9, 0.999,
+                       0.0, False)
+    adam_eps_zero(harness, p, g, s0, s1, dtype)
+    assert np.isfinite(p).all() and np.isfinite(expected_p).all()
+    np.testing.assert_array_equal(p[::3], expected_p[::3])
+    np.testing.assert_allclose(p, expected_p, rtol=RTOL[dtype] * 8, atol=RTOL[dtype])
+
+
+@FTZ_SKIP
+def test_adam_with_eps_zero_is_finite_when_the_gpu_flushes_the_second_moment(harness):
+    """A float32 gradient of 1e-20 has a subnormal square: the GPU flushes the second moment to zero
+    while the first stays 1e-21, and exp_avg / 0 would be Inf. The element stays in place."""
+    p = np.ones(4, np.float32)
+    g = np.array([1e-20, -1e-20, 2e-20, 0.5], np.float32)
+    s0, s1 = np.zeros_like(p), np.zeros_like(p)
+    with flush_to_zero(harness):
+        adam_eps_zero(harness, p, g, s0, s1)
+    assert np.isfinite(p).all(), p
+    assert (s1[:3] == 0).all() and (s0[:3] != 0).all()  # the GPU's state: flushed second moment only
+    np.testing.assert_array_equal(p[:3], 1.0)
+    assert p[3] == pytest.approx(1.0 - 1e-3, rel=1e-5)  # an ordinary gradient moves as always

@@ -20,6 +20,20 @@ extern "C" void philox4x64_10(const gpunn_u64* c0, const gpunn_u64* c1, gpunn_u6
         for (int word = 0; word < 4; ++word) out[4 * j + word] = gpunn_philox4x64_10(c0[j], c1[j], k0, k1, word);
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+// The GPU's float rules on the host: CuPy compiles every kernel with -ftz=true (cupy/cuda/compiler.py,
+// _compile_with_cache_cuda), so float32 subnormals are flushed to zero on the GPU. MXCSR's FTZ (bit 15)
+// flushes subnormal results and DAZ (bit 6) reads subnormal operands as zero. Returns the MXCSR before;
+// the tests set it around harness calls only (it applies to double too, so they check float32 under it).
+extern "C" unsigned int gpunn_host_flush_to_zero(int on) {
+    unsigned int before = _mm_getcsr();
+    _mm_setcsr(on ? (before | 0x8040u) : (before & ~0x8040u));
+    return before;
+}
+extern "C" float gpunn_host_multiply_f32(float a, float b) { return a * b; }
+#endif
+
 // One update rule over n elements, weight decay on [0, decay_end) only, as the CuPy kernel applies it.
 #define GPUNN_UPDATE_HOST(RULE, T, SUFFIX)                                                       \
     extern "C" void RULE##_update_##SUFFIX(T* p, T* s0, T* s1, const T* g, T lr, T step, T wd, T h0, T h1, \

@@ -27,6 +27,22 @@ OPTIMIZERS = {
 }
 
 
+def torch_optimizer(torch, parameters, optimizer: str, graph: bool):
+    """The torch.optim peer of ``OPTIMIZERS[optimizer]``; for CUDA-graph capture with
+    ``capturable=True`` where the class has it (Adam, AdamW): torch refuses to capture ``step()``
+    otherwise ("Attempting CUDA graph capture of step() for an instance of Adam but param_groups'
+    capturable is False": torch/optim/optimizer.py, ``_cuda_graph_capture_health_check``, torch
+    2.13), because the uncapturable step keeps its step count on the host. SGD has no host state
+    and no such flag."""
+    import inspect
+
+    name, options = OPTIMIZERS[optimizer][1]
+    kind = getattr(torch.optim, name)
+    if graph and "capturable" in inspect.signature(kind).parameters:
+        options = {**options, "capturable": True}
+    return kind(parameters, **options)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     sizes: tuple
@@ -357,8 +373,7 @@ class TorchPeer(Peer):
     def train_step(self, config: TrainConfig, dtype, rng, optimizer: str = "sgd"):
         torch = self.torch
         model = self._mlp(config.sizes, config.activation, dtype)
-        name, options = OPTIMIZERS[optimizer][1]
-        optimizer = getattr(torch.optim, name)(model.parameters(), **options)
+        optimizer = torch_optimizer(torch, model.parameters(), optimizer, self.graph)
         loss_fn = torch.nn.CrossEntropyLoss() if config.loss == "softmax-ce" else torch.nn.MSELoss()
         x = self._random((config.batch, config.sizes[0]), dtype, rng)
         targets = _targets(config, rng)

@@ -16,6 +16,9 @@ What it runs for real:
 Every device operation is logged (kernel, cuBLAS call, memset/memcpy, graph launch), which gives
 the launch counts of a training step (``Standin.count``).
 
+  * several devices (``installed(devices=N)``): each array remembers its device, and a kernel, a
+    routine, a cuBLAS call or an NCCL collective that gets another device's memory fails
+    (``_nccl.py`` models one rank's communicator, bound to the device current at its creation).
 What it cannot show (the GPU run, ``benchmarks/gpu_check.sh``, still owes these):
   * streams: launches run one at a time, in order; stream semantics, overlap and races between
     launches are absent (inside a launch, ``installed(block_threads=True)`` runs each block's
@@ -45,7 +48,7 @@ from support.cupy_standin._namespace import module
 
 #: The backend's modules that import CuPy: re-imported on the stand-in, restored afterwards.
 BACKEND_MODULES = ("gpunn.backends.cupy_backend", "gpunn.backends.cupy_kernels")
-_MODULES = ("cupy", "cupy.cuda", "cupy.cuda.runtime")
+_MODULES = ("cupy", "cupy.cuda", "cupy.cuda.runtime", "cupy.cuda.nccl")
 
 
 class Standin:
@@ -61,9 +64,20 @@ class Standin:
         return self.device.count(start)
 
 
+def _forget_nccl_probe() -> None:
+    """gpunn caches whether NCCL loads (once per process); the stand-in's NCCL comes and goes."""
+    transports = sys.modules.get("gpunn.distributed.transports")
+    if transports is not None:
+        transports.nccl_unavailable_reason.cache_clear()
+
+
 @contextlib.contextmanager
-def installed(block_threads: bool = False):
+def installed(block_threads: bool = False, devices: int = 1):
     """Run the block with the stand-in as ``cupy`` and gpunn's CuPy backend imported on it.
+
+    The machine has ``devices`` GPUs, device 0 current: arrays remember the device they were
+    allocated on, and kernels, CuPy's routines, the cuBLAS model and the NCCL stand-in refuse an
+    array or pointer of another device than theirs (CuPy's ``_check_peer_access``).
 
     A kernel whose threads work together (code around its loop: kernels/grid.cuh) runs on CuPy's
     grid of blocks; with ``block_threads`` each block has CuPy's threads, as host threads meeting
@@ -76,8 +90,10 @@ def installed(block_threads: bool = False):
     saved_attributes = {name: backends.__dict__.get(name) for name in attributes}
     saved_loader = cublas.load_library
     saved_backend = backends._current.get()  # a `use_backend(...)` without `with` inside must not leak
-    device, library = Device(block_threads), CublasLibrary()
-    sys.modules.update({"cupy": module, "cupy.cuda": module.cuda, "cupy.cuda.runtime": module.cuda.runtime})
+    device, library = Device(block_threads, devices), CublasLibrary()
+    sys.modules.update({"cupy": module, "cupy.cuda": module.cuda, "cupy.cuda.runtime": module.cuda.runtime,
+                        "cupy.cuda.nccl": module.cuda.nccl})
+    _forget_nccl_probe()
     for name in BACKEND_MODULES:
         sys.modules.pop(name, None)
     cublas.load_library = lambda runtime_major: library  # the wheel search is tests/backends/test_cublas_loading.py's
@@ -90,6 +106,7 @@ def installed(block_threads: bool = False):
         # not later inside another installation's stream capture.
         gc.collect()
         _device._current.pop()
+        _forget_nccl_probe()
         cublas.load_library = saved_loader
         for name, value in saved.items():
             if value is None:

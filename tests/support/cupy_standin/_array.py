@@ -59,12 +59,16 @@ def _flat_arrays(value) -> list:
     return []
 
 
-def device_call(name: str, function, args, kwargs, *, allow_host: bool = False, always: bool = False):
+def device_call(name: str, function, args, kwargs, *, allow_host: bool = False, always: bool = False,
+                view: bool = False):
     """Run a NumPy routine on device arrays; log a kernel launch when it writes device memory
-    (``always``: it launches even when it writes into given outputs, as a ufunc does)."""
+    (``always``: it launches even when it writes into given outputs, as a ufunc does; ``view``:
+    basic indexing, which makes a view on any device and launches nothing)."""
     device, originals = current(), _flat_arrays_of([list(args), list(kwargs.values())])
     inputs: list = []
     host_args, host_kwargs = unwrap(args, inputs, allow_host), unwrap(kwargs, inputs, allow_host)
+    for host in inputs if not view else ():  # CuPy's kernels check each array's device (_kernel.pyx, _preprocess_arg)
+        device.check_peer(host)
     # While capturing, device memory must not change before the graph is launched: what the
     # routine writes into its arguments is undone, and only new results keep their values.
     saved = [(host, host.copy()) for host in inputs] if device.capture is not None else ()
@@ -95,10 +99,10 @@ def _flat_arrays_of(value) -> list:
 
 
 class _Pointer:
-    """``ndarray.data``: CuPy's MemoryPointer, of which gpunn reads ``ptr``."""
+    """``ndarray.data``: CuPy's MemoryPointer, of which gpunn reads ``ptr`` (and ``device_id``)."""
 
-    def __init__(self, ptr: int):
-        self.ptr = ptr
+    def __init__(self, ptr: int, device_id: int = 0):
+        self.ptr, self.device_id = ptr, device_id
 
     def __int__(self):
         return self.ptr
@@ -135,7 +139,14 @@ class ndarray(NDArrayOperatorsMixin):
 
     @property
     def data(self) -> _Pointer:
-        return _Pointer(self._host.__array_interface__["data"][0])
+        return _Pointer(self._host.__array_interface__["data"][0], current().register(self._host))
+
+    @property
+    def device(self):
+        """The device the array was allocated on (``ndarray.device`` is ``data.device``)."""
+        from support.cupy_standin._cuda import Device
+
+        return Device(current().register(self._host))
 
     @property
     def __cuda_array_interface__(self) -> dict:
@@ -205,7 +216,9 @@ class ndarray(NDArrayOperatorsMixin):
             key = (key,)
         if not any(k is Ellipsis for k in key):
             key = key + (Ellipsis,)  # a 0-d view rather than a NumPy scalar, as CuPy returns
-        return device_call("ndarray.__getitem__", lambda host, k: host[k], (self, key), {}, allow_host=True)
+        basic = all(k is None or k is Ellipsis or isinstance(k, (int, np.integer, slice)) for k in key)
+        return device_call("ndarray.__getitem__", lambda host, k: host[k], (self, key), {}, allow_host=True,
+                           view=basic)
 
     def __setitem__(self, key, value):  # CuPy accepts host values here (a host-to-device copy)
         device_call("ndarray.__setitem__", _setitem, (self, key, value), {}, allow_host=True)

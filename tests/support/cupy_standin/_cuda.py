@@ -1,4 +1,4 @@
-"""``cupy.cuda``: one device, streams, a graph recorder, memory pools that count bytes.
+"""``cupy.cuda``: the machine's devices, streams, a graph recorder, memory pools that count bytes.
 
 These fakes keep gpunn's code paths running; they prove nothing about the real objects. A
 "captured" stream keeps every launch made while it captures and a graph replays them in order
@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import types
 
+from support.cupy_standin import _nccl
 from support.cupy_standin._device import StandinViolation, current
 
 _pointers = itertools.count(0x5000)
@@ -24,21 +25,48 @@ class CUDARuntimeError(RuntimeError):
 
 
 class Device:
-    """``cupy.cuda.Device``: always device 0, an H100's compute capability."""
+    """``cupy.cuda.Device`` (cupy/cuda/device.pyx): ``Device()`` is the current device;
+    ``use()`` makes one current (cudaSetDevice, refused for a device the machine lacks, as
+    cudaErrorInvalidDevice); ``with Device(n):`` makes it current inside and restores the
+    previous one. Each has an H100's compute capability and its own PCI bus id."""
 
     def __init__(self, device=None):
-        self.id = 0 if device is None else int(device)
+        machine = current()
+        self.id = machine.current_id if device is None else int(device)
+        self._previous: list[int] = []
 
     compute_capability = "90"
+
+    @property
+    def pci_bus_id(self) -> str:
+        return f"0000:{0x18 + 0x10 * self.id:02X}:00.0"
+
+    def use(self) -> None:
+        machine = current()
+        if not 0 <= self.id < machine.devices:
+            raise CUDARuntimeError(f"cudaErrorInvalidDevice: invalid device ordinal {self.id} (the stand-in "
+                                   f"has {machine.devices} devices)")
+        machine.current_id = self.id
 
     def synchronize(self) -> None:
         current().refuse_during_capture("cudaDeviceSynchronize")
 
     def __enter__(self):
+        self._previous.append(current().current_id)
+        self.use()
         return self
 
     def __exit__(self, *exc_info):
-        return None
+        current().current_id = self._previous.pop()
+
+    def __eq__(self, other):
+        return isinstance(other, Device) and other.id == self.id
+
+    def __hash__(self):
+        return hash(self.id)
+
+    def __repr__(self):
+        return f"<CUDA Device {self.id}>"
 
 
 class Graph:
@@ -127,12 +155,12 @@ def using_allocator(allocator=None):
 
 
 def _runtime() -> types.SimpleNamespace:
-    """``cupy.cuda.runtime``: one device, CUDA 13.0's version numbers."""
+    """``cupy.cuda.runtime``: the machine's devices, CUDA 13.0's version numbers."""
     return types.SimpleNamespace(
-        getDeviceCount=lambda: 1, runtimeGetVersion=lambda: 13000, driverGetVersion=lambda: 13000,
+        getDeviceCount=lambda: current().devices, runtimeGetVersion=lambda: 13000, driverGetVersion=lambda: 13000,
         getDeviceProperties=lambda device: {"name": b"CuPy stand-in (host C++)", "major": 9, "minor": 0,
                                             "totalGlobalMem": 80 * 2 ** 30},
-        getDevice=lambda: 0, deviceSynchronize=lambda: Device().synchronize(), CUDARuntimeError=CUDARuntimeError,
+        getDevice=lambda: current().current_id, deviceSynchronize=lambda: Device().synchronize(), CUDARuntimeError=CUDARuntimeError,
         is_hip=False)
 
 
@@ -142,5 +170,5 @@ def namespace() -> types.ModuleType:
     runtime.__dict__.update(vars(_runtime()))
     cuda.__dict__.update(Device=Device, Stream=Stream, ExternalStream=Stream, Graph=Graph, MemoryPool=MemoryPool,
                          get_current_stream=get_current_stream, using_allocator=using_allocator, runtime=runtime,
-                         is_available=lambda: True)
+                         is_available=lambda: True, nccl=_nccl.module())
     return cuda

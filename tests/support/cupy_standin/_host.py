@@ -67,13 +67,37 @@ class gpunn_standin_barrier {
   }
 };
 static thread_local gpunn_standin_barrier* gpunn_standin_block = nullptr;
-inline void __syncthreads() { if (gpunn_standin_block) gpunn_standin_block->wait(); }
-inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+
+// The memory order of the last-block pattern, checked as the threads run (the host's own memory
+// model is stronger than the GPU's, so a missing fence would go unnoticed otherwise): a thread's
+// atomicInc must come after a __threadfence of that thread (release: its block's writes are
+// visible before its ticket), and the thread that draws the last ticket (the one that wraps) must
+// fence again before its block's next barrier (acquire: the other blocks' writes are visible
+// before the last block reads them). Each breach is counted; the launch reports it.
+static std::atomic<int> gpunn_standin_order_breaches{0};
+static thread_local bool gpunn_standin_fenced = false, gpunn_standin_acquire_due = false;
+extern "C" int gpunn_standin_breaches() { return gpunn_standin_order_breaches.exchange(0); }
+inline void gpunn_standin_block_start() { gpunn_standin_fenced = gpunn_standin_acquire_due = false; }
+inline void gpunn_standin_check_acquire() {
+  if (gpunn_standin_acquire_due) { gpunn_standin_order_breaches += 1000; gpunn_standin_acquire_due = false; }
+}
+inline void __syncthreads() {
+  gpunn_standin_check_acquire();
+  if (gpunn_standin_block) gpunn_standin_block->wait();
+}
+inline void __threadfence() {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  gpunn_standin_fenced = true;
+  gpunn_standin_acquire_due = false;
+}
 static std::mutex gpunn_standin_atomics;
 inline unsigned int atomicInc(unsigned int* address, unsigned int value) {
+  if (!gpunn_standin_fenced) gpunn_standin_order_breaches += 1;  // no release fence before the ticket
+  gpunn_standin_fenced = false;
   std::lock_guard<std::mutex> lock(gpunn_standin_atomics);
   unsigned int old = *address;
   *address = old >= value ? 0u : old + 1u;
+  gpunn_standin_acquire_due = old >= value;  // the last ticket: an acquire fence is due
   return old;
 }
 
@@ -89,6 +113,7 @@ void gpunn_standin_launch(unsigned int blocks, unsigned int threads, Body body) 
     threadIdx.x = t; blockDim.x = threads; gridDim.x = blocks; gpunn_standin_block = &barrier;
     for (unsigned int block : order) {
       blockIdx.x = block;
+      gpunn_standin_block_start();
       body();
       __syncthreads();  // the block is done before the next one reuses its shared memory
     }
@@ -223,4 +248,19 @@ def load(source: str):
         raise RuntimeError(f"the CuPy stand-in compiles kernels as host C++: {error}") from error
     entry = getattr(library, ENTRY)
     entry.argtypes, entry.restype = [ctypes.POINTER(ctypes.c_void_p)], None
-    return entry
+    breaches = library.gpunn_standin_breaches
+    breaches.argtypes, breaches.restype = [], ctypes.c_int
+
+    def run(block):
+        entry(block)
+        count = breaches()
+        if count:
+            from support.cupy_standin._device import StandinViolation
+
+            missing = [what for what, number in (("release", count % 1000), ("acquire", count // 1000)) if number]
+            raise StandinViolation(
+                f"the last-block ticket ran without its {' and '.join(missing)} __threadfence(): on a GPU the "
+                "last block could read the other blocks' partial results before they are visible "
+                "(CUDA programming guide, memory fence functions; kernels/grid.cuh)")
+
+    return run

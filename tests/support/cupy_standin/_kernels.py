@@ -83,8 +83,10 @@ class Scalar:
 
 
 def _preprocess(argument):
-    """_kernel.pyx, _preprocess_arg: arrays stay, everything else becomes a scalar."""
+    """_kernel.pyx, _preprocess_arg: arrays stay (if they live on the current device:
+    ``_check_peer_access``), everything else becomes a scalar."""
     if isinstance(argument, ndarray):
+        current().check_peer(argument._host)
         return argument
     if isinstance(argument, np.ndarray):
         _refuse_host_array(argument)

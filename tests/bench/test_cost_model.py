@@ -1,0 +1,116 @@
+"""gpunn bench --cost-model (issue 21): SASS parsing, the per-element loop, the roofline, bytes per
+element, and, where nvdisasm is installed (the nvidia-cuda-nvdisasm wheel), real kernels."""
+
+import json
+
+import pytest
+
+from gpunn.bench import cost_model
+
+# Two unswitched copies of one grid-stride loop, as nvcc makes of a dropout kernel: the first
+# with a conditional forward branch (a slow path), the second short.
+SASS = """
+        /*0000*/                   LDC R1, c[0x0][0x28] ;
+        /*0010*/               @P0 EXIT ;
+        /*0020*/              @!P0 BRA `(.L_x_0) ;
+.L_x_2:
+        /*0030*/                   LDG.E R4, desc[UR4][R2.64] ;
+        /*0040*/                   ISETP.NE.AND P1, PT, R4, RZ, PT ;
+        /*0050*/              @!P1 BRA `(.L_x_1) ;
+        /*0060*/                   MUFU.EX2 R4, R4 ;
+        /*0070*/                   DFMA R6, R6, R6, R6 ;
+.L_x_1:
+        /*0080*/                   FADD.FTZ R4, R4, 1 ;
+        /*0090*/                   STG.E desc[UR4][R2.64], R4 ;
+        /*00a0*/              @!P0 BRA `(.L_x_2) ;
+        /*00b0*/                   EXIT ;
+.L_x_0:
+.L_x_3:
+        /*00c0*/                   LDG.E R4, desc[UR4][R2.64] ;
+        /*00d0*/                   STG.E desc[UR4][R2.64], R4 ;
+        /*00e0*/                   STG.E desc[UR4][R8.64], R4 ;
+        /*00f0*/              @!P0 BRA `(.L_x_3) ;
+        /*0100*/                   EXIT ;
+"""
+
+
+def test_sass_is_parsed_into_instructions_labels_and_branch_targets():
+    instructions, labels = cost_model.parse_sass(SASS)
+    assert len(instructions) == 17 and labels[".L_x_2"] == 3 and labels[".L_x_0"] == labels[".L_x_3"] == 12
+    assert (instructions[5].predicate, instructions[5].opcode, instructions[5].target) == ("@!P1", "BRA", ".L_x_1")
+    assert [cost_model.weight(op) for op in ("MUFU.EX2", "DFMA", "FADD.FTZ", "IMAD.WIDE.U32", "LDG.E", "UIADD3")] \
+        == [8, 2, 1, 2, 4, 1]
+
+
+def test_each_unswitched_loop_is_found_and_walked_along_its_longest_and_shortest_path():
+    instructions, labels = cost_model.parse_sass(SASS)
+    loops = cost_model.element_loops(instructions, labels)
+    assert loops == [(3, 10), (12, 15)]
+    weight = lambda instruction: cost_model.weight(instruction.opcode)  # noqa: E731
+    # LDG 4 + ISETP 2 + BRA 1 [+ MUFU 8 + DFMA 2] + FADD 1 + STG 4 + BRA 1
+    assert cost_model.path_costs(instructions, labels, 3, 10, weight) == (23, 13)
+    assert cost_model.path_costs(instructions, labels, 12, 15, weight) == (13, 13)
+
+
+def test_the_cost_is_the_longest_loop_per_element_and_the_roofline_caps_at_one():
+    cost = cost_model.cost_of_sass(SASS, "k", bytes_per_element=8, loads=1, stores=1)
+    # The second loop stores twice per iteration for one store per element: two elements, 6.5 each.
+    assert (cost.sass_per_element, cost.sass_per_element_shortest) == (23, 6.5)
+    gpu = {"sms": 1, "clock_hz": 1.0, "bandwidth_bytes": 64.0}
+    assert cost_model.predicted_fraction(128, 8, gpu) == pytest.approx(1 / 8)  # 1 element/s vs 8 elements/s
+    assert cost_model.predicted_fraction(1, 8, gpu) == 1.0
+
+
+def test_bytes_per_element_follow_the_kernels_arguments():
+    pytest.importorskip("cupy")
+    from gpunn.backends import cupy_kernels
+
+    def traffic(op, variant, dtype):
+        return cost_model.traffic(cupy_kernels._build(op, variant, dtype), cupy_kernels.KERNELS[op].arguments(variant, dtype))
+
+    assert traffic("bias_activation", "relu", "float32") == (8, 1, 1)  # z in, y out; the bias is broadcast
+    assert traffic("bias_activation_saving", "relu", "float16") == (6, 1, 2)
+    assert traffic("update_adam", "", "float32") == (28, 4, 3)  # g; p, exp_avg, exp_avg_sq read and written
+    assert traffic("update_adam_master", "", "float16") == (30, 5, 4)  # + the float32 master weight
+    assert traffic("gradient_norm", "", "float32") == (4, 1, 0)
+
+
+@pytest.fixture(scope="module")
+def nvdisasm():
+    pytest.importorskip("cupy")
+    try:
+        return cost_model.find_nvdisasm()
+    except cost_model.CostModelError as error:
+        pytest.skip(str(error))
+
+
+def test_real_kernels_compiled_by_nvrtc_and_disassembled(nvdisasm, tmp_path):
+    costs = cost_model.run([("bias_activation", "relu", "float32"), ("update_sgd", "", "float32")], workers=2)
+    dropout, sgd = costs
+    assert dropout.sass_per_element > 3 * dropout.sass_per_element_shortest  # the Philox path of dropout
+    assert dropout.bytes_per_element == 8 and sgd.bytes_per_element == 20  # g; p and velocity read and written
+    for cost in costs:
+        assert set(cost.predicted_fraction_of_copy) == set(cost_model.GPUS)
+        assert all(0 < value <= 1 for value in cost.predicted_fraction_of_copy.values())
+    written = json.loads(cost_model.write(costs, tmp_path).read_text())
+    row = written["kernels"][0]
+    assert {"kernel", "dtype", "sass_per_element", "bytes_per_element", "predicted_fraction_of_copy"} <= set(row)
+    assert row["kernel"] == "gpunn_bias_relu_kernel" and written["arch"] == "sm_90"
+
+
+def test_the_cli_prints_the_table_or_says_what_is_missing(monkeypatch, capsys, tmp_path):
+    from gpunn.cli.main import main
+
+    def missing():
+        raise cost_model.CostModelError("nvdisasm is not installed: pip install nvidia-cuda-nvdisasm")
+
+    monkeypatch.setattr(cost_model, "find_nvdisasm", missing)
+    assert main(["bench", "--cost-model", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == ("gpunn bench --cost-model: nvdisasm is not installed: "
+                                               "pip install nvidia-cuda-nvdisasm")
+    fake = cost_model.cost_of_sass(SASS, "k", 8, 1, 1, "op", "", "float32")
+    monkeypatch.setattr(cost_model, "run", lambda: [fake])
+    assert main(["bench", "--cost-model", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| op | - | float32 | 23, 6.5 | 8 |" in out and "a model, not a measurement" in out
+    assert json.loads((tmp_path / "cost-model-sm_90.json").read_text())["kernels"][0]["kernel"] == "k"
