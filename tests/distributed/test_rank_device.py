@@ -54,7 +54,9 @@ class FakeComm:
 @pytest.fixture
 def rank_one(monkeypatch):
     """The stand-in with two GPUs, the CuPy backend, and ``init()`` joining the fake world as rank 1."""
-    fake_mpi = types.SimpleNamespace(COMM_WORLD=FakeComm(), COMM_TYPE_SHARED=0)
+    # THREAD_SINGLE: no exit watcher thread (it needs MPI_THREAD_MULTIPLE), as under an MPI built without it
+    fake_mpi = types.SimpleNamespace(COMM_WORLD=FakeComm(), COMM_TYPE_SHARED=0, THREAD_SINGLE=0, THREAD_MULTIPLE=3,
+                                     Query_thread=lambda: 0)
     monkeypatch.setattr(distributed, "_import_mpi", lambda: fake_mpi)
     monkeypatch.setattr(distributed, "_world", [])
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # init installs its abort hook
