@@ -17,14 +17,16 @@ from gpunn.nn.parameter import Parameter
 from gpunn.nn.residual import Residual
 from gpunn.nn.sequential import Sequential
 from gpunn.optim import SGD, Adam, AdamW, Optimizer
-from gpunn.train.callbacks import EarlyStopping, TrainingWarning
+from gpunn.train.callbacks import (CSVLogger, Callback, EarlyStopping, LearningRateScheduler, ModelCheckpoint,
+                                   ReduceLROnPlateau, TerminateOnNaN, TrainingWarning)
 from gpunn.train.step import TrainingDiverged, TrainStep
 from gpunn.version import __version__  # noqa: F401  (gpunn.__version__)
 
 __all__ = [
-    "Adam", "AdamW", "BCELoss", "BCEWithLogitsLoss", "BackendUnavailableError", "Dense", "Dropout", "EarlyStopping",
-    "GELU", "Identity", "LayerNorm", "LeakyReLU", "MSELoss", "ModelFileError", "Optimizer", "Parameter", "ReLU",
-    "Residual", "SGD", "Sequential", "SiLU", "Sigmoid", "Softplus", "SoftmaxCrossEntropyLoss", "Tanh", "TrainStep",
+    "Adam", "AdamW", "BCELoss", "BCEWithLogitsLoss", "BackendUnavailableError", "CSVLogger", "Callback", "Dense",
+    "Dropout", "EarlyStopping", "GELU", "Identity", "LayerNorm", "LeakyReLU", "LearningRateScheduler", "MSELoss",
+    "ModelCheckpoint", "ModelFileError", "Optimizer", "Parameter", "ReLU", "ReduceLROnPlateau", "Residual", "SGD",
+    "Sequential", "SiLU", "Sigmoid", "Softplus", "SoftmaxCrossEntropyLoss", "Tanh", "TerminateOnNaN", "TrainStep",
     "TrainingDiverged", "TrainingWarning", "available_backends", "cupy_unavailable_reason", "distributed",
     "get_backend", "get_matmul_precision", "gradcheck", "layers", "load", "load_optimizer", "schedules",
     "set_matmul_precision", "use_backend",

@@ -12,7 +12,8 @@ import math
 import os
 
 from gpunn import checks
-from gpunn.train.callbacks import EarlyStopping, Progress, check_divergence
+from gpunn.train.callbacks import (Callback, CSVLogger, EarlyStopping, EpochFunction, Progress, check_divergence,
+                                   overrides)
 from gpunn.train.metrics import METRICS, check_metric_targets, check_metrics
 from gpunn.train.step import TrainStep
 
@@ -59,7 +60,7 @@ def evaluate_prepared(model, x, t, loss, metrics, batch_size: int = 4096) -> dic
 def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, shuffle: bool = True,
         seed=None, verbose: int = 1, callback=None, graph: bool = False, validation_data=None,
         metrics=(), early_stopping: EarlyStopping | None = None, initial_epoch: int = 0,
-        distributed: bool = False) -> dict:
+        distributed: bool = False, callbacks=()) -> dict:
     """Train ``model`` on (X, T) from epoch ``initial_epoch`` up to ``epochs``; returns the history.
 
     Training runs in training mode (dropout on); the model's mode comes back afterwards.
@@ -67,8 +68,11 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
     ``mse``, ``mae``; training values are running means over the epoch's batches), ``val_loss``
     and ``val_<metric>`` with ``validation_data=(Xv, Tv)``, ``skipped_steps`` for float16 models
     (updates skipped because the scaled gradient overflowed), and ``warnings``. The data is checked
-    and moved to the device once; the last batch may be smaller. ``callback(epoch, logs)`` runs
-    after each epoch and may add entries to ``logs``. ``graph=True`` replays each full batch as a
+    and moved to the device once; the last batch may be smaller. ``callbacks`` (``gn.Callback`` instances,
+    Keras's protocol) are called in order, after ``callback(epoch, logs)``, which runs after each
+    epoch; both may add entries to ``logs``; ``early_stopping`` runs last. A callback that sets
+    ``model.stop_training = True`` ends training after the epoch (after the batch, in a batch hook).
+    ``graph=True`` replays each full batch as a
     CUDA graph (see ``TrainStep``). NaN/Inf in the loss or the parameters raises TrainingDiverged;
     a loss a hundred times above the best epoch's warns (TrainingWarning, and in the history).
 
@@ -89,6 +93,7 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
         raise TypeError(f"fit: callback must be callable as callback(epoch, logs), got {type(callback).__name__}")
     if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
         raise TypeError(f"fit: early_stopping must be a gn.EarlyStopping, got {early_stopping!r}")
+    callbacks = _check_callbacks(callbacks)
     metrics = check_metrics(metrics)
     seed = checks.seed("fit", seed)
     if seed is None:
@@ -130,10 +135,11 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
                                  validation_rows=None if validation is None else validation[0].shape[0])
         parallel.broadcast_state(optimizer)
         verbose = verbose if parallel.world.is_root else 0
-    if early_stopping is not None:
-        keys = {"loss", *metrics} | ({"val_loss", *(f"val_{name}" for name in metrics)} if validation else set())
-        early_stopping.begin(initial_epoch, keys | ({"skipped_steps"} if optimizer.mixed_precision else set()),
-                             callback)
+    keys = {"loss", *metrics} | ({"val_loss", *(f"val_{name}" for name in metrics)} if validation else set())
+    keys |= {"skipped_steps"} if optimizer.mixed_precision else set()
+    extensible = callback is not None or any(not type(c).__module__.startswith("gpunn.") for c in callbacks)
+    callbacks = ([EpochFunction(callback)] if callback is not None else []) + callbacks \
+        + ([early_stopping] if early_stopping is not None else [])
     accumulate = "float64" if model.dtype.name == "float64" else "float32"
     batches = -(-n // batch_size)
     optimizer.reserve_steps(batches * (epochs - initial_epoch))
@@ -143,14 +149,27 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
     from gpunn.nn.dropout import Dropout
 
     dropouts = [layer for layer in model.all_layers() if isinstance(layer, Dropout)] if parallel else []
+    batch_hooks = [c for c in callbacks if overrides(c, "on_train_batch_end")]
+    params = {"epochs": epochs, "initial_epoch": initial_epoch, "steps": batches, "verbose": verbose,
+              "keys": keys, "extensible": extensible, "root": parallel is None or parallel.world.is_root}
+    for each in callbacks:
+        each.set_model(model)
+        each.optimizer = optimizer
+        each.set_params(params)
+    model.stop_training = False
     was_training = model.training
     model.train()  # dropout on; the mode found comes back afterwards, also on an error
     try:
+        for each in callbacks:
+            each.on_train_begin()
         for epoch in range(initial_epoch, epochs):
+            for each in callbacks:
+                each.on_epoch_begin(epoch)
             order = backend.asarray(backend.random_generator((seed, epoch)).permutation(n)) if shuffle else None
             total = backend.zeros((), accumulate)
             sums = {name: backend.zeros((), "float64") for name in metrics}
-            for start in range(0, n, batch_size):
+            seen = 0
+            for batch, start in enumerate(range(0, n, batch_size)):
                 stop = min(start + batch_size, n)
                 first, last = (start, stop) if parallel is None else parallel.shard(start, stop)
                 for dropout in dropouts:  # a shard draws its rows' masks of the global batch
@@ -164,28 +183,66 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
                     * (last - first)
                 for name in metrics:
                     sums[name] += METRICS[name](step.outputs, tb, loss.takes_logits)
+                seen = stop
+                if batch_hooks:  # reads the device: only when a callback asks for batch logs
+                    running = float(total) if parallel is None else parallel.global_sums({"loss": total})["loss"]
+                    for each in batch_hooks:
+                        each.on_train_batch_end(batch, {"loss": running / seen})
+                    if model.stop_training:
+                        break
             sums = {"loss": total, **sums}
             sums = ({name: float(value) for name, value in sums.items()} if parallel is None
                     else parallel.global_sums(sums))
-            logs = {name: value / n for name, value in sums.items()}
+            logs = {name: value / seen for name, value in sums.items()}
             if validation is not None:
                 logs.update({f"val_{k}": v for k, v in evaluate_prepared(model, *validation, loss, metrics).items()})
             if optimizer.mixed_precision:
                 skipped = optimizer.skipped_steps
                 logs["skipped_steps"], skipped_before = skipped - skipped_before, skipped
-            best_loss = check_divergence(model, epoch, logs, best_loss, history)
-            if callback is not None:
-                callback(epoch, logs)
-            for key, value in logs.items():
-                history.setdefault(key, []).append(value)
-            progress.update(epoch, logs)
-            if early_stopping is not None and early_stopping.update(epoch, logs, model):
+            if not model.stop_training:  # a batch callback that stopped the fit (TerminateOnNaN) has seen it
+                best_loss = check_divergence(model, epoch, logs, best_loss, history)
+            history_logs = logs
+            for each in callbacks:
+                if each is early_stopping:  # after the history and the progress line, as it always ran
+                    for key, value in history_logs.items():
+                        history.setdefault(key, []).append(value)
+                    progress.update(epoch, history_logs)
+                    history_logs = None
+                each.on_epoch_end(epoch, logs)
+            if history_logs is not None:
+                for key, value in logs.items():
+                    history.setdefault(key, []).append(value)
+                progress.update(epoch, logs)
+            if model.stop_training:
                 break
+        for each in callbacks:
+            each.on_train_end()
     finally:
         model.train(was_training)
         progress.close()
         for dropout in dropouts:  # a later single-process fit draws the whole batch's masks again
             dropout.row_offset = 0
-    if early_stopping is not None:
-        early_stopping.restore(model)
+        for each in callbacks:
+            if isinstance(each, CSVLogger):  # its file, also when training fails
+                each.close()
     return history
+
+
+def _check_callbacks(callbacks) -> list:
+    """A list of ``gn.Callback`` instances (a class instead of an instance is the usual slip)."""
+    if isinstance(callbacks, Callback):
+        raise TypeError("fit: callbacks must be a list of gn.Callback, got a single callback: pass [callback]")
+    try:
+        callbacks = list(callbacks or ())
+    except TypeError:
+        raise TypeError(f"fit: callbacks must be a list of gn.Callback, got {type(callbacks).__name__}") from None
+    for each in callbacks:
+        if isinstance(each, type):
+            raise TypeError(f"fit: callbacks holds the class {each.__name__} itself; pass an instance "
+                            f"({each.__name__}(...))")
+        if not isinstance(each, Callback):
+            raise TypeError(f"fit: callbacks must hold gn.Callback instances, got {type(each).__name__} {each!r:.40}"
+                            " (a function(epoch, logs) goes in callback=)")
+    if len({id(each) for each in callbacks}) != len(callbacks):
+        raise ValueError("fit: callbacks holds the same callback twice; each runs once per hook")
+    return callbacks
