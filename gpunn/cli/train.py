@@ -26,6 +26,7 @@ from gpunn.cli.options import EXIT_INTERRUPTED, LOSS_CHOICES, UserError, say, us
 from gpunn.cli.resume import refuse_changed_data, resume_settings
 from gpunn.cli.run import RunRecord, setting_as_used
 from gpunn.train.step import TrainingDiverged
+from gpunn.train.weights import balanced_class_weight
 
 
 @dataclass
@@ -80,6 +81,8 @@ def check_options(args) -> str:
     loss_name = setting_as_used("loss", vars(args))
     if args.task == "regress" and loss_name != "mse":
         raise UserError("gpunn train: --task regress trains with --loss mse")
+    if args.class_weight and args.task == "regress":
+        raise UserError("gpunn train: --class-weight weighs classes; --task regress has none")
     return loss_name
 
 
@@ -176,6 +179,7 @@ def command_train(args) -> int:
                       record.epoch if resumed else None), quiet)
 
     metric = "mse" if regress else "accuracy"
+    class_weight = balanced_class_weight(data.dataset.y[data.train_rows]) if args.class_weight else None
     started = time.perf_counter()
     try:
         with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
@@ -185,7 +189,7 @@ def command_train(args) -> int:
                                 initial_epoch=record.epoch, batch_size=args.batch_size, seed=args.seed,
                                 verbose=1 if sys.stderr.isatty() and not args.quiet else 0,  # a bar only
                                 callback=writer, graph=args.graph, distributed=args.distributed, metrics=(metric,),
-                                validation_data=validation, early_stopping=stopper)
+                                validation_data=validation, early_stopping=stopper, class_weight=class_weight)
     except MemoryError:
         raise UserError("gpunn train: out of memory while training; use a smaller --batch-size or --hidden") from None
     except KeyboardInterrupt:

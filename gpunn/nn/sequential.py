@@ -167,11 +167,11 @@ class Sequential:
         shifted = xp.exp(y - y.max(axis=1, keepdims=True))
         return self.backend.to_numpy(shifted / shifted.sum(axis=1, keepdims=True))
 
-    def evaluate(self, X, T, loss, metrics=(), batch_size: int | None = 4096) -> dict:
+    def evaluate(self, X, T, loss, metrics=(), batch_size: int | None = 4096, sample_weight=None) -> dict:
         """``{"loss": mean loss, metric: value, ...}`` over (X, T), in evaluation mode; see ``gpunn.train.fit.evaluate``."""
         from gpunn.train.fit import evaluate
 
-        return evaluate(self, X, T, loss, metrics, batch_size)
+        return evaluate(self, X, T, loss, metrics, batch_size, sample_weight)
 
     @contextlib.contextmanager
     def _inference_state(self):

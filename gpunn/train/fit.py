@@ -16,6 +16,7 @@ from gpunn.train.callbacks import (Callback, CSVLogger, EarlyStopping, EpochFunc
                                    overrides)
 from gpunn.train.metrics import METRICS, check_metric_targets, check_metrics
 from gpunn.train.step import TrainStep
+from gpunn.train.weights import fit_weights
 
 
 @contextlib.contextmanager
@@ -29,18 +30,20 @@ def evaluation_mode(model):
             yield
 
 
-def evaluate(model, X, T, loss, metrics=(), batch_size: int | None = 4096) -> dict:
-    """``{"loss": mean loss, metric: value, ...}`` over (X, T), in evaluation mode (``Sequential.evaluate``)."""
+def evaluate(model, X, T, loss, metrics=(), batch_size: int | None = 4096, sample_weight=None) -> dict:
+    """``{"loss": mean loss, metric: value, ...}`` over (X, T), in evaluation mode (``Sequential.evaluate``);
+    with ``sample_weight`` the loss is Σ wᵢ·lᵢ / rows (metrics stay unweighted, as Keras's ``metrics``)."""
     metrics = check_metrics(metrics)
     checks.batch_size("evaluate", batch_size)
     x, t = TrainStep.prepare_data(model, loss, X, T)
     if x.shape[0] == 0:
         raise ValueError("evaluate: X has no rows")
     check_metric_targets(metrics, t, model.out_features)
-    return evaluate_prepared(model, x, t, loss, metrics, batch_size or x.shape[0])
+    weights = fit_weights("evaluate", model.backend, t, model.dtype, sample_weight, None)
+    return evaluate_prepared(model, x, t, loss, metrics, batch_size or x.shape[0], weights)
 
 
-def evaluate_prepared(model, x, t, loss, metrics, batch_size: int = 4096) -> dict:
+def evaluate_prepared(model, x, t, loss, metrics, batch_size: int = 4096, weights=None) -> dict:
     """Mean loss and metrics over prepared device arrays, in evaluation mode, in batches."""
     import copy
 
@@ -51,7 +54,8 @@ def evaluate_prepared(model, x, t, loss, metrics, batch_size: int = 4096) -> dic
         for start in range(0, rows, batch_size):
             xb, tb = x[start:start + batch_size], t[start:start + batch_size]
             y = model._forward(xb)
-            sums["loss"] += probe._forward(backend, y, tb) * xb.shape[0]
+            wb = None if weights is None else weights[start:start + batch_size]
+            sums["loss"] += probe._forward(backend, y, tb, wb) * xb.shape[0]
             for name in metrics:
                 sums[name] += METRICS[name](y, tb, loss.takes_logits)
     return {name: float(total) / rows for name, total in sums.items()}
@@ -60,7 +64,7 @@ def evaluate_prepared(model, x, t, loss, metrics, batch_size: int = 4096) -> dic
 def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, shuffle: bool = True,
         seed=None, verbose: int = 1, callback=None, graph: bool = False, validation_data=None,
         metrics=(), early_stopping: EarlyStopping | None = None, initial_epoch: int = 0,
-        distributed: bool = False, callbacks=()) -> dict:
+        distributed: bool = False, callbacks=(), sample_weight=None, class_weight=None) -> dict:
     """Train ``model`` on (X, T) from epoch ``initial_epoch`` up to ``epochs``; returns the history.
 
     Training runs in training mode (dropout on); the model's mode comes back afterwards.
@@ -72,6 +76,10 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
     Keras's protocol) are called in order, after ``callback(epoch, logs)``, which runs after each
     epoch; both may add entries to ``logs``; ``early_stopping`` runs last. A callback that sets
     ``model.stop_training = True`` ends training after the epoch (after the batch, in a batch hook).
+    ``sample_weight`` (one weight >= 0 per row) or ``class_weight`` (``{class: weight}``; a row's
+    class is its label, the argmax of several target columns or one column rounded; classes not
+    named weigh 1) weigh each row as Keras 3 does: a batch's loss is Σ wᵢ·lᵢ / rows, its gradient
+    alike. Validation is unweighted unless ``validation_data`` holds a third array of weights.
     ``graph=True`` replays each full batch as a
     CUDA graph (see ``TrainStep``). NaN/Inf in the loss or the parameters raises TrainingDiverged;
     a loss a hundred times above the best epoch's warns (TrainingWarning, and in the history).
@@ -110,14 +118,19 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
         x_all, t_all = step.prepare(X, T)
         validation = None
         if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError("validation_data must be a pair (X_val, T_val)")
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise ValueError("validation_data must be a pair (X_val, T_val) or a triple (X_val, T_val, "
+                                 "sample_weight_val)")
             try:
-                validation = step.prepare(*validation_data)
+                validation = step.prepare(*validation_data[:2])
             except (TypeError, ValueError) as error:  # "X has 4 features" would point at the training data
                 raise type(error)(f"validation_data: {error}") from error
     except (TypeError, ValueError) as error:
         raise type(error)(f"fit: {error}") from error
+    weights_all = fit_weights("fit", model.backend, t_all, model.dtype, sample_weight, class_weight)
+    if validation is not None and len(validation_data) == 3:
+        validation = (*validation, fit_weights("fit: validation_data", model.backend, validation[1], model.dtype,
+                                               validation_data[2], None))
     backend = model.backend
     xp, n = backend.xp, x_all.shape[0]
     if n == 0:
@@ -176,11 +189,13 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
                     dropout.row_offset = first - start
                 if order is None:
                     xb, tb = x_all[first:last], t_all[first:last]
+                    wb = None if weights_all is None else weights_all[first:last]
                 else:
                     rows = order[first:last]
                     xb, tb = xp.take(x_all, rows, axis=0), xp.take(t_all, rows, axis=0)
-                total += step(xb, tb, (last - first) / (stop - start), replay=stop - start == batch_size) \
-                    * (last - first)
+                    wb = None if weights_all is None else xp.take(weights_all, rows, axis=0)
+                total += step(xb, tb, (last - first) / (stop - start), replay=stop - start == batch_size,
+                              weights=wb) * (last - first)
                 for name in metrics:
                     sums[name] += METRICS[name](step.outputs, tb, loss.takes_logits)
                 seen = stop
@@ -195,7 +210,9 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
                     else parallel.global_sums(sums))
             logs = {name: value / seen for name, value in sums.items()}
             if validation is not None:
-                logs.update({f"val_{k}": v for k, v in evaluate_prepared(model, *validation, loss, metrics).items()})
+                scores = evaluate_prepared(model, validation[0], validation[1], loss, metrics,
+                                           weights=validation[2] if len(validation) == 3 else None)
+                logs.update({f"val_{k}": v for k, v in scores.items()})
             if optimizer.mixed_precision:
                 skipped = optimizer.skipped_steps
                 logs["skipped_steps"], skipped_before = skipped - skipped_before, skipped
