@@ -7,6 +7,7 @@ import contextlib
 from gpunn import checks
 from gpunn.nn.chain import Chain, check_layers, walk
 from gpunn.nn.flat import FlatBuffers
+from gpunn.nn.freezing import select_layers, set_trainable
 from gpunn.nn.layer import Layer, LayerState, build_layer, layer_record
 from gpunn.nn.parameter import Parameter
 
@@ -56,6 +57,17 @@ class Sequential:
         """("layer2.0.W", parameter) pairs in the order of ``parameters()``: stable names for
         files and gradient checks (layer index, then the index inside a residual block)."""
         return [pair for index, layer in enumerate(self.layers) for pair in layer.named_parameters(f"layer{index}")]
+
+    def freeze(self, *layers) -> "Sequential":
+        """Keep the parameters of ``layers`` (indices into ``self.layers`` or layers; none: all) as they
+        are through training; see ``gpunn.nn.freezing``."""
+        set_trainable(select_layers(self, layers, "freeze"), False, "freeze")
+        return self
+
+    def unfreeze(self, *layers) -> "Sequential":
+        """Train the parameters of ``layers`` (none: all) again."""
+        set_trainable(select_layers(self, layers, "unfreeze"), True, "unfreeze")
+        return self
 
     # --- training and evaluation modes ----------------------------------------------------
     @property

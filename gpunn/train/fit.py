@@ -114,6 +114,9 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
         parallel = DataParallel(init(model.backend), model)
         seed = parallel.world.broadcast_object(seed)  # seed=None: rank 0's draw, so all shuffle alike
     step = TrainStep(model, loss, optimizer, graph=graph, data_parallel=parallel)
+    if not any(parameter.trainable for parameter in optimizer.params):
+        raise ValueError("fit: every parameter the optimizer holds is frozen (trainable=False), so nothing would "
+                         "train; unfreeze some with model.unfreeze(...) or layer.trainable = True")
     try:
         x_all, t_all = step.prepare(X, T)
         validation = None

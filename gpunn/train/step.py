@@ -155,7 +155,8 @@ class _RecordedStep:
         train_step = self.train_step
         optimizer, flat = train_step.optimizer, train_step.model.flat
         offsets = tuple(getattr(layer, "row_offset", 0) for layer in train_step.model.all_layers())
-        return (offsets, repr(optimizer.hyperparameters()), get_matmul_precision(), train_step._share,
+        frozen = tuple(not parameter.trainable for parameter in optimizer.params)  # the segments updated
+        return (offsets, frozen, repr(optimizer.hyperparameters()), get_matmul_precision(), train_step._share,
                 id(flat.values), id(flat.grads),
                 tuple(id(array) for array in optimizer.device_arrays()))
 
