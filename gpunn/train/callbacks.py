@@ -426,22 +426,38 @@ class TerminateOnNaN(Callback):
             self.model.stop_training = True
 
 
+#: Seconds an epoch runs before its bar over batches appears: short epochs show the epoch bar only.
+BATCH_BAR_DELAY = 2.0
+
+
 class Progress:
     """Per-epoch progress for ``verbose``: 0 nothing; 1 a tqdm bar where one renders (a terminal
     or a notebook, with tqdm installed), else one plain line per epoch on stderr; 2 a plain line
-    per epoch always."""
+    per epoch always. With the tqdm bar, an epoch that runs longer than ``BATCH_BAR_DELAY`` seconds
+    also shows a bar over its batches (which reads nothing from the device)."""
 
     def __init__(self, epochs: int, verbose: int):
-        self.epochs, self.verbose, self.bar = epochs, verbose, None
+        self.epochs, self.verbose, self.bar, self.batch_bar, self._tqdm = epochs, verbose, None, None, None
         if verbose == 1 and (sys.stderr.isatty() or in_notebook()):  # noqa: SIM102
             try:
                 from tqdm.auto import tqdm
             except ImportError:
                 pass
             else:
+                self._tqdm = tqdm
                 self.bar = tqdm(total=epochs, unit="epoch", file=sys.stderr)
 
+    def begin_epoch(self, epoch: int, batches: int) -> None:
+        if self._tqdm is not None:
+            self.batch_bar = self._tqdm(total=batches, unit="batch", desc=f"epoch {epoch + 1}", leave=False,
+                                        delay=BATCH_BAR_DELAY, file=sys.stderr)
+
+    def batch_done(self) -> None:
+        if self.batch_bar is not None:
+            self.batch_bar.update(1)
+
     def update(self, epoch: int, logs: dict) -> None:
+        self._close_batch_bar()
         if self.bar is not None:
             self.bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()}, refresh=False)
             self.bar.update(1)
@@ -449,7 +465,13 @@ class Progress:
             print(f"epoch {epoch + 1}/{self.epochs} " + " ".join(f"{k}={v:.4g}" for k, v in logs.items()),
                   file=sys.stderr, flush=True)
 
+    def _close_batch_bar(self) -> None:
+        if self.batch_bar is not None:
+            self.batch_bar.close()
+            self.batch_bar = None
+
     def close(self) -> None:
+        self._close_batch_bar()
         if self.bar is not None:
             self.bar.close()
 

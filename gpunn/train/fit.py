@@ -64,7 +64,8 @@ def evaluate_prepared(model, x, t, loss, metrics, batch_size: int = 4096, weight
 def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, shuffle: bool = True,
         seed=None, verbose: int = 1, callback=None, graph: bool = False, validation_data=None,
         metrics=(), early_stopping: EarlyStopping | None = None, initial_epoch: int = 0,
-        distributed: bool = False, callbacks=(), sample_weight=None, class_weight=None) -> dict:
+        distributed: bool = False, callbacks=(), sample_weight=None, class_weight=None,
+        validation_split: float = 0.0) -> dict:
     """Train ``model`` on (X, T) from epoch ``initial_epoch`` up to ``epochs``; returns the history.
 
     Training runs in training mode (dropout on); the model's mode comes back afterwards.
@@ -80,6 +81,8 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
     class is its label, the argmax of several target columns or one column rounded; classes not
     named weigh 1) weigh each row as Keras 3 does: a batch's loss is Σ wᵢ·lᵢ / rows, its gradient
     alike. Validation is unweighted unless ``validation_data`` holds a third array of weights.
+    ``validation_split`` (in [0, 1)) holds out the last ``rows - floor(rows · (1 − split))`` rows,
+    before any shuffling, as Keras does (with their sample weights); ``validation_data`` overrides it.
     ``graph=True`` replays each full batch as a
     CUDA graph (see ``TrainStep``). NaN/Inf in the loss or the parameters raises TrainingDiverged;
     a loss a hundred times above the best epoch's warns (TrainingWarning, and in the history).
@@ -102,6 +105,7 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
     if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
         raise TypeError(f"fit: early_stopping must be a gn.EarlyStopping, got {early_stopping!r}")
     callbacks = _check_callbacks(callbacks)
+    validation_split = checks.number("fit", "validation_split", validation_split, low=0.0, high=1.0, high_open=True)
     metrics = check_metrics(metrics)
     seed = checks.seed("fit", seed)
     if seed is None:
@@ -131,7 +135,17 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
     except (TypeError, ValueError) as error:
         raise type(error)(f"fit: {error}") from error
     weights_all = fit_weights("fit", model.backend, t_all, model.dtype, sample_weight, class_weight)
-    if validation is not None and len(validation_data) == 3:
+    if validation_split and validation is None:  # Keras: the last rows, before shuffling; validation_data wins
+        split_at = math.floor(x_all.shape[0] * (1.0 - validation_split))
+        if split_at == 0 or split_at == x_all.shape[0]:
+            raise ValueError(f"fit: {x_all.shape[0]} rows cannot be split into training and validation rows with "
+                             f"validation_split={validation_split:g}")
+        validation = (x_all[split_at:], t_all[split_at:])
+        if sample_weight is not None:
+            validation = (*validation, weights_all[split_at:])
+        x_all, t_all = x_all[:split_at], t_all[:split_at]
+        weights_all = None if weights_all is None else weights_all[:split_at]
+    if validation_data is not None and len(validation_data) == 3:
         validation = (*validation, fit_weights("fit: validation_data", model.backend, validation[1], model.dtype,
                                                validation_data[2], None))
     backend = model.backend
@@ -181,6 +195,7 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
         for epoch in range(initial_epoch, epochs):
             for each in callbacks:
                 each.on_epoch_begin(epoch)
+            progress.begin_epoch(epoch, batches)
             order = backend.asarray(backend.random_generator((seed, epoch)).permutation(n)) if shuffle else None
             total = backend.zeros((), accumulate)
             sums = {name: backend.zeros((), "float64") for name in metrics}
@@ -202,6 +217,7 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
                 for name in metrics:
                     sums[name] += METRICS[name](step.outputs, tb, loss.takes_logits)
                 seen = stop
+                progress.batch_done()
                 if batch_hooks:  # reads the device: only when a callback asks for batch logs
                     running = float(total) if parallel is None else parallel.global_sums({"loss": total})["loss"]
                     for each in batch_hooks:
