@@ -3,7 +3,7 @@
 This module holds the public names and nothing else; ``README.md``'s code map says where each lives.
 """
 
-from gpunn import distributed, layers, schedules
+from gpunn import data, distributed, layers, schedules
 from gpunn.backends import (BackendUnavailableError, available_backends, cupy_unavailable_reason, get_backend,
                             get_matmul_precision, set_matmul_precision, use_backend)
 from gpunn.io import ModelFileError, load, load_optimizer
@@ -27,7 +27,7 @@ __all__ = [
     "Dropout", "EarlyStopping", "GELU", "Identity", "LayerNorm", "LeakyReLU", "LearningRateScheduler", "MSELoss",
     "ModelCheckpoint", "ModelFileError", "Optimizer", "Parameter", "ReLU", "ReduceLROnPlateau", "Residual", "SGD",
     "Sequential", "SiLU", "Sigmoid", "Softplus", "SoftmaxCrossEntropyLoss", "Tanh", "TerminateOnNaN", "TrainStep",
-    "TrainingDiverged", "TrainingWarning", "available_backends", "cupy_unavailable_reason", "distributed",
+    "TrainingDiverged", "TrainingWarning", "available_backends", "cupy_unavailable_reason", "data", "distributed",
     "get_backend", "get_matmul_precision", "gradcheck", "layers", "load", "load_optimizer", "schedules",
     "set_matmul_precision", "use_backend",
 ]

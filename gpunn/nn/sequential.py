@@ -154,8 +154,10 @@ class Sequential:
             return result
 
     def predict(self, X, batch_size: int | None = None):
-        """The outputs for ``X`` as a new NumPy array on the host (evaluation mode)."""
-        return self.backend.to_numpy(self._outputs(X, batch_size))
+        """The outputs for ``X`` as a new NumPy array on the host (evaluation mode); see ``gpunn.train.fit.predict``."""
+        from gpunn.train.fit import predict
+
+        return predict(self, X, batch_size)
 
     def predict_proba(self, X, batch_size: int | None = None):
         """Class probabilities as a NumPy array whose rows sum to 1: the softmax of several

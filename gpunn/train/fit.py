@@ -12,11 +12,15 @@ import math
 import os
 
 from gpunn import checks
+from gpunn.data import BatchStream, is_streamed
+from gpunn.data.stream import predict_streamed
+from gpunn.data.dataset import as_dataset
+from gpunn.nn.losses import prepare_weights
 from gpunn.train.callbacks import (Callback, CSVLogger, EarlyStopping, EpochFunction, Progress, check_divergence,
                                    overrides)
 from gpunn.train.metrics import METRICS, check_metric_targets, check_metrics
 from gpunn.train.step import TrainStep
-from gpunn.train.weights import fit_weights
+from gpunn.train.weights import check_class_weight, fit_weights
 
 
 @contextlib.contextmanager
@@ -35,12 +39,43 @@ def evaluate(model, X, T, loss, metrics=(), batch_size: int | None = 4096, sampl
     with ``sample_weight`` the loss is Σ wᵢ·lᵢ / rows (metrics stay unweighted, as Keras's ``metrics``)."""
     metrics = check_metrics(metrics)
     checks.batch_size("evaluate", batch_size)
+    if is_streamed(X):
+        return _evaluate_streamed(model, as_dataset(X, T, "evaluate"), loss, metrics, batch_size or 4096, sample_weight)
     x, t = TrainStep.prepare_data(model, loss, X, T)
     if x.shape[0] == 0:
         raise ValueError("evaluate: X has no rows")
     check_metric_targets(metrics, t, model.out_features)
     weights = fit_weights("evaluate", model.backend, t, model.dtype, sample_weight, None)
     return evaluate_prepared(model, x, t, loss, metrics, batch_size or x.shape[0], weights)
+
+
+def _evaluate_streamed(model, dataset, loss, metrics, batch_size: int, sample_weight) -> dict:
+    """evaluate over a Dataset read in order, a chunk at a time (gpunn.data)."""
+    if dataset.t is None:
+        raise ValueError("evaluate: the Dataset holds no targets T")
+    if dataset.rows == 0:
+        raise ValueError("evaluate: X has no rows")
+    backend = model.backend
+    weights = None if sample_weight is None else prepare_weights(backend, sample_weight, dataset.rows, model.dtype,
+                                                                 "evaluate")
+    sums: dict = {}
+    for rows, x_host, t_host in BatchStream(dataset, batch_size, shuffle=False).epoch(0):
+        x, t = TrainStep.prepare_data(model, loss, x_host, t_host)
+        check_metric_targets(metrics, t, model.out_features)
+        wb = None if weights is None else weights[int(rows[0]):int(rows[-1]) + 1]
+        part = evaluate_prepared(model, x, t, loss, metrics, batch_size, wb)
+        for name, value in part.items():
+            sums[name] = sums.get(name, 0.0) + value * len(rows)
+    return {name: total / dataset.rows for name, total in sums.items()}
+
+
+def predict(model, X, batch_size: int | None = None):
+    """``Sequential.predict``: the outputs as a new NumPy array; a Dataset or a memory-mapped X is read
+    a chunk at a time and never held whole."""
+    if not is_streamed(X):
+        return model.backend.to_numpy(model._outputs(X, batch_size))
+    checks.batch_size("predict", batch_size)
+    return predict_streamed(model, as_dataset(X, None, "predict"), batch_size or 4096)
 
 
 def evaluate_prepared(model, x, t, loss, metrics, batch_size: int = 4096, weights=None) -> dict:
@@ -121,8 +156,14 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
     if not any(parameter.trainable for parameter in optimizer.params):
         raise ValueError("fit: every parameter the optimizer holds is frozen (trainable=False), so nothing would "
                          "train; unfreeze some with model.unfreeze(...) or layer.trainable = True")
+    stream = None
+    if is_streamed(X):
+        if distributed or validation_split:
+            raise ValueError("fit: a Dataset or memory-mapped X streams on one process, without "
+                             f"{'distributed=True' if distributed else 'validation_split'}; pass validation_data")
+        stream = BatchStream(as_dataset(X, T, "fit"), batch_size, seed, shuffle)
     try:
-        x_all, t_all = step.prepare(X, T)
+        x_all, t_all = step.prepare(X, T) if stream is None else (None, None)
         validation = None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
@@ -134,7 +175,16 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
                 raise type(error)(f"validation_data: {error}") from error
     except (TypeError, ValueError) as error:
         raise type(error)(f"fit: {error}") from error
-    weights_all = fit_weights("fit", model.backend, t_all, model.dtype, sample_weight, class_weight)
+    if stream is None:
+        weights_all = fit_weights("fit", model.backend, t_all, model.dtype, sample_weight, class_weight)
+    else:
+        if stream.dataset.t is None:
+            raise ValueError("fit: the Dataset holds no targets T")
+        if sample_weight is not None and class_weight is not None:
+            raise ValueError("fit: pass sample_weight or class_weight, not both (as Keras refuses)")
+        class_weight = None if class_weight is None else check_class_weight("fit", class_weight)
+        weights_all = None if sample_weight is None else prepare_weights(
+            model.backend, sample_weight, stream.dataset.rows, model.dtype, "fit")
     if validation_split and validation is None:  # Keras: the last rows, before shuffling; validation_data wins
         split_at = math.floor(x_all.shape[0] * (1.0 - validation_split))
         if split_at == 0 or split_at == x_all.shape[0]:
@@ -149,13 +199,15 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
         validation = (*validation, fit_weights("fit: validation_data", model.backend, validation[1], model.dtype,
                                                validation_data[2], None))
     backend = model.backend
-    xp, n = backend.xp, x_all.shape[0]
+    xp, n = backend.xp, (x_all.shape[0] if stream is None else stream.dataset.rows)
     if n == 0:
         raise ValueError("fit: X has no rows")
+    if stream is not None and stream.dataset.features != model.in_features:
+        raise ValueError(f"fit: X has {stream.dataset.features} features but the model expects {model.in_features}")
     if validation is not None and validation[0].shape[0] == 0:
         raise ValueError("fit: validation_data has no rows")
     try:
-        for t in [t_all] + ([validation[1]] if validation is not None else []):
+        for t in ([t_all] if stream is None else []) + ([validation[1]] if validation is not None else []):
             check_metric_targets(metrics, t, model.out_features)
     except ValueError as error:
         raise ValueError(f"fit: {error}") from None
@@ -186,6 +238,40 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
         each.set_model(model)
         each.optimizer = optimizer
         each.set_params(params)
+
+    def in_memory(epoch):
+        """(x, t, weights, share, full batch?, this rank's rows, rows done) of each batch on the device."""
+        order = backend.asarray(backend.random_generator((seed, epoch)).permutation(n)) if shuffle else None
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            first, last = (start, stop) if parallel is None else parallel.shard(start, stop)
+            for dropout in dropouts:  # a shard draws its rows' masks of the global batch
+                dropout.row_offset = first - start
+            if order is None:
+                xb, tb = x_all[first:last], t_all[first:last]
+                wb = None if weights_all is None else weights_all[first:last]
+            else:
+                rows = order[first:last]
+                xb, tb = xp.take(x_all, rows, axis=0), xp.take(t_all, rows, axis=0)
+                wb = None if weights_all is None else xp.take(weights_all, rows, axis=0)
+            yield xb, tb, wb, (last - first) / (stop - start), stop - start == batch_size, last - first, stop
+
+    def streamed(epoch):
+        """The same from a Dataset read in contiguous chunks by a background thread (gpunn.data)."""
+        done = 0
+        for rows, x_host, t_host in stream.epoch(epoch):
+            try:
+                xb, tb = TrainStep.prepare_data(model, loss, x_host, t_host)
+                check_metric_targets(metrics, tb, model.out_features)
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"fit: rows {int(rows.min())}..{int(rows.max())} of the data set: {error}") from None
+            if weights_all is not None:
+                wb = xp.take(weights_all, backend.asarray(rows), axis=0)
+            else:
+                wb = fit_weights("fit", backend, tb, model.dtype, None, class_weight)
+            done += len(rows)
+            yield xb, tb, wb, 1.0, len(rows) == batch_size, len(rows), done
+
     model.stop_training = False
     was_training = model.training
     model.train()  # dropout on; the mode found comes back afterwards, also on an error
@@ -196,24 +282,12 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
             for each in callbacks:
                 each.on_epoch_begin(epoch)
             progress.begin_epoch(epoch, batches)
-            order = backend.asarray(backend.random_generator((seed, epoch)).permutation(n)) if shuffle else None
             total = backend.zeros((), accumulate)
             sums = {name: backend.zeros((), "float64") for name in metrics}
             seen = 0
-            for batch, start in enumerate(range(0, n, batch_size)):
-                stop = min(start + batch_size, n)
-                first, last = (start, stop) if parallel is None else parallel.shard(start, stop)
-                for dropout in dropouts:  # a shard draws its rows' masks of the global batch
-                    dropout.row_offset = first - start
-                if order is None:
-                    xb, tb = x_all[first:last], t_all[first:last]
-                    wb = None if weights_all is None else weights_all[first:last]
-                else:
-                    rows = order[first:last]
-                    xb, tb = xp.take(x_all, rows, axis=0), xp.take(t_all, rows, axis=0)
-                    wb = None if weights_all is None else xp.take(weights_all, rows, axis=0)
-                total += step(xb, tb, (last - first) / (stop - start), replay=stop - start == batch_size,
-                              weights=wb) * (last - first)
+            source = in_memory(epoch) if stream is None else streamed(epoch)
+            for batch, (xb, tb, wb, share, full, own_rows, stop) in enumerate(source):
+                total += step(xb, tb, share, replay=full, weights=wb) * own_rows
                 for name in metrics:
                     sums[name] += METRICS[name](step.outputs, tb, loss.takes_logits)
                 seen = stop
