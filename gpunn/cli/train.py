@@ -1,7 +1,7 @@
 """``gpunn train``: the run (validation, checkpoints, early stopping) and exact resume.
 
-Each epoch writes ``last.npz`` (model, optimizer state, scaler, classes and the run's settings),
-and the epoch with the best validation loss writes ``best.npz``; ``--resume RUN_DIR`` continues
+Each epoch writes ``last.npz`` (model, optimizer state, scaler, classes and the run's settings) and
+``history.csv``, and the epoch with the best validation loss writes ``best.npz``; ``--resume RUN_DIR`` continues
 from ``last.npz`` exactly as if the run had not stopped. The test part is never used to choose
 anything: validation rows are carved from the training part.
 """
@@ -9,6 +9,8 @@ anything: validation rows are carved from the training part.
 from __future__ import annotations
 
 import copy
+import csv
+import io
 import os
 import sys
 import time
@@ -25,6 +27,7 @@ from gpunn.cli.data import DataError, Standardizer, load_digits, load_table, ran
 from gpunn.cli.options import EXIT_INTERRUPTED, LOSS_CHOICES, UserError, say, use_backend_option
 from gpunn.cli.resume import refuse_changed_data, resume_settings
 from gpunn.cli.run import RunRecord, setting_as_used
+from gpunn.io.atomic import atomic_write
 from gpunn.train.step import TrainingDiverged
 from gpunn.train.weights import balanced_class_weight
 
@@ -117,6 +120,27 @@ class RunWriter:
         except ValueError as error:  # non-finite weights: the run diverged
             raise TrainingDiverged(f"gpunn train: epoch {self.record.epoch}: {error}") from None
 
+    def write_history(self) -> None:
+        """history.csv: the run's history as last.npz holds it, one row per epoch (epoch counted from 1),
+        written atomically after it, so a resumed run's file never repeats or misses an epoch."""
+        history = self.record.history
+        keys = sorted(key for key, values in history.items() if isinstance(values, list)
+                      and len(values) == self.record.epoch and key != "warnings")
+
+        def write(file):
+            text = io.TextIOWrapper(file, encoding="utf-8", newline="")
+            table = csv.writer(text, lineterminator="\n")
+            table.writerow(["epoch", *keys])
+            for index in range(self.record.epoch):
+                table.writerow([index + 1, *(history[key][index] for key in keys)])
+            text.flush()
+            text.detach()
+
+        try:
+            atomic_write(os.path.join(self.args.out, "history.csv"), write)
+        except OSError as error:
+            raise UserError(f"gpunn train: {error.strerror or error}") from None
+
     def __call__(self, epoch: int, logs: dict) -> None:
         record = self.record
         improved = record.improve(epoch, logs)
@@ -127,6 +151,7 @@ class RunWriter:
                 record.stopper = after.state_dict()
             self.save(self.last, extras={"run": record.to_extra()}, optimizer=self.optimizer)
             self.on_disk = record.epoch
+            self.write_history()
             if improved:
                 self.save(self.best)
         for line in report.epoch_lines(epoch, self.args.epochs, logs, self.args.task == "regress"):

@@ -1,5 +1,5 @@
-"""gpunn train --class-weight balanced: sklearn's formula over the training rows, handed to fit, kept
-in the run's settings (and runs recorded before the option resume as unweighted)."""
+"""gpunn train's loop features: --class-weight balanced (sklearn's formula over the training rows, handed
+to fit, kept in the run's settings; runs recorded before the option resume unweighted) and history.csv."""
 
 import json
 
@@ -69,3 +69,21 @@ def test_class_weight_refuses_regression(capsys, tmp_path):
     code, _, err = train(capsys, tmp_path / "run", "--data", str(tmp_path / "data.npz"), "--task", "regress",
                          "--class-weight", "balanced")
     assert code == 2 and "--task regress has none" in err and "Traceback" not in err
+
+
+def read_csv(path):
+    import csv
+
+    with open(path, newline="") as file:
+        return list(csv.reader(file))
+
+
+def test_the_run_folder_gets_history_csv_that_a_resume_continues(capsys, tmp_path, imbalanced):
+    run = tmp_path / "run"
+    assert train(capsys, run, "--data", imbalanced, "--epochs", "2")[0] == 0
+    table = read_csv(run / "history.csv")
+    assert table[0] == ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"] and len(table) == 3
+    history = json.loads(str(gn.load(run / "last.npz").extras["run"]))["history"]
+    assert [float(row[2]) for row in table[1:]] == history["loss"]
+    assert train(capsys, run, "--resume", str(run), "--epochs", "3")[0] == 0
+    assert [row[0] for row in read_csv(run / "history.csv")] == ["epoch", "1", "2", "3"]
