@@ -232,6 +232,7 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
 
     dropouts = [layer for layer in model.all_layers() if isinstance(layer, Dropout)] if parallel else []
     batch_hooks = [c for c in callbacks if overrides(c, "on_train_batch_end")]
+    batch_begin_hooks = [c for c in callbacks if overrides(c, "on_train_batch_begin")]
     params = {"epochs": epochs, "initial_epoch": initial_epoch, "steps": batches, "verbose": verbose,
               "keys": keys, "extensible": extensible, "root": parallel is None or parallel.world.is_root}
     for each in callbacks:
@@ -287,6 +288,8 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
             seen = 0
             source = in_memory(epoch) if stream is None else streamed(epoch)
             for batch, (xb, tb, wb, share, full, own_rows, stop) in enumerate(source):
+                for each in batch_begin_hooks:
+                    each.on_train_batch_begin(batch)
                 total += step(xb, tb, share, replay=full, weights=wb) * own_rows
                 for name in metrics:
                     sums[name] += METRICS[name](step.outputs, tb, loss.takes_logits)

@@ -38,6 +38,9 @@ class Recorder(gn.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.calls.append(("epoch_begin", epoch))
 
+    def on_train_batch_begin(self, batch, logs=None):
+        self.calls.append(("batch_begin", batch))
+
     def on_train_batch_end(self, batch, logs=None):
         self.calls.append(("batch_end", batch, logs["loss"]))
 
@@ -55,7 +58,8 @@ def test_hooks_run_in_keras_order_with_model_optimizer_and_params(data):
     names = [call[:2] for call in recorder.calls]
     expected = [("train_begin",)]
     for epoch in (1, 2):
-        expected += [("epoch_begin", epoch)] + [("batch_end", b) for b in range(4)] + [("epoch_end", epoch)]
+        expected += [("epoch_begin", epoch)] + [call for b in range(4) for call in (("batch_begin", b), ("batch_end", b))]
+        expected += [("epoch_end", epoch)]
     assert names == expected + [("train_end",)]
     assert recorder.model is model and recorder.optimizer is optimizer
     assert recorder.params["epochs"] == 3 and recorder.params["initial_epoch"] == 1 and recorder.params["steps"] == 4
