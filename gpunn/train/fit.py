@@ -118,8 +118,8 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
     alike. Validation is unweighted unless ``validation_data`` holds a third array of weights.
     ``validation_split`` (in [0, 1)) holds out the last ``rows - floor(rows · (1 − split))`` rows,
     before any shuffling, as Keras does (with their sample weights); ``validation_data`` overrides it.
-    ``graph=True`` replays each full batch as a
-    CUDA graph (see ``TrainStep``). NaN/Inf in the loss or the parameters raises TrainingDiverged;
+    A ``gn.data.Dataset`` or a memory-mapped X streams from disk (``gpunn.data``) instead of moving
+    to the device whole. ``graph=True`` replays each full batch as a CUDA graph (see ``TrainStep``). NaN/Inf in the loss or the parameters raises TrainingDiverged;
     a loss a hundred times above the best epoch's warns (TrainingWarning, and in the history).
 
     ``distributed=True`` trains data-parallel over the MPI world (``gpunn.distributed.init``):
@@ -156,48 +156,11 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
     if not any(parameter.trainable for parameter in optimizer.params):
         raise ValueError("fit: every parameter the optimizer holds is frozen (trainable=False), so nothing would "
                          "train; unfreeze some with model.unfreeze(...) or layer.trainable = True")
-    stream = None
-    if is_streamed(X):
-        if distributed or validation_split:
-            raise ValueError("fit: a Dataset or memory-mapped X streams on one process, without "
-                             f"{'distributed=True' if distributed else 'validation_split'}; pass validation_data")
-        stream = BatchStream(as_dataset(X, T, "fit"), batch_size, seed, shuffle)
-    try:
-        x_all, t_all = step.prepare(X, T) if stream is None else (None, None)
-        validation = None
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-                raise ValueError("validation_data must be a pair (X_val, T_val) or a triple (X_val, T_val, "
-                                 "sample_weight_val)")
-            try:
-                validation = step.prepare(*validation_data[:2])
-            except (TypeError, ValueError) as error:  # "X has 4 features" would point at the training data
-                raise type(error)(f"validation_data: {error}") from error
-    except (TypeError, ValueError) as error:
-        raise type(error)(f"fit: {error}") from error
-    if stream is None:
-        weights_all = fit_weights("fit", model.backend, t_all, model.dtype, sample_weight, class_weight)
-    else:
-        if stream.dataset.t is None:
-            raise ValueError("fit: the Dataset holds no targets T")
-        if sample_weight is not None and class_weight is not None:
-            raise ValueError("fit: pass sample_weight or class_weight, not both (as Keras refuses)")
+    stream, x_all, t_all, weights_all, validation = _training_data(
+        model, step, X, T, batch_size, seed, shuffle, distributed, validation_data, validation_split,
+        sample_weight, class_weight)
+    if stream is not None:
         class_weight = None if class_weight is None else check_class_weight("fit", class_weight)
-        weights_all = None if sample_weight is None else prepare_weights(
-            model.backend, sample_weight, stream.dataset.rows, model.dtype, "fit")
-    if validation_split and validation is None:  # Keras: the last rows, before shuffling; validation_data wins
-        split_at = math.floor(x_all.shape[0] * (1.0 - validation_split))
-        if split_at == 0 or split_at == x_all.shape[0]:
-            raise ValueError(f"fit: {x_all.shape[0]} rows cannot be split into training and validation rows with "
-                             f"validation_split={validation_split:g}")
-        validation = (x_all[split_at:], t_all[split_at:])
-        if sample_weight is not None:
-            validation = (*validation, weights_all[split_at:])
-        x_all, t_all = x_all[:split_at], t_all[:split_at]
-        weights_all = None if weights_all is None else weights_all[:split_at]
-    if validation_data is not None and len(validation_data) == 3:
-        validation = (*validation, fit_weights("fit: validation_data", model.backend, validation[1], model.dtype,
-                                               validation_data[2], None))
     backend = model.backend
     xp, n = backend.xp, (x_all.shape[0] if stream is None else stream.dataset.rows)
     if n == 0:
@@ -339,6 +302,54 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
             if isinstance(each, CSVLogger):  # its file, also when training fails
                 each.close()
     return history
+
+
+def _training_data(model, step, X, T, batch_size, seed, shuffle, distributed, validation_data, validation_split,
+                   sample_weight, class_weight):
+    """fit's data, checked: (stream or None, x, t, row weights, validation). In memory, x and t are on
+    the device whole; a Dataset or memory-mapped X becomes a BatchStream (x and t None)."""
+    stream = None
+    if is_streamed(X):
+        if distributed or validation_split:
+            raise ValueError("fit: a Dataset or memory-mapped X streams on one process, without "
+                             f"{'distributed=True' if distributed else 'validation_split'}; pass validation_data")
+        stream = BatchStream(as_dataset(X, T, "fit"), batch_size, seed, shuffle)
+    try:
+        x_all, t_all = step.prepare(X, T) if stream is None else (None, None)
+        validation = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise ValueError("validation_data must be a pair (X_val, T_val) or a triple (X_val, T_val, "
+                                 "sample_weight_val)")
+            try:
+                validation = step.prepare(*validation_data[:2])
+            except (TypeError, ValueError) as error:  # "X has 4 features" would point at the training data
+                raise type(error)(f"validation_data: {error}") from error
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"fit: {error}") from error
+    if stream is None:
+        weights_all = fit_weights("fit", model.backend, t_all, model.dtype, sample_weight, class_weight)
+    else:
+        if stream.dataset.t is None:
+            raise ValueError("fit: the Dataset holds no targets T")
+        if sample_weight is not None and class_weight is not None:
+            raise ValueError("fit: pass sample_weight or class_weight, not both (as Keras refuses)")
+        weights_all = None if sample_weight is None else prepare_weights(
+            model.backend, sample_weight, stream.dataset.rows, model.dtype, "fit")
+    if validation_split and validation is None:  # Keras: the last rows, before shuffling; validation_data wins
+        split_at = math.floor(x_all.shape[0] * (1.0 - validation_split))
+        if split_at == 0 or split_at == x_all.shape[0]:
+            raise ValueError(f"fit: {x_all.shape[0]} rows cannot be split into training and validation rows with "
+                             f"validation_split={validation_split:g}")
+        validation = (x_all[split_at:], t_all[split_at:])
+        if sample_weight is not None:
+            validation = (*validation, weights_all[split_at:])
+        x_all, t_all = x_all[:split_at], t_all[:split_at]
+        weights_all = None if weights_all is None else weights_all[:split_at]
+    if validation_data is not None and len(validation_data) == 3:
+        validation = (*validation, fit_weights("fit: validation_data", model.backend, validation[1], model.dtype,
+                                               validation_data[2], None))
+    return stream, x_all, t_all, weights_all, validation
 
 
 def _check_callbacks(callbacks) -> list:
