@@ -177,6 +177,8 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
     if parallel is not None:
         parallel.check_agreement(rows=n, epochs=epochs, initial_epoch=initial_epoch, batch_size=batch_size,
                                  shuffle=shuffle, seed=seed, graph=graph, metrics=metrics,
+                                 frozen=[index for index, p in enumerate(optimizer.params) if not p.trainable],
+                                 weighted=(sample_weight is not None, class_weight is not None),
                                  validation_rows=None if validation is None else validation[0].shape[0])
         parallel.broadcast_state(optimizer)
         verbose = verbose if parallel.world.is_root else 0
