@@ -38,7 +38,7 @@ class Dataset:
             raise ValueError(f"Dataset: X has {self.x.rows} rows but T has {self.t.rows}")
 
     @classmethod
-    def from_npz(cls, path, x: str = "X", t: str | None = "y") -> "Dataset":
+    def from_npz(cls, path, x: str = "X", t: str | None = "y") -> Dataset:
         dataset = cls.__new__(cls)
         dataset.x = from_npz(path, x, "X")
         dataset.t = None if t is None else from_npz(path, t, "T")

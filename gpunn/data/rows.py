@@ -77,7 +77,7 @@ def from_npz(path, member: str, name: str) -> RowSource:
     """A member of an .npz written by np.savez (stored, not compressed): its rows read in place."""
     path = os.fspath(path)
     with zipfile.ZipFile(path) as archive:
-        names = [entry[:-4] if entry.endswith(".npy") else entry for entry in archive.namelist()]
+        names = [entry.removesuffix(".npy") for entry in archive.namelist()]
         if member not in names:
             raise ValueError(f"{path} holds no array {member!r} (it holds {sorted(names)})")
         info = archive.getinfo(archive.namelist()[names.index(member)])

@@ -68,7 +68,7 @@ class BatchStream:
                     if stop.is_set():
                         return
                 ahead.put(_DONE)
-            except BaseException as error:  # the consumer raises it
+            except BaseException as error:  # noqa: BLE001  (handed to the consumer, which raises it)
                 ahead.put(error)  # the queue has room: the consumer drains it until this thread ends
 
         thread = threading.Thread(target=produce, name="gpunn-prefetch", daemon=True)

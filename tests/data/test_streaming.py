@@ -97,7 +97,7 @@ def test_fit_on_a_memory_map_equals_fit_in_memory_within_one_chunk(files):
 
 
 def test_streamed_training_resumes_exactly(files, tmp_path, monkeypatch):
-    folder, x, t = files
+    folder, _, t = files
     monkeypatch.setattr(stream, "CHUNK_BYTES", 64 * 6 * 4)  # chunks of 64 rows: the shuffle crosses chunks
     data = Dataset(folder / "x.npy", t)
     straight = build()
@@ -133,7 +133,7 @@ def test_evaluate_and_predict_stream_a_memory_map(files):
 
 
 def test_a_stopped_or_failing_stream_ends_its_prefetch_thread(files):
-    folder, x, t = files
+    folder, _, t = files
 
     class StopEarly(gn.Callback):
         def on_train_batch_end(self, batch, logs=None):
@@ -151,7 +151,7 @@ def test_a_stopped_or_failing_stream_ends_its_prefetch_thread(files):
 
 
 def test_streaming_refuses_what_it_does_not_do(files):
-    folder, x, t = files
+    folder, _, t = files
     mapped = np.load(folder / "x.npy", mmap_mode="r")
     with pytest.raises(ValueError, match="without validation_split"):
         train(build(), mapped, t, validation_split=0.2)

@@ -4,10 +4,10 @@ backend and through a recorded graph; the rest trains exactly as an optimizer bo
 
 import numpy as np
 import pytest
+from support.replaying_backend import ReplayingBackend
 
 import gpunn as gn
 from gpunn.nn.freezing import parameter_counts
-from support.replaying_backend import ReplayingBackend
 
 
 def mlp(backend=None, dtype="float64"):

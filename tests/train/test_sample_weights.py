@@ -4,10 +4,10 @@ code on the CPU stand-in too), with gradients checked against float64 finite dif
 
 import numpy as np
 import pytest
+from support.replaying_backend import ReplayingBackend
 
 import gpunn as gn
 from gpunn.train.weights import balanced_class_weight
-from support.replaying_backend import ReplayingBackend
 
 
 def row_losses(name, y, t):
