@@ -46,7 +46,7 @@ class Loss:
         t = self.prepare_targets(backend, t, y.shape, y.dtype)
         weights = None if sample_weight is None else prepare_weights(backend, sample_weight, y.shape[0], y.dtype,
                                                                       type(self).__name__)
-        return self._forward(backend, y, t, weights)
+        return self._forward(backend, y, t, *([] if weights is None else [weights]))  # a subclass may take none
 
     def backward(self, loss_scale=None):
         """dL/dy for the last forward, averaged over the batch as the loss is.

@@ -20,7 +20,7 @@ from gpunn.train.callbacks import (Callback, CSVLogger, EarlyStopping, EpochFunc
                                    overrides)
 from gpunn.train.metrics import METRICS, check_metric_targets, check_metrics
 from gpunn.train.step import TrainStep
-from gpunn.train.weights import check_class_weight, fit_weights
+from gpunn.train.weights import check_class_weight, check_loss_takes_weights, fit_weights
 
 
 @contextlib.contextmanager
@@ -90,7 +90,7 @@ def evaluate_prepared(model, x, t, loss, metrics, batch_size: int = 4096, weight
             xb, tb = x[start:start + batch_size], t[start:start + batch_size]
             y = model._forward(xb)
             wb = None if weights is None else weights[start:start + batch_size]
-            sums["loss"] += probe._forward(backend, y, tb, wb) * xb.shape[0]
+            sums["loss"] += probe._forward(backend, y, tb, *([] if wb is None else [wb])) * xb.shape[0]
             for name in metrics:
                 sums[name] += METRICS[name](y, tb, loss.takes_logits)
     return {name: float(total) / rows for name, total in sums.items()}
@@ -156,6 +156,8 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
     if not any(parameter.trainable for parameter in optimizer.params):
         raise ValueError("fit: every parameter the optimizer holds is frozen (trainable=False), so nothing would "
                          "train; unfreeze some with model.unfreeze(...) or layer.trainable = True")
+    if sample_weight is not None or class_weight is not None:
+        check_loss_takes_weights("fit", loss)
     stream, x_all, t_all, weights_all, validation = _training_data(
         model, step, X, T, batch_size, seed, shuffle, distributed, validation_data, validation_split,
         sample_weight, class_weight)

@@ -108,7 +108,7 @@ class TrainStep:
             _advance_dropout(model)  # its step counters stay with the ranks that had rows
         else:
             self.outputs = model._forward(x)
-            value = loss._forward(model.backend, self.outputs, t, weights)
+            value = loss._forward(model.backend, self.outputs, t, *([] if weights is None else [weights]))
             model.zero_grad()
             model.backward(loss.backward(loss_scale), input_gradient=False)
         if parallel is not None:

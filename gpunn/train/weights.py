@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 
@@ -58,3 +59,11 @@ def balanced_class_weight(labels) -> dict:
         counts[int(label)] = counts.get(int(label), 0) + 1
     rows = sum(counts.values())
     return {label: rows / (len(counts) * count) for label, count in sorted(counts.items())}
+
+
+def check_loss_takes_weights(owner: str, loss) -> None:
+    """A Loss subclass whose ``_forward(backend, y, t)`` predates weights cannot weigh rows: say so early."""
+    if len(inspect.signature(loss._forward).parameters) < 4:
+        raise TypeError(f"{owner}: {type(loss).__name__}._forward(backend, y, t) takes no row weights; give it a "
+                        "fourth argument weights=None (see gpunn.nn.losses) to train with sample_weight or "
+                        "class_weight")

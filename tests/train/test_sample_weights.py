@@ -191,3 +191,21 @@ def test_balanced_class_weight_is_sklearns_formula():
     values = np.array(labels)
     assert list(balanced_class_weight(labels).values()) == pytest.approx(
         sklearn.compute_class_weight("balanced", classes=np.unique(values), y=values))
+
+
+def test_a_loss_of_the_users_without_weights_still_trains(rng):
+    """A Loss subclass written before weights (``_forward(backend, y, t)``) trains unweighted as before."""
+
+    class HalfMSE(gn.MSELoss):
+        def _forward(self, backend, y, t):
+            return super()._forward(backend, y, t) / 2
+
+        def _backward(self, loss_scale):
+            return super()._backward(loss_scale) / 2
+
+    x, t = rng.normal(size=(16, 5)), rng.normal(size=(16, 3))
+    model = mlp()
+    history = model.fit(x, t, loss=HalfMSE(), optimizer=gn.SGD(lr=0.1), epochs=1, batch_size=8, verbose=0)
+    assert np.isfinite(history["loss"][0])
+    with pytest.raises(TypeError, match=r"HalfMSE._forward\(backend, y, t\) takes no row weights"):
+        mlp().fit(x, t, loss=HalfMSE(), optimizer=gn.SGD(lr=0.1), epochs=1, verbose=0, sample_weight=np.ones(16))
