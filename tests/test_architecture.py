@@ -15,10 +15,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gpunn"
 #: The floors of README.md's code map, lowest first. A module may import its own floor and those below.
 #: The public API (``gpunn``) sits above the library and below its users, the command line and the benchmarks.
 FLOORS = [("gpunn.version", "gpunn.extras", "gpunn.checks", "gpunn.kernels"), ("gpunn.backends",), ("gpunn.nn",), ("gpunn.optim",),
-          ("gpunn.distributed",), ("gpunn.train", "gpunn.io"), ("gpunn", "gpunn.layers", "gpunn.schedules"),
-          ("gpunn.cli", "gpunn.bench", "gpunn.sklearn"), ("gpunn.__main__",)]
+          ("gpunn.distributed",), ("gpunn.data",), ("gpunn.train", "gpunn.io"),
+          ("gpunn", "gpunn.layers", "gpunn.schedules"), ("gpunn.cli", "gpunn.bench", "gpunn.sklearn"), ("gpunn.__main__",)]
 DELEGATES = {("gpunn.nn.sequential", "Sequential.fit"), ("gpunn.nn.sequential", "Sequential.evaluate"),
-             ("gpunn.nn.sequential", "Sequential.save")}
+             ("gpunn.nn.sequential", "Sequential.save"), ("gpunn.nn.sequential", "Sequential.predict")}
 
 
 def module_name(path: Path) -> str:

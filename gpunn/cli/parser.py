@@ -107,6 +107,9 @@ def add_train_arguments(train) -> None:
     setting("--loss", choices=list(LOSS_CHOICES),
             help="softmax-ce (default for classes): softmax cross-entropy; mse: MSE on one-hot "
                  "targets (and the only loss of --task regress)")
+    setting("--class-weight", choices=["balanced"], default=None,
+            help="balanced: weigh each class's rows by n_rows / (n_classes x its rows) in the training "
+                 "loss, sklearn's formula, for imbalanced classes (default: every row weighs 1)")
     setting("--epochs", type=positive(int), default=None,
             help="the last epoch to train to (default: 30; with --resume, the stored one)")
     setting("--batch-size", type=positive(int), default=32, help="mini-batch size (default: 32)")

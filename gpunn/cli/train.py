@@ -1,7 +1,7 @@
 """``gpunn train``: the run (validation, checkpoints, early stopping) and exact resume.
 
-Each epoch writes ``last.npz`` (model, optimizer state, scaler, classes and the run's settings),
-and the epoch with the best validation loss writes ``best.npz``; ``--resume RUN_DIR`` continues
+Each epoch writes ``last.npz`` (model, optimizer state, scaler, classes and the run's settings) and
+``history.csv``, and the epoch with the best validation loss writes ``best.npz``; ``--resume RUN_DIR`` continues
 from ``last.npz`` exactly as if the run had not stopped. The test part is never used to choose
 anything: validation rows are carved from the training part.
 """
@@ -9,6 +9,8 @@ anything: validation rows are carved from the training part.
 from __future__ import annotations
 
 import copy
+import csv
+import io
 import os
 import sys
 import time
@@ -26,7 +28,9 @@ from gpunn.cli.data import (DataError, Standardizer, load_digits, load_table, ra
 from gpunn.cli.options import EXIT_INTERRUPTED, LOSS_CHOICES, UserError, say, use_backend_option
 from gpunn.cli.resume import refuse_changed_data, resume_settings
 from gpunn.cli.run import RunRecord, setting_as_used
+from gpunn.io.atomic import atomic_write
 from gpunn.train.step import TrainingDiverged
+from gpunn.train.weights import balanced_class_weight
 
 
 @dataclass
@@ -81,6 +85,8 @@ def check_options(args) -> str:
     loss_name = setting_as_used("loss", vars(args))
     if args.task == "regress" and loss_name != "mse":
         raise UserError("gpunn train: --task regress trains with --loss mse")
+    if args.class_weight and args.task == "regress":
+        raise UserError("gpunn train: --class-weight weighs classes; --task regress has none")
     return loss_name
 
 
@@ -118,6 +124,27 @@ class RunWriter:
         except ValueError as error:  # non-finite weights: the run diverged
             raise TrainingDiverged(f"gpunn train: epoch {self.record.epoch}: {error}") from None
 
+    def write_history(self) -> None:
+        """history.csv: the run's history as last.npz holds it, one row per epoch (epoch counted from 1),
+        written atomically after it, so a resumed run's file never repeats or misses an epoch."""
+        history = self.record.history
+        keys = sorted(key for key, values in history.items() if isinstance(values, list)
+                      and len(values) == self.record.epoch and key != "warnings")
+
+        def write(file):
+            text = io.TextIOWrapper(file, encoding="utf-8", newline="")
+            table = csv.writer(text, lineterminator="\n")
+            table.writerow(["epoch", *keys])
+            for index in range(self.record.epoch):
+                table.writerow([index + 1, *(history[key][index] for key in keys)])
+            text.flush()
+            text.detach()
+
+        try:
+            atomic_write(os.path.join(self.args.out, "history.csv"), write)
+        except OSError as error:
+            raise UserError(f"gpunn train: {error.strerror or error}") from None
+
     def __call__(self, epoch: int, logs: dict) -> None:
         record = self.record
         improved = record.improve(epoch, logs)
@@ -128,6 +155,7 @@ class RunWriter:
                 record.stopper = after.state_dict()
             self.save(self.last, extras={"run": record.to_extra()}, optimizer=self.optimizer)
             self.on_disk = record.epoch
+            self.write_history()
             if improved:
                 self.save(self.best)
         for line in report.epoch_lines(epoch, self.args.epochs, logs, self.args.task == "regress"):
@@ -188,6 +216,7 @@ def command_train(args) -> int:
                       record.epoch if resumed else None), quiet)
 
     metric = "mse" if regress else "accuracy"
+    class_weight = balanced_class_weight(data.dataset.y[data.train_rows]) if args.class_weight else None
     started = time.perf_counter()
     try:
         with warnings.catch_warnings(record=True) as writer.caught, np.errstate(over="ignore", invalid="ignore"):
@@ -199,7 +228,7 @@ def command_train(args) -> int:
                                 initial_epoch=record.epoch, batch_size=args.batch_size, seed=args.seed,
                                 verbose=1 if sys.stderr.isatty() and not args.quiet else 0,  # a bar only
                                 callback=writer, graph=args.graph, distributed=args.distributed, metrics=(metric,),
-                                validation_data=validation, early_stopping=stopper)
+                                validation_data=validation, early_stopping=stopper, class_weight=class_weight)
     except MemoryError:
         raise UserError("gpunn train: out of memory while training; use a smaller --batch-size or --hidden") from None
     except KeyboardInterrupt:

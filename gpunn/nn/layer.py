@@ -11,6 +11,7 @@ temporaries come from the array library's allocator (on CuPy, cached blocks of i
 from __future__ import annotations
 
 from gpunn.backends.selection import Backend
+from gpunn.nn.freezing import is_trainable, set_trainable
 from gpunn.nn.parameter import Parameter
 
 LAYER_TYPES: dict = {}
@@ -96,6 +97,15 @@ class Layer:
 
     def parameters(self) -> list[Parameter]:
         return []
+
+    @property
+    def trainable(self) -> bool:
+        """False keeps this layer's parameters (nested layers' too) out of the update; see ``gpunn.nn.freezing``."""
+        return is_trainable(self)
+
+    @trainable.setter
+    def trainable(self, value) -> None:
+        set_trainable([self], value, type(self).__name__)
 
     def named_parameters(self, prefix: str) -> list[tuple[str, Parameter]]:
         """(``prefix.name``, parameter) pairs, in the order of ``parameters()``."""

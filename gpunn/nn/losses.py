@@ -1,7 +1,9 @@
 """Losses: ``loss(y, t)`` gives a Python float and saves what ``backward()`` needs.
 
 ``forward`` returns the loss as a 0-d array on the device instead, so a training loop can
-sum losses without waiting for the device after every batch.
+sum losses without waiting for the device after every batch. ``sample_weight`` weighs each row
+as Keras 3 does: the loss is Σ wᵢ·lᵢ over the batch divided by the batch's rows, lᵢ being row i's
+loss (the mean over its outputs for MSE and BCE), and the gradient is weighted alike.
 """
 
 from __future__ import annotations
@@ -21,15 +23,16 @@ class Loss:
     def __init__(self):
         self._saved = None
 
-    def __call__(self, y, t) -> float:
-        value = float(self.forward(y, t))
+    def __call__(self, y, t, sample_weight=None) -> float:
+        value = float(self.forward(y, t, sample_weight))
         if not math.isfinite(value):
             raise FloatingPointError(f"{type(self).__name__} is {value}: the outputs or targets hold "
                                      "NaN/Inf, or training diverged (lower the learning rate)")
         return value
 
-    def forward(self, y, t):
-        """The loss as a 0-d device array; ``t`` is checked against ``y`` and moved beside it."""
+    def forward(self, y, t, sample_weight=None):
+        """The loss as a 0-d device array; ``t`` (and ``sample_weight``, one weight >= 0 per row) is
+        checked against ``y`` and moved beside it."""
         backend = backend_of(y)
         if not backend.is_array(y):
             raise TypeError(f"{type(self).__name__}: outputs must be a {backend.name} array (a model's "
@@ -41,7 +44,9 @@ class Loss:
             raise ValueError(f"{type(self).__name__}: outputs must be 2-D (batch, outputs) with at least "
                              f"one row and one column, got shape {tuple(y.shape)}")
         t = self.prepare_targets(backend, t, y.shape, y.dtype)
-        return self._forward(backend, y, t)
+        weights = None if sample_weight is None else prepare_weights(backend, sample_weight, y.shape[0], y.dtype,
+                                                                      type(self).__name__)
+        return self._forward(backend, y, t, *([] if weights is None else [weights]))  # a subclass may take none
 
     def backward(self, loss_scale=None):
         """dL/dy for the last forward, averaged over the batch as the loss is.
@@ -68,22 +73,57 @@ class Loss:
         return {}
 
 
+def weight_dtype(dtype) -> str:
+    """Weights are kept in the compute dtype: float32 for float16 models."""
+    return "float32" if getattr(dtype, "name", dtype) == "float16" else getattr(dtype, "name", dtype)
+
+
+def prepare_weights(backend, sample_weight, rows: int, dtype, owner: str = "fit"):
+    """One finite weight >= 0 per row, as a device vector in the compute dtype."""
+    if isinstance(sample_weight, (str, bytes)) or not hasattr(sample_weight, "__len__"):
+        raise TypeError(f"{owner}: sample_weight must be an array of one weight per row, got "
+                        f"{type(sample_weight).__name__} {sample_weight!r:.40}")
+    weights = backend.asarray(sample_weight, weight_dtype(dtype))
+    if weights.ndim == 2 and weights.shape[1] == 1:
+        weights = weights.reshape(-1)
+    if weights.ndim != 1 or weights.shape[0] != rows:
+        raise ValueError(f"{owner}: sample_weight must hold one weight per row, shape ({rows},), got "
+                         f"shape {tuple(weights.shape)}")
+    if not bool(backend.xp.isfinite(weights).all()) or (rows and float(weights.min()) < 0):
+        raise ValueError(f"{owner}: sample_weight must be finite and >= 0 (a row's weight multiplies its loss)")
+    return weights
+
+
 def _computed(array):
     """float16 storage computes in float32 (a float16 square or sum overflows at 65504)."""
     return array.astype("float32") if array.dtype.name == "float16" else array
 
 
+def _weighted_mean(row_losses, weights):
+    """Keras 3's sum_over_batch_size: Σ wᵢ·lᵢ / rows."""
+    return (row_losses * weights).sum() / row_losses.shape[0]
+
+
+def _weighted_gradient(grad, weights):
+    """Each row's gradient times its weight (the weighted loss is linear in the rows' losses)."""
+    if weights is not None:
+        grad *= weights.reshape(-1, 1).astype(grad.dtype, copy=False)
+    return grad
+
+
 class MSELoss(Loss):
     """Mean squared error over all elements, as the seeds define it."""
 
-    def _forward(self, backend, y, t):
-        self._saved = (backend, y, t)
+    def _forward(self, backend, y, t, weights=None):
+        self._saved = (backend, y, t, weights)
         difference = _computed(y) - _computed(t)
-        return (difference * difference).mean()
+        if weights is None:
+            return (difference * difference).mean()
+        return _weighted_mean((difference * difference).mean(axis=1), weights)
 
     def _backward(self, loss_scale):
-        backend, y, t = self._saved
-        return backend.mse_grad(y, t, 2.0 / y.size, loss_scale)
+        backend, y, t, weights = self._saved
+        return _weighted_gradient(backend.mse_grad(y, t, 2.0 / y.size, loss_scale), weights)
 
 
 DEFAULT_BCE_EPS = {2: 1e-3, 4: 1e-7, 8: 1e-12}  # by itemsize: 1 - eps stays below 1 in each dtype
@@ -112,7 +152,7 @@ class BCELoss(_BinaryTargets):
         self.eps = None if eps is None else checks.number("BCELoss", "eps", eps, low=0.0,
                                                            high=0.1, low_open=True)
 
-    def _forward(self, backend, y, t):
+    def _forward(self, backend, y, t, weights=None):
         xp = backend.xp
         y_computed, t = _computed(y), _computed(t)
         eps = self.eps if self.eps is not None else DEFAULT_BCE_EPS[y.dtype.itemsize]
@@ -120,17 +160,18 @@ class BCELoss(_BinaryTargets):
             raise ValueError(f"BCELoss: eps={eps:g} vanishes next to 1 in {y_computed.dtype} (1 - eps == 1, so "
                              "log(1 - p) can be -inf); use a larger eps")
         p = xp.clip(y_computed, eps, 1 - eps)
-        self._saved = (y, y_computed, p, t, eps)
-        return -(t * xp.log(p) + (1 - t) * xp.log(1 - p)).mean()
+        self._saved = (y, y_computed, p, t, eps, weights)
+        elements = -(t * xp.log(p) + (1 - t) * xp.log(1 - p))
+        return elements.mean() if weights is None else _weighted_mean(elements.mean(axis=1), weights)
 
     def _backward(self, loss_scale):
-        y, y_computed, p, t, eps = self._saved
+        y, y_computed, p, t, eps, weights = self._saved
         inside = (y_computed > eps) & (y_computed < 1 - eps)  # the clipped function is flat outside
         factor = 1.0 / y.size
         grad = ((p - t) / (p * (1 - p))) * inside * factor
         if loss_scale is not None:
             grad *= loss_scale.astype(grad.dtype)
-        return grad.astype(y.dtype, copy=False)
+        return _weighted_gradient(grad, weights).astype(y.dtype, copy=False)
 
 
 class BCEWithLogitsLoss(_BinaryTargets):
@@ -138,13 +179,17 @@ class BCEWithLogitsLoss(_BinaryTargets):
 
     takes_logits = True
 
-    def _forward(self, backend, z, t):
-        self._saved = (backend, z, t)
-        return backend.bce_with_logits_loss(z, t)
+    def _forward(self, backend, z, t, weights=None):
+        self._saved = (backend, z, t, weights)
+        if weights is None:
+            return backend.bce_with_logits_loss(z, t)
+        xp, z, t = backend.xp, _computed(z), _computed(t)  # max(z,0) − z·t + log1p(exp(−|z|)), per element
+        elements = xp.maximum(z, 0) - z * t + xp.log1p(xp.exp(-xp.abs(z)))
+        return _weighted_mean(elements.mean(axis=1), weights)
 
     def _backward(self, loss_scale):
-        backend, z, t = self._saved
-        return backend.bce_with_logits_grad(z, t, 1.0 / z.size, loss_scale)
+        backend, z, t, weights = self._saved
+        return _weighted_gradient(backend.bce_with_logits_grad(z, t, 1.0 / z.size, loss_scale), weights)
 
 
 class SoftmaxCrossEntropyLoss(Loss):
@@ -184,18 +229,20 @@ class SoftmaxCrossEntropyLoss(Loss):
                              f"got {int(t.min())}..{int(t.max())}")
         return t
 
-    def _forward(self, backend, z_stored, labels):
+    def _forward(self, backend, z_stored, labels, weights=None):
         xp = backend.xp
         z = _computed(z_stored)
         row_max = z.max(axis=1)
         log_sum_exp = row_max + xp.log(xp.exp(z - row_max[:, None]).sum(axis=1))
         picked = xp.take_along_axis(z, labels.reshape(-1, 1), axis=1).reshape(-1)
-        self._saved = (backend, z_stored, log_sum_exp, labels)
-        return (log_sum_exp - picked).mean()
+        self._saved = (backend, z_stored, log_sum_exp, labels, weights)
+        rows = log_sum_exp - picked
+        return rows.mean() if weights is None else _weighted_mean(rows, weights)
 
     def _backward(self, loss_scale):
-        backend, z, log_sum_exp, labels = self._saved
-        return backend.softmax_cross_entropy_grad(z, log_sum_exp, labels, 1.0 / z.shape[0], loss_scale)
+        backend, z, log_sum_exp, labels, weights = self._saved
+        return _weighted_gradient(
+            backend.softmax_cross_entropy_grad(z, log_sum_exp, labels, 1.0 / z.shape[0], loss_scale), weights)
 
 
 LOSSES = {cls.__name__: cls for cls in (MSELoss, BCELoss, BCEWithLogitsLoss, SoftmaxCrossEntropyLoss)}

@@ -25,6 +25,8 @@ class Parameter:
         self.name = name
         #: The FlatBuffers holding this parameter once a model packs it, else None.
         self.owner = None
+        #: False: the optimizer leaves it (and its state) as it is (``gpunn.nn.freezing``).
+        self.trainable = True
 
     @property
     def value(self):

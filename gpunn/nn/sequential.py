@@ -8,6 +8,7 @@ from gpunn import checks
 from gpunn.nn.chain import Chain, check_layers, walk
 from gpunn.nn.dtype import get_default_dtype
 from gpunn.nn.flat import FlatBuffers
+from gpunn.nn.freezing import select_layers, set_trainable
 from gpunn.nn.layer import Layer, LayerState, build_layer, layer_record
 from gpunn.nn.parameter import Parameter
 
@@ -65,6 +66,17 @@ class Sequential:
         """("layer2.0.W", parameter) pairs in the order of ``parameters()``: stable names for
         files and gradient checks (layer index, then the index inside a residual block)."""
         return [pair for index, layer in enumerate(self.layers) for pair in layer.named_parameters(f"layer{index}")]
+
+    def freeze(self, *layers) -> "Sequential":
+        """Keep the parameters of ``layers`` (indices into ``self.layers`` or layers; none: all) as they
+        are through training; see ``gpunn.nn.freezing``."""
+        set_trainable(select_layers(self, layers, "freeze"), False, "freeze")
+        return self
+
+    def unfreeze(self, *layers) -> "Sequential":
+        """Train the parameters of ``layers`` (none: all) again."""
+        set_trainable(select_layers(self, layers, "unfreeze"), True, "unfreeze")
+        return self
 
     # --- training and evaluation modes ----------------------------------------------------
     @property
@@ -155,8 +167,10 @@ class Sequential:
             return result
 
     def predict(self, X, batch_size: int | None = None):
-        """The outputs for ``X`` as a new NumPy array on the host (evaluation mode)."""
-        return self.backend.to_numpy(self._outputs(X, batch_size))
+        """The outputs for ``X`` as a new NumPy array on the host (evaluation mode); see ``gpunn.train.fit.predict``."""
+        from gpunn.train.fit import predict
+
+        return predict(self, X, batch_size)
 
     def predict_proba(self, X, batch_size: int | None = None):
         """Class probabilities as a NumPy array whose rows sum to 1: the softmax of several
@@ -180,11 +194,11 @@ class Sequential:
         shifted = xp.exp(y - y.max(axis=1, keepdims=True))
         return self.backend.to_numpy(shifted / shifted.sum(axis=1, keepdims=True))
 
-    def evaluate(self, X, T, loss, metrics=(), batch_size: int | None = 4096) -> dict:
+    def evaluate(self, X, T, loss, metrics=(), batch_size: int | None = 4096, sample_weight=None) -> dict:
         """``{"loss": mean loss, metric: value, ...}`` over (X, T), in evaluation mode; see ``gpunn.train.fit.evaluate``."""
         from gpunn.train.fit import evaluate
 
-        return evaluate(self, X, T, loss, metrics, batch_size)
+        return evaluate(self, X, T, loss, metrics, batch_size, sample_weight)
 
     @contextlib.contextmanager
     def _inference_state(self):

@@ -245,9 +245,10 @@ class Optimizer:
                                "(or let fit bind the model)")
 
     def step(self) -> None:
-        """Update every bound parameter that has a fresh gradient (all of them after a backward)."""
+        """Update every bound parameter that has a fresh gradient (all of them after a backward) and is
+        trainable: frozen ones (``trainable = False``), and their state, stay as they are."""
         self._require_bound("step")
-        fresh = [p.grad_valid for p in self.params]
+        fresh = [p.grad_valid and p.trainable for p in self.params]
         if not any(fresh):
             return
         if self.mixed_precision and not self._scale_requested:  # the update divides by the scale

@@ -12,9 +12,15 @@ import math
 import os
 
 from gpunn import checks
-from gpunn.train.callbacks import EarlyStopping, Progress, check_divergence
+from gpunn.data import BatchStream, is_streamed
+from gpunn.data.stream import predict_streamed
+from gpunn.data.dataset import as_dataset
+from gpunn.nn.losses import prepare_weights
+from gpunn.train.callbacks import (Callback, CSVLogger, EarlyStopping, EpochFunction, Progress, check_divergence,
+                                   overrides)
 from gpunn.train.metrics import METRICS, check_metric_targets, check_metrics
 from gpunn.train.step import TrainStep
+from gpunn.train.weights import check_class_weight, check_loss_takes_weights, fit_weights
 
 
 @contextlib.contextmanager
@@ -28,18 +34,51 @@ def evaluation_mode(model):
             yield
 
 
-def evaluate(model, X, T, loss, metrics=(), batch_size: int | None = 4096) -> dict:
-    """``{"loss": mean loss, metric: value, ...}`` over (X, T), in evaluation mode (``Sequential.evaluate``)."""
+def evaluate(model, X, T, loss, metrics=(), batch_size: int | None = 4096, sample_weight=None) -> dict:
+    """``{"loss": mean loss, metric: value, ...}`` over (X, T), in evaluation mode (``Sequential.evaluate``);
+    with ``sample_weight`` the loss is Σ wᵢ·lᵢ / rows (metrics stay unweighted, as Keras's ``metrics``)."""
     metrics = check_metrics(metrics)
     checks.batch_size("evaluate", batch_size)
+    if is_streamed(X):
+        return _evaluate_streamed(model, as_dataset(X, T, "evaluate"), loss, metrics, batch_size or 4096, sample_weight)
     x, t = TrainStep.prepare_data(model, loss, X, T)
     if x.shape[0] == 0:
         raise ValueError("evaluate: X has no rows")
     check_metric_targets(metrics, t, model.out_features)
-    return evaluate_prepared(model, x, t, loss, metrics, batch_size or x.shape[0])
+    weights = fit_weights("evaluate", model.backend, t, model.dtype, sample_weight, None)
+    return evaluate_prepared(model, x, t, loss, metrics, batch_size or x.shape[0], weights)
 
 
-def evaluate_prepared(model, x, t, loss, metrics, batch_size: int = 4096) -> dict:
+def _evaluate_streamed(model, dataset, loss, metrics, batch_size: int, sample_weight) -> dict:
+    """evaluate over a Dataset read in order, a chunk at a time (gpunn.data)."""
+    if dataset.t is None:
+        raise ValueError("evaluate: the Dataset holds no targets T")
+    if dataset.rows == 0:
+        raise ValueError("evaluate: X has no rows")
+    backend = model.backend
+    weights = None if sample_weight is None else prepare_weights(backend, sample_weight, dataset.rows, model.dtype,
+                                                                 "evaluate")
+    sums: dict = {}
+    for rows, x_host, t_host in BatchStream(dataset, batch_size, shuffle=False).epoch(0):
+        x, t = TrainStep.prepare_data(model, loss, x_host, t_host)
+        check_metric_targets(metrics, t, model.out_features)
+        wb = None if weights is None else weights[int(rows[0]):int(rows[-1]) + 1]
+        part = evaluate_prepared(model, x, t, loss, metrics, batch_size, wb)
+        for name, value in part.items():
+            sums[name] = sums.get(name, 0.0) + value * len(rows)
+    return {name: total / dataset.rows for name, total in sums.items()}
+
+
+def predict(model, X, batch_size: int | None = None):
+    """``Sequential.predict``: the outputs as a new NumPy array; a Dataset or a memory-mapped X is read
+    a chunk at a time and never held whole."""
+    if not is_streamed(X):
+        return model.backend.to_numpy(model._outputs(X, batch_size))
+    checks.batch_size("predict", batch_size)
+    return predict_streamed(model, as_dataset(X, None, "predict"), batch_size or 4096)
+
+
+def evaluate_prepared(model, x, t, loss, metrics, batch_size: int = 4096, weights=None) -> dict:
     """Mean loss and metrics over prepared device arrays, in evaluation mode, in batches."""
     import copy
 
@@ -50,7 +89,8 @@ def evaluate_prepared(model, x, t, loss, metrics, batch_size: int = 4096) -> dic
         for start in range(0, rows, batch_size):
             xb, tb = x[start:start + batch_size], t[start:start + batch_size]
             y = model._forward(xb)
-            sums["loss"] += probe._forward(backend, y, tb) * xb.shape[0]
+            wb = None if weights is None else weights[start:start + batch_size]
+            sums["loss"] += probe._forward(backend, y, tb, *([] if wb is None else [wb])) * xb.shape[0]
             for name in metrics:
                 sums[name] += METRICS[name](y, tb, loss.takes_logits)
     return {name: float(total) / rows for name, total in sums.items()}
@@ -59,7 +99,8 @@ def evaluate_prepared(model, x, t, loss, metrics, batch_size: int = 4096) -> dic
 def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, shuffle: bool = True,
         seed=None, verbose: int = 1, callback=None, graph: bool = False, validation_data=None,
         metrics=(), early_stopping: EarlyStopping | None = None, initial_epoch: int = 0,
-        distributed: bool = False) -> dict:
+        distributed: bool = False, callbacks=(), sample_weight=None, class_weight=None,
+        validation_split: float = 0.0) -> dict:
     """Train ``model`` on (X, T) from epoch ``initial_epoch`` up to ``epochs``; returns the history.
 
     Training runs in training mode (dropout on); the model's mode comes back afterwards.
@@ -67,9 +108,18 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
     ``mse``, ``mae``; training values are running means over the epoch's batches), ``val_loss``
     and ``val_<metric>`` with ``validation_data=(Xv, Tv)``, ``skipped_steps`` for float16 models
     (updates skipped because the scaled gradient overflowed), and ``warnings``. The data is checked
-    and moved to the device once; the last batch may be smaller. ``callback(epoch, logs)`` runs
-    after each epoch and may add entries to ``logs``. ``graph=True`` replays each full batch as a
-    CUDA graph (see ``TrainStep``). NaN/Inf in the loss or the parameters raises TrainingDiverged;
+    and moved to the device once; the last batch may be smaller. ``callbacks`` (``gn.Callback`` instances,
+    Keras's protocol) are called in order, after ``callback(epoch, logs)``, which runs after each
+    epoch; both may add entries to ``logs``; ``early_stopping`` runs last. A callback that sets
+    ``model.stop_training = True`` ends training after the epoch (after the batch, in a batch hook).
+    ``sample_weight`` (one weight >= 0 per row) or ``class_weight`` (``{class: weight}``; a row's
+    class is its label, the argmax of several target columns or one column rounded; classes not
+    named weigh 1) weigh each row as Keras 3 does: a batch's loss is Σ wᵢ·lᵢ / rows, its gradient
+    alike. Validation is unweighted unless ``validation_data`` holds a third array of weights.
+    ``validation_split`` (in [0, 1)) holds out the last ``rows - floor(rows · (1 − split))`` rows,
+    before any shuffling, as Keras does (with their sample weights); ``validation_data`` overrides it.
+    A ``gn.data.Dataset`` or a memory-mapped X streams from disk (``gpunn.data``) instead of moving
+    to the device whole. ``graph=True`` replays each full batch as a CUDA graph (see ``TrainStep``). NaN/Inf in the loss or the parameters raises TrainingDiverged;
     a loss a hundred times above the best epoch's warns (TrainingWarning, and in the history).
 
     ``distributed=True`` trains data-parallel over the MPI world (``gpunn.distributed.init``):
@@ -89,6 +139,8 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
         raise TypeError(f"fit: callback must be callable as callback(epoch, logs), got {type(callback).__name__}")
     if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
         raise TypeError(f"fit: early_stopping must be a gn.EarlyStopping, got {early_stopping!r}")
+    callbacks = _check_callbacks(callbacks)
+    validation_split = checks.number("fit", "validation_split", validation_split, low=0.0, high=1.0, high_open=True)
     metrics = check_metrics(metrics)
     seed = checks.seed("fit", seed)
     if seed is None:
@@ -103,39 +155,42 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
         parallel = DataParallel(world, model)
         seed = parallel.world.broadcast_object(seed)  # seed=None: rank 0's draw, so all shuffle alike
     step = TrainStep(model, loss, optimizer, graph=graph, data_parallel=parallel)
-    try:
-        x_all, t_all = step.prepare(X, T)
-        validation = None
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError("validation_data must be a pair (X_val, T_val)")
-            try:
-                validation = step.prepare(*validation_data)
-            except (TypeError, ValueError) as error:  # "X has 4 features" would point at the training data
-                raise type(error)(f"validation_data: {error}") from error
-    except (TypeError, ValueError) as error:
-        raise type(error)(f"fit: {error}") from error
+    if not any(parameter.trainable for parameter in optimizer.params):
+        raise ValueError("fit: every parameter the optimizer holds is frozen (trainable=False), so nothing would "
+                         "train; unfreeze some with model.unfreeze(...) or layer.trainable = True")
+    if sample_weight is not None or class_weight is not None:
+        check_loss_takes_weights("fit", loss)
+    stream, x_all, t_all, weights_all, validation = _training_data(
+        model, step, X, T, batch_size, seed, shuffle, distributed, validation_data, validation_split,
+        sample_weight, class_weight)
+    if stream is not None:
+        class_weight = None if class_weight is None else check_class_weight("fit", class_weight)
     backend = model.backend
-    xp, n = backend.xp, x_all.shape[0]
+    xp, n = backend.xp, (x_all.shape[0] if stream is None else stream.dataset.rows)
     if n == 0:
         raise ValueError("fit: X has no rows")
+    if stream is not None and stream.dataset.features != model.in_features:
+        raise ValueError(f"fit: X has {stream.dataset.features} features but the model expects {model.in_features}")
     if validation is not None and validation[0].shape[0] == 0:
         raise ValueError("fit: validation_data has no rows")
     try:
-        for t in [t_all] + ([validation[1]] if validation is not None else []):
+        for t in ([t_all] if stream is None else []) + ([validation[1]] if validation is not None else []):
             check_metric_targets(metrics, t, model.out_features)
     except ValueError as error:
         raise ValueError(f"fit: {error}") from None
     if parallel is not None:
         parallel.check_agreement(rows=n, epochs=epochs, initial_epoch=initial_epoch, batch_size=batch_size,
                                  shuffle=shuffle, seed=seed, graph=graph, metrics=metrics,
+                                 frozen=[index for index, p in enumerate(optimizer.params) if not p.trainable],
+                                 weighted=(sample_weight is not None, class_weight is not None),
                                  validation_rows=None if validation is None else validation[0].shape[0])
         parallel.broadcast_state(optimizer)
         verbose = verbose if parallel.world.is_root else 0
-    if early_stopping is not None:
-        keys = {"loss", *metrics} | ({"val_loss", *(f"val_{name}" for name in metrics)} if validation else set())
-        early_stopping.begin(initial_epoch, keys | ({"skipped_steps"} if optimizer.mixed_precision else set()),
-                             callback)
+    keys = {"loss", *metrics} | ({"val_loss", *(f"val_{name}" for name in metrics)} if validation else set())
+    keys |= {"skipped_steps"} if optimizer.mixed_precision else set()
+    extensible = callback is not None or any(not type(c).__module__.startswith("gpunn.") for c in callbacks)
+    callbacks = ([EpochFunction(callback)] if callback is not None else []) + callbacks \
+        + ([early_stopping] if early_stopping is not None else [])
     accumulate = "float64" if model.dtype.name == "float64" else "float32"
     batches = -(-n // batch_size)
     optimizer.reserve_steps(batches * (epochs - initial_epoch))
@@ -145,49 +200,179 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
     from gpunn.nn.dropout import Dropout
 
     dropouts = [layer for layer in model.all_layers() if isinstance(layer, Dropout)] if parallel else []
+    batch_hooks = [c for c in callbacks if overrides(c, "on_train_batch_end")]
+    batch_begin_hooks = [c for c in callbacks if overrides(c, "on_train_batch_begin")]
+    params = {"epochs": epochs, "initial_epoch": initial_epoch, "steps": batches, "verbose": verbose,
+              "keys": keys, "extensible": extensible, "root": parallel is None or parallel.world.is_root}
+    for each in callbacks:
+        each.set_model(model)
+        each.optimizer = optimizer
+        each.set_params(params)
+
+    def in_memory(epoch):
+        """(x, t, weights, share, full batch?, this rank's rows, rows done) of each batch on the device."""
+        order = backend.asarray(backend.random_generator((seed, epoch)).permutation(n)) if shuffle else None
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            first, last = (start, stop) if parallel is None else parallel.shard(start, stop)
+            for dropout in dropouts:  # a shard draws its rows' masks of the global batch
+                dropout.row_offset = first - start
+            if order is None:
+                xb, tb = x_all[first:last], t_all[first:last]
+                wb = None if weights_all is None else weights_all[first:last]
+            else:
+                rows = order[first:last]
+                xb, tb = xp.take(x_all, rows, axis=0), xp.take(t_all, rows, axis=0)
+                wb = None if weights_all is None else xp.take(weights_all, rows, axis=0)
+            yield xb, tb, wb, (last - first) / (stop - start), stop - start == batch_size, last - first, stop
+
+    def streamed(epoch):
+        """The same from a Dataset read in contiguous chunks by a background thread (gpunn.data)."""
+        done = 0
+        for rows, x_host, t_host in stream.epoch(epoch):
+            try:
+                xb, tb = TrainStep.prepare_data(model, loss, x_host, t_host)
+                check_metric_targets(metrics, tb, model.out_features)
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"fit: rows {int(rows.min())}..{int(rows.max())} of the data set: {error}") from None
+            if weights_all is not None:
+                wb = xp.take(weights_all, backend.asarray(rows), axis=0)
+            else:
+                wb = fit_weights("fit", backend, tb, model.dtype, None, class_weight)
+            done += len(rows)
+            yield xb, tb, wb, 1.0, len(rows) == batch_size, len(rows), done
+
+    model.stop_training = False
     was_training = model.training
     model.train()  # dropout on; the mode found comes back afterwards, also on an error
     try:
+        for each in callbacks:
+            each.on_train_begin()
         for epoch in range(initial_epoch, epochs):
-            order = backend.asarray(backend.random_generator((seed, epoch)).permutation(n)) if shuffle else None
+            for each in callbacks:
+                each.on_epoch_begin(epoch)
+            progress.begin_epoch(epoch, batches)
             total = backend.zeros((), accumulate)
             sums = {name: backend.zeros((), "float64") for name in metrics}
-            for start in range(0, n, batch_size):
-                stop = min(start + batch_size, n)
-                first, last = (start, stop) if parallel is None else parallel.shard(start, stop)
-                for dropout in dropouts:  # a shard draws its rows' masks of the global batch
-                    dropout.row_offset = first - start
-                if order is None:
-                    xb, tb = x_all[first:last], t_all[first:last]
-                else:
-                    rows = order[first:last]
-                    xb, tb = xp.take(x_all, rows, axis=0), xp.take(t_all, rows, axis=0)
-                total += step(xb, tb, (last - first) / (stop - start), replay=stop - start == batch_size) \
-                    * (last - first)
+            seen = 0
+            source = in_memory(epoch) if stream is None else streamed(epoch)
+            for batch, (xb, tb, wb, share, full, own_rows, stop) in enumerate(source):
+                for each in batch_begin_hooks:
+                    each.on_train_batch_begin(batch)
+                total += step(xb, tb, share, replay=full, weights=wb) * own_rows
                 for name in metrics:
                     sums[name] += METRICS[name](step.outputs, tb, loss.takes_logits)
+                seen = stop
+                progress.batch_done()
+                if batch_hooks:  # reads the device: only when a callback asks for batch logs
+                    running = float(total) if parallel is None else parallel.global_sums({"loss": total})["loss"]
+                    for each in batch_hooks:
+                        each.on_train_batch_end(batch, {"loss": running / seen})
+                    if model.stop_training:
+                        break
             sums = {"loss": total, **sums}
             sums = ({name: float(value) for name, value in sums.items()} if parallel is None
                     else parallel.global_sums(sums))
-            logs = {name: value / n for name, value in sums.items()}
+            logs = {name: value / seen for name, value in sums.items()}
             if validation is not None:
-                logs.update({f"val_{k}": v for k, v in evaluate_prepared(model, *validation, loss, metrics).items()})
+                scores = evaluate_prepared(model, validation[0], validation[1], loss, metrics,
+                                           weights=validation[2] if len(validation) == 3 else None)
+                logs.update({f"val_{k}": v for k, v in scores.items()})
             if optimizer.mixed_precision:
                 skipped = optimizer.skipped_steps
                 logs["skipped_steps"], skipped_before = skipped - skipped_before, skipped
-            best_loss = check_divergence(model, epoch, logs, best_loss, history)
-            if callback is not None:
-                callback(epoch, logs)
-            for key, value in logs.items():
-                history.setdefault(key, []).append(value)
-            progress.update(epoch, logs)
-            if early_stopping is not None and early_stopping.update(epoch, logs, model):
+            if not model.stop_training:  # a batch callback that stopped the fit (TerminateOnNaN) has seen it
+                best_loss = check_divergence(model, epoch, logs, best_loss, history)
+            history_logs = logs
+            for each in callbacks:
+                if each is early_stopping:  # after the history and the progress line, as it always ran
+                    for key, value in history_logs.items():
+                        history.setdefault(key, []).append(value)
+                    progress.update(epoch, history_logs)
+                    history_logs = None
+                each.on_epoch_end(epoch, logs)
+            if history_logs is not None:
+                for key, value in logs.items():
+                    history.setdefault(key, []).append(value)
+                progress.update(epoch, logs)
+            if model.stop_training:
                 break
+        for each in callbacks:
+            each.on_train_end()
     finally:
         model.train(was_training)
         progress.close()
         for dropout in dropouts:  # a later single-process fit draws the whole batch's masks again
             dropout.row_offset = 0
-    if early_stopping is not None:
-        early_stopping.restore(model)
+        for each in callbacks:
+            if isinstance(each, CSVLogger):  # its file, also when training fails
+                each.close()
     return history
+
+
+def _training_data(model, step, X, T, batch_size, seed, shuffle, distributed, validation_data, validation_split,
+                   sample_weight, class_weight):
+    """fit's data, checked: (stream or None, x, t, row weights, validation). In memory, x and t are on
+    the device whole; a Dataset or memory-mapped X becomes a BatchStream (x and t None)."""
+    stream = None
+    if is_streamed(X):
+        if distributed or validation_split:
+            raise ValueError("fit: a Dataset or memory-mapped X streams on one process, without "
+                             f"{'distributed=True' if distributed else 'validation_split'}; pass validation_data")
+        stream = BatchStream(as_dataset(X, T, "fit"), batch_size, seed, shuffle)
+    try:
+        x_all, t_all = step.prepare(X, T) if stream is None else (None, None)
+        validation = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise ValueError("validation_data must be a pair (X_val, T_val) or a triple (X_val, T_val, "
+                                 "sample_weight_val)")
+            try:
+                validation = step.prepare(*validation_data[:2])
+            except (TypeError, ValueError) as error:  # "X has 4 features" would point at the training data
+                raise type(error)(f"validation_data: {error}") from error
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"fit: {error}") from error
+    if stream is None:
+        weights_all = fit_weights("fit", model.backend, t_all, model.dtype, sample_weight, class_weight)
+    else:
+        if stream.dataset.t is None:
+            raise ValueError("fit: the Dataset holds no targets T")
+        if sample_weight is not None and class_weight is not None:
+            raise ValueError("fit: pass sample_weight or class_weight, not both (as Keras refuses)")
+        weights_all = None if sample_weight is None else prepare_weights(
+            model.backend, sample_weight, stream.dataset.rows, model.dtype, "fit")
+    if validation_split and validation is None:  # Keras: the last rows, before shuffling; validation_data wins
+        split_at = math.floor(x_all.shape[0] * (1.0 - validation_split))
+        if split_at == 0 or split_at == x_all.shape[0]:
+            raise ValueError(f"fit: {x_all.shape[0]} rows cannot be split into training and validation rows with "
+                             f"validation_split={validation_split:g}")
+        validation = (x_all[split_at:], t_all[split_at:])
+        if sample_weight is not None:
+            validation = (*validation, weights_all[split_at:])
+        x_all, t_all = x_all[:split_at], t_all[:split_at]
+        weights_all = None if weights_all is None else weights_all[:split_at]
+    if validation_data is not None and len(validation_data) == 3:
+        validation = (*validation, fit_weights("fit: validation_data", model.backend, validation[1], model.dtype,
+                                               validation_data[2], None))
+    return stream, x_all, t_all, weights_all, validation
+
+
+def _check_callbacks(callbacks) -> list:
+    """A list of ``gn.Callback`` instances (a class instead of an instance is the usual slip)."""
+    if isinstance(callbacks, Callback):
+        raise TypeError("fit: callbacks must be a list of gn.Callback, got a single callback: pass [callback]")
+    try:
+        callbacks = list(callbacks or ())
+    except TypeError:
+        raise TypeError(f"fit: callbacks must be a list of gn.Callback, got {type(callbacks).__name__}") from None
+    for each in callbacks:
+        if isinstance(each, type):
+            raise TypeError(f"fit: callbacks holds the class {each.__name__} itself; pass an instance "
+                            f"({each.__name__}(...))")
+        if not isinstance(each, Callback):
+            raise TypeError(f"fit: callbacks must hold gn.Callback instances, got {type(each).__name__} {each!r:.40}"
+                            " (a function(epoch, logs) goes in callback=)")
+    if len({id(each) for each in callbacks}) != len(callbacks):
+        raise ValueError("fit: callbacks holds the same callback twice; each runs once per hook")
+    return callbacks

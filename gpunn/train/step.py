@@ -81,8 +81,9 @@ class TrainStep:
             raise ValueError("T contains NaN or Inf")
         return x, t
 
-    def __call__(self, x, t, share: float = 1.0, replay: bool = True):
+    def __call__(self, x, t, share: float = 1.0, replay: bool = True, weights=None):
         """Train on one prepared batch; returns the batch's mean loss as a new 0-d device array.
+        ``weights``: one weight per row on the device (the loss is Σ wᵢ·lᵢ / rows), or None.
 
         Data parallel: ``x, t`` are this rank's shard, ``share`` its fraction of the global
         batch, and ``replay`` (the same on every rank: is the global batch full?) allows the graph.
@@ -90,15 +91,15 @@ class TrainStep:
         self.optimizer.reserve_steps(1)  # outside any recording: the table of rates may grow here
         self._share = share
         if not self.graph or not replay:
-            return self._step(x, t)
+            return self._step(x, t, weights)
         recorded = self._recorded
         if recorded is None:
-            recorded = self._recorded = _RecordedStep(self, x, t)
-        elif not recorded.fits(x, t):
-            return self._step(x, t)
-        return recorded.run(x, t)
+            recorded = self._recorded = _RecordedStep(self, x, t, weights)
+        elif not recorded.fits(x, t, weights):
+            return self._step(x, t, weights)
+        return recorded.run(x, t, weights)
 
-    def _step(self, x, t):
+    def _step(self, x, t, weights=None):
         model, loss, optimizer, parallel = self.model, self.loss, self.optimizer, self.data_parallel
         loss_scale = optimizer.loss_scale  # an empty shard's zero gradient is scaled too
         if parallel is not None and x.shape[0] == 0:  # an empty shard: no loss, zero gradient
@@ -108,7 +109,7 @@ class TrainStep:
             _advance_dropout(model)  # its step counters stay with the ranks that had rows
         else:
             self.outputs = model._forward(x)
-            value = loss._forward(model.backend, self.outputs, t)
+            value = loss._forward(model.backend, self.outputs, t, *([] if weights is None else [weights]))
             model.zero_grad()
             model.backward(loss.backward(loss_scale), input_gradient=False)
         if parallel is not None:
@@ -129,14 +130,17 @@ def _advance_dropout(model) -> None:
 class _RecordedStep:
     """A TrainStep's graph: static input buffers, the graph, and what it must keep alive."""
 
-    def __init__(self, train_step: TrainStep, x, t):
+    def __init__(self, train_step: TrainStep, x, t, weights=None):
         backend = train_step.model.backend
         self.train_step = train_step
         self.x, self.t = backend.empty(x.shape, x.dtype), backend.empty(t.shape, t.dtype)
+        self.weights = None if weights is None else backend.empty(weights.shape, weights.dtype)
         self.graph = self.key = self.keep_alive = self.outputs = None
 
-    def fits(self, x, t) -> bool:
-        return x.shape == self.x.shape and t.shape == self.t.shape and t.dtype == self.t.dtype
+    def fits(self, x, t, weights=None) -> bool:
+        same_weights = (weights is None and self.weights is None) or (
+            weights is not None and self.weights is not None and weights.shape == self.weights.shape)
+        return x.shape == self.x.shape and t.shape == self.t.shape and t.dtype == self.t.dtype and same_weights
 
     def _arrays(self) -> list:
         """Every lasting array the recorded kernels read or write, besides the inputs."""
@@ -157,25 +161,28 @@ class _RecordedStep:
         layers = tuple((getattr(layer, "row_offset", 0), layer.training, getattr(layer, "rate", None),
                         getattr(layer, "_advance", None), getattr(layer, "eps", None))
                        for layer in train_step.model.all_layers())
-        return (layers, repr(optimizer.hyperparameters()), get_matmul_precision(), train_step._share,
+        frozen = tuple(not parameter.trainable for parameter in optimizer.params)  # the segments updated
+        return (layers, frozen, repr(optimizer.hyperparameters()), get_matmul_precision(), train_step._share,
                 id(flat.values), id(flat.grads),
                 tuple(id(array) for array in optimizer.device_arrays()))
 
-    def run(self, x, t):
+    def run(self, x, t, weights=None):
         train_step = self.train_step
         xp = train_step.model.backend.xp
         xp.copyto(self.x, x)
         xp.copyto(self.t, t)
+        if weights is not None:
+            xp.copyto(self.weights, weights)
         key = self._key()
         if self.key is None:  # the first step runs eagerly, so that every lasting array exists
             self.key = key
-            return train_step._step(self.x, self.t)
+            return train_step._step(self.x, self.t, self.weights)
         if self.graph is None or key != self.key:
             previous, self.graph, self.keep_alive = self.graph, None, None  # one pool per step, reused
             optimizer = train_step.optimizer
             optimizer.reserve_steps(2)  # before recording: the capture runs the step twice
             steps = optimizer.steps_issued
-            value, self.graph = train_step.model.backend.capture(lambda: train_step._step(self.x, self.t), previous)
+            value, self.graph = train_step.model.backend.capture(lambda: train_step._step(self.x, self.t, self.weights), previous)
             optimizer.steps_issued = steps + 1  # capture ran the step once; the recorded run did not execute
             self.key = key
             # An eager batch of another shape may replace layer buffers; the graph keeps its own.

@@ -301,8 +301,26 @@ def mismatches(out: Path, seed: int):
         (out / "mismatches.json").write_text(json.dumps(everyone))
 
 
-SCENARIOS = {"mismatches": mismatches, "cli": command_line, "collectives": collectives, "fail-on-one-rank": fail_on_one_rank, "init": init_only,
-             "exit-on-one-rank": exit_on_one_rank,
+def loop_features(out: Path, seed: int):
+    """Ranks that freeze different layers are refused; frozen layers and sample weights train data-parallel."""
+    world = gn.distributed.init("numpy")
+    X, labels = data(seed)
+    model = make_model()
+    if world.rank == 1:
+        model.freeze(0)
+    try:
+        distributed_fit(world, X, labels, 8, seed, model=model)
+    except ValueError as error:
+        (out / f"rank{world.rank}-refused.txt").write_text(str(error))
+    model = make_model().freeze(0)
+    weights = np.random.default_rng(seed + 1).uniform(0, 2, size=len(X))
+    _, snapshots, _ = distributed_fit(world, X, labels, len(X), seed, model=model, sample_weight=weights)
+    if world.is_root:
+        np.save(out / "loop.npy", snapshots)
+
+
+SCENARIOS = {"mismatches": mismatches, "loop": loop_features, "cli": command_line, "collectives": collectives,
+             "fail-on-one-rank": fail_on_one_rank, "init": init_only, "exit-on-one-rank": exit_on_one_rank,
              "training": training, "dropout": dropout_training}
 
 if __name__ == "__main__":

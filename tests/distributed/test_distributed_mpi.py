@@ -185,3 +185,26 @@ def test_ranks_whose_models_or_optimizers_differ_are_refused_before_the_first_st
         assert messages[0] is not None and messages[0] == messages[1], (case, messages)
         assert f"every rank must train the same model with the same optimizer, but they differ in their {part} (" \
             in messages[0], (case, messages[0])
+
+
+def test_frozen_layers_and_sample_weights_train_data_parallel(tmp_path, rng):
+    """Every rank must freeze the same parameters (refused otherwise, on every rank); a frozen layer and
+    sample weights, sharded with their rows, train as one process does on the full batch."""
+    from mpi_worker import EPOCHS, LR, MOMENTUM, data, flat_parameters, make_model
+
+    import gpunn as gn
+
+    seed = int(rng.integers(2**31))
+    result, _ = mpirun(2, WORKER, "loop", tmp_path, seed)
+    assert result.returncode == 0, result.stderr
+    for rank in (0, 1):
+        assert "they differ in frozen" in (tmp_path / f"rank{rank}-refused.txt").read_text()
+    X, labels = data(seed)
+    weights = np.random.default_rng(seed + 1).uniform(0, 2, size=len(X))
+    model, snapshots = make_model().freeze(0), []
+    model.fit(X, labels, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=gn.SGD(lr=LR, momentum=MOMENTUM),
+              epochs=EPOCHS, batch_size=len(X), seed=seed, verbose=0, sample_weight=weights,
+              callback=lambda epoch, logs: snapshots.append(flat_parameters(model)))
+    got = np.load(tmp_path / "loop.npy")
+    np.testing.assert_allclose(got, np.array(snapshots), rtol=1e-12, atol=1e-14)
+    assert np.array_equal(got[-1][:model.layers[0].W.size], np.asarray(make_model().layers[0].W).ravel())  # frozen

@@ -1,0 +1,164 @@
+"""Data larger than memory: gn.data.Dataset reads contiguous rows of .npy/.npz files and memory-mapped
+arrays; fit, evaluate and predict stream them (chunked shuffle, background prefetch) with exact resume."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import gpunn as gn
+from gpunn.data import BatchStream, Dataset, stream
+
+
+@pytest.fixture
+def files(tmp_path, rng):
+    x = rng.normal(size=(300, 6)).astype(np.float32)
+    t = rng.integers(0, 3, size=300)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "t.npy", t)
+    return tmp_path, x, t
+
+
+def build(seed=0):
+    with gn.use_backend("numpy"):
+        return gn.Sequential(gn.Dense(6, 12, seed=seed), gn.Tanh(), gn.Dropout(0.2, seed=5), gn.Dense(12, 3, seed=seed + 1))
+
+
+def train(model, X, T, optimizer=None, **options):
+    options = {"epochs": 3, "batch_size": 16, "seed": 9, "verbose": 0, **options}
+    return model.fit(X, T, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=optimizer or gn.Adam(lr=0.01), **options)
+
+
+def test_a_dataset_reads_the_rows_of_npy_memmaps_slices_and_npz(files):
+    folder, x, t = files
+    mapped = np.load(folder / "x.npy", mmap_mode="r")
+    for dataset in (Dataset(folder / "x.npy", folder / "t.npy"), Dataset(mapped, t), Dataset(x, t)):
+        block_x, block_t = dataset.read(37, 81)
+        assert np.array_equal(block_x, x[37:81]) and np.array_equal(block_t, t[37:81])
+        assert (dataset.rows, dataset.features) == (300, 6)
+    sliced = Dataset(mapped[100:250], t[100:250])  # a slice starts further into the file
+    assert sliced.x.path is not None and np.array_equal(sliced.read(10, 20)[0], x[110:120])
+    np.savez(folder / "d.npz", X=x, y=t)
+    assert np.array_equal(Dataset.from_npz(folder / "d.npz").read(5, 9)[0], x[5:9])
+
+
+def test_a_dataset_refuses_what_it_cannot_stream(files):
+    folder, x, t = files
+    np.savez_compressed(folder / "c.npz", X=x, y=t)
+    with pytest.raises(ValueError, match="compressed .* save it with np.savez"):
+        Dataset.from_npz(folder / "c.npz")
+    np.savez(folder / "d.npz", X=x, y=t)
+    with pytest.raises(ValueError, match=r"holds no array 'features' \(it holds \['X', 'y'\]\)"):
+        Dataset.from_npz(folder / "d.npz", x="features")
+    np.save(folder / "f.npy", np.asfortranarray(x))
+    with pytest.raises(ValueError, match="Fortran order"):
+        Dataset(folder / "f.npy")
+    with pytest.raises(ValueError, match="X has 300 rows but T has 299"):
+        Dataset(folder / "x.npy", t[:-1])
+    with pytest.raises(ValueError, match="must be a .npy"):
+        Dataset(str(folder / "x.csv"))
+    with pytest.raises(TypeError, match="must be a .npy path, a memory-mapped array"):
+        Dataset(3)
+    with open(folder / "x.npy", "r+b") as file:  # truncated after the header was written
+        file.truncate(2000)
+    with pytest.raises(OSError, match="the file ended before row"):
+        Dataset(folder / "x.npy").read(0, 300)
+
+
+def test_an_epoch_reads_whole_chunks_in_a_seeded_order_and_visits_every_row_once(files, monkeypatch):
+    folder, x, t = files
+    dataset = Dataset(folder / "x.npy", t)
+    reads = []
+    read = dataset.read
+    monkeypatch.setattr(dataset, "read", lambda start, stop: reads.append((start, stop)) or read(start, stop))
+    batches = BatchStream(dataset, batch_size=16, seed=3, chunk_rows=64)
+    first = [(rows, xb) for rows, xb, _ in batches.epoch(0)]
+    assert sorted(reads) == [(0, 64), (64, 128), (128, 192), (192, 256), (256, 300)]  # contiguous reads
+    rows = np.concatenate([r for r, _ in first])
+    assert sorted(rows.tolist()) == list(range(300))
+    for r, xb in first:
+        assert np.array_equal(xb, x[r])
+    again = np.concatenate([r for r, _, _ in batches.epoch(0)])
+    other = np.concatenate([r for r, _, _ in batches.epoch(1)])
+    assert np.array_equal(rows, again) and not np.array_equal(rows, other)  # (seed, epoch) alone
+    ordered = np.concatenate([r for r, _, _ in BatchStream(dataset, 16, shuffle=False, chunk_rows=64).epoch(0)])
+    assert np.array_equal(ordered, np.arange(300))
+
+
+def test_fit_on_a_memory_map_equals_fit_in_memory_within_one_chunk(files):
+    folder, x, t = files
+    in_memory, streamed, dataset = build(), build(), build()
+    first = train(in_memory, x, t)
+    second = train(streamed, np.load(folder / "x.npy", mmap_mode="r"), t)
+    third = train(dataset, Dataset(folder / "x.npy", folder / "t.npy"), None)
+    assert first == second == third
+    assert np.array_equal(in_memory.flat.values, streamed.flat.values)
+    assert np.array_equal(in_memory.flat.values, dataset.flat.values)
+
+
+def test_streamed_training_resumes_exactly(files, tmp_path, monkeypatch):
+    folder, _, t = files
+    monkeypatch.setattr(stream, "CHUNK_BYTES", 64 * 6 * 4)  # chunks of 64 rows: the shuffle crosses chunks
+    data = Dataset(folder / "x.npy", t)
+    straight = build()
+    train(straight, data, None, epochs=4)
+    first, optimizer = build(), gn.Adam(lr=0.01)
+    train(first, data, None, optimizer=optimizer, epochs=2)
+    first.save(tmp_path / "half.npz", optimizer=optimizer)
+    resumed = gn.load(tmp_path / "half.npz")
+    train(resumed, data, None, optimizer=gn.load_optimizer(tmp_path / "half.npz", resumed), initial_epoch=2, epochs=4)
+    assert np.array_equal(resumed.flat.values, straight.flat.values)
+
+
+def test_weights_stream_with_their_rows(files):
+    folder, x, t = files
+    w = np.random.default_rng(0).uniform(0, 2, size=300)
+    mapped = np.load(folder / "x.npy", mmap_mode="r")
+    for options in ({"sample_weight": w}, {"class_weight": {0: 0.5, 2: 3.0}}):
+        models = build(), build()
+        assert train(models[0], x, t, **options) == train(models[1], mapped, t, **options)
+        assert np.array_equal(models[0].flat.values, models[1].flat.values)
+
+
+def test_evaluate_and_predict_stream_a_memory_map(files):
+    folder, x, t = files
+    model = build()
+    mapped = np.load(folder / "x.npy", mmap_mode="r")
+    loss = gn.SoftmaxCrossEntropyLoss()
+    expected = model.evaluate(x, t, loss, metrics=("accuracy",), batch_size=64)
+    got = model.evaluate(mapped, t, loss, metrics=("accuracy",), batch_size=64)
+    assert got == pytest.approx(expected, rel=1e-6)
+    assert model.evaluate(Dataset(mapped, t), None, loss)["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    assert np.array_equal(model.predict(mapped, batch_size=50), model.predict(x, batch_size=50))
+
+
+def test_a_stopped_or_failing_stream_ends_its_prefetch_thread(files):
+    folder, _, t = files
+
+    class StopEarly(gn.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                self.model.stop_training = True
+
+    before = threading.active_count()
+    train(build(), np.load(folder / "x.npy", mmap_mode="r"), t, callbacks=[StopEarly()])
+    assert threading.active_count() == before
+    bad = t.copy()
+    bad[250] = 7  # a label out of range, found when its batch is read
+    with pytest.raises(ValueError, match=r"fit: rows .* of the data set: .*labels must lie in \[0, 3\)"):
+        train(build(), np.load(folder / "x.npy", mmap_mode="r"), bad, shuffle=False)
+    assert threading.active_count() == before
+
+
+def test_streaming_refuses_what_it_does_not_do(files):
+    folder, _, t = files
+    mapped = np.load(folder / "x.npy", mmap_mode="r")
+    with pytest.raises(ValueError, match="without validation_split"):
+        train(build(), mapped, t, validation_split=0.2)
+    with pytest.raises(ValueError, match="the Dataset holds no targets"):
+        train(build(), Dataset(mapped), None)
+    with pytest.raises(ValueError, match="a Dataset holds its targets"):
+        train(build(), Dataset(mapped, t), t)
+    with pytest.raises(ValueError, match="X has 6 features but the model expects 4"):
+        gn.Sequential(gn.Dense(4, 3)).fit(mapped, t, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=gn.SGD(lr=0.1),
+                                          verbose=0)
