@@ -38,3 +38,14 @@ def test_readme_api_example_runs(tmp_path, monkeypatch):
     exec(compile(example, "README", "exec"), scope)
     assert scope["probs"][0, 0] > 0.9 and scope["probs"][1, 0] < 0.1
     assert (tmp_path / "m.npz").exists()
+
+
+def test_readme_bridges_example_runs(tmp_path, monkeypatch):
+    for module in ("torch", "sklearn", "onnx"):
+        __import__("pytest").importorskip(module, reason=f"the bridges snippet uses {module}")
+    text = (ROOT / "README.md").read_text()
+    example = text.split("## Bridges to other libraries\n\n```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(example, "README", "exec"), scope)
+    assert scope["probs"].shape == (60, 2) and (tmp_path / "clf.onnx").stat().st_size > 0

@@ -4,8 +4,9 @@ reports their errors as one line), and the backend choice."""
 from __future__ import annotations
 
 import argparse
-import math
 import os
+
+from gpunn import checks
 
 BACKEND_CHOICES = ("auto", "numpy", "cupy")
 BACKEND_HELP = "array backend (default: $GPUNN_BACKEND if set, else auto: the GPU when one is usable)"
@@ -23,54 +24,39 @@ class UserError(Exception):
     """A mistake in what the user asked for; printed as one line, without a traceback."""
 
 
-def hidden_sizes(text: str) -> list[int]:
-    parts = [part.strip() for part in text.split(",")]
-    try:
-        sizes = [int(part) for part in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 128,64 (positive ints, no empty parts), got {text!r}") from None
-    if min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"expected sizes like 128,64 (positive ints), got {text!r}")
-    return sizes
+def option_value(parse_text, check, expected: str):
+    """An argparse type: the option's text read by ``parse_text``, then held to the rule of
+    gpunn.checks that the library's own arguments meet (``check``), with one message: ``expected``."""
+    def parse(text):
+        try:
+            return check(parse_text(text))
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+    return parse
+
+
+def _sizes(text: str) -> list[int]:
+    return [checks.count("--hidden", "size", int(part.strip())) for part in text.split(",")]
+
+
+hidden_sizes = option_value(_sizes, lambda sizes: sizes, "sizes like 128,64 (positive ints, no empty parts)")
+seed = option_value(int, lambda value: checks.seed("option", value), "an int >= 0")
+non_negative = option_value(float, lambda value: checks.number("option", "value", value, low=0.0),
+                            "a finite number >= 0")
 
 
 def positive(kind):
-    expected = f"expected a positive {kind.__name__}" + (" (finite)" if kind is float else "")
-
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{expected}, got {text!r}") from None
-        if not value > 0 or not math.isfinite(value):  # also refuses nan and inf
-            raise argparse.ArgumentTypeError(f"{expected}, got {text!r}")
-        return value
-
-    return parse
-
-
-def seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}")
-    return value
+    if kind is int:
+        return option_value(int, lambda value: checks.count("option", "value", value), "a positive int")
+    return option_value(float, lambda value: checks.positive("option", "value", value), "a positive float (finite)")
 
 
 def fraction(low_inclusive: bool):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = -1.0
-        if not (0 <= value < 1 if low_inclusive else 0 < value < 1):
-            interval = "[0, 1)" if low_inclusive else "(0, 1)"
-            raise argparse.ArgumentTypeError(f"expected a number in {interval}, got {text!r}")
-        return value
-
-    return parse
+    interval = "[0, 1)" if low_inclusive else "(0, 1)"
+    return option_value(float, lambda value: checks.number("option", "value", value, low=0.0, high=1.0,
+                                                           low_open=not low_inclusive, high_open=True),
+                        f"a number in {interval}")
 
 
 def use_backend_option(name: str | None):
@@ -83,16 +69,6 @@ def use_backend_option(name: str | None):
                         f"{', '.join(BACKEND_CHOICES)}")
     gn.use_backend(chosen)
     return gn.get_backend()
-
-
-def non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
 
 
 class Parser(argparse.ArgumentParser):

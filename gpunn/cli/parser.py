@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the pytest-benchmark suite (gpunn on NumPy and CuPy, PyTorch eager and with CUDA "
                     "graphs where installed) and write the raw JSON, a markdown report and a plot named by "
                     f"device and date. Needs {install_command('bench')}.")
-    bench.add_argument("--quick", action="store_true", help="small sizes (the CPU suite in under 3 minutes)")
+    bench.add_argument("--quick", action="store_true", help="small sizes (on 2 CPU cores: about a minute without PyTorch, 3 to 5 with it)")
     bench.add_argument("--backend", choices=["numpy", "cupy", "all"], default="all",
                        help="numpy: CPU peers; cupy: GPU peers; all: whatever can run (default)")
     bench.add_argument("--peers", help="comma-separated implementations, e.g. gpunn-numpy,torch-cpu")

@@ -279,9 +279,7 @@ class Sequential:
             count = sum(int(parameter.value.size) for parameter in layer.parameters())
             rows.append((f"{index} {type(layer).__name__}", f"(None, {width if width is not None else '?'})",
                          f"{count:,}"))
-        leaves = [layer for layer in self.all_layers() if not layer.sublayers()]
-        trainable = sum(int(p.value.size) for layer in leaves if getattr(layer, "trainable", True)
-                        for p in layer.parameters())
+        trainable = sum(int(p.value.size) for p in self.parameters() if p.trainable)
         total = sum(int(parameter.value.size) for parameter in self.parameters())
         header = ("Layer (type)", "Output shape", "Param #")
         widths = [max(len(row[column]) for row in [header, *rows]) + 3 for column in range(3)]

@@ -90,3 +90,14 @@ def test_the_model_is_a_sequence_of_its_layers():
     for bad in ("0", 1.0, True):
         with pytest.raises(TypeError, match="indices must be ints or slices"):
             model[bad]
+
+
+def test_summary_counts_frozen_parameters_as_non_trainable():
+    model = gn.Sequential(gn.Dense(4, 8, seed=0), gn.Tanh(), gn.Residual(gn.Dense(8, 8, seed=1), gn.ReLU()),
+                          gn.Dense(8, 2, seed=2))
+    model.freeze(0)
+    model[2].trainable = False
+    lines = []
+    model.summary(print_fn=lines.append)
+    frozen = 4 * 8 + 8 + 8 * 8 + 8
+    assert f"Non-trainable params: {frozen:,}" in lines and f"Trainable params: {8 * 2 + 2:,}" in lines

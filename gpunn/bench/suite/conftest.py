@@ -13,7 +13,7 @@ from peers import PEERS
 
 def pytest_addoption(parser):
     group = parser.getgroup("gpunn benchmarks")
-    group.addoption("--quick", action="store_true", help="small sizes: the CPU suite in under 3 minutes")
+    group.addoption("--quick", action="store_true", help="small sizes (on 2 CPU cores: about a minute without PyTorch, 3 to 5 with it)")
     group.addoption("--peers", default=",".join(PEERS), help="comma-separated peers to run")
     group.addoption("--threads", type=int, default=None, help="CPU threads for NumPy's BLAS and PyTorch (default: all)")
 
