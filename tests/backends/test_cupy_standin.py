@@ -289,3 +289,16 @@ def test_launches_per_step_do_not_depend_on_sizes(standin):
     assert small == large and small["cublas"] >= 5 and small["kernel"] >= 4
     # A replay is one graph launch; what stays eager is copying the batch in and the loss out.
     assert replayed["graph"] == 1 and replayed["cublas"] == 0 and replayed["kernel"] < small["kernel"]
+
+
+def test_leaving_the_stand_in_gives_back_the_real_backend_modules():
+    """After the block, `from gpunn.backends import cupy_kernels` is the module built on the real CuPy
+    again (the package's attribute, not only sys.modules): a kernel built later is CuPy's own."""
+    import gpunn.backends
+    from gpunn.backends import cupy_kernels as before
+
+    with cupy_standin.installed():
+        from gpunn.backends import cupy_kernels as inside
+        assert inside is not before
+    from gpunn.backends import cupy_kernels as after
+    assert after is before and gpunn.backends.cupy_kernels is before and sys.modules["gpunn.backends.cupy_kernels"] is before

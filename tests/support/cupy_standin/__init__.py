@@ -82,20 +82,23 @@ def installed(block_threads: bool = False, devices: int = 1):
     A kernel whose threads work together (code around its loop: kernels/grid.cuh) runs on CuPy's
     grid of blocks; with ``block_threads`` each block has CuPy's threads, as host threads meeting
     at every ``__syncthreads`` (exact, and slow: for tests of that code), otherwise one thread."""
-    from gpunn.backends import selection as backends
+    import gpunn.backends as package  # a re-import of a submodule rebinds the package's attribute of that name
     from gpunn.backends import cublas
+    from gpunn.backends import selection as backends
 
     saved = {name: sys.modules.get(name) for name in _MODULES + BACKEND_MODULES}
     attributes = [name.rpartition(".")[2] for name in BACKEND_MODULES]
-    saved_attributes = {name: backends.__dict__.get(name) for name in attributes}
+    saved_attributes = {name: package.__dict__.get(name) for name in attributes}
     saved_loader = cublas.load_library
     saved_backend = backends._current.get()  # a `use_backend(...)` without `with` inside must not leak
     device, library = Device(block_threads, devices), CublasLibrary()
     sys.modules.update({"cupy": module, "cupy.cuda": module.cuda, "cupy.cuda.runtime": module.cuda.runtime,
                         "cupy.cuda.nccl": module.cuda.nccl})
     _forget_nccl_probe()
-    for name in BACKEND_MODULES:
+    for name in BACKEND_MODULES:  # imported afresh on the stand-in, by `import` and `from ... import` alike
         sys.modules.pop(name, None)
+    for name in attributes:
+        package.__dict__.pop(name, None)
     cublas.load_library = lambda runtime_major: library  # the wheel search is tests/backends/test_cublas_loading.py's
     _device._current.append(device)
     backends._instance.cache_clear()  # the cached "cupy" backend must be built on the stand-in
@@ -115,9 +118,9 @@ def installed(block_threads: bool = False, devices: int = 1):
                 sys.modules[name] = value
         for name, value in saved_attributes.items():
             if value is None:
-                backends.__dict__.pop(name, None)
+                package.__dict__.pop(name, None)
             else:
-                setattr(backends, name, value)
+                setattr(package, name, value)
         backends._instance.cache_clear()
         backends._current.set(saved_backend)
 
