@@ -41,11 +41,19 @@ def test_there_are_pages_and_snippets():
     assert sum(1 for _ in snippets()) >= len(PAGES)
 
 
+#: Libraries a snippet may show gpunn beside that no extra installs (PyPI's torch is a CUDA build of
+#: several GB): such a snippet runs where the library is installed and skips, saying so, where not.
+PEERS = ("torch", "jax")
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("page, index, code", list(snippets()))
 def test_snippet_runs(page, index, code, tmp_path, monkeypatch):
     if "distributed" in code:  # an MPI world of one: needs mpi4py (the test and mpi extras)
         pytest.importorskip("mpi4py")
+    for peer in PEERS:
+        if re.search(rf"^\s*(import|from) {peer}\b", code, re.MULTILINE):
+            pytest.importorskip(peer, reason=f"{page.name} block {index} shows gpunn beside {peer}, not installed")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # gpunn.distributed.init may install one
     precision = gn.get_matmul_precision()
