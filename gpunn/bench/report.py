@@ -73,6 +73,8 @@ def run_suite(out_dir: Path, quick: bool, peers: str, groups: list[str], keyword
     env = dict(os.environ, **{name: str(threads) for name in
                               ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
     env.setdefault("OPENBLAS_THREAD_TIMEOUT", OPENBLAS_THREAD_TIMEOUT)
+    for name in [name for name in env if name.startswith("PYTEST_XDIST_")]:  # a run started from a test worker:
+        del env[name]  # pytest-benchmark disables timing in any process that says it is an xdist worker
     raws = []
     for index in range(passes):
         raw = out_dir / f".raw-{os.getpid()}-{index}.json"

@@ -121,3 +121,19 @@ def test_unknown_peers_and_empty_selections_say_so(tmp_path):
         bench.run_suite(tmp_path, True, "gpunn-numpy,bogus", [], None, 1, 0.001, 1)
     with pytest.raises(RuntimeError, match="measured nothing .*check --peers, --case and -k"):
         bench.run_suite(tmp_path, True, "gpunn-numpy", ["matmul"], "no_such_case", 1, 0.001, 1)
+
+
+def test_a_run_started_inside_a_test_worker_still_times(monkeypatch, tmp_path):
+    """pytest-benchmark turns timing off in a process whose environment says it is an xdist worker; a
+    suite started from one (CI's benchmark step runs under xdist) must not inherit that."""
+    seen = {}
+
+    def capture(command, env=None, **options):
+        seen.update(env)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    monkeypatch.setattr(bench.subprocess, "run", capture)
+    with pytest.raises(RuntimeError, match="stop here"):
+        bench.run_suite(tmp_path, True, "gpunn-numpy", [], None, 1, 0.001, 1)
+    assert seen and not any(name.startswith("PYTEST_XDIST_") for name in seen)
