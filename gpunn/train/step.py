@@ -71,6 +71,8 @@ class TrainStep:
     def prepare_data(model, loss, X, T):
         _check_instance("loss", loss, _loss_type(), "gn.MSELoss()")
         x = model.as_input(X, "X")
+        if hasattr(T, "__dlpack__") and not model.backend.is_array(T):  # another library's array: read in place
+            T = model.backend.asarray(T)
         if not hasattr(T, "__len__") or getattr(T, "ndim", 1) == 0 or isinstance(T, (str, bytes)):
             raise ValueError(f"T must hold one target per row of X, got {type(T).__name__} {T!r:.40}")
         rows = T.shape[0] if hasattr(T, "shape") else len(T)

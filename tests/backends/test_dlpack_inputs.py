@@ -7,7 +7,34 @@ import pytest
 
 import gpunn as gn
 
-torch = pytest.importorskip("torch", reason="PyTorch is the DLPack producer these tests use")
+
+class Producer:
+    """Another library's CPU array: it speaks DLPack (by way of a NumPy array it owns) and nothing else."""
+
+    def __init__(self, array):
+        self._array = array
+
+    def __dlpack__(self, **options):
+        return self._array.__dlpack__(**options)
+
+    def __dlpack_device__(self):
+        return self._array.__dlpack_device__()
+
+
+def test_any_dlpack_producer_is_read_in_place_on_the_cpu(rng):
+    """Without PyTorch: a producer that is not NumPy goes through np.from_dlpack, with no copy."""
+    with gn.use_backend("numpy"):
+        x = rng.normal(size=(6, 3))
+        model = gn.Sequential(gn.Dense(3, 4, seed=0, dtype="float64"), gn.Tanh())
+        assert np.shares_memory(model.as_input(Producer(x)), x)
+        np.testing.assert_array_equal(model.predict(Producer(x)), model.predict(x))
+        labels = np.arange(6) % 2
+        model.fit(Producer(x), Producer(labels), loss=gn.SoftmaxCrossEntropyLoss(), optimizer=gn.SGD(lr=0.1),
+                  epochs=1, verbose=0)
+
+
+def needs_torch():
+    return pytest.importorskip("torch", reason="PyTorch is the DLPack producer this test uses")
 
 
 class OnDevice:
@@ -28,6 +55,7 @@ def mlp(dtype="float64"):
 
 
 def test_torch_cpu_tensors_are_shared_not_copied_and_give_numpys_results(backend, rng):
+    torch = needs_torch()
     x = rng.normal(size=(12, 3))
     labels = rng.integers(0, 2, size=12)
     tx, tlabels = torch.from_numpy(x.copy()), torch.from_numpy(labels.copy())
@@ -45,11 +73,13 @@ def test_torch_cpu_tensors_are_shared_not_copied_and_give_numpys_results(backend
 
 
 def test_a_float32_tensor_into_a_float64_model_is_converted(backend):
+    torch = needs_torch()
     tensor = torch.arange(6, dtype=torch.float32).reshape(2, 3)
     np.testing.assert_allclose(mlp().predict(tensor), mlp().predict(tensor.numpy().astype(np.float64)))
 
 
 def test_a_tensor_that_requires_grad_is_a_clear_error_with_torchs_fix(backend):
+    torch = needs_torch()
     with pytest.raises(TypeError, match="cannot be shared through DLPack.*detach"):
         mlp().predict(torch.ones(2, 3, dtype=torch.float64, requires_grad=True))
 
