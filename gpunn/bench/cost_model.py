@@ -178,8 +178,8 @@ def traffic(kernel, arguments) -> tuple[int, int, int]:
 # --- compiling as CuPy does --------------------------------------------------------------------
 def cupy_source(kernel, arguments, index_32_bits: bool = True) -> tuple[str, tuple]:
     """(source, options) of an ElementwiseKernel launch as CuPy 14.2 generates them
-    (cupy/_core/_kernel.pyx, ``_get_elementwise_kernel_code``; tests/kernels/test_nvrtc_compile.py
-    checks the same generator for every kernel and reductions too)."""
+    (cupy/_core/_kernel.pyx, ``_get_elementwise_kernel_code``). tests/kernels/test_nvrtc_compile.py
+    compiles every elementwise kernel through this function and the reductions through its own code."""
     import cupy
     import numpy
     from cupy._core import _carray, _kernel, _scalar

@@ -25,6 +25,7 @@ except ImportError as error:  # the README's test command installs it: pip insta
     raise RuntimeError("the NVRTC compile check needs CuPy: pip install -e '.[test,cuda13]'") from error
 
 from gpunn.backends import cupy_kernels
+from gpunn.bench import cost_model
 
 #: (architecture, 32-bit indexing): CuPy indexes with 64 bits for arrays of 2**31 elements or more.
 TARGETS = [("90", True), ("90", False), ("80", True)]
@@ -64,17 +65,13 @@ def generated_source(kernel, arguments, index_32_bits):
     """(source, options) exactly as CuPy builds them for this launch."""
     _kernel, _reduction, _, _, ArgInfo, Indexer, CScalar, *_ = internals()
     try:
-        if isinstance(kernel, cupy.ElementwiseKernel):
-            infos, ndim = array_infos(arguments, index_32_bits)
+        if isinstance(kernel, cupy.ElementwiseKernel):  # the cost model compiles from the same generator
             in_dtypes = tuple(np.dtype(a.dtype) if a.kind != "scalar" else None for a in arguments[:kernel.nin])
             out_dtypes = tuple(np.dtype(a.dtype) for a in arguments[kernel.nin:])
-            in_types, _, type_map = kernel._decide_params_type(in_dtypes, out_dtypes)
+            in_types, _, _ = kernel._decide_params_type(in_dtypes, out_dtypes)
             for arg, decided in zip(arguments, in_types):  # CuPy casts a scalar to its parameter's type
                 assert arg.kind != "scalar" or np.dtype(decided) == np.dtype(arg.dtype), (arg, decided)
-            infos.append(ArgInfo(INDEXER, Indexer, None, ndim, True, index_32_bits))
-            options = kernel.kwargs.get("options", ())
-            return _kernel._get_elementwise_kernel_code(tuple(infos), type_map, kernel.params, kernel.operation,
-                                                        kernel.name, kernel.preamble, **kernel.kwargs), options
+            return cost_model.cupy_source(kernel, arguments, index_32_bits)
         # A ReductionKernel over every element of contiguous inputs (gpunn's loss means): the inputs
         # collapse to 1-d, the output is 0-d, the block stride is an int32 scalar, and ``IndexT`` is
         # int32 unless there are 2**31 elements or more (_AbstractReductionKernel._call). CUB takes
@@ -105,11 +102,8 @@ def generated_source(kernel, arguments, index_32_bits):
 
 def compile_for(kernel, source, options, arch):
     """The cubin NVRTC makes of ``source`` with the options CuPy's compile_with_cache passes."""
-    *_, assemble, headers, NVRTCProgram = internals()
-    full_source = "".join(f"#include <{header}>\n" for header in headers) + source
-    full_options = assemble(tuple(options)) + ("-ftz=true", f"-arch=sm_{arch}", "--device-as-default-execution-space")
-    cubin, _ = NVRTCProgram(full_source, f"{kernel.name}.cu", method="cubin").compile(full_options)
-    return cubin
+    internals()  # a CuPy whose compiler moved fails with the message above
+    return cost_model.nvrtc_cubin(kernel.name, source, options, arch)
 
 
 def compile_kernel(op, variant, dtype):
