@@ -6,7 +6,16 @@ import os
 import numpy as np
 import pytest
 
-from gpunn.cli.data import DataError, Standardizer, encode_labels, load_table, read_features, regression_targets
+from gpunn.cli.data import DataError, Standardizer, encode_labels, load_files, read_table, regression_targets
+from gpunn.cli.encoding import Encoding
+
+
+def load_table(path, label="label", task="auto"):
+    """One file as gpunn train reads it: its labels, and its columns encoded (numbers stay as they are)."""
+    data = load_files(path, label, task)
+    table = data.files[0][1]
+    data.X = Encoding.fit(table, np.arange(table.rows), None, path).encode(table, path)
+    return data
 
 
 def write(path, text, encoding="utf-8"):
@@ -104,10 +113,10 @@ def test_npz_files(tmp_path):
     np.save(tmp_path / "x.npy", np.ones((3, 2)))
     os.rename(tmp_path / "x.npy", tmp_path / "x.npz")
     with pytest.raises(DataError, match="a single .npy array renamed .npz"):
-        read_features(tmp_path / "x.npz")
+        read_table(tmp_path / "x.npz")
     np.savez(tmp_path / "c.npz", X=np.ones((3, 2)) * 1j, y=np.arange(3))
     with pytest.raises(DataError, match="complex"):
-        read_features(tmp_path / "c.npz")
+        read_table(tmp_path / "c.npz")
     np.savez(tmp_path / "f.npz", X=np.ones((4, 2)), y=np.array([1.0, 2.0, 1.0, 2.0]))
     assert load_table(tmp_path / "f.npz").classes.tolist() == ["1", "2"]
     np.savez(tmp_path / "g.npz", X=np.ones((4, 2)), y=np.array([0.5, 2.0, 1.0, 2.0]))
