@@ -149,11 +149,12 @@ def regression_targets(raw, path, label="label") -> np.ndarray:
         _check_present(text, path, label)
         numbers = _as_numbers(text)
         if numbers is None:
-            bad = next(cell for cell in text.tolist() if _as_numbers(np.array([cell])) is None)
+            row, bad = next((row, cell) for row, cell in enumerate(text.tolist()) if not table_io.is_number(cell))
             raise DataError(f"{path}: --task regress needs numbers in the label column {label!r}, "
-                            f"found {bad!r}")
+                            f"found {bad!r} (data row {row + 1})")
     if not np.all(np.isfinite(numbers)):
-        raise DataError(f"{path}: labels contain NaN or Inf")
+        bad = np.flatnonzero(~np.isfinite(numbers))
+        raise DataError(f"{path}: labels contain NaN or Inf ({len(bad)} rows, first: data row {bad[0] + 1})")
     if np.ptp(numbers) == 0:
         raise DataError(f"{path}: every target is {numbers[0]:g}; there is nothing to learn")
     return numbers
@@ -290,7 +291,7 @@ def _feature_column(column, name, path) -> np.ndarray:
         return table_io.numbers(text, name, path)
     except ValueError as error:
         cells = text.to_pylist()
-        if any(cell is not None and table_io._number(cell) for cell in cells):
+        if any(cell is not None and table_io.is_number(cell) for cell in cells):
             raise DataError(f"{error}; is the label column named something other than the --label given?") from None
     return np.array(cells, dtype=object)
 

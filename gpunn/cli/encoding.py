@@ -127,7 +127,7 @@ class Encoding:
         unseen = np.flatnonzero(known[codes] != text)
         if len(unseen):
             shown = ", ".join(map(repr, column.categories[:10])) + (", ..." if len(known) > 10 else "")
-            raise DataError(f"{source}: column {column.name!r} holds {text[unseen[0]]!r} in data row {unseen[0] + 1} "
+            raise DataError(f"{source}: column {column.name!r} holds {str(text[unseen[0]])!r} in data row {unseen[0] + 1} "
                             f"({len(unseen)} such rows), a category the training data never had ({shown}); the model "
                             "has no input for it: drop those rows, or retrain with them in --data")
         return np.eye(len(known))[codes]

@@ -69,7 +69,7 @@ def numbers(column, name: str, where: str, first_row: int = 0) -> np.ndarray:
         try:
             column = pa.compute.cast(column, pa.float64())
         except pa.ArrowInvalid:
-            bad = next(row for row, cell in enumerate(column.to_pylist()) if cell is not None and not _number(cell))
+            bad = next(row for row, cell in enumerate(column.to_pylist()) if cell is not None and not is_number(cell))
             raise ValueError(f"{where}: column {name!r} holds {column[bad].as_py()!r} in data row {first_row + bad + 1}, not a "
                              "number") from None
     elif not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
@@ -78,7 +78,8 @@ def numbers(column, name: str, where: str, first_row: int = 0) -> np.ndarray:
     return pa.compute.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
 
 
-def _number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """Whether Python reads the text as a float (the cell that a failed cast names)."""
     try:
         float(text)
     except ValueError:
