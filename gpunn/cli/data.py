@@ -245,7 +245,8 @@ def _read_arrow(path, label, kind) -> Table:
             header = table_io.csv_header(path)
             names = [name.strip() for name in header]
             _check_names(path, names)
-            data = table_io.read_csv_text(path, header).rename_columns(names)
+            labels = [raw for raw, name in zip(header, names) if name == label]
+            data = table_io.read_csv(path, text=labels).rename_columns(names)
         else:
             data = pa.parquet.read_table(path)
             names = [str(name) for name in data.column_names]
@@ -260,14 +261,16 @@ def _read_arrow(path, label, kind) -> Table:
     labels = None
     if label is not None and label in names:
         column = data.column(label)
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_dictionary(column.type):
-            labels = np.array(["" if cell is None else cell for cell in column.cast(pa.string()).to_pylist()], dtype=str)
+        if pa.types.is_dictionary(column.type):
+            column = column.combine_chunks().dictionary_decode()
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            labels = np.array(["" if cell is None else cell for cell in column.to_pylist()], dtype=str)
         elif column.null_count:
             empty = np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))
             raise DataError(f"{path}: {len(empty)} rows have an empty label (first: data row {empty[0] + 1}); "
                             f"fill or drop them (label column {label!r})")
         else:
-            labels = column.to_numpy()
+            labels = np.array(column.to_pylist())  # Arrow's to_numpy would import pandas
         data = data.drop_columns([label])
     features = [name for name in names if name != label] if labels is not None else names
     return Table([_feature_column(data.column(index), name, path) for index, name in enumerate(features)],
@@ -279,7 +282,7 @@ def _feature_column(column, name, path) -> np.ndarray:
     missing); a column of numbers with a stray word is refused, naming the cell."""
     pa = table_io.arrow()
     if pa.types.is_dictionary(column.type):
-        column = column.cast(pa.string())
+        column = column.combine_chunks().dictionary_decode()
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         try:
             return table_io.numbers(column, name, path)
