@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("input", help=".csv or .parquet with the training feature columns by name (a label column "
                                        "is ignored), .npz (array X, columns in training order) or .npy (the "
                                        "features, or the features and the target as the last column)")
-    predict.add_argument("--label", help="a CSV column to ignore as the label (default: the training label)")
+    predict.add_argument("--label", help="a CSV or Parquet column to ignore as the label (default: the training label)")
     predict.add_argument("--out", help="write the CSV here instead of to standard output")
     predict.add_argument("--backend", choices=BACKEND_CHOICES, help=BACKEND_HELP)
     predict.set_defaults(command="predict")
