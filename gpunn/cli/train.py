@@ -64,6 +64,11 @@ def split(args) -> Split:
         raise UserError("gpunn train: --task regress needs --data with a numeric label column")
     if not args.data and (args.validation_data or args.test_data or args.impute):
         raise UserError("gpunn train: --validation-data, --test-data and --impute apply to --data")
+    for part in ("validation", "test"):
+        fraction = f"{part}_fraction"
+        if getattr(args, f"{part}_data") and getattr(args, fraction) != args.run_settings[fraction]:
+            raise UserError(f"gpunn train: --{part}-data is the {part} part, so --{part}-fraction would be ignored; "
+                            "drop one of them")
     dataset = (load_files(args.data, args.label, args.task, args.validation_data, args.test_data) if args.data
                else load_digits())
     sizes = [table.rows for _, table in dataset.files] or [len(dataset.y)]

@@ -172,6 +172,9 @@ def test_validation_and_test_files_replace_the_split_and_must_match_the_columns(
     other = frame(20)
     other["label"] = 7
     other.to_csv(tmp_path / "other.csv", index=False)
+    assert "--test-fraction would be ignored" in user_error(
+        capsys, "train", "--data", tmp_path / "d.csv", "--test-data", tmp_path / "t.csv", "--test-fraction", "0.3",
+        "--out", tmp_path / "r5", *FAST)
     assert "label(s) '7' are no class of --data" in user_error(
         capsys, "train", "--data", tmp_path / "d.csv", "--test-data", tmp_path / "other.csv", "--out", tmp_path / "r4", *FAST)
 
