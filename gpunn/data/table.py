@@ -121,11 +121,14 @@ def csv_row_starts(path, every: int) -> tuple[np.ndarray, int]:
             if not block:
                 break
             data = np.frombuffer(block, np.uint8)
-            quoted = (np.cumsum(data == ord('"')) + quotes) & 1
+            quoted = np.bitwise_xor.accumulate((data == ord('"')).view(np.uint8)) ^ quotes  # 1 inside quotes
             quotes = int(quoted[-1])
             ends = np.flatnonzero((data == ord("\n")) & (quoted == 0)) + position
             if position + len(block) == size and (data[-1] != ord("\n") or quoted[-1]):
                 ends = np.append(ends, size)  # a last row without a newline
+            if len(ends) == 0:  # a row longer than the block goes on
+                position, last_byte = position + len(block), block[-1:]
+                continue
             begins = np.concatenate([[previous_end + 1], ends[:-1] + 1])
             lengths = ends - begins
             context = np.frombuffer(last_byte + block, np.uint8)  # the byte before this block, for a \r line
@@ -136,10 +139,8 @@ def csv_row_starts(path, every: int) -> tuple[np.ndarray, int]:
             numbered = np.arange(rows, rows + len(kept))  # -1 is the header
             starts.append(kept[(numbered >= 0) & (numbered % every == 0)])
             rows += len(kept)
-            if len(ends):
-                previous_end = int(ends[-1])
-            position += len(block)
-            last_byte = block[-1:]
+            previous_end = int(ends[-1])
+            position, last_byte = position + len(block), block[-1:]
     rows = max(rows, 0)
     end = previous_end + 1 if previous_end >= 0 else size
     return np.concatenate([*starts, [end]]).astype(np.int64), rows

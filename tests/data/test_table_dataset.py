@@ -23,6 +23,7 @@ def frame(rng):
 @pytest.fixture(params=["csv", "parquet"])
 def path(request, tmp_path, frame, monkeypatch):
     monkeypatch.setattr(table, "INDEX_EVERY", 7)  # index blocks far smaller than a read: reads cross them
+    monkeypatch.setattr(table, "_SCAN_BYTES", 1000)  # and the index's pass reads the file in many blocks
     path = tmp_path / f"d.{request.param}"
     if request.param == "csv":
         frame.to_csv(path, index=False, float_format="%.17g")
@@ -64,8 +65,10 @@ def test_fit_evaluate_predict_stream_a_table_as_they_stream_npy(path, frame, tmp
     assert np.array_equal(from_table.predict(features, batch_size=50), from_table.predict(x, batch_size=50))
 
 
-def test_csv_layouts_pyarrow_reads_are_indexed_alike(tmp_path, monkeypatch):
+@pytest.mark.parametrize("scan_bytes", [1, 2, 5, 2**24])  # the index's pass reads blocks: rows cross them
+def test_csv_layouts_pyarrow_reads_are_indexed_alike(tmp_path, monkeypatch, scan_bytes):
     monkeypatch.setattr(table, "INDEX_EVERY", 1)
+    monkeypatch.setattr(table, "_SCAN_BYTES", scan_bytes)
     path = tmp_path / "odd.csv"  # blank lines, CRLF, a quoted newline (also in the header), a doubled quote, no last newline
     path.write_bytes(b'\r\nx,"na\nme",y\r\n\r\n1,"a\r\n""b""",2\r\n3,c,4\n\n5,d,6')
     data = TableDataset(path, target="y", features=["x"])
