@@ -138,3 +138,25 @@ def test_standardizer_survives_extreme_magnitudes(rng, magnitude):
     unit = column / magnitude  # the reference, computed where nothing overflows or underflows
     np.testing.assert_allclose(scaled[:, 0], (unit - unit.mean()) / unit.std(), rtol=1e-9, atol=1e-9)
     assert np.all(scaled[:, 1] == 0)  # a constant column stays finite (std 1)
+
+
+def test_random_number_cells_read_as_python_reads_them(tmp_path, rng):
+    """Cells in the spellings people write (exponents, signs, padding, many digits, missing markers)
+    read by PyArrow as Python's float() reads them; a missing marker is NaN."""
+    spellings = [lambda v: repr(v), lambda v: f"{v:.3e}", lambda v: f"  {v:+.5f} ", lambda v: f"{v:.17g}",
+                 lambda v: f"{v:E}", lambda v: str(int(v * 1000))]
+    missing = ["", "NA", "nan", "NaN", "null", "N/A"]
+    cells = []
+    for _ in range(200):
+        row = []
+        for column in range(5):
+            if rng.random() < 0.05:
+                row.append(missing[rng.integers(len(missing))])
+            else:
+                row.append(spellings[rng.integers(len(spellings))](float(rng.normal() * 10.0 ** rng.integers(-8, 9))))
+        cells.append(row)
+    with open(tmp_path / "r.csv", "w") as file:
+        file.write("a,b,c,d,e,label\n" + "".join(",".join(row) + f",{i % 2}\n" for i, row in enumerate(cells)))
+    table = read_table(tmp_path / "r.csv")
+    expected = np.array([[np.nan if cell.strip() in missing else float(cell) for cell in row] for row in cells])
+    np.testing.assert_array_equal(np.column_stack(table.columns), expected)
