@@ -257,7 +257,8 @@ def _read_arrow(path, label, kind) -> Table:
         what = "CSV" if kind == ".csv" else "Parquet file"
         raise DataError(f"{path}: unreadable {what} ({error})") from None
     if data.num_rows == 0:
-        raise DataError(f"{path}: a {kind[1:].upper()} needs a header row and at least one data row")
+        raise DataError(f"{path}: a CSV needs a header row and at least one data row" if kind == ".csv" else
+                        f"{path}: the Parquet file holds no rows")
     labels = None
     if label is not None and label in names:
         column = data.column(label)

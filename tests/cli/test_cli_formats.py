@@ -216,6 +216,9 @@ def test_text_in_a_number_column_and_identifier_columns_are_refused(capsys, tmp_
     (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
     assert "column 'b' holds 'oops' in data row 5, not a number" in user_error(
         capsys, "train", "--data", tmp_path / "d.csv", "--out", tmp_path / "run", *FAST)
+    (tmp_path / "ids.csv").write_text("id,a,label\n" + "".join(f"user{i},{i},{i % 2}\n" for i in range(1001)))
+    assert "text column 'id' holds 1001 distinct values, too many to one-hot encode" in user_error(
+        capsys, "train", "--data", tmp_path / "ids.csv", "--out", tmp_path / "run", *FAST)
 
 
 def test_without_pyarrow_csv_and_parquet_say_how_to_install_it(capsys, tmp_path, monkeypatch):
