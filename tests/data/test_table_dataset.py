@@ -106,3 +106,16 @@ def test_without_pyarrow_the_message_says_how_to_install_it(tmp_path, monkeypatc
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow raises ImportError
     with pytest.raises(ImportError, match=f"needs PyArrow: {install_command('data')}".replace("[", "\\[").replace(".", "\\.")):
         TableDataset(tmp_path / "d.csv", target="label")
+
+
+def test_training_on_a_table_resumes_exactly(path, tmp_path, monkeypatch):
+    monkeypatch.setattr(stream, "CHUNK_BYTES", 64 * 6 * 8)  # the shuffle crosses chunks
+    data = TableDataset(path, target="label")
+    straight = build()
+    train(straight, data, None, epochs=4)
+    first, optimizer = build(), gn.Adam(lr=0.01)
+    train(first, data, None, optimizer=optimizer, epochs=2)
+    first.save(tmp_path / "half.npz", optimizer=optimizer)
+    resumed = gn.load(tmp_path / "half.npz")
+    train(resumed, data, None, optimizer=gn.load_optimizer(tmp_path / "half.npz", resumed), initial_epoch=2, epochs=4)
+    assert np.array_equal(resumed.flat.values, straight.flat.values)
