@@ -1,19 +1,39 @@
 """What ``gpunn train`` stores beside the model, and the checks ``gpunn predict`` makes on it.
 
-A checkpoint is a model file whose extras hold the task, the feature scaler, the feature and
-label column names, and the class names (classification) or the target scaler (regression).
+A checkpoint is a model file whose extras hold the task, the feature encoding (one-hot categories,
+--impute's fills), the feature scaler, the feature and label column names, and the class names
+(classification) or the target scaler (regression).
 Reading one back checks that every piece is there and fits the model, so ``predict`` never
 pairs a model with the wrong classes or scaler.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from gpunn.cli.data import DataError, Standardizer, Table
+from gpunn.cli.encoding import Encoding
+from gpunn.cli.options import UserError
 from gpunn.io.model_file import ModelFileError
+
+
+def checkpoint_path(source: str, command: str) -> str:
+    """A run folder's best.npz, else its last.npz (with a note: no validation epoch was best), or the file."""
+    if not os.path.isdir(source):
+        return source
+    best, last = os.path.join(source, "best.npz"), os.path.join(source, "last.npz")
+    if os.path.isfile(best):
+        return best
+    if os.path.isfile(last):
+        print(f"gpunn {command}: note: {source} has no best.npz (the run had no validation rows), so its last.npz "
+              "is used", file=sys.stderr)
+        return last
+    raise UserError(f"gpunn {command}: {source} holds neither best.npz nor last.npz (is it a gpunn train --out "
+                    "folder?)")
 
 
 @dataclass
@@ -26,9 +46,12 @@ class Checkpoint:
     features: list[str] | None = None  # the training file's feature columns, in the model's order
     label: str | None = None  # the training file's label column
     data_digest: np.ndarray | None = None  # gpunn train: a digest of the train, validation and test rows
+    encoding: Encoding | None = None  # the feature columns → the model's inputs; None: numbers, as they are
 
     def extras(self) -> dict:
         extras = {"task": np.array(self.task), "mean": self.scaler.mean, "std": self.scaler.std}
+        if self.encoding is not None and (self.encoding.categorical or self.encoding.impute):  # else: numbers as they are
+            extras["encoding"] = self.encoding.to_extra()
         if self.classes is not None:
             extras["classes"] = np.asarray(self.classes, dtype=str)
         if self.target_scaler is not None:
@@ -78,10 +101,19 @@ class Checkpoint:
         if not np.all(scaler.std > 0):
             raise fail("the feature scaler's 'std' holds zeros or negatives")
         checkpoint = cls(model, task, scaler, features=text("features", 1), label=text("label", 0))
-        if checkpoint.features is not None and (len(checkpoint.features) != width
-                                                or len(set(checkpoint.features)) != width):
+        if "encoding" in extras:
+            try:
+                checkpoint.encoding = Encoding.from_extra(extras["encoding"])
+            except ValueError as error:
+                raise fail(f"the checkpoint's feature encoding is damaged ({error})") from None
+            if checkpoint.encoding.width != width:
+                raise fail(f"the checkpoint's feature encoding makes {checkpoint.encoding.width} inputs but the model "
+                           f"takes {width}")
+        columns = width if checkpoint.encoding is None else len(checkpoint.encoding.columns)
+        if checkpoint.features is not None and (len(checkpoint.features) != columns
+                                                or len(set(checkpoint.features)) != columns):
             raise fail(f"the checkpoint names {len(checkpoint.features)} features (unique: "
-                       f"{len(set(checkpoint.features))}) but the model takes {width}")
+                       f"{len(set(checkpoint.features))}) but the model takes {columns}")
         outputs = model.out_features
         if task == "classify":
             classes = text("classes", 1)
@@ -102,10 +134,13 @@ class Checkpoint:
         return checkpoint
 
     def inputs(self, table: Table, source) -> np.ndarray:
-        """The table's features in the model's column order, standardised. Columns are matched
-        by name when both sides have names (a missing or unexpected column is an error), else
-        by position."""
-        X = table.X
+        """The table's features in the model's column order, encoded and standardised. Columns are
+        matched by name when both sides have names (a missing or unexpected column is an error), else
+        by position (an .npy one column wider than the features has its target last: it is dropped)."""
+        encoding = self.encoding
+        if encoding is None:
+            encoding = Encoding.numeric(self.features or [f"column {i + 1}" for i in range(self.model.in_features)])
+        columns = len(encoding.columns)
         if self.features is not None and table.features is not None:
             missing = [name for name in self.features if name not in table.features]
             unexpected = [name for name in table.features if name not in self.features]
@@ -114,9 +149,10 @@ class Checkpoint:
                         ([f"unexpected column(s) {', '.join(map(repr, unexpected))}"] if unexpected else [])
                 raise DataError(f"{source}: {'; '.join(parts)}; the model was trained on "
                                 f"{', '.join(map(repr, self.features))} (label column {self.label!r})")
-            X = X[:, [table.features.index(name) for name in self.features]]
-        elif X.shape[1] != self.model.in_features:
-            raise DataError(f"{source}: {X.shape[1]} features, but the checkpoint expects {self.model.in_features}")
+            table = table.select(self.features)
+        elif len(table.columns) != columns and not (str(source).endswith(".npy") and len(table.columns) == columns + 1):
+            raise DataError(f"{source}: {len(table.columns)} features, but the checkpoint expects {columns}")
+        X = encoding.encode(Table(table.columns[:columns], None, None), source)
         with np.errstate(over="ignore", invalid="ignore"):
             scaled = self.scaler(X)
             too_large = ~np.isfinite(scaled.astype(self.model.dtype))

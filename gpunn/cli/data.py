@@ -1,6 +1,9 @@
-"""Datasets for the command line: scikit-learn's bundled digits, and a user's .npz or .csv.
+"""Datasets for the command line: scikit-learn's bundled digits, and a user's .csv, .parquet, .npz or .npy.
 
-Everything here works on the host with NumPy; the model moves batches to its device. Labels
+CSV and Parquet files are read whole by PyArrow (C++; a CSV's cells are parsed in place, not as a
+Python string each), .npy files memory-mapped. Feature columns stay as they were read (numbers with
+NaN where a cell is missing, or text) until ``gpunn.cli.encoding`` turns them into the model's
+inputs. Everything here works on the host with NumPy; the model moves batches to its device. Labels
 are read as text (a code above 2^53 or with leading zeros stays itself); a numeric label
 column that looks like a measured quantity is refused for classification, with the advice
 to train a regression (``--task regress``) instead.
@@ -8,19 +11,23 @@ to train a regression (``--task regress``) instead.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
+from gpunn.data import table as table_io
 from gpunn.extras import install_command
 
 TASKS = ("auto", "classify", "regress")
 # A numeric label column with more distinct values than this, and more than half the rows
 # distinct, is almost surely a quantity to regress rather than classes ("auto" refuses it).
 MAX_AUTO_CLASSES = 20
+#: Cells of a feature column that mean "missing" (PyArrow's list: empty, NA, N/A, NaN, null, #N/A, ...).
+MISSING_TEXT = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "N/A", "NA",
+                "NULL", "NaN", "n/a", "nan", "null"]
 
 
 class DataError(ValueError):
@@ -29,20 +36,33 @@ class DataError(ValueError):
 
 @dataclass
 class Table:
-    """What a data file holds: features, the raw label column (if any), feature names (CSV)."""
+    """What a data file holds: its feature columns as read, the raw label column (if any), and the
+    feature column names (None for .npz and .npy, whose columns go by position)."""
 
-    X: np.ndarray  # (samples, features), float64, finite
-    labels: np.ndarray | None  # (samples,), text from a CSV, the array y from an .npz
-    features: list[str] | None  # the CSV's feature column names; None for an .npz
+    columns: list[np.ndarray]  # float64 (NaN where a cell is missing), or text: object arrays (None where missing)
+    labels: np.ndarray | None  # (samples,), text from a CSV, the stored values from Parquet, .npz and .npy
+    features: list[str] | None
+
+    @property
+    def rows(self) -> int:
+        return len(self.columns[0]) if self.columns else 0
+
+    @property
+    def names(self) -> list[str]:
+        return self.features if self.features is not None else [f"column {i + 1}" for i in range(len(self.columns))]
+
+    def select(self, names: list[str]) -> "Table":
+        return Table([self.columns[self.names.index(name)] for name in names], self.labels, list(names))
 
 
 @dataclass
 class Dataset:
-    X: np.ndarray  # (samples, features), float64
+    X: np.ndarray | None  # (samples, features), float64: for files, the encoded columns (train.split encodes them)
     y: np.ndarray  # (samples,): int class indices, or float64 targets for a regression
     classes: np.ndarray | None  # class label of each index, as strings; None for a regression
     name: str
     features: list[str] | None = None
+    files: list = dataclasses.field(default_factory=list)  # [(path, Table)]: --data, then the validation and test files
 
 
 def load_digits() -> Dataset:
@@ -129,48 +149,60 @@ def regression_targets(raw, path, label="label") -> np.ndarray:
         _check_present(text, path, label)
         numbers = _as_numbers(text)
         if numbers is None:
-            bad = next(cell for cell in text.tolist() if _as_numbers(np.array([cell])) is None)
+            row, bad = next((row, cell) for row, cell in enumerate(text.tolist()) if not table_io.is_number(cell))
             raise DataError(f"{path}: --task regress needs numbers in the label column {label!r}, "
-                            f"found {bad!r}")
+                            f"found {bad!r} (data row {row + 1})")
     if not np.all(np.isfinite(numbers)):
-        raise DataError(f"{path}: labels contain NaN or Inf")
+        bad = np.flatnonzero(~np.isfinite(numbers))
+        raise DataError(f"{path}: labels contain NaN or Inf ({len(bad)} rows, first: data row {bad[0] + 1})")
     if np.ptp(numbers) == 0:
         raise DataError(f"{path}: every target is {numbers[0]:g}; there is nothing to learn")
     return numbers
 
 
 # --- files --------------------------------------------------------------------------------
-def read_features(path, label: str | None = "label", need_labels: bool = True) -> Table:
-    """A Table from an .npz (arrays X and y) or a .csv with a header row."""
+FORMATS = ".csv (a header row), .parquet, .npz (arrays X and y) or .npy (the target as its last column)"
+
+
+def read_table(path, label: str | None = "label", need_labels: bool = True, target_last: bool = True) -> Table:
+    """A Table from a .csv (read by PyArrow) or .parquet file, an .npz (arrays X and y) or an .npy
+    (memory-mapped; its last column is the target when ``target_last``, else all are features)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         kind = ("a folder, not a data file" if os.path.isdir(path) else
                 "not a regular file" if os.path.exists(path) else "no such file")
         raise DataError(f"{path}: {kind}")
-    if path.lower().endswith(".npz"):
-        X, y, features = *_read_npz(path), None
-    elif path.lower().endswith(".csv"):
-        X, y, features = _read_csv(path, label)
+    kind = os.path.splitext(path)[1].lower()
+    if kind in (".npz", ".npy"):
+        X, y = _read_npz(path) if kind == ".npz" else _read_npy(path, target_last)
+        table = Table(_array_columns(X, path, label), y, None)
+    elif kind in (".csv", ".parquet"):
+        table = _read_arrow(path, label, kind)
     else:
-        raise DataError(f"{path}: unknown file type; use .npz (arrays X, y) or .csv (a header row)")
-    if need_labels and y is None:
-        raise DataError(f"{path}: no labels (an array y in .npz, a column {label!r} in .csv)")
-    X = np.asarray(X)
+        raise DataError(f"{path}: unknown file type; use {FORMATS}")
+    if need_labels and table.labels is None:
+        if table.features is None:
+            raise DataError(f"{path}: no labels (an .npz needs an array y beside X)")
+        shown = ", ".join(map(repr, table.features[:10])) + (", ..." if len(table.features) > 10 else "")
+        raise DataError(f"{path}: no label column {label!r} (its columns: {shown}); is the label column named "
+                        f"something other than {label!r}? name it with --label")
+    if not table.columns:
+        raise DataError(f"{path}: no feature columns (only the label {label!r}); a model needs inputs")
+    if table.labels is not None and len(table.labels) != table.rows:
+        raise DataError(f"{path}: {table.rows} rows of features but {len(table.labels)} labels")
+    return table
+
+
+def _array_columns(X, path, label) -> list[np.ndarray]:
+    X = np.asarray(X) if not isinstance(X, np.memmap) else X
     if X.dtype.kind == "c":
         raise DataError(f"{path}: features are complex numbers; pass their real parts or magnitudes")
-    try:
-        X = X.astype(np.float64)
-    except (TypeError, ValueError) as error:
-        raise DataError(f"{path}: features are not all numbers ({error})") from error
+    if X.dtype.kind not in "biuf":
+        raise DataError(f"{path}: features have dtype {X.dtype}; use numbers (text columns belong in a .csv or "
+                        ".parquet file, which gpunn train one-hot encodes)")
     if X.ndim != 2 or X.shape[0] == 0:
         raise DataError(f"{path}: features must be a non-empty 2-D table, got shape {X.shape}")
-    if X.shape[1] == 0:
-        raise DataError(f"{path}: no feature columns (only the label {label!r}); a model needs inputs")
-    if not np.all(np.isfinite(X)):
-        raise DataError(f"{path}: features contain NaN, Inf or empty cells")
-    if y is not None and len(y) != len(X):
-        raise DataError(f"{path}: {len(X)} rows of features but {len(y)} labels")
-    return Table(X, y, features)
+    return [X[:, index] for index in range(X.shape[1])]
 
 
 def _read_npz(path):
@@ -189,15 +221,86 @@ def _read_npz(path):
             raise DataError(f"{path}: not a readable .npz file ({error})") from error
 
 
-def _read_csv(path, label):
-    try:  # utf-8-sig: a byte-order mark must not become part of the first column's name
-        with open(path, newline="", encoding="utf-8-sig") as file:
-            rows = [row for row in csv.reader(file) if row]
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise DataError(f"{path}: unreadable CSV ({error})") from error
-    if len(rows) < 2:
-        raise DataError(f"{path}: a CSV needs a header row and at least one data row")
-    header, body = [name.strip() for name in rows[0]], rows[1:]
+def _read_npy(path, target_last: bool):
+    """A 2-D .npy, memory-mapped: (features, the last column or None)."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise DataError(f"{path}: not a readable .npy file ({error})") from error
+    if array.ndim != 2 or array.shape[1] < (2 if target_last else 1):
+        raise DataError(f"{path}: an .npy must be 2-D (rows, features{' + the target as the last column' if target_last else ''}), "
+                        f"got shape {array.shape}")
+    return (array[:, :-1], array[:, -1]) if target_last else (array, None)
+
+
+def _read_arrow(path, label, kind) -> Table:
+    """A CSV or Parquet file through PyArrow: number columns as float64 (NaN where a cell is empty or
+    NA), text columns as text (None where empty), the label column as text (CSV) or as stored."""
+    try:
+        pa = table_io.arrow()
+    except ImportError as error:
+        raise DataError(f"{path}: {error}") from None
+    try:
+        if kind == ".csv":
+            header = table_io.csv_header(path)
+            names = [name.strip() for name in header]
+            _check_names(path, names)
+            labels = [raw for raw, name in zip(header, names) if name == label]
+            data = table_io.read_csv(path, text=labels).rename_columns(names)
+        else:
+            data = pa.parquet.read_table(path)
+            names = [str(name) for name in data.column_names]
+            _check_names(path, names)
+    except (pa.ArrowException, OSError) as error:
+        if kind == ".csv" and "Expected" in str(error) and "columns" in str(error):
+            raise DataError(f"{path}: rows have another number of cells than the header ({error})") from None
+        what = "CSV" if kind == ".csv" else "Parquet file"
+        raise DataError(f"{path}: unreadable {what} ({error})") from None
+    if data.num_rows == 0:
+        raise DataError(f"{path}: a CSV needs a header row and at least one data row" if kind == ".csv" else
+                        f"{path}: the Parquet file holds no rows")
+    labels = None
+    if label is not None and label in names:
+        column = data.column(label)
+        if pa.types.is_dictionary(column.type):
+            column = column.combine_chunks().dictionary_decode()
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            labels = np.array(["" if cell is None else cell for cell in column.to_pylist()], dtype=str)
+        elif column.null_count:
+            empty = np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))
+            raise DataError(f"{path}: {len(empty)} rows have an empty label (first: data row {empty[0] + 1}); "
+                            f"fill or drop them (label column {label!r})")
+        else:
+            labels = np.array(column.to_pylist())  # Arrow's to_numpy would import pandas
+        data = data.drop_columns([label])
+    features = [name for name in names if name != label] if labels is not None else names
+    return Table([_feature_column(data.column(index), name, path) for index, name in enumerate(features)],
+                 labels, features)
+
+
+def _feature_column(column, name, path) -> np.ndarray:
+    """Numbers (float64, NaN where missing) if every present cell is one, else text (None where
+    missing); a column of numbers with a stray word is refused, naming the cell."""
+    pa = table_io.arrow()
+    if pa.types.is_dictionary(column.type):
+        column = column.combine_chunks().dictionary_decode()
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        try:
+            return table_io.numbers(column, name, path)
+        except ValueError as error:
+            raise DataError(str(error)) from None
+    text = pa.compute.utf8_trim_whitespace(column)
+    text = pa.compute.if_else(pa.compute.is_in(text, value_set=pa.array(MISSING_TEXT)), None, text)
+    try:
+        return table_io.numbers(text, name, path)
+    except ValueError as error:
+        cells = text.to_pylist()
+        if any(cell is not None and table_io.is_number(cell) for cell in cells):
+            raise DataError(f"{error}; is the label column named something other than the --label given?") from None
+    return np.array(cells, dtype=object)
+
+
+def _check_names(path, header) -> None:
     unnamed = [str(i + 1) for i, name in enumerate(header) if not name]
     if unnamed:
         raise DataError(f"{path}: header column(s) {', '.join(unnamed)} have no name")
@@ -205,34 +308,48 @@ def _read_csv(path, label):
     if repeated:
         raise DataError(f"{path}: the header names {', '.join(map(repr, repeated))} more than once; "
                         "column names must be unique")
-    widths = {len(row) for row in body}
-    if widths != {len(header)}:
-        raise DataError(f"{path}: rows have {sorted(widths)} cells but the header has {len(header)}")
-    table = np.char.strip(np.array(body, dtype=str))
-    y = None
-    if label is not None and label in header:
-        column = header.index(label)
-        y, table = table[:, column], np.delete(table, column, axis=1)
-        header = header[:column] + header[column + 1:]
-    try:
-        X = table.astype(np.float64)
-    except ValueError:
-        row, column = next((r, c) for r, line in enumerate(table.tolist()) for c, cell in enumerate(line)
-                           if _as_numbers(np.array([cell])) is None)
-        raise DataError(f"{path}: feature column {header[column]!r} holds {str(table[row, column])!r} in data "
-                        f"row {row + 1}, not a number; is the label column named something other than "
-                        f"{label!r}? (--label)") from None
-    return X, y, header
 
 
-def load_table(path, label: str = "label", task: str = "auto") -> Dataset:
-    """A user's labelled data set for training: classes, or float targets for ``task="regress"``."""
-    table = read_features(path, label, need_labels=True)
-    name = os.path.basename(os.fspath(path))
+def load_files(data, label: str = "label", task: str = "auto", validation=None, test=None) -> Dataset:
+    """A user's labelled data for training: the ``data`` file's rows, then those of the ``validation`` and
+    ``test`` files, whose columns must be its own; classes (of the data file), or float targets for
+    ``task="regress"``."""
+    files = [(os.fspath(path), read_table(path, label, need_labels=True)) for path in (data, validation, test) if path]
+    first_path, first = files[0]
+    for index, (path, table) in enumerate(files[1:], 1):
+        if table.features is None or first.features is None:
+            if len(table.columns) != len(first.columns):
+                raise DataError(f"{path}: {len(table.columns)} feature columns, but --data {first_path} has "
+                                f"{len(first.columns)}; the files must have the same columns")
+        else:
+            missing = [name for name in first.features if name not in table.features]
+            unexpected = [name for name in table.features if name not in first.features]
+            if missing or unexpected:
+                raise DataError(f"{path}: its columns are not those of --data {first_path}: "
+                                + "; ".join(([f"missing {', '.join(map(repr, missing))}"] if missing else [])
+                                            + ([f"unexpected {', '.join(map(repr, unexpected))}"] if unexpected else []))
+                                + f" (label column {label!r})")
+            files[index] = (path, table.select(first.features))
+    name = os.path.basename(first_path)
+    if len(files) == 1:
+        raw = first.labels
+    else:
+        texts = [_label_text(table.labels, path) for path, table in files]
+        for (path, _), text in zip(files, texts):
+            _check_present(text, path, label)
+        raw = np.concatenate(texts)
     if task == "regress":
-        return Dataset(table.X, regression_targets(table.labels, path, label), None, name, table.features)
-    y, classes = encode_labels(table.labels, path, label, task)
-    return Dataset(table.X, y, classes, name, table.features)
+        return Dataset(None, regression_targets(raw, first_path, label), None, name, first.features, files)
+    y, classes = encode_labels(raw, first_path, label, task)
+    own = y[:first.rows]
+    at = first.rows
+    for path, table in files[1:]:
+        foreign = np.setdiff1d(y[at:at + table.rows], own)
+        if len(foreign):
+            raise DataError(f"{path}: label(s) {', '.join(map(repr, classes[foreign][:5].tolist()))} are no class of "
+                            f"--data {first_path} (its classes: {', '.join(classes[np.unique(own)][:10].tolist())})")
+        at += table.rows
+    return Dataset(None, y, classes, name, first.features, files)
 
 
 def stratified_split(y, test_fraction: float, seed: int):

@@ -2,37 +2,36 @@
 serves raw rows. The feature scaler runs inside the graph, so the input is the training file's
 feature columns in their training order; a classifier's outputs are ``probabilities`` (a column per
 class) and ``class_index`` (into the class names of the metadata), a regressor's ``value`` in the
-target's own units. The metadata holds the task, the feature and label column names and the classes."""
+target's own units. A run's --impute fills run inside too (a NaN input gets its column's fill); a run
+that one-hot encodes text columns is refused (its input is not a number matrix). The metadata holds the task, the feature and label column names and the classes."""
 
 from __future__ import annotations
 
 import json
 import os
 
-from gpunn.cli.checkpoint import Checkpoint
+import numpy as np
+
+from gpunn.cli.checkpoint import Checkpoint, checkpoint_path
 from gpunn.cli.options import UserError
 from gpunn.io.onnx_export import model_graph, write
 from gpunn.version import __version__
 
 
-def checkpoint_path(source: str) -> str:
-    """A run folder's best.npz (its last.npz where no validation chose a best), or the file itself."""
-    if os.path.isdir(source):
-        for name in ("best.npz", "last.npz"):
-            if os.path.isfile(os.path.join(source, name)):
-                return os.path.join(source, name)
-        raise UserError(f"gpunn export: {source} holds neither best.npz nor last.npz (is it a gpunn train --out "
-                        "folder?)")
-    return source
-
-
 def command_export(args) -> int:
-    path = checkpoint_path(args.checkpoint)
+    path = checkpoint_path(args.checkpoint, "export")
     checkpoint = Checkpoint.read(path)
     model = checkpoint.model
     compute = "float32" if model.dtype.name == "float16" else model.dtype.name
+    encoding = checkpoint.encoding
+    if encoding is not None and encoding.categorical:
+        raise UserError(f"gpunn export: {path} one-hot encodes the text column(s) {', '.join(map(repr, encoding.categorical))}; "
+                        "the ONNX graph takes number columns only (gpunn predict serves this run)")
 
     def standardise(graph, x):
+        if encoding is not None and encoding.impute is not None:  # --impute: a missing (NaN) input gets its fill
+            fills = np.array([np.nan if column.fill is None else column.fill for column in encoding.columns])
+            x = graph.node("Where", [graph.node("IsNaN", [x]), graph.constant(fills, "fill"), x])
         mean = graph.constant(checkpoint.scaler.mean, "mean")
         return graph.node("Div", [graph.node("Sub", [x, mean]), graph.constant(checkpoint.scaler.std, "std")])
 

@@ -70,16 +70,17 @@ def command_predict(args) -> int:
     import csv
     import io
 
-    from gpunn.cli.checkpoint import Checkpoint
-    from gpunn.cli.data import read_features
+    from gpunn.cli.checkpoint import Checkpoint, checkpoint_path
+    from gpunn.cli.data import read_table
 
-    if args.out and any(os.path.exists(args.out) and os.path.samefile(args.out, path)
-                        for path in (args.checkpoint, args.input) if os.path.exists(path)):
+    path = checkpoint_path(args.checkpoint, "predict")
+    if args.out and any(os.path.exists(args.out) and os.path.samefile(args.out, source)
+                        for source in (path, args.input) if os.path.exists(source)):
         raise UserError(f"gpunn predict: --out {args.out} is the checkpoint or the input; writing there would "
                         "destroy it")
     use_backend_option(args.backend)
-    checkpoint = Checkpoint.read(args.checkpoint)
-    table = read_features(args.input, args.label or checkpoint.label or "label", need_labels=False)
+    checkpoint = Checkpoint.read(path)
+    table = read_table(args.input, args.label or checkpoint.label or "label", need_labels=False, target_last=False)
     header, rows = checkpoint.predictions(checkpoint.inputs(table, args.input), args.input)
     text = io.StringIO(newline="")
     writer = csv.writer(text, lineterminator="\n")

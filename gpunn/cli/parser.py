@@ -29,15 +29,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "the training part; each epoch writes last.npz, the best validation epoch best.npz.")
     add_train_arguments(train)
 
-    predict = commands.add_parser("predict", help="predict with a trained checkpoint for a .npz/.csv",
+    predict = commands.add_parser("predict", help="predict with a trained run or checkpoint for a .csv/.parquet/.npz/.npy",
                                   description="Write one CSV row per input row: the predicted class and "
                                               "each class's probability, or the predicted value of a "
-                                              "regression. CSV columns are matched to the training "
-                                              "features by name.")
-    predict.add_argument("checkpoint", help="best.npz or last.npz written by 'gpunn train'")
-    predict.add_argument("input", help=".npz (array X, columns in training order) or .csv with the training "
-                                       "feature columns by name (a label column is ignored)")
-    predict.add_argument("--label", help="a CSV column to ignore as the label (default: the training label)")
+                                              "regression. CSV and Parquet columns are matched to the training "
+                                              "features by name, and encoded as in training (text columns "
+                                              "one-hot, --impute's fills); a category the training data never "
+                                              "had is an error.")
+    predict.add_argument("checkpoint", help="a gpunn train --out folder (its best.npz, else its last.npz), or a "
+                                            "checkpoint .npz written by 'gpunn train'")
+    predict.add_argument("input", help=".csv or .parquet with the training feature columns by name (a label column "
+                                       "is ignored), .npz (array X, columns in training order) or .npy (the "
+                                       "features, or the features and the target as the last column)")
+    predict.add_argument("--label", help="a CSV or Parquet column to ignore as the label (default: the training label)")
     predict.add_argument("--out", help="write the CSV here instead of to standard output")
     predict.add_argument("--backend", choices=BACKEND_CHOICES, help=BACKEND_HELP)
     predict.set_defaults(command="predict")
@@ -89,8 +93,17 @@ def add_train_arguments(train) -> None:
         action = settings.add_argument(*flags, **options)
         defaults[action.dest] = action.default
 
-    setting("--data", help="your .npz (arrays X, y) or .csv (a header row and a label column)")
-    setting("--label", default="label", help="the label column of a CSV (default: label)")
+    setting("--data", help="your .csv (a header row and a label column; read by PyArrow), .parquet (a label "
+                           "column), .npz (arrays X and y) or .npy (2-D, memory-mapped: the target is its last "
+                           "column). Text feature columns are one-hot encoded; missing cells are refused (--impute)")
+    setting("--label", default="label", help="the label column of a CSV or Parquet file (default: label)")
+    setting("--validation-data", metavar="FILE",
+            help="validation rows from this file (same columns as --data) instead of --validation-fraction")
+    setting("--test-data", metavar="FILE",
+            help="test rows from this file (same columns as --data) instead of --test-fraction")
+    setting("--impute", choices=["mean", "median"],
+            help="fill missing number cells (empty, NA, NaN) with the training rows' mean or median of the column, "
+                 "stored in the checkpoints and applied by predict (default: refuse missing cells)")
     setting("--task", default="auto", choices=["auto", "classify", "regress"],
             help="classify: labels are classes; regress: predict the numeric label (MSE on "
                  "standardised targets; RMSE and R² reported); auto (default): classify, but "

@@ -62,8 +62,9 @@ class RunRecord:
         try:
             stored = json.loads(str(value))
             settings, epoch, history = stored["args"], stored["epoch"], stored["history"]
-            if isinstance(settings, dict) and "class_weight" in names:  # a run from before --class-weight
-                settings.setdefault("class_weight", None)
+            for later in ("class_weight", "validation_data", "test_data", "impute"):  # options newer than a run
+                if isinstance(settings, dict) and later in names:
+                    settings.setdefault(later, None)
             stopper = stored.get("stopper")
             if isinstance(stopper, list):  # gpunn 0.1's form: [best, best_epoch, wait]
                 stopper = dict(zip(("best", "best_epoch", "wait"), stopper), stopped_epoch=None)

@@ -23,8 +23,9 @@ import gpunn as gn
 from gpunn.cli import report
 from gpunn.cli.build import describe_optimizer, make_optimizer, model_for
 from gpunn.cli.checkpoint import Checkpoint
-from gpunn.cli.data import (DataError, Standardizer, load_digits, load_table, random_split, split_digests,
+from gpunn.cli.data import (DataError, Standardizer, load_digits, load_files, random_split, split_digests,
                             stratified_split)
+from gpunn.cli.encoding import Encoding
 from gpunn.cli.options import EXIT_INTERRUPTED, LOSS_CHOICES, UserError, say, use_backend_option
 from gpunn.cli.resume import refuse_changed_data, resume_settings
 from gpunn.cli.run import RunRecord, setting_as_used
@@ -43,6 +44,7 @@ class Split:
     test_rows: np.ndarray
     scaler: Standardizer
     target: Standardizer | None  # regression: the targets' scaler
+    encoding: Encoding | None = None  # a data file's columns → the model's inputs (None: the digits)
 
     def features(self, rows):
         return self.scaler(self.dataset.X[rows])
@@ -55,33 +57,54 @@ class Split:
 
 
 def split(args) -> Split:
-    """The data of ``--data`` (or the digits) split into train, validation and test rows."""
+    """The data of ``--data`` (or the digits) split into train, validation and test rows; a
+    ``--validation-data`` or ``--test-data`` file is that part instead of rows carved from ``--data``."""
     regress = args.task == "regress"
     if regress and not args.data:
         raise UserError("gpunn train: --task regress needs --data with a numeric label column")
-    dataset = load_table(args.data, args.label, args.task) if args.data else load_digits()
-    if regress:
-        train_rows, test_rows = random_split(len(dataset.y), args.test_fraction, args.seed)
+    if not args.data and (args.validation_data or args.test_data or args.impute):
+        raise UserError("gpunn train: --validation-data, --test-data and --impute apply to --data")
+    for part in ("validation", "test"):
+        fraction = f"{part}_fraction"
+        if getattr(args, f"{part}_data") and getattr(args, fraction) != args.run_settings[fraction]:
+            raise UserError(f"gpunn train: --{part}-data is the {part} part, so --{part}-fraction would be ignored; "
+                            "drop one of them")
+    dataset = (load_files(args.data, args.label, args.task, args.validation_data, args.test_data) if args.data
+               else load_digits())
+    sizes = [table.rows for _, table in dataset.files] or [len(dataset.y)]
+    own = sizes[0]  # the --data file's rows come first, then the validation file's, then the test file's
+    if args.test_data:
+        train_rows, test_rows = np.arange(own), np.arange(len(dataset.y) - sizes[-1], len(dataset.y))
+    elif regress:
+        train_rows, test_rows = random_split(own, args.test_fraction, args.seed)
     else:
-        train_rows, test_rows = stratified_split(dataset.y, args.test_fraction, args.seed)
+        train_rows, test_rows = stratified_split(dataset.y[:own], args.test_fraction, args.seed)
     validation_rows = np.array([], dtype=np.int64)
-    if args.validation_fraction and len(train_rows) > 1:
+    if args.validation_data:
+        validation_rows = np.arange(own, own + sizes[1])
+    elif args.validation_fraction and len(train_rows) > 1:
         keep, held = (random_split(len(train_rows), args.validation_fraction, args.seed + 1) if regress else
                       stratified_split(dataset.y[train_rows], args.validation_fraction, args.seed + 1))
         train_rows, validation_rows = train_rows[keep], train_rows[held]
     if len(test_rows) == 0 or len(train_rows) == 0:
         raise DataError(f"{dataset.name}: too few rows for a train/test split")
+    encoding = None
+    if dataset.files:
+        path, table = dataset.files[0]
+        encoding = Encoding.fit(table, train_rows, args.impute, path)
+        dataset.X = np.concatenate([encoding.encode(table, path) for path, table in dataset.files])
     scaler = Standardizer.fit(dataset.X[train_rows])
     target = Standardizer.fit(dataset.y[train_rows, None]) if regress else None
-    return Split(dataset, train_rows, validation_rows, test_rows, scaler, target)
+    return Split(dataset, train_rows, validation_rows, test_rows, scaler, target, encoding)
 
 
 def check_options(args) -> str:
     """Refuse option combinations that cannot run; return the loss as used."""
     if args.epochs is None:
         args.epochs = 30
-    if args.early_stopping and not args.validation_fraction:
-        raise UserError("gpunn train: --early-stopping watches the validation loss: keep --validation-fraction above 0")
+    if args.early_stopping and not (args.validation_fraction or args.validation_data):
+        raise UserError("gpunn train: --early-stopping watches the validation loss: keep --validation-fraction above 0 "
+                        "(or pass --validation-data)")
     loss_name = setting_as_used("loss", vars(args))
     if args.task == "regress" and loss_name != "mse":
         raise UserError("gpunn train: --task regress trains with --loss mse")
@@ -200,7 +223,7 @@ def command_train(args) -> int:
     checkpoint = Checkpoint(model, "regress" if regress else "classify", data.scaler, data.dataset.classes,
                             data.target, data.dataset.features, args.label if args.data else None,
                             split_digests(data.dataset.X, data.dataset.y,
-                                          (data.train_rows, data.validation_rows, data.test_rows)))
+                                          (data.train_rows, data.validation_rows, data.test_rows)), data.encoding)
     if resumed is not None:
         refuse_changed_data(args, checkpoint, model)
     record = resumed or RunRecord(settings={name: getattr(args, name) for name in args.run_settings},

@@ -6,7 +6,16 @@ import os
 import numpy as np
 import pytest
 
-from gpunn.cli.data import DataError, Standardizer, encode_labels, load_table, read_features, regression_targets
+from gpunn.cli.data import DataError, Standardizer, encode_labels, load_files, read_table, regression_targets
+from gpunn.cli.encoding import Encoding
+
+
+def load_table(path, label="label", task="auto"):
+    """One file as gpunn train reads it: its labels, and its columns encoded (numbers stay as they are)."""
+    data = load_files(path, label, task)
+    table = data.files[0][1]
+    data.X = Encoding.fit(table, np.arange(table.rows), None, path).encode(table, path)
+    return data
 
 
 def write(path, text, encoding="utf-8"):
@@ -104,10 +113,10 @@ def test_npz_files(tmp_path):
     np.save(tmp_path / "x.npy", np.ones((3, 2)))
     os.rename(tmp_path / "x.npy", tmp_path / "x.npz")
     with pytest.raises(DataError, match="a single .npy array renamed .npz"):
-        read_features(tmp_path / "x.npz")
+        read_table(tmp_path / "x.npz")
     np.savez(tmp_path / "c.npz", X=np.ones((3, 2)) * 1j, y=np.arange(3))
     with pytest.raises(DataError, match="complex"):
-        read_features(tmp_path / "c.npz")
+        read_table(tmp_path / "c.npz")
     np.savez(tmp_path / "f.npz", X=np.ones((4, 2)), y=np.array([1.0, 2.0, 1.0, 2.0]))
     assert load_table(tmp_path / "f.npz").classes.tolist() == ["1", "2"]
     np.savez(tmp_path / "g.npz", X=np.ones((4, 2)), y=np.array([0.5, 2.0, 1.0, 2.0]))
@@ -129,3 +138,25 @@ def test_standardizer_survives_extreme_magnitudes(rng, magnitude):
     unit = column / magnitude  # the reference, computed where nothing overflows or underflows
     np.testing.assert_allclose(scaled[:, 0], (unit - unit.mean()) / unit.std(), rtol=1e-9, atol=1e-9)
     assert np.all(scaled[:, 1] == 0)  # a constant column stays finite (std 1)
+
+
+def test_random_number_cells_read_as_python_reads_them(tmp_path, rng):
+    """Cells in the spellings people write (exponents, signs, padding, many digits, missing markers)
+    read by PyArrow as Python's float() reads them; a missing marker is NaN."""
+    spellings = [lambda v: repr(v), lambda v: f"{v:.3e}", lambda v: f"  {v:+.5f} ", lambda v: f"{v:.17g}",
+                 lambda v: f"{v:E}", lambda v: str(int(v * 1000))]
+    missing = ["", "NA", "nan", "NaN", "null", "N/A"]
+    cells = []
+    for _ in range(200):
+        row = []
+        for column in range(5):
+            if rng.random() < 0.05:
+                row.append(missing[rng.integers(len(missing))])
+            else:
+                row.append(spellings[rng.integers(len(spellings))](float(rng.normal() * 10.0 ** rng.integers(-8, 9))))
+        cells.append(row)
+    with open(tmp_path / "r.csv", "w") as file:
+        file.write("a,b,c,d,e,label\n" + "".join(",".join(row) + f",{i % 2}\n" for i, row in enumerate(cells)))
+    table = read_table(tmp_path / "r.csv")
+    expected = np.array([[np.nan if cell.strip() in missing else float(cell) for cell in row] for row in cells])
+    np.testing.assert_array_equal(np.column_stack(table.columns), expected)

@@ -126,3 +126,27 @@ def test_without_the_onnx_package_the_error_names_the_install(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
                          env={"PYTHONPATH": str(ROOT), "PATH": ""}).stdout
     assert "ONNX export needs the onnx package" in out and "[onnx]" in out
+
+
+def test_the_export_of_an_imputing_run_fills_nan_inputs_and_a_one_hot_run_is_refused(tmp_path, capsys, rng):
+    X = rng.normal(size=(80, 2))
+    label = np.where(X[:, 0] > X[:, 1], "up", "down")
+    X[::7, 1] = np.nan
+    with open(tmp_path / "train.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["a", "b", "label"])
+        writer.writerows([["" if np.isnan(v) else v for v in row] + [name] for row, name in zip(X.tolist(), label)])
+    assert cli.main(["train", "--backend", "numpy", "--quiet", "--data", str(tmp_path / "train.csv"), "--impute", "mean",
+                     "--epochs", "3", "--hidden", "8", "--out", str(tmp_path / "run")]) == 0
+    assert cli.main(["export", str(tmp_path / "run"), str(tmp_path / "m.onnx")]) == 0
+    capsys.readouterr()
+    assert cli.main(["predict", str(tmp_path / "run"), str(tmp_path / "train.csv")]) == 0
+    _, rows = predictions(capsys.readouterr().out)
+    probabilities, _ = run(tmp_path / "m.onnx", X.astype(np.float32))  # NaN where the CSV's cells are empty
+    np.testing.assert_allclose(probabilities, np.array([row[1:] for row in rows], dtype=float), atol=2e-6)
+    with open(tmp_path / "colours.csv", "w") as file:
+        file.write("a,colour,label\n" + "".join(f"{i},{'red' if i % 2 else 'blue'},{i % 3 == 0}\n" for i in range(30)))
+    assert cli.main(["train", "--backend", "numpy", "--quiet", "--data", str(tmp_path / "colours.csv"), "--epochs", "1",
+                     "--hidden", "4", "--out", str(tmp_path / "colours")]) == 0
+    assert cli.main(["export", str(tmp_path / "colours"), str(tmp_path / "c.onnx")]) == 2
+    assert "one-hot encodes the text column(s) 'colour'" in capsys.readouterr().err

@@ -1,0 +1,121 @@
+"""gn.data.TableDataset: the rows of a CSV (through a byte index of its rows) or Parquet file (by row
+group), read through PyArrow a block at a time; fit, evaluate and predict stream it as they stream .npy."""
+
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import gpunn as gn
+from gpunn.data import Dataset, TableDataset, stream, table
+from gpunn.extras import install_command
+
+from tests.data.test_streaming import build, train
+
+
+@pytest.fixture
+def frame(rng):
+    x = rng.normal(size=(300, 6)).round(6)
+    return pd.DataFrame({**{f"f{i}": x[:, i] for i in range(6)}, "label": rng.integers(0, 3, size=300)})
+
+
+@pytest.fixture(params=["csv", "parquet"])
+def path(request, tmp_path, frame, monkeypatch):
+    monkeypatch.setattr(table, "INDEX_EVERY", 7)  # index blocks far smaller than a read: reads cross them
+    monkeypatch.setattr(table, "_SCAN_BYTES", 1000)  # and the index's pass reads the file in many blocks
+    path = tmp_path / f"d.{request.param}"
+    if request.param == "csv":
+        frame.to_csv(path, index=False, float_format="%.17g")
+    else:
+        frame.to_parquet(path, row_group_size=64)
+    return path
+
+
+def arrays(frame):
+    return frame[[f"f{i}" for i in range(6)]].to_numpy(), frame["label"].to_numpy()
+
+
+def test_reads_any_row_range_of_csv_and_parquet(path, frame):
+    data = TableDataset(path, target="label")
+    x, t = arrays(frame)
+    assert (data.rows, data.features, data.t.dtype) == (300, 6, np.int64)
+    for start, stop in [(0, 300), (0, 1), (6, 8), (63, 130), (290, 300), (299, 300)]:
+        block_x, block_t = data.read(start, stop)
+        assert np.array_equal(block_x, x[start:stop]) and np.array_equal(block_t, t[start:stop]), (start, stop)
+    chosen = TableDataset(path, target="f0", features=["f2", "label"])
+    assert chosen.t.dtype == np.float64 and np.array_equal(chosen.read(3, 9)[0][:, 1], t[3:9])
+
+
+def test_fit_evaluate_predict_stream_a_table_as_they_stream_npy(path, frame, tmp_path, monkeypatch):
+    x, t = arrays(frame)
+    in_memory, streamed = build(), build()
+    assert train(in_memory, x, t) == train(streamed, TableDataset(path, target="label"), None)
+    assert np.array_equal(in_memory.flat.values, streamed.flat.values)  # one chunk: the in-memory shuffle
+    monkeypatch.setattr(stream, "CHUNK_BYTES", 64 * 6 * 8)  # 64-row chunks: the shuffle crosses chunks and blocks
+    np.save(tmp_path / "x.npy", np.ascontiguousarray(x))
+    from_npy, from_table = build(), build()
+    assert train(from_npy, Dataset(tmp_path / "x.npy", t), None, epochs=2) == \
+        train(from_table, TableDataset(path, target="label"), None, epochs=2)
+    assert np.array_equal(from_npy.flat.values, from_table.flat.values)
+    loss = gn.SoftmaxCrossEntropyLoss()
+    assert from_table.evaluate(TableDataset(path, target="label"), None, loss, batch_size=50) == \
+        from_table.evaluate(x, t, loss, batch_size=50)
+    features = TableDataset(path, features=[f"f{i}" for i in range(6)])  # no target: predict's
+    assert np.array_equal(from_table.predict(features, batch_size=50), from_table.predict(x, batch_size=50))
+
+
+@pytest.mark.parametrize("scan_bytes", [1, 2, 5, 2**24])  # the index's pass reads blocks: rows cross them
+def test_csv_layouts_pyarrow_reads_are_indexed_alike(tmp_path, monkeypatch, scan_bytes):
+    monkeypatch.setattr(table, "INDEX_EVERY", 1)
+    monkeypatch.setattr(table, "_SCAN_BYTES", scan_bytes)
+    path = tmp_path / "odd.csv"  # blank lines, CRLF, a quoted newline (also in the header), a doubled quote, no last newline
+    path.write_bytes(b'\r\nx,"na\nme",y\r\n\r\n1,"a\r\n""b""",2\r\n3,c,4\n\n5,d,6')
+    data = TableDataset(path, target="y", features=["x"])
+    assert data.rows == 3
+    assert [data.read(row, row + 1)[1].tolist() for row in range(3)] == [[2], [4], [6]]
+    assert data.read(0, 3)[0].tolist() == [[1.0], [3.0], [5.0]]
+
+
+def test_a_csv_the_index_misreads_is_refused_not_read_shifted(tmp_path, monkeypatch):
+    monkeypatch.setattr(table, "INDEX_EVERY", 2)
+    path = tmp_path / "q.csv"
+    path.write_text('a,b\n5"3,1\n4,2\n7"8,3\n1,1\n')  # PyArrow reads the mid-cell quotes as text: 4 rows
+    with pytest.raises(ValueError, match="parse as 4 rows; a quote inside an unquoted cell"):
+        TableDataset(path, target="b")
+
+
+def test_missing_cells_and_text_are_named(tmp_path):
+    (tmp_path / "m.csv").write_text("a,b,label\n1,2,0\n3,,1\n5,6,0\n")
+    data = TableDataset(tmp_path / "m.csv", target="label")
+    with pytest.raises(ValueError, match="column 'b' has a missing value in data row 2; .*--impute mean\\|median"):
+        data.read(0, 3)
+    (tmp_path / "t.csv").write_text("a,b,label\n1,2,0\n3,red,1\n")
+    with pytest.raises(ValueError, match="column 'b' holds 'red' in data row 2, not a number"):
+        TableDataset(tmp_path / "t.csv", target="label").read(0, 2)
+    with pytest.raises(ValueError, match="has no column 'y'"):
+        TableDataset(tmp_path / "t.csv", target="y")
+    with pytest.raises(ValueError, match="neither .csv nor .parquet"):
+        TableDataset(tmp_path / "t.txt")
+
+
+def test_without_pyarrow_the_message_says_how_to_install_it(tmp_path, monkeypatch):
+    (tmp_path / "d.csv").write_text("a,label\n1,0\n")
+    for name in [name for name in sys.modules if name == "pyarrow" or name.startswith("pyarrow.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow raises ImportError
+    with pytest.raises(ImportError, match=f"needs PyArrow: {install_command('data')}".replace("[", "\\[").replace(".", "\\.")):
+        TableDataset(tmp_path / "d.csv", target="label")
+
+
+def test_training_on_a_table_resumes_exactly(path, tmp_path, monkeypatch):
+    monkeypatch.setattr(stream, "CHUNK_BYTES", 64 * 6 * 8)  # the shuffle crosses chunks
+    data = TableDataset(path, target="label")
+    straight = build()
+    train(straight, data, None, epochs=4)
+    first, optimizer = build(), gn.Adam(lr=0.01)
+    train(first, data, None, optimizer=optimizer, epochs=2)
+    first.save(tmp_path / "half.npz", optimizer=optimizer)
+    resumed = gn.load(tmp_path / "half.npz")
+    train(resumed, data, None, optimizer=gn.load_optimizer(tmp_path / "half.npz", resumed), initial_epoch=2, epochs=4)
+    assert np.array_equal(resumed.flat.values, straight.flat.values)
