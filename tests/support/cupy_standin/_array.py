@@ -86,7 +86,9 @@ def device_call(name: str, function, args, kwargs, *, allow_host: bool = False, 
             for index in fresh:
                 np.copyto(targets[index], values[index])
 
-        device.launch("kernel", name, run if device.capture is not None else lambda: None)
+        writes = targets + ([inputs[0]] if result is None and inputs else [])
+        device.launch("kernel", name, run if device.capture is not None else lambda: None, reads=inputs,
+                      writes=writes)
     return wrapped
 
 
@@ -162,9 +164,7 @@ class ndarray(NDArrayOperatorsMixin):
 
     def get(self, stream=None, order="C", out=None, blocking=True):
         """Device to host: a synchronising copy, refused while a stream is captured."""
-        device = current()
-        device.refuse_during_capture("a device-to-host copy")
-        device.launch("memory", "memcpy device-to-host", lambda: None)
+        current().host_read(self._host, "a device-to-host copy")
         copy = np.array(self._host, order=order)
         if out is not None:
             np.copyto(out, copy)
@@ -173,8 +173,8 @@ class ndarray(NDArrayOperatorsMixin):
 
     def set(self, host, stream=None):
         device = current()
-        device.refuse_during_capture("a host-to-device copy")
-        device.launch("memory", "memcpy host-to-device", lambda: None)
+        device.refuse_during_capture("a host-to-device copy", device.current_stream())
+        device.launch("memory", "memcpy host-to-device", lambda: None, writes=(self._host,))
         np.copyto(self._host, host)
 
     def item(self):
