@@ -181,9 +181,9 @@ def launch(name: str, source: str, arguments: list, hosts: list, written: int) -
     def run(held=(hosts, arguments)):  # the memory behind ``block`` lives as long as the launch
         entry(block)
 
-    arrays = [host for host in hosts if isinstance(host, np.ndarray)]
+    inputs = [host for host in hosts[:len(hosts) - written] if isinstance(host, np.ndarray)]
     outputs = [host for host in hosts[len(hosts) - written:] if isinstance(host, np.ndarray)]
-    current().launch("kernel", name, run, reads=arrays, writes=outputs)
+    current().launch("kernel", name, run, reads=inputs, writes=outputs)
 
 
 def launch_arguments(hosts, dtypes) -> list:
