@@ -3,8 +3,9 @@
 The wall is CuPy's: no implicit conversion to NumPy (``__array__`` raises, as in CuPy), NumPy
 arrays refused as operands of device routines, transfers only through ``asarray``/``get``/
 ``asnumpy``. Every routine that would launch a CUDA kernel on a GPU (a ufunc, a reduction, a
-copy, advanced indexing) is logged as one launch; views (reshape, slicing, ``.T``) are not.
-CuPy sometimes needs more than one kernel for a routine: the log is a lower bound there.
+copy, advanced indexing) is logged as the launches CuPy's source makes for it (``_launches.py``:
+``take_along_axis`` is four kernels and a memset, a contiguous ``copyto`` a memcpy); views
+(reshape, slicing, ``.T``) launch nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
 from support.cupy_standin._device import current
+from support.cupy_standin._launches import launches
 
 
 def _refuse_host_array(value):
@@ -87,9 +89,18 @@ def device_call(name: str, function, args, kwargs, *, allow_host: bool = False, 
                 np.copyto(targets[index], values[index])
 
         writes = targets + ([inputs[0]] if result is None and inputs else [])
-        device.launch("kernel", name, run if device.capture is not None else lambda: None, reads=inputs,
-                      writes=writes)
+        operations = launches(name, args, kwargs, host_args)
+        if operations is None:  # a ufunc, or a routine of one kernel
+            operations = [("kernel", "")]
+        for index, (kind, label) in enumerate(operations):  # the first does the work; CuPy's others follow
+            device.launch(kind, f"{name}: {label}" if label else name,
+                          (run if device.capture is not None else _nothing) if index == 0 else _nothing,
+                          reads=inputs if index == 0 else (), writes=writes if index == 0 else ())
     return wrapped
+
+
+def _nothing():
+    return None
 
 
 def _flat_arrays_of(value) -> list:
