@@ -169,3 +169,31 @@ def test_a_cosine_schedule_records_once_however_long_a_loop_of_steps_runs(rng, m
         results.append([float(step(*prepared)) for _ in range(50)])
     assert (backend.recordings, backend.replays) == (1, 48)
     assert results[1] == results[0]
+
+
+def test_a_replayed_fit_step_launches_one_copy_outside_its_graph():
+    """Issue 21, item 8: a replayed step of fit(graph=True) gathers its batch, sums its loss and
+    metrics inside the graph; outside it only the batch's row indices are copied in (a memcpy, as
+    CuPy's copyto of a contiguous array is). Counted through the CuPy stand-in, CuPy's launches per
+    routine. Before: 11 launches outside the graph per step (2 gathers, 2 copies into the static
+    inputs, the loss copy and its accumulation, 5 for the accuracy)."""
+    from support import cupy_standin
+
+    rng = np.random.default_rng(0)
+    x, labels, weights = rng.normal(size=(96, 5)), rng.integers(0, 3, size=96), rng.uniform(0.5, 2, size=96)
+    with cupy_standin.installed() as standin, gn.use_backend("cupy"):
+        marks = []
+
+        class Mark(gn.Callback):
+            def on_train_batch_begin(self, batch):
+                marks.append((batch, len(standin.device.launches)))
+
+        model = gn.Sequential(gn.Dense(5, 8, seed=1), gn.Dropout(0.1, seed=3), gn.ReLU(), gn.Dense(8, 3, seed=2))
+        model.fit(x, labels, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=gn.Adam(), epochs=2, batch_size=16,
+                  sample_weight=weights, metrics=["accuracy"], graph=True, callbacks=[Mark()], verbose=0, seed=0)
+        counted = [standin.device.count(start) - standin.device.count(end)
+                   for (batch, start), (_, end) in zip(marks, marks[1:]) if 2 <= batch < 5]
+    assert len(counted) == 6  # steps 3 to 5 of each epoch (of 6): replays (the last step of an epoch is left out)
+    for counts in counted:
+        assert dict(counts) == {"graph": 1, "memory": 1}, counts
+        assert sum(counts.values()) - counts["graph"] <= 2

@@ -81,7 +81,8 @@ def device_call(name: str, function, args, kwargs, *, allow_host: bool = False, 
     fresh = [index for index, r in enumerate(results) if not any(np.may_share_memory(r, i) for i in inputs)]
     wrapped = wrap(result if not isinstance(result, np.generic) else results[0], originals)
     targets = [array._host for array in _flat_arrays_of(wrapped)]
-    if always or (result is None and inputs) or any(results[index].size for index in fresh):
+    written_out = kwargs.get("out") is not None  # a routine writing into a given output (take(..., out=))
+    if always or written_out or (result is None and inputs) or any(results[index].size for index in fresh):
 
         def run():
             values = _flat_arrays(function(*host_args, **host_kwargs))
