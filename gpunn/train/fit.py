@@ -308,6 +308,7 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
         for each in callbacks:
             each.on_train_end()
     finally:
+        step.release()  # the graph's memory goes now, with nothing left holding its pool's blocks
         model.train(was_training)
         progress.close()
         for dropout in dropouts:  # a later single-process fit draws the whole batch's masks again

@@ -79,6 +79,17 @@ class TrainStep:
     def reset_sums(self) -> None:
         self.sums.fill(0)
 
+    def release(self) -> None:
+        """Drop the recorded graph, and every reference into its private memory pool first (the
+        loss's saved arrays, the outputs): its blocks are then all free and freed with it. A pool
+        dropped while arrays of it live can never free their blocks where they were split (CuPy
+        14.2, cupy/cuda/memory.pyx: ``PooledMemory.free`` of a dead pool returns nothing), so every
+        ``fit(graph=True)`` would keep some memory. Later steps record again."""
+        if self._recorded is not None:
+            self.loss.forget()
+            self.outputs = None
+            self._recorded = None  # the graph goes last: its pool frees what is free when it does
+
     def prepare(self, X, T):
         """(x, t) on the model's device: inputs as ``model.as_input``, targets as the loss wants them."""
         return self.prepare_data(self.model, self.loss, X, T)

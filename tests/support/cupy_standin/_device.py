@@ -119,6 +119,12 @@ class Device:
         """Device memory cudaMalloc'd and never freed: live pools' blocks and what dropped pools leak."""
         return sum(allocation.size for allocation in self.held)
 
+    def bytes_of_dropped_pools(self) -> int:
+        """Bytes of live arrays whose pool was dropped: memory a dropped graph's pool cannot free
+        while they live, and keeps for ever where their block was split (``_pool.py``)."""
+        return sum(size for size, owner, _, chunk, pool in self._allocations.values()
+                   if chunk is not None and not pool.alive and owner() is not None)
+
     def check_peer(self, host: np.ndarray) -> None:
         """CuPy's peer check for one array argument of a kernel or routine on the current device."""
         device = self.register(host)
