@@ -125,6 +125,8 @@ class TrainStep:
     def train(self, x, t, share: float = 1.0, replay: bool = True, weights=None, rows=None):
         """``__call__`` without its copy: the loss returned may be a graph's own buffer, which the
         next replay overwrites and which is freed with the graph (``fit`` reads ``sums`` instead)."""
+        if rows is not None:
+            _check_rows(self.model.backend, rows, x, t)
         self.optimizer.reserve_steps(1)  # outside any recording: the table of rates may grow here
         self._share = share
         if not self.graph or not replay:
@@ -172,6 +174,16 @@ class TrainStep:
         optimizer.step()
         self._accumulate(value, t)
         return value
+
+
+def _check_rows(backend, rows, x, t) -> None:
+    """``rows`` indexes the data sets ``x`` and ``t``: a 1-D integer array on the model's device."""
+    if not backend.is_array(rows) or rows.ndim != 1 or rows.dtype.kind not in "iu":
+        raise TypeError(f"rows must be a 1-D integer {backend.name} array of row indices, got "
+                        f"{type(rows).__name__} {getattr(rows, 'dtype', '')} {getattr(rows, 'shape', '')}")
+    if x.shape[0] != t.shape[0]:
+        raise ValueError(f"with rows, x and t are whole data sets of equal length; got {x.shape[0]} and "
+                         f"{t.shape[0]} rows")
 
 
 def _advance_dropout(model) -> None:

@@ -238,3 +238,26 @@ def test_graph_fits_and_re_recordings_keep_device_memory_bounded():
             del model.backend.capture
         assert len(captures) == 6
         assert recorded == recorded[:1] * 6, recorded
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_a_step_on_rows_trains_like_a_step_on_the_gathered_batch(rng, graph):
+    """TrainStep(rows=...) gathers the batch itself (inside its graph); bad rows are refused early."""
+    x, labels = rng.normal(size=(40, 6)), rng.integers(0, 3, size=40)
+    order = rng.permutation(40)
+    losses = {}
+    for gathered in (False, True):
+        backend = ReplayingBackend() if graph else NumpyBackend()
+        model = make_model(backend)
+        step = gn.TrainStep(model, gn.SoftmaxCrossEntropyLoss(), gn.SGD(lr=0.1, momentum=0.9), graph=graph)
+        xs, ts = step.prepare(x, labels)
+        runs = []
+        for start in (0, 16, 0, 16):
+            rows = order[start:start + 16]
+            runs.append(float(step(xs, ts, rows=rows) if gathered else step(xs[rows], ts[rows])))
+        losses[gathered] = runs
+    assert losses[True] == losses[False]
+    with pytest.raises(TypeError, match="1-D integer"):
+        step(xs, ts, rows=order[:16].astype(float))
+    with pytest.raises(ValueError, match="equal length"):
+        step(xs, ts[:20], rows=order[:16])
