@@ -49,6 +49,7 @@ class TrainStep:
     ``sums`` on the device, inside the graph too; and a step given ``rows`` (row indices on the
     device) gathers its batch from whole data sets itself. So a replayed step of ``fit`` is one
     copy of the batch's row indices and the graph launch, with nothing read back until the epoch ends.
+    ``release()`` drops the graph and frees its memory (``fit`` calls it at its end).
     """
 
     def __init__(self, model, loss, optimizer, graph: bool = False, data_parallel=None):

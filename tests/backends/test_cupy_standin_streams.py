@@ -49,9 +49,12 @@ def test_a_host_read_synchronises_only_its_own_stream(standin):
         y = x + 1
     with pytest.raises(StandinViolation, match="memcpy device-to-host reads"):
         cp.asnumpy(y)
+    assert cp.asnumpy(y, stream=side).tolist() == [1.0, 2.0, 3.0, 4.0]  # on its own stream: ordered, synchronised
+    assert float(y.sum()) == 10.0  # complete since that read
     with side:
-        assert cp.asnumpy(y).tolist() == [1.0, 2.0, 3.0, 4.0]  # on its own stream: ordered, then synchronised
-    assert float(y.sum()) == 10.0  # synchronised by that read
+        w = y * 2
+    with pytest.raises(StandinViolation, match="memcpy device-to-host reads"):
+        float(w[0])  # float() is get() on the current stream too
 
 
 def test_a_blocking_stream_and_the_legacy_stream_order_each_other(standin):

@@ -176,7 +176,7 @@ class ndarray(NDArrayOperatorsMixin):
 
     def get(self, stream=None, order="C", out=None, blocking=True):
         """Device to host: a synchronising copy, refused while a stream is captured."""
-        current().host_read(self._host, "a device-to-host copy")
+        current().host_read(self._host, "a device-to-host copy", None if stream is None else stream.ptr, blocking)
         copy = np.array(self._host, order=order)
         if out is not None:
             np.copyto(out, copy)

@@ -222,12 +222,17 @@ class Device:
             if start is not None:
                 self._writers[start] = (stream, number)
 
-    def host_read(self, host: np.ndarray, what: str) -> None:
-        """A blocking device-to-host copy on the current stream (CuPy's ``ndarray.get``), which then
-        synchronises that stream: the data must be ordered on it."""
-        self.refuse_during_capture(what, self.current_stream())
-        self.launch("memory", "memcpy device-to-host", lambda: None, reads=(host,))
-        self.synchronize_stream(self.current_stream())
+    def host_read(self, host: np.ndarray, what: str, stream: int | None = None, blocking: bool = True) -> None:
+        """CuPy's ``ndarray.get`` (cupy/_core/core.pyx): a device-to-host copy on ``stream`` (default:
+        the current one), then, when ``blocking``, that stream's synchronisation; the data must be
+        ordered on that stream. (``blocking=False`` leaves the copy pending: the stand-in cannot see
+        the host read the array too early; pinned memory and its events are not modelled here.)"""
+        stream = self.current_stream() if stream is None else stream
+        self.refuse_during_capture(what, stream)
+        self.launches.append(("memory", "memcpy device-to-host"))
+        self.run_on(stream, lambda: None, (host,), (), "memory memcpy device-to-host")
+        if blocking:
+            self.synchronize_stream(stream)
 
     def refuse_during_capture(self, what: str, stream: int | None = None) -> None:
         """Relaxed capture mode (CuPy's default: ``Stream.begin_capture``) refuses what conflicts with

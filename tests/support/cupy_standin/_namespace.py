@@ -36,8 +36,8 @@ def array(obj, dtype=None, copy=True, order="K", ndmin=0, *, blocking=False):
 
 
 def asnumpy(a, stream=None, order="C", out=None, *, blocking=True):
-    if isinstance(a, ndarray):
-        return a.get(order=order, out=out)
+    if isinstance(a, ndarray):  # cupy/_creation/from_data.py, asnumpy: a.get(stream, order, out, blocking)
+        return a.get(stream=stream, order=order, out=out, blocking=blocking)
     return np.asarray(a, order=order)
 
 
