@@ -75,8 +75,8 @@ class Graph:
     """What ``Stream.end_capture`` returns: the recorded launches, replayed in order on the stream
     it is launched on, as one launch that reads and writes what they read and write."""
 
-    def __init__(self, recorded: list, pool):
-        self.recorded, self._pool = recorded, pool  # a graph keeps its pool's blocks (as CUDA does)
+    def __init__(self, recorded: list):
+        self.recorded = recorded
 
     def launch(self, stream=None) -> None:
         machine = current()
@@ -188,7 +188,7 @@ class Stream:
         if not self._capturing:
             raise StandinViolation("end_capture on a stream that is not capturing")
         capture, machine.capture, self._capturing = machine.capture, None, False
-        return Graph(capture.launches, capture.pool)
+        return Graph(capture.launches)
 
 
 Stream.null = Stream(null=True)
