@@ -33,7 +33,9 @@ What it cannot show (the GPU run, ``benchmarks/gpu_check.sh``, still owes these)
     ``installed(block_threads=True)`` runs each block's threads as host threads, so a block's
     barriers and shared memory are real; blocks run in turn); the stand-in finds missing order, it
     does not reproduce what a race would compute;
-  * CUDA graphs themselves: instantiation errors, graph memory addresses, upload;
+  * CUDA graphs themselves: instantiation errors, graph memory addresses, upload; and a recorded
+    launch keeps its arrays alive here (its host memory must stay valid), where a CUDA graph keeps
+    nothing: an array gpunn forgot to keep alive for its graph goes unnoticed;
   * the driver's allocator: cudaMalloc's fragmentation, the async allocator, pinned host memory;
   * cuBLAS itself: its kernels, TF32 rounding (``COMPUTE_32F_FAST_TF32`` computes in float32
     here), workspace use and the library loading (the model replaces ``load_library``);
