@@ -6,10 +6,10 @@ import gc
 
 import numpy as np
 import pytest
-
-import gpunn as gn
 from support import cupy_standin
 from support.cupy_standin import StandinViolation
+
+import gpunn as gn
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ tests/backends/test_cupy_parity.py on a GPU.
 """
 
 import gc
+import itertools
 
 import numpy as np
 import pytest
@@ -192,7 +193,7 @@ def test_a_replayed_fit_step_launches_one_copy_outside_its_graph():
         model.fit(x, labels, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=gn.Adam(), epochs=2, batch_size=16,
                   sample_weight=weights, metrics=["accuracy"], graph=True, callbacks=[Mark()], verbose=0, seed=0)
         counted = [standin.device.count(start) - standin.device.count(end)
-                   for (batch, start), (_, end) in zip(marks, marks[1:]) if 2 <= batch < 5]
+                   for (batch, start), (_, end) in itertools.pairwise(marks) if 2 <= batch < 5]
     assert len(counted) == 6  # steps 3 to 5 of each epoch (of 6): replays (the last step of an epoch is left out)
     for counts in counted:
         assert dict(counts) == {"graph": 1, "memory": 1}, counts
