@@ -120,7 +120,9 @@ def recorded_step(standin):
 def test_the_graph_step_orders_its_private_stream_with_the_callers(standin):
     """CupyBackend.capture synchronises the device before it runs the step on its private stream
     (the batch was copied in on the caller's stream) and the private stream after (the caller reads
-    the loss and replays on its own stream): without either, a step here fails as unordered."""
+    the loss and replays on its own stream): without either, a step here fails as unordered; and
+    without its private pool (``using_allocator``) the recording's temporaries come from the default
+    pool, an allocation outside the capture's pool, which fails too."""
     step, x, t = recorded_step(standin)
     losses = [float(step(x, t)) for _ in range(4)]  # eager, recorded, replayed, replayed
     assert step._recorded.graph is not None and losses[-1] < losses[0]
