@@ -2,11 +2,17 @@
 
 Small MLPs on a GPU are launch-bound: each kernel launch costs a few microseconds of host and
 driver time whatever its size. gpunn's step runs on the CuPy stand-in (tests/support/cupy_standin),
-which logs every kernel launch, cuBLAS call and memset/memcpy; PyTorch's same step (the peer of
-the benchmarks) runs under torch.profiler on the CPU, and its leaf operators (views and
-allocations left out) are counted. Counts do not depend on sizes, so each case runs on a scaled-down
-copy of its network (same layers, loss, optimizer and dtype). ``python benchmarks/launches.py``
-prints the table.
+which logs every kernel launch, cuBLAS call and memset/memcpy, each CuPy routine counted as the
+launches CuPy 14.2's source makes for it (tests/support/cupy_standin/_launches.py): eager, and as
+``fit(graph=True)`` replays it (the launches outside the graph, beside the graph's one).
+
+PyTorch's same step (the peer of the benchmarks) runs under torch.profiler on the CPU: its leaf
+aten operators (views and allocations left out) are CPU operators, not CUDA kernels. A CUDA step
+runs other kernels (a foreach Adam runs a few ``_foreach`` kernels for all parameters where the CPU
+runs several operators per parameter), so the column is no launch count of PyTorch on a GPU and the
+table compares nothing with it; that count needs torch.profiler on a GPU (benchmarks/gpu_check.sh).
+Counts do not depend on sizes, so each case runs on a scaled-down copy of its network (same layers,
+loss, optimizer and dtype). ``python benchmarks/launches.py`` prints the table.
 """
 
 from __future__ import annotations
@@ -37,19 +43,24 @@ def scaled(config, limit: int = 16):
                                batch=min(config.batch, limit))
 
 
-def gpunn_launches(case: str) -> dict:
-    """Device operations per kind in one eager gpunn step on the CuPy backend (the stand-in)."""
+def gpunn_launches(case: str) -> tuple[dict, dict]:
+    """Device operations per kind in one eager gpunn step on the CuPy backend (the stand-in), and in
+    one replayed step as fit(graph=True) runs it (the batch's row indices copied in, the graph)."""
     from support import cupy_standin
 
     config, dtype, _, optimizer = train_case(case)
     with cupy_standin.installed() as standin:
         step, x, t = GpunnPeer("cupy").build_train_step(scaled(config), dtype, np.random.default_rng(0), optimizer)
         step(x, t)  # the first step makes the buffers
-        return dict(standin.count(lambda: step(x, t)))
+        eager = dict(standin.count(lambda: step(x, t)))
+        step.graph, rows = True, step.model.backend.xp.arange(x.shape[0])
+        for _ in range(2):  # eager, then recorded
+            step.train(x, t, rows=rows)
+        return eager, dict(standin.count(lambda: step.train(x, t, rows=rows)))
 
 
 def torch_operators(case: str) -> int | None:
-    """Leaf aten operators that launch work in one eager PyTorch step, or None without PyTorch."""
+    """Leaf aten operators of one eager PyTorch step on the CPU (not CUDA kernels), or None without PyTorch."""
     try:
         import torch
         from torch.profiler import ProfilerActivity, profile
@@ -71,14 +82,17 @@ def torch_operators(case: str) -> int | None:
 
 def markdown(cases) -> str:
     """The report's table: counts per case and the launch-bound time they predict."""
-    lines = ["| case | gpunn kernels | gpunn cuBLAS calls | gpunn memset/memcpy | gpunn total | PyTorch operators "
-             f"| gpunn launch-bound floor ({LAUNCH_MICROSECONDS:g} µs/launch, a model) |", "|" + "---|" * 7]
+    lines = ["| case | gpunn kernels | gpunn cuBLAS calls | gpunn memset/memcpy | gpunn total "
+             f"| gpunn launch-bound floor ({LAUNCH_MICROSECONDS:g} µs/launch, a model) "
+             "| gpunn fit(graph=True) replay: launches outside the graph + graph launches "
+             "| PyTorch CPU leaf operators (not CUDA kernels) |", "|" + "---|" * 8]
     for case in cases:
-        counts, torch_count = gpunn_launches(case), torch_operators(case)
-        total = sum(counts.values())
-        lines.append(f"| {case} | {counts.get('kernel', 0)} | {counts.get('cublas', 0)} | {counts.get('memory', 0)} "
-                     f"| {total} | {'' if torch_count is None else torch_count} "
-                     f"| {total * LAUNCH_MICROSECONDS:.0f} µs |")
+        (eager, replay), torch_count = gpunn_launches(case), torch_operators(case)
+        total = sum(eager.values())
+        graphs = replay.get("graph", 0)
+        lines.append(f"| {case} | {eager.get('kernel', 0)} | {eager.get('cublas', 0)} | {eager.get('memory', 0)} "
+                     f"| {total} | {total * LAUNCH_MICROSECONDS:.0f} µs | {sum(replay.values()) - graphs} + {graphs} "
+                     f"| {'' if torch_count is None else torch_count} |")
     return "\n".join(lines)
 
 

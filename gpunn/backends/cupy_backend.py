@@ -67,7 +67,7 @@ class CupyBackend(Backend):
         self._cublas_handles: dict = {}
         self._workspaces: dict = {}
         self._ones: dict = {}
-        self._unit_scale = None
+        self._unit_scales: dict = {}
         self._no_step: dict = {}
         self._default_scratch: dict = {}
 
@@ -297,9 +297,10 @@ class CupyBackend(Backend):
     def _loss_scale(self, loss_scale):
         if loss_scale is not None:
             return loss_scale
-        if self._unit_scale is None:
-            self._unit_scale = cupy.ones((1,), "float64")
-        return self._unit_scale
+        device = cupy.cuda.Device().id  # one per device: a kernel refuses another device's array
+        if device not in self._unit_scales:
+            self._unit_scales[device] = cupy.ones((1,), "float64")
+        return self._unit_scales[device]
 
     def mse_grad(self, y, t, scale: float, loss_scale=None, out=None):
         _require_device(y, t)

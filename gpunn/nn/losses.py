@@ -48,6 +48,11 @@ class Loss:
                                                                       type(self).__name__)
         return self._forward(backend, y, t, *([] if weights is None else [weights]))  # a subclass may take none
 
+    def forget(self) -> None:
+        """Let go of what the last forward saved for backward (a recorded graph's buffers, which
+        would otherwise keep its memory pool's blocks after the graph is dropped)."""
+        self._saved = None
+
     def backward(self, loss_scale=None):
         """dL/dy for the last forward, averaged over the batch as the loss is.
 

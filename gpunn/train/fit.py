@@ -155,6 +155,7 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
         parallel = DataParallel(world, model)
         seed = parallel.world.broadcast_object(seed)  # seed=None: rank 0's draw, so all shuffle alike
     step = TrainStep(model, loss, optimizer, graph=graph, data_parallel=parallel)
+    step.track(metrics)  # the loss and metrics are summed on the device by the step (in its graph too)
     if not any(parameter.trainable for parameter in optimizer.params):
         raise ValueError("fit: every parameter the optimizer holds is frozen (trainable=False), so nothing would "
                          "train; unfreeze some with model.unfreeze(...) or layer.trainable = True")
@@ -191,7 +192,6 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
     extensible = callback is not None or any(not type(c).__module__.startswith("gpunn.") for c in callbacks)
     callbacks = ([EpochFunction(callback)] if callback is not None else []) + callbacks \
         + ([early_stopping] if early_stopping is not None else [])
-    accumulate = "float64" if model.dtype.name == "float64" else "float32"
     batches = -(-n // batch_size)
     optimizer.reserve_steps(batches * (epochs - initial_epoch))
     history: dict = {"loss": []}
@@ -210,13 +210,21 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
         each.set_params(params)
 
     def in_memory(epoch):
-        """(x, t, weights, share, full batch?, this rank's rows, rows done) of each batch on the device."""
+        """(x, t, weights, rows, share, full batch?, rows done) of each batch on the
+        device. With a graph the step gathers its batch (``rows``: in the graph, from the whole
+        data set); otherwise the batch is a slice, or gathered here when shuffled."""
         order = backend.asarray(backend.random_generator((seed, epoch)).permutation(n)) if shuffle else None
+        if order is None and graph:
+            order = xp.arange(n)
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             first, last = (start, stop) if parallel is None else parallel.shard(start, stop)
             for dropout in dropouts:  # a shard draws its rows' masks of the global batch
                 dropout.row_offset = first - start
+            share, full = (last - first) / (stop - start), stop - start == batch_size
+            if graph:
+                yield x_all, t_all, weights_all, order[first:last], share, full, stop
+                continue
             if order is None:
                 xb, tb = x_all[first:last], t_all[first:last]
                 wb = None if weights_all is None else weights_all[first:last]
@@ -224,7 +232,7 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
                 rows = order[first:last]
                 xb, tb = xp.take(x_all, rows, axis=0), xp.take(t_all, rows, axis=0)
                 wb = None if weights_all is None else xp.take(weights_all, rows, axis=0)
-            yield xb, tb, wb, (last - first) / (stop - start), stop - start == batch_size, last - first, stop
+            yield xb, tb, wb, None, share, full, stop
 
     def streamed(epoch):
         """The same from a Dataset read in contiguous chunks by a background thread (gpunn.data)."""
@@ -240,7 +248,7 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
             else:
                 wb = fit_weights("fit", backend, tb, model.dtype, None, class_weight)
             done += len(rows)
-            yield xb, tb, wb, 1.0, len(rows) == batch_size, len(rows), done
+            yield xb, tb, wb, None, 1.0, len(rows) == batch_size, done
 
     model.stop_training = False
     was_training = model.training
@@ -252,27 +260,27 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
             for each in callbacks:
                 each.on_epoch_begin(epoch)
             progress.begin_epoch(epoch, batches)
-            total = backend.zeros((), accumulate)
-            sums = {name: backend.zeros((), "float64") for name in metrics}
+            step.reset_sums()
             seen = 0
             source = in_memory(epoch) if stream is None else streamed(epoch)
-            for batch, (xb, tb, wb, share, full, own_rows, stop) in enumerate(source):
+            for batch, (xb, tb, wb, rows, share, full, stop) in enumerate(source):
                 for each in batch_begin_hooks:
                     each.on_train_batch_begin(batch)
-                total += step(xb, tb, share, replay=full, weights=wb) * own_rows
-                for name in metrics:
-                    sums[name] += METRICS[name](step.outputs, tb, loss.takes_logits)
+                step.train(xb, tb, share, replay=full, weights=wb, rows=rows)
                 seen = stop
                 progress.batch_done()
                 if batch_hooks:  # reads the device: only when a callback asks for batch logs
+                    total = step.sums[0]
                     running = float(total) if parallel is None else parallel.global_sums({"loss": total})["loss"]
                     for each in batch_hooks:
                         each.on_train_batch_end(batch, {"loss": running / seen})
                     if model.stop_training:
                         break
-            sums = {"loss": total, **sums}
-            sums = ({name: float(value) for name, value in sums.items()} if parallel is None
-                    else parallel.global_sums(sums))
+            names = ("loss", *metrics)
+            if parallel is None:  # one read of the device per epoch
+                sums = dict(zip(names, map(float, backend.to_numpy(step.sums))))
+            else:
+                sums = parallel.global_sums({name: step.sums[index] for index, name in enumerate(names)})
             logs = {name: value / seen for name, value in sums.items()}
             if validation is not None:
                 scores = evaluate_prepared(model, validation[0], validation[1], loss, metrics,
@@ -300,6 +308,7 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
         for each in callbacks:
             each.on_train_end()
     finally:
+        step.release()  # the graph's memory goes now, with nothing left holding its pool's blocks
         model.train(was_training)
         progress.close()
         for dropout in dropouts:  # a later single-process fit draws the whole batch's masks again

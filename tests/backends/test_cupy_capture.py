@@ -3,8 +3,8 @@
 What this checks is gpunn's logic only: one private stream and pool reused across recordings,
 the pool's cached blocks freed when its graph is dropped (CuPy 14.1+ never frees a dropped
 pool's blocks, cupy PR #9437), cuBLAS handles let go of the private stream, and a failing step's
-error is the one raised. Real capture, replay and pool bytes run on a GPU
-(tests/backends/test_cupy_parity.py::test_re_recording_reuses_one_pool_and_frees_it).
+error is the one raised. Capture, replay and pool bytes run on the stand-in's model of CuPy's pool,
+and on a GPU (tests/backends/test_cupy_parity.py::test_re_recording_reuses_one_pool_and_frees_it).
 """
 
 import contextlib

@@ -17,7 +17,8 @@ from support import cupy_standin
 from conftest import matmul_error_bound, tolerance
 
 ON_GPU = gn.cupy_unavailable_reason() is None
-#: What the stand-in cannot show (memory pools, allocation hooks, TF32) or has no time for (4096³).
+#: What the stand-in cannot show (allocation hooks, TF32) or has no time for (4096³). Its memory pools
+#: are CuPy's bookkeeping (tests/support/cupy_standin/_pool.py): the pool tests run on it too.
 GPU_ONLY = [pytest.mark.gpu, pytest.mark.skipif(not ON_GPU, reason="needs a GPU (beyond the CPU stand-in)")]
 
 
@@ -33,7 +34,7 @@ def cupy_device():
 @pytest.fixture
 def on_gpu_only():
     if not ON_GPU:
-        pytest.skip("needs a GPU: the CPU stand-in has no memory pool, allocation hook or TF32")
+        pytest.skip("needs a GPU: the CPU stand-in has no allocation hook or TF32")
 
 
 SHAPES = [(1, 1), (1, 7), (333, 129), (64, 1000)]
@@ -219,7 +220,6 @@ def test_whole_fit_matches_numpy(rng):
     np.testing.assert_allclose(results["cupy"][1], results["numpy"][1], rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.usefixtures("on_gpu_only")
 def test_no_new_memory_after_warm_up(cp_backend, rng):
     import cupy
 
@@ -284,7 +284,6 @@ def test_graph_training_matches_eager_training(rng, dtype):
     np.testing.assert_allclose(results[True][1], results[False][1], rtol=rtol, atol=rtol)
 
 
-@pytest.mark.usefixtures("on_gpu_only")
 def test_graph_replays_allocate_nothing(cp_backend, rng):
     import cupy
 
@@ -301,7 +300,6 @@ def test_graph_replays_allocate_nothing(cp_backend, rng):
     assert len(set(used[2:])) == 1, f"pool used bytes changed across replays: {used}"
 
 
-@pytest.mark.usefixtures("on_gpu_only")
 def test_re_recording_reuses_one_pool_and_frees_it(cp_backend, rng):
     """A new momentum records again into the same private pool (no growth), and dropping the
     TrainStep frees the pool's cached blocks (CuPy 14.1+ keeps a dropped pool's blocks forever)."""

@@ -302,3 +302,29 @@ def test_leaving_the_stand_in_gives_back_the_real_backend_modules():
         assert inside is not before
     from gpunn.backends import cupy_kernels as after
     assert after is before and gpunn.backends.cupy_kernels is before and sys.modules["gpunn.backends.cupy_kernels"] is before
+
+
+def test_routines_launch_what_cupys_source_launches(standin, rng):
+    """Per routine, CuPy 14.2's own launches (tests/support/cupy_standin/_launches.py cites each)."""
+    cp = standin.cupy
+    z = cp.asarray(rng.normal(size=(6, 4)).astype("float32"))
+    labels = cp.asarray(rng.integers(0, 4, size=(6, 1)))
+    big = cp.asarray(np.ones(5000, "float32"))
+    out = cp.empty((6, 4), "float32")
+    expected = [
+        (lambda: cp.take_along_axis(z, labels, axis=1), {"kernel": 4, "memory": 1}),  # arange, 2 index preps, take
+        (lambda: cp.copyto(out, z), {"memory": 1}),  # contiguous, one dtype: a memcpy
+        (lambda: cp.copyto(out, z.T.T[:, ::-1]), {"kernel": 1}),  # strided: elementwise_copy
+        (lambda: z.sum(), {"kernel": 1}),  # CUB DeviceReduce, one tile
+        (lambda: big.sum(), {"kernel": 2}),  # CUB DeviceReduce, two passes
+        (lambda: z.sum(axis=1), {"kernel": 1}),  # CUB segmented
+        (lambda: z.mean(), {"kernel": 2}),  # CUB sum, then true_divide
+        (lambda: z.astype("float16").mean(), {"kernel": 3}),  # astype; a float32 sum is no CUB sum: _mean; astype
+        (lambda: (z > 0).sum(), {"kernel": 2}),  # the comparison; bool is not CUB's: CuPy's reduction
+        (lambda: z.argmax(axis=1), {"kernel": 1}),  # no segmented argmax in CUB: CuPy's reduction
+        (lambda: z.copy(), {"kernel": 1}),  # _astype → elementwise_copy
+        (lambda: out.fill(0), {"memory": 1}),
+        (lambda: out.fill(2), {"kernel": 1}),
+    ]
+    for work, counts in expected:
+        assert dict(standin.count(work)) == counts, counts

@@ -101,3 +101,29 @@ def test_float16_gemms_reduce_in_float32_because_gpunn_sets_the_math_mode(rng):
         library.cublasSetMathMode = type(original)(lambda handle, mode: 0, original.argtypes)  # ignored
         reduced = backend.matmul(backend.asarray(a), backend.asarray(b)).get()
     assert np.mean(reduced != exact) >= 0.25, np.mean(reduced != exact)  # float16 split-K: visibly worse
+
+
+def test_one_backend_trains_on_each_device_in_turn(two_gpus):
+    """The backend's per-device caches (cuBLAS handle and workspace, the ones of the bias gradient,
+    dropout's idle step, the unit loss scale) are kept per device: the same
+    model trained on device 0 and then built and trained on device 1 uses only device 1's memory there.
+    A cache keyed without the device fails this (the stand-in's peer checks)."""
+    standin, backend = two_gpus
+    cp = standin.cupy
+    rng = np.random.default_rng(0)
+    X, labels = rng.normal(size=(16, 4)), rng.integers(0, 3, size=16)
+
+    def train():
+        model = gn.Sequential(gn.Dense(4, 8, seed=1), gn.Dropout(0.0), gn.ReLU(), gn.Dense(8, 3, seed=2))
+        return model.fit(X, labels, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=gn.Adam(), epochs=2, batch_size=8,
+                         verbose=0, seed=0)["loss"]
+
+    def loss_gradient():  # without an optimizer's loss scale: the backend's unit scale
+        y = backend.asarray(np.linspace(-1, 1, 6).reshape(3, 2))
+        return backend.to_numpy(backend.mse_grad(y, y * 0.5, 0.5))
+
+    first = train(), loss_gradient()
+    with cp.cuda.Device(1):
+        second = train(), loss_gradient()
+    assert second[0] == first[0]
+    np.testing.assert_array_equal(second[1], first[1])

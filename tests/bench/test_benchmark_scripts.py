@@ -31,3 +31,15 @@ def test_interleave_pairs_both_libraries_and_the_gemms():
 def test_step_time_prints_a_median_per_step():
     out = run("step_time.py")
     assert out.strip().endswith("ms/step") and float(out.split(": ")[-1].split()[0]) > 0
+
+
+def test_launches_counts_a_replayed_graph_step_and_labels_pytorchs_cpu_operators():
+    """PERF.md's launch table: gpunn's launches as CuPy makes them; PyTorch's column says what it
+    counts (CPU leaf operators, not CUDA kernels); a replayed fit(graph=True) step is one graph
+    launch and one copy (issue 21, items 4 and 8)."""
+    out = run("launches.py", "S")
+    header, _, row = out.strip().splitlines()[-3:]
+    assert "PyTorch CPU leaf operators (not CUDA kernels)" in header and "PyTorch operators |" not in header
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[0] == "S" and cells[6] == "1 + 1", row
+    assert int(cells[4]) == sum(map(int, cells[1:4]))

@@ -9,6 +9,7 @@ tests/backends/test_cupy_parity.py on a GPU.
 """
 
 import gc
+import itertools
 
 import numpy as np
 import pytest
@@ -169,3 +170,95 @@ def test_a_cosine_schedule_records_once_however_long_a_loop_of_steps_runs(rng, m
         results.append([float(step(*prepared)) for _ in range(50)])
     assert (backend.recordings, backend.replays) == (1, 48)
     assert results[1] == results[0]
+
+
+def test_a_replayed_fit_step_launches_one_copy_outside_its_graph():
+    """Issue 21, item 8: a replayed step of fit(graph=True) gathers its batch, sums its loss and
+    metrics inside the graph; outside it only the batch's row indices are copied in (a memcpy, as
+    CuPy's copyto of a contiguous array is). Counted through the CuPy stand-in, CuPy's launches per
+    routine. Before: 11 launches outside the graph per step (2 gathers, 2 copies into the static
+    inputs, the loss copy and its accumulation, 5 for the accuracy)."""
+    from support import cupy_standin
+
+    rng = np.random.default_rng(0)
+    x, labels, weights = rng.normal(size=(96, 5)), rng.integers(0, 3, size=96), rng.uniform(0.5, 2, size=96)
+    with cupy_standin.installed() as standin, gn.use_backend("cupy"):
+        marks = []
+
+        class Mark(gn.Callback):
+            def on_train_batch_begin(self, batch):
+                marks.append((batch, len(standin.device.launches)))
+
+        model = gn.Sequential(gn.Dense(5, 8, seed=1), gn.Dropout(0.1, seed=3), gn.ReLU(), gn.Dense(8, 3, seed=2))
+        model.fit(x, labels, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=gn.Adam(), epochs=2, batch_size=16,
+                  sample_weight=weights, metrics=["accuracy"], graph=True, callbacks=[Mark()], verbose=0, seed=0)
+        counted = [standin.device.count(start) - standin.device.count(end)
+                   for (batch, start), (_, end) in itertools.pairwise(marks) if 2 <= batch < 5]
+    assert len(counted) == 6  # steps 3 to 5 of each epoch (of 6): replays (the last step of an epoch is left out)
+    for counts in counted:
+        assert dict(counts) == {"graph": 1, "memory": 1}, counts
+        assert sum(counts.values()) - counts["graph"] <= 2
+
+
+def test_graph_fits_and_re_recordings_keep_device_memory_bounded():
+    """Issue 21, item 9, through the stand-in's model of CuPy's pool (tests/support/cupy_standin/_pool.py):
+    a fit(graph=True) lets go of every array of its graph's private pool before dropping the graph
+    (the loss's saved arrays held one: its split block then stayed with the dead pool, 6656 bytes a
+    fit here), and recording again reuses the one pool. The bound: device memory after N fits, or
+    after M recordings of one step, is what it was after the first."""
+    from support import cupy_standin
+
+    rng = np.random.default_rng(0)
+    x, labels = rng.normal(size=(64, 12)), rng.integers(0, 50, size=64)  # 50 classes: blocks of several sizes
+    with cupy_standin.installed() as standin, gn.use_backend("cupy"):
+        device = standin.device
+        model = gn.Sequential(gn.Dense(12, 64, seed=1), gn.Dropout(0.2, seed=1), gn.Tanh(), gn.Dense(64, 50, seed=2))
+        loss, optimizer = gn.SoftmaxCrossEntropyLoss(), gn.Adam()
+        held = []
+        for seed in range(4):
+            model.fit(x, labels, loss=loss, optimizer=optimizer, epochs=1, batch_size=32, seed=seed, verbose=0,
+                      graph=True, metrics=["accuracy"])
+            gc.collect()
+            assert device.bytes_of_dropped_pools() == 0, "an array of a dropped graph's pool outlives the fit"
+            held.append(device.held_bytes())
+        assert held == held[:1] * 4, held
+
+        step = gn.TrainStep(model, loss, optimizer, graph=True)
+        xb, tb = step.prepare(x[:32], labels[:32])
+        step(xb, tb)
+        recorded, captures, capture = [], [], model.backend.capture
+        model.backend.capture = lambda *arguments: captures.append(1) or capture(*arguments)
+        try:
+            for change in range(6):  # each records again: new betas, another dropout rate
+                optimizer.betas = (0.9, 0.99 - 0.001 * change)
+                model.layers[1].rate = 0.1 + 0.05 * (change % 2)
+                step(xb, tb)
+                gc.collect()
+                recorded.append(device.held_bytes())
+        finally:
+            del model.backend.capture
+        assert len(captures) == 6
+        assert recorded == recorded[:1] * 6, recorded
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_a_step_on_rows_trains_like_a_step_on_the_gathered_batch(rng, graph):
+    """TrainStep(rows=...) gathers the batch itself (inside its graph); bad rows are refused early."""
+    x, labels = rng.normal(size=(40, 6)), rng.integers(0, 3, size=40)
+    order = rng.permutation(40)
+    losses = {}
+    for gathered in (False, True):
+        backend = ReplayingBackend() if graph else NumpyBackend()
+        model = make_model(backend)
+        step = gn.TrainStep(model, gn.SoftmaxCrossEntropyLoss(), gn.SGD(lr=0.1, momentum=0.9), graph=graph)
+        xs, ts = step.prepare(x, labels)
+        runs = []
+        for start in (0, 16, 0, 16):
+            rows = order[start:start + 16]
+            runs.append(float(step(xs, ts, rows=rows) if gathered else step(xs[rows], ts[rows])))
+        losses[gathered] = runs
+    assert losses[True] == losses[False]
+    with pytest.raises(TypeError, match="1-D integer"):
+        step(xs, ts, rows=order[:16].astype(float))
+    with pytest.raises(ValueError, match="equal length"):
+        step(xs, ts[:20], rows=order[:16])

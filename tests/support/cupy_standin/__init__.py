@@ -19,14 +19,24 @@ the launch counts of a training step (``Standin.count``).
   * several devices (``installed(devices=N)``): each array remembers its device, and a kernel, a
     routine, a cuBLAS call or an NCCL collective that gets another device's memory fails
     (``_nccl.py`` models one rank's communicator, bound to the device current at its creation).
+  * streams (``_device.py``): launches queue on the current stream and memory remembers the stream
+    that last wrote it; an access from another stream without an event after that write, or a host
+    read of work another stream has not finished, fails (``StandinViolation``);
+  * stream capture in CuPy's relaxed mode (``_cuda.py``): a device or captured-stream
+    synchronisation, a blocking copy, or an allocation outside the capture's pool fails; the graph
+    replays the recorded launches in order on the stream it is launched on;
+  * memory pools (``_pool.py``): CuPy 14.2's pool block by block (best fit, split, merge, what
+    ``free_all_blocks`` frees and what a dropped pool keeps); ``device.held_bytes()``;
+  * launch counts per CuPy routine as CuPy's source launches them (``_launches.py``).
 What it cannot show (the GPU run, ``benchmarks/gpu_check.sh``, still owes these):
-  * streams: launches run one at a time, in order; stream semantics, overlap and races between
-    launches are absent (inside a launch, ``installed(block_threads=True)`` runs each block's
-    threads as host threads, so a block's barriers and shared memory are real; blocks run in turn);
-  * CUDA graph capture: captured launches are recorded and replayed in order on the same
-    buffers, which catches host work or transfers inside a captured step, nothing more;
-  * memory pools: allocation is NumPy's; pool reuse, fragmentation and graph-pool lifetime
-    (issue 10, defect 3) are not modelled;
+  * races and overlap: launches still run one at a time, in order (inside a launch,
+    ``installed(block_threads=True)`` runs each block's threads as host threads, so a block's
+    barriers and shared memory are real; blocks run in turn); the stand-in finds missing order, it
+    does not reproduce what a race would compute;
+  * CUDA graphs themselves: instantiation errors, graph memory addresses, upload; and a recorded
+    launch keeps its arrays alive here (its host memory must stay valid), where a CUDA graph keeps
+    nothing: an array gpunn forgot to keep alive for its graph goes unnoticed;
+  * the driver's allocator: cudaMalloc's fragmentation, the async allocator, pinned host memory;
   * cuBLAS itself: its kernels, TF32 rounding (``COMPUTE_32F_FAST_TF32`` computes in float32
     here), workspace use and the library loading (the model replaces ``load_library``);
   * the device compiler: NVRTC's parsing, device-only intrinsics, FMA contraction (the GPU may

@@ -3,8 +3,9 @@
 The wall is CuPy's: no implicit conversion to NumPy (``__array__`` raises, as in CuPy), NumPy
 arrays refused as operands of device routines, transfers only through ``asarray``/``get``/
 ``asnumpy``. Every routine that would launch a CUDA kernel on a GPU (a ufunc, a reduction, a
-copy, advanced indexing) is logged as one launch; views (reshape, slicing, ``.T``) are not.
-CuPy sometimes needs more than one kernel for a routine: the log is a lower bound there.
+copy, advanced indexing) is logged as the launches CuPy's source makes for it (``_launches.py``:
+``take_along_axis`` is four kernels and a memset, a contiguous ``copyto`` a memcpy); views
+(reshape, slicing, ``.T``) launch nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
 from support.cupy_standin._device import current
+from support.cupy_standin._launches import launches
 
 
 def _refuse_host_array(value):
@@ -79,15 +81,27 @@ def device_call(name: str, function, args, kwargs, *, allow_host: bool = False, 
     fresh = [index for index, r in enumerate(results) if not any(np.may_share_memory(r, i) for i in inputs)]
     wrapped = wrap(result if not isinstance(result, np.generic) else results[0], originals)
     targets = [array._host for array in _flat_arrays_of(wrapped)]
-    if always or (result is None and inputs) or any(results[index].size for index in fresh):
+    written_out = kwargs.get("out") is not None  # a routine writing into a given output (take(..., out=))
+    if always or written_out or (result is None and inputs) or any(results[index].size for index in fresh):
 
         def run():
             values = _flat_arrays(function(*host_args, **host_kwargs))
             for index in fresh:
                 np.copyto(targets[index], values[index])
 
-        device.launch("kernel", name, run if device.capture is not None else lambda: None)
+        writes = targets + ([inputs[0]] if result is None and inputs else [])
+        operations = launches(name, args, kwargs, host_args)
+        if operations is None:  # a ufunc, or a routine of one kernel
+            operations = [("kernel", "")]
+        for index, (kind, label) in enumerate(operations):  # the first does the work; CuPy's others follow
+            device.launch(kind, f"{name}: {label}" if label else name,
+                          (run if device.capture is not None else _nothing) if index == 0 else _nothing,
+                          reads=inputs if index == 0 else (), writes=writes if index == 0 else ())
     return wrapped
+
+
+def _nothing():
+    return None
 
 
 def _flat_arrays_of(value) -> list:
@@ -162,9 +176,7 @@ class ndarray(NDArrayOperatorsMixin):
 
     def get(self, stream=None, order="C", out=None, blocking=True):
         """Device to host: a synchronising copy, refused while a stream is captured."""
-        device = current()
-        device.refuse_during_capture("a device-to-host copy")
-        device.launch("memory", "memcpy device-to-host", lambda: None)
+        current().host_read(self._host, "a device-to-host copy", None if stream is None else stream.ptr, blocking)
         copy = np.array(self._host, order=order)
         if out is not None:
             np.copyto(out, copy)
@@ -173,8 +185,8 @@ class ndarray(NDArrayOperatorsMixin):
 
     def set(self, host, stream=None):
         device = current()
-        device.refuse_during_capture("a host-to-device copy")
-        device.launch("memory", "memcpy host-to-device", lambda: None)
+        device.refuse_during_capture("a host-to-device copy", device.current_stream())
+        device.launch("memory", "memcpy host-to-device", lambda: None, writes=(self._host,))
         np.copyto(self._host, host)
 
     def item(self):

@@ -194,5 +194,5 @@ class CublasLibrary:
         out = operand(c, m, n, ldc, c_storage)
         device.launch("cublas", "cublasGemmEx", lambda: column_major_gemm(
             trans_a, trans_b, m, n, k, alpha_value, first, lda, second, ldb, beta_value, out, ldc, compute,
-            reduce_in))
+            reduce_in), reads=(first, second, out), writes=(out,))
         return STATUS_SUCCESS

@@ -1,10 +1,11 @@
-"""``cupy.cuda``: the machine's devices, streams, a graph recorder, memory pools that count bytes.
+"""``cupy.cuda``: the machine's devices, streams and events, stream capture into a graph,
+memory pools that count bytes.
 
-These fakes keep gpunn's code paths running; they prove nothing about the real objects. A
-"captured" stream keeps every launch made while it captures and a graph replays them in order
-on the same buffers, so a captured step that depends on host work between launches, or that
-copies to or from the host while capturing, is caught; real graph semantics (stream ordering,
-pool addresses, instantiation errors) are not modelled.
+Streams and events order work as the device's model says (``_device.Device``); a capture records
+the launches queued on the captured stream, and its graph replays them in order on the same
+buffers, on the stream it is launched on (ordered there like any launch). Capture follows relaxed
+mode (CuPy's default), plus one rule of the stand-in: an allocation from another pool than the
+capture's fails. Memory pools are ``_pool.py``'s model of CuPy's.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ import contextlib
 import itertools
 import types
 
-from support.cupy_standin import _nccl
-from support.cupy_standin._device import StandinViolation, current
+from support.cupy_standin import _nccl, _pool
+from support.cupy_standin._device import Capture, StandinViolation, current
 
 _pointers = itertools.count(0x5000)
-_stream_stack: list = []
 
 
 class CUDARuntimeError(RuntimeError):
@@ -49,7 +49,9 @@ class Device:
         machine.current_id = self.id
 
     def synchronize(self) -> None:
-        current().refuse_during_capture("cudaDeviceSynchronize")
+        machine = current()
+        machine.refuse_during_capture("cudaDeviceSynchronize")
+        machine.synchronize_all()
 
     def __enter__(self):
         self._previous.append(current().current_id)
@@ -70,88 +72,167 @@ class Device:
 
 
 class Graph:
-    """What ``Stream.end_capture`` returns: the recorded launches, replayed in order."""
+    """What ``Stream.end_capture`` returns: the recorded launches, replayed in order on the stream
+    it is launched on, as one launch that reads and writes what they read and write."""
 
     def __init__(self, recorded: list):
         self.recorded = recorded
 
     def launch(self, stream=None) -> None:
-        current().launch("graph", f"graph of {len(self.recorded)} launches", self._replay)
+        machine = current()
+        ptr = (stream or get_current_stream()).ptr
+        reads = [host for *_, launch_reads, _ in self.recorded for host in launch_reads]
+        writes = [host for *_, launch_writes in self.recorded for host in launch_writes]
+        machine.launches.append(("graph", f"graph of {len(self.recorded)} launches"))
+        machine.run_on(ptr, self._replay, reads, writes, "a graph launch")
 
     def _replay(self) -> None:
-        for _, _, replay in self.recorded:
+        for _, _, replay, _, _ in self.recorded:
             replay()
 
     def upload(self, stream=None) -> None:
         return None
 
 
+class Event:
+    """``cupy.cuda.Event``: ``record`` marks the work queued so far on a stream; waiting for it
+    (``Stream.wait_event``) orders a later launch of another stream after that work, and
+    ``synchronize``/``query`` tell the host it is complete."""
+
+    def __init__(self, block=False, disable_timing=False, interprocess=False):
+        self.ptr, self._mark = next(_pointers), None
+
+    def record(self, stream=None) -> None:
+        stream = stream or get_current_stream()
+        self._mark = (stream.ptr, current().issued.get(stream.ptr, 0))
+
+    def synchronize(self) -> None:
+        if self._mark is not None:
+            machine = current()
+            machine.refuse_during_capture("cudaEventSynchronize", self._mark[0])
+            machine.completed[self._mark[0]] = max(machine.completed.get(self._mark[0], 0), self._mark[1])
+
+    def query(self) -> bool:
+        """Done: the stand-in ran the work at its launch, so a query finds it complete."""
+        self.synchronize()
+        return True
+
+    done = property(query)
+
+
 class Stream:
-    """``cupy.cuda.Stream``: a context that makes itself current; captures on request."""
+    """``cupy.cuda.Stream``: a context that makes itself current (per device, as CuPy keeps one
+    current stream per device); captures on request. ``null`` is the legacy default stream."""
 
     null = None
 
     def __init__(self, null=False, non_blocking=False, ptds=False):
         self.ptr = 0 if null else next(_pointers)
+        self.non_blocking = non_blocking
         self._capturing = False
 
+    def _register(self, machine) -> None:
+        machine.blocking.setdefault(self.ptr, not self.non_blocking)
+
     def __enter__(self):
-        _stream_stack.append(self)
+        machine = current()
+        self._register(machine)
+        machine.stream_stack.append(self)
         return self
 
     def __exit__(self, *exc_info):
-        _stream_stack.pop()
+        current().stream_stack.pop()
+
+    def use(self):
+        self.__enter__()
+        return self
 
     def synchronize(self) -> None:
-        current().refuse_during_capture("cudaStreamSynchronize")
+        machine = current()
+        machine.refuse_during_capture("cudaStreamSynchronize of the capturing stream", self.ptr)
+        machine.synchronize_stream(self.ptr)
+
+    @property
+    def done(self) -> bool:
+        self.synchronize()
+        return True
+
+    def record(self, event=None) -> Event:
+        event = event or Event()
+        event.record(self)
+        return event
+
+    def wait_event(self, event) -> None:
+        """cudaStreamWaitEvent: this stream's later work runs after the event's."""
+        if event._mark is not None:
+            machine, (source, number) = current(), event._mark
+            key = (self.ptr, source)
+            machine.waits[key] = max(machine.waits.get(key, 0), number)
 
     def begin_capture(self, mode=None) -> None:
-        device = current()
-        if device.capture is not None:
+        """stream.pyx, Stream.begin_capture: never the legacy stream; relaxed mode."""
+        machine = current()
+        if self.ptr in (0, 1):
+            raise RuntimeError("cannot capture on the default (legacy) stream")
+        if machine.capture is not None:
             raise StandinViolation("a stream is already being captured")
-        device.capture, self._capturing = [], True
+        self._register(machine)
+        machine.capture = Capture(self.ptr, machine.allocators[-1] if machine.allocators else None)
+        self._capturing = True
 
     def is_capturing(self) -> bool:
         return self._capturing
 
     def end_capture(self) -> Graph:
-        device = current()
+        machine = current()
         if not self._capturing:
             raise StandinViolation("end_capture on a stream that is not capturing")
-        recorded, device.capture, self._capturing = device.capture, None, False
-        return Graph(recorded)
+        capture, machine.capture, self._capturing = machine.capture, None, False
+        return Graph(capture.launches)
 
 
 Stream.null = Stream(null=True)
 
 
 def get_current_stream(device_id=None) -> Stream:
-    return _stream_stack[-1] if _stream_stack else Stream.null
+    stack = current().stream_stack
+    return stack[-1] if stack else Stream.null
 
 
 class MemoryPool:
-    """``cupy.cuda.MemoryPool``: counts the bytes allocated through it (no reuse is modelled)."""
+    """``cupy.cuda.MemoryPool``: ``_pool.py``'s model of CuPy's pool; its state outlives it."""
 
     def __init__(self, allocator=None):
-        self._used = 0
+        self._state = _pool.PoolState(current())
+        _pool.watch(self, self._state)
 
     def malloc(self, size: int):
-        self._used += size
-        return None
+        raise StandinViolation("the stand-in allocates through arrays; pass pool.malloc to using_allocator")
 
     def used_bytes(self) -> int:
-        return self._used
+        return self._state.in_use
 
     def total_bytes(self) -> int:
-        return self._used
+        return self._state.total
+
+    def free_bytes(self) -> int:
+        return self._state.total - self._state.in_use
 
     def free_all_blocks(self, stream=None) -> None:
-        self._used = 0
+        self._state.free_all_blocks()
 
 
 @contextlib.contextmanager
 def using_allocator(allocator=None):
-    yield
+    """cupy.cuda.memory.using_allocator: arrays made inside take their memory from the pool whose
+    ``malloc`` is given (the default pool for None or any other allocator)."""
+    owner = getattr(allocator, "__self__", None)
+    machine = current()
+    machine.allocators.append(owner._state if isinstance(owner, MemoryPool) else machine.default_pool)
+    try:
+        yield
+    finally:
+        machine.allocators.pop()
 
 
 def _runtime() -> types.SimpleNamespace:
@@ -168,7 +249,7 @@ def namespace() -> types.ModuleType:
     cuda = types.ModuleType("cupy.cuda")
     runtime = types.ModuleType("cupy.cuda.runtime")
     runtime.__dict__.update(vars(_runtime()))
-    cuda.__dict__.update(Device=Device, Stream=Stream, ExternalStream=Stream, Graph=Graph, MemoryPool=MemoryPool,
+    cuda.__dict__.update(Device=Device, Stream=Stream, ExternalStream=Stream, Graph=Graph, MemoryPool=MemoryPool, Event=Event,
                          get_current_stream=get_current_stream, using_allocator=using_allocator, runtime=runtime,
                          is_available=lambda: True, nccl=_nccl.module())
     return cuda

@@ -169,9 +169,10 @@ def declarations(params, arguments, dtypes) -> str:
     return "\n  ".join(lines)
 
 
-def launch(name: str, source: str, arguments: list, hosts: list) -> None:
-    """Compile (once) and run a kernel on the argument block; log it as one kernel launch.
-    The launch holds ``hosts`` (the arrays behind the block), as a captured graph holds its memory."""
+def launch(name: str, source: str, arguments: list, hosts: list, written: int) -> None:
+    """Compile (once) and run a kernel on the argument block; log it as one kernel launch that reads
+    the arrays in ``hosts`` and writes the last ``written`` of them (the outputs). The launch holds
+    ``hosts`` (the arrays behind the block), as a captured graph holds its memory."""
     entry = _host.load(source)
     block = (ctypes.c_void_p * len(arguments))(*(ctypes.addressof(a) if isinstance(a, ctypes.Structure)
                                                  else a.ctypes.data for a in arguments))
@@ -180,7 +181,9 @@ def launch(name: str, source: str, arguments: list, hosts: list) -> None:
     def run(held=(hosts, arguments)):  # the memory behind ``block`` lives as long as the launch
         entry(block)
 
-    current().launch("kernel", name, run)
+    inputs = [host for host in hosts[:len(hosts) - written] if isinstance(host, np.ndarray)]
+    outputs = [host for host in hosts[len(hosts) - written:] if isinstance(host, np.ndarray)]
+    current().launch("kernel", name, run, reads=inputs, writes=outputs)
 
 
 def launch_arguments(hosts, dtypes) -> list:
@@ -241,7 +244,8 @@ class ElementwiseKernel:
         grid = None
         if self._cooperates():  # function.pyx, linear_launch: ⌈size / block_size⌉ blocks
             grid = (-(-size // block_size), min(block_size, size) if current().block_threads else 1)
-        launch(self.name, self._source(arguments, in_types + out_types, type_map, grid), arguments, hosts)
+        launch(self.name, self._source(arguments, in_types + out_types, type_map, grid), arguments, hosts,
+               self.nout)
         return result
 
     def _cooperates(self) -> bool:
@@ -327,7 +331,7 @@ class ReductionKernel:
         hosts = views + [a._host for a in out_args]
         arguments = (launch_arguments(hosts, in_types + out_types)
                      + [_host.indexer_argument(in_shape), _host.indexer_argument(out_shape)])
-        launch(self.name, self._source(arguments, in_types + out_types, type_map), arguments, hosts)
+        launch(self.name, self._source(arguments, in_types + out_types, type_map), arguments, hosts, self.nout)
         return result
 
     def _source(self, arguments, dtypes, type_map) -> str:

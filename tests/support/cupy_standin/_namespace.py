@@ -13,10 +13,11 @@ from support.cupy_standin._kernels import ElementwiseKernel, ReductionKernel
 
 def _host_to_device(value, dtype=None, order="C") -> ndarray:
     device = current()
-    device.refuse_during_capture("a host-to-device copy")
+    device.refuse_during_capture("a host-to-device copy", device.current_stream())
     host = np.array(value, dtype=dtype, order=order if order in ("C", "F") else "C")
-    device.launch("memory", "memcpy host-to-device", lambda: None)
-    return ndarray._of(host)
+    array = ndarray._of(host)
+    device.launch("memory", "memcpy host-to-device", lambda: None, writes=(host,))
+    return array
 
 
 def asarray(a, dtype=None, order=None, *, blocking=False):
@@ -35,8 +36,8 @@ def array(obj, dtype=None, copy=True, order="K", ndmin=0, *, blocking=False):
 
 
 def asnumpy(a, stream=None, order="C", out=None, *, blocking=True):
-    if isinstance(a, ndarray):
-        return a.get(order=order, out=out)
+    if isinstance(a, ndarray):  # cupy/_creation/from_data.py, asnumpy: a.get(stream, order, out, blocking)
+        return a.get(stream=stream, order=order, out=out, blocking=blocking)
     return np.asarray(a, order=order)
 
 
@@ -56,7 +57,7 @@ def empty_like(prototype, dtype=None, order="K", subok=None, shape=None):
 
 def _memset(array: ndarray) -> ndarray:
     host = array._host
-    current().launch("memory", "memset", lambda: host.fill(0))
+    current().launch("memory", "memset", lambda: host.fill(0), writes=(host,))
     return array
 
 
@@ -72,8 +73,15 @@ def get_array_module(*args):
     return module
 
 
-class _Pool:
-    """``cupy.get_default_memory_pool()``: nothing is pooled on the host."""
+class _DefaultPool(_cuda.MemoryPool):
+    """``cupy.get_default_memory_pool()``: the device's default pool (``_pool.py``)."""
+
+    def __init__(self):
+        self._state = current().default_pool
+
+
+class _PinnedPool:
+    """``cupy.get_default_pinned_memory_pool()``: host memory, not modelled."""
 
     def used_bytes(self) -> int:
         return 0
@@ -86,11 +94,11 @@ class _Pool:
 
 
 def get_default_memory_pool():
-    return _Pool()
+    return _DefaultPool()
 
 
 def get_default_pinned_memory_pool():
-    return _Pool()
+    return _PinnedPool()
 
 
 def build() -> Namespace:

@@ -59,12 +59,13 @@ class NcclCommunicator:
         source, target = self._buffer(sendbuf, count, datatype), self._buffer(recvbuf, count, datatype)
         self.calls.append(("allReduce", count, datatype))
         nranks = self.nranks
-        current().launch("kernel", "ncclAllReduce", lambda: np.multiply(source, nranks, out=target))
+        current().launch("kernel", "ncclAllReduce", lambda: np.multiply(source, nranks, out=target),
+                         reads=(source,), writes=(target,))
 
     def bcast(self, buff: int, count: int, datatype: int, root: int, stream: int) -> None:
-        self._buffer(buff, count, datatype)
+        buffer = self._buffer(buff, count, datatype)
         self.calls.append(("bcast", count, datatype))
-        current().launch("kernel", "ncclBroadcast", lambda: None)
+        current().launch("kernel", "ncclBroadcast", lambda: None, reads=(buffer,), writes=(buffer,))
 
 
 def module() -> types.ModuleType:
