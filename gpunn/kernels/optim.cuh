@@ -2,7 +2,8 @@
 // semantics (and the same order of operations) as torch.optim. C is the compute type: float for
 // float16 and float32 storage (float16 models update float32 master weights), double for float64.
 // Every rule has the signature (param, state0, state1, grad, lr, step, weight_decay, h0, h1, h2, flag);
-// ``step`` counts this update (1 for the first), for Adam's bias correction.
+// ``step`` counts this update of this parameter (1 for its first), for Adam's bias correction: as
+// torch.optim's state["step"], one count per parameter, which a step that leaves it out does not advance.
 #pragma once
 #include "math.cuh"
 
@@ -59,6 +60,40 @@ __host__ __device__ inline void gpunn_adam_update(C& param, C& exp_avg, C& exp_a
     // flushes it to 0 while exp_avg is not. Such an element does not move (no 0/0 NaN, no x/0 Inf);
     // a NaN denominator still compares unequal to 0, so a NaN gradient still poisons its parameter.
     param = param - step_size * (denominator == C(0) ? C(0) : exp_avg / denominator);
+}
+
+// The segment table of one update (gpunn/optim/segments.py builds it): per bound parameter
+// GPUNN_SEGMENT_FIELDS int64 numbers, [start, stop) in the flat buffer, where its optimizer state
+// starts, and whether this step updates it (1) or leaves it and its state as they are (0: frozen, or
+// no gradient). Segments are sorted and disjoint; an element between two belongs to no bound parameter.
+#define GPUNN_SEGMENT_FIELDS 4
+
+// The first segment from ``from`` on whose stop lies above flat element ``k`` (``count`` if none): a
+// grid-strided thread's elements only grow, so it searches on from the segment it found last.
+__host__ __device__ inline long long gpunn_segment_of(const long long* segments, long long count, long long k,
+                                                      long long from) {
+    long long low = from, high = count;
+    while (low < high) {
+        long long middle = low + (high - low) / 2;
+        if (segments[GPUNN_SEGMENT_FIELDS * middle + 1] <= k) {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    return low;
+}
+
+// Whether this step updates flat element ``k`` of ``segment`` (gpunn_segment_of's answer for it).
+__host__ __device__ inline bool gpunn_segment_updates(const long long* segments, long long count, long long segment,
+                                                      long long k) {
+    return segment < count && k >= segments[GPUNN_SEGMENT_FIELDS * segment] &&
+           segments[GPUNN_SEGMENT_FIELDS * segment + 3] != 0;
+}
+
+// Where element ``k`` of ``segment`` keeps its optimizer state (and float16 master weight).
+__host__ __device__ inline long long gpunn_segment_state(const long long* segments, long long segment, long long k) {
+    return segments[GPUNN_SEGMENT_FIELDS * segment + 2] + (k - segments[GPUNN_SEGMENT_FIELDS * segment]);
 }
 
 // The per-step counters in ``scalars`` (double): [0] updates applied, [1] updates attempted (the

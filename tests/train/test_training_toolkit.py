@@ -102,7 +102,7 @@ def test_state_dict_round_trip_and_mismatch(backend):
     optimizer = gn.Adam(model.parameters(), lr=gn.schedules.ExponentialDecay(0.01, 0.9), betas=(0.8, 0.95))
     state = optimizer.state_dict()
     assert state["config"]["type"] == "Adam" and state["config"]["schedule"]["type"] == "ExponentialDecay"
-    assert set(state["arrays"]) == {"scalars", "exp_avg", "exp_avg_sq"}
+    assert set(state["arrays"]) == {"scalars", "step", "exp_avg", "exp_avg_sq"}  # step: one count per parameter
     assert all(type(a).__module__ == "numpy" for a in state["arrays"].values())
     twin = gn.Adam(mlp(backend, seed=5).parameters())
     twin.load_state_dict(state)
