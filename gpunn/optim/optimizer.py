@@ -144,7 +144,6 @@ class Optimizer:
         self.compute_dtype = "float64" if dtype.name == "float64" else "float32"
         self.mixed_precision = dtype.name == "float16"
         self._segments = segments = Segments(flat, self.params)
-        self._values, self._grads = flat.values[:segments.size], flat.grads[:segments.size]
         self._states = [backend.zeros((segments.state_size,), self.compute_dtype) for _ in self.rule.states]
         self._master = None
         if self.mixed_precision:
@@ -227,9 +226,9 @@ class Optimizer:
         segments.select(fresh, backend)
         dynamic = self.mixed_precision
         if self.max_grad_norm is not None or dynamic:  # the norm of the updated gradients, as torch's clip_grad_norm_
-            backend.global_norm(self._grads, out=self._norm, scratch=self._scratch, segments=segments.table)
+            backend.global_norm(self._flat.grads, out=self._norm, scratch=self._scratch, segments=segments.table)
         hyper = tuple(self.numbers.get(name, 0.0) if name else 0.0 for name in self.rule.numbers)
-        backend.optimizer_update(self.rule, self._values, self._grads, self._states, self._master, self._scalars,
+        backend.optimizer_update(self.rule, self._flat.values, self._flat.grads, self._states, self._master, self._scalars,
                                  self._lr_table, self._norm, hyper, self.flag, self.weight_decay,
                                  self._flat.decay_end_for(self.decay_biases), self.max_grad_norm or 0.0, dynamic,
                                  segments.table, segments.steps, growth_interval=float(GROWTH_INTERVAL),
@@ -241,16 +240,18 @@ class Optimizer:
             parameter.grad_valid = False
 
     def device_arrays(self) -> list:
-        """Every array the update reads or writes besides parameters and gradients."""
+        """Every array the update reads or writes besides parameters, gradients and ``scratch_arrays``: what
+        rank 0 broadcasts to start data parallelism (each parameter's step count included)."""
         self._require_bound("device_arrays")
-        arrays = [*self._states, self._scalars, self._norm, self._lr_table, self._segments.table, self._segments.steps]
+        arrays = [*self._states, self._scalars, self._norm, self._lr_table, self._segments.steps]
         return arrays + ([self._master] if self._master is not None else [])
 
     def scratch_arrays(self) -> list:
-        """Device scratch of the norm and update kernels: kept alive with a recorded graph, and
-        never part of the state (each launch leaves its tickets at 0)."""
+        """Device arrays of the norm and update kernels that are kept alive with a recorded graph and
+        are never part of the state: their scratch (each launch leaves its tickets at 0) and the segment
+        table, which every rank derives from the same bound and frozen parameters (not broadcast)."""
         self._require_bound("scratch_arrays")
-        return [] if self._scratch is None else list(self._scratch)
+        return [self._segments.table] + ([] if self._scratch is None else list(self._scratch))
 
     @property
     def skipped_steps(self) -> int:

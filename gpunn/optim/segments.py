@@ -22,22 +22,22 @@ from gpunn.kernels.update_rules import SEGMENT_FIELDS
 
 
 class Segments:
-    """One segment per bound parameter (``params`` in flat order), the padding at the end of the
-    flat buffer going with the last parameter when every parameter is bound (so the state keeps the
-    buffer's size, as checkpoints hold it)."""
+    """One segment per bound parameter (``params`` in flat order). The update launches over the whole
+    flat buffer whichever parameters are bound or frozen, so its threads, and the gradient norm's
+    order of summation, are the same for a frozen layer and for an optimizer bound without it."""
 
     def __init__(self, flat, params):
         backend = flat.backend
-        whole = len(params) == len(flat.parameters)
         rows, state_start = [], 0  # each row: SEGMENT_FIELDS numbers
-        for index, parameter in enumerate(params):
+        for parameter in params:
             start = flat.offset(parameter)
-            stop = flat.values.size if whole and index == len(params) - 1 else start + parameter.size
-            rows.append([start, stop, state_start, 1])
-            state_start += stop - start
+            rows.append([start, start + parameter.size, state_start, 1])
+            state_start += parameter.size
         self._rows = rows
-        #: Elements of optimizer state; the elements [0, size) of the flat buffer hold every segment.
-        self.state_size, self.size, self.count = state_start, rows[-1][1], len(rows)
+        #: Elements of optimizer state: a whole model's has the flat buffer's padding too (unused), as
+        #: checkpoints have always held it.
+        self.state_size = flat.values.size if len(params) == len(flat.parameters) else state_start
+        self.count = len(rows)
         self.table = backend.asarray([value for row in rows for value in row], "int64")
         #: Each segment's updates applied (torch's state["step"]), advanced by the update on the device.
         self.steps = backend.zeros((len(rows),), "float64")
