@@ -123,20 +123,28 @@ def _update(rule, with_master: bool):
         const long long* table = &segments[0]"""
     # A float16 parameter written from outside (assignment, a restored best epoch) no longer
     # equals its rounded master weight: the written value wins, so training never ignores it.
-    # The search for an element's segment resumes from the last one this index ``i`` found (its k grow).
+    # Per element of this thread: to its segment (a register compare, a search only past its end), then
+    # the inner loop over this thread's elements of that segment, where the step count, and so Adam's
+    # bias corrections, are loop-invariant (computed once per segment, not per element).
     operation = f"""
-        long long segment = 0;
-        for (ptrdiff_t k = i; k < n && !skip; k += _ind.size()) {{
-            segment = gpunn_segment_of(table, segment_count, k, segment);
-            if (!gpunn_segment_updates(table, segment_count, segment, k)) continue;  // frozen, or no parameter
-            const ptrdiff_t s = gpunn_segment_state(table, segment, k);
-            const C step = (C) (steps[segment] + 1.0);
-            C grad = gpunn_effective_grad((C) g[k], loss_scale, norm_value, max_norm);
-            C param = {"((T) master[s] == p[k]) ? master[s] : (C) p[k]" if with_master else "(C) p[k]"};
-            C unused = C(0);
-            {rule.function}(param, {arguments}, grad, lr, step, k < decay_end ? weight_decay : C(0), h0, h1, h2, flag);
-            {"master[s] = param;" if with_master else ""}
-            p[k] = (T) param;
+        gpunn_segment_cursor segment;
+        for (ptrdiff_t k = i; k < n && !skip;) {{
+            if (!segment.at(table, segment_count, k)) {{  // frozen, no gradient, or no bound parameter
+                k += _ind.size();
+                continue;
+            }}
+            const C step = (C) (steps[segment.index] + 1.0);
+            const ptrdiff_t stop = segment.stop < n ? segment.stop : n, shift = segment.state - segment.start;
+            for (; k < stop; k += _ind.size()) {{
+                const ptrdiff_t s = k + shift;
+                C grad = gpunn_effective_grad((C) g[k], loss_scale, norm_value, max_norm);
+                C param = {"((T) master[s] == p[k]) ? master[s] : (C) p[k]" if with_master else "(C) p[k]"};
+                C unused = C(0);
+                {rule.function}(param, {arguments}, grad, lr, step, k < decay_end ? weight_decay : C(0), h0, h1, h2,
+                                flag);
+                {"master[s] = param;" if with_master else ""}
+                p[k] = (T) param;
+            }}
         }}"""
     # The last block counts the step: each updated segment's own count (unless the step was skipped), then
     # the model's counters and loss scale.
@@ -172,14 +180,20 @@ def _gradient_norm(_, dtype):
     (``segment_count`` > 0) over the segments the update updates only."""
     return _elementwise(
         "raw T x, int64 n, raw int64 segments, int64 segment_count", "raw C partials, raw C norm, raw uint32 tickets",
-        """long long segment = 0;
-        for (ptrdiff_t k = i; k < n; k += _ind.size()) {
+        """gpunn_segment_cursor segment;
+        for (ptrdiff_t k = i; k < n;) {
+            ptrdiff_t stop = n;  // no table: every element
             if (segment_count > 0) {
-                segment = gpunn_segment_of(&segments[0], segment_count, k, segment);
-                if (!gpunn_segment_updates(&segments[0], segment_count, segment, k)) continue;
+                if (!segment.at(&segments[0], segment_count, k)) {
+                    k += _ind.size();
+                    continue;
+                }
+                stop = segment.stop < n ? segment.stop : n;
             }
-            C value = (C) x[k];
-            thread_sum += value * value;
+            for (; k < stop; k += _ind.size()) {
+                C value = (C) x[k];
+                thread_sum += value * value;
+            }
         }""",
         "gpunn_gradient_norm_kernel", "optim.cuh", "grid.cuh", loop_prep="C thread_sum = C(0)",
         after_loop=f"""C block_sum = gpunn_block_sum<{GRID_BLOCK}>(thread_sum);

@@ -68,10 +68,17 @@ __host__ __device__ inline void gpunn_adam_update(C& param, C& exp_avg, C& exp_a
 // no gradient). Segments are sorted and disjoint; an element between two belongs to no bound parameter.
 #define GPUNN_SEGMENT_FIELDS 4
 
-// The first segment from ``from`` on whose stop lies above flat element ``k`` (``count`` if none): a
-// grid-strided thread's elements only grow, so it searches on from the segment it found last.
-__host__ __device__ inline long long gpunn_segment_of(const long long* segments, long long count, long long k,
-                                                      long long from) {
+// A search that runs only when a thread's element leaves its segment: kept out of line on the GPU, so
+// the per-element loop stays a short straight path (and the cost model in gpunn/bench reads it as such).
+#if defined(__CUDACC__)
+#define GPUNN_RARELY_CALLED __noinline__
+#else
+#define GPUNN_RARELY_CALLED
+#endif
+
+// The first segment from ``from`` on whose stop lies above flat element ``k`` (``count`` if none).
+static GPUNN_RARELY_CALLED __host__ __device__ long long gpunn_segment_of(const long long* segments, long long count,
+                                                                   long long k, long long from) {
     long long low = from, high = count;
     while (low < high) {
         long long middle = low + (high - low) / 2;
@@ -84,17 +91,26 @@ __host__ __device__ inline long long gpunn_segment_of(const long long* segments,
     return low;
 }
 
-// Whether this step updates flat element ``k`` of ``segment`` (gpunn_segment_of's answer for it).
-__host__ __device__ inline bool gpunn_segment_updates(const long long* segments, long long count, long long segment,
-                                                      long long k) {
-    return segment < count && k >= segments[GPUNN_SEGMENT_FIELDS * segment] &&
-           segments[GPUNN_SEGMENT_FIELDS * segment + 3] != 0;
-}
+// A grid-strided thread's place in the segment table: the segment of its last element, in registers.
+// Its elements only grow, so ``at`` compares with the segment's stop and searches on only past it.
+struct gpunn_segment_cursor {
+    long long index = 0, start = 0, stop = 0, state = 0;
+    bool updates = false;
 
-// Where element ``k`` of ``segment`` keeps its optimizer state (and float16 master weight).
-__host__ __device__ inline long long gpunn_segment_state(const long long* segments, long long segment, long long k) {
-    return segments[GPUNN_SEGMENT_FIELDS * segment + 2] + (k - segments[GPUNN_SEGMENT_FIELDS * segment]);
-}
+    // Whether this step updates flat element ``k`` (then its state is at state + k - start).
+    __host__ __device__ inline bool at(const long long* segments, long long count, long long k) {
+        if (k >= stop) {
+            index = gpunn_segment_of(segments, count, k, index);
+            if (index < count) {
+                const long long* entry = segments + GPUNN_SEGMENT_FIELDS * index;
+                start = entry[0], stop = entry[1], state = entry[2], updates = entry[3] != 0;
+            } else {  // past the last segment: nothing more to update
+                stop = (long long) (~0ULL >> 1), updates = false;
+            }
+        }
+        return updates && k >= start;
+    }
+};
 
 // The per-step counters in ``scalars`` (double): [0] updates applied, [1] updates attempted (the
 // schedule's step), [2] loss scale, [3] good steps since the scale last changed, [4] skipped steps.

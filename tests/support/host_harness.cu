@@ -48,11 +48,9 @@ extern "C" float gpunn_host_multiply_f32(float a, float b) { return a * b; }
 // resuming from the segment found last).
 extern "C" void segment_lookup(const long long* segments, long long count, long n, long stride, long long* state) {
     for (long first = 0; first < stride && first < n; ++first) {
-        long long segment = 0;
-        for (long k = first; k < n; k += stride) {
-            segment = gpunn_segment_of(segments, count, k, segment);
-            state[k] = gpunn_segment_updates(segments, count, segment, k) ? gpunn_segment_state(segments, segment, k) : -1;
-        }
+        gpunn_segment_cursor segment;
+        for (long k = first; k < n; k += stride)
+            state[k] = segment.at(segments, count, k) ? segment.state + (k - segment.start) : -1;
     }
 }
 
@@ -118,7 +116,8 @@ __global__ void gpunn_device_check(const S* z, const S* b, const S* t, S* y, S* 
     out += gpunn_bce_with_logits(zc, dy) + gpunn_bce_with_logits_grad(zc, dy, C(0.5)) +
            gpunn_softmax_xent_grad(zc, C(1), i % cols == 0, C(0.5));
     const long long table[GPUNN_SEGMENT_FIELDS] = {0, n, 0, 1};
-    if (!gpunn_segment_updates(table, 1, gpunn_segment_of(table, 1, i, 0), i)) return;
+    gpunn_segment_cursor segment;
+    if (!segment.at(table, 1, i)) return;
     C param = out, velocity = C(v[i]), second = C(0);
     C grad = gpunn_effective_grad(dy, C(2), C(3), C(1));
     gpunn_sgd_update(param, velocity, second, grad, C(0.1), C(1), C(0.01), C(0.9), C(0), C(0), true);
