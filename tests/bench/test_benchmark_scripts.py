@@ -31,3 +31,8 @@ def test_interleave_pairs_both_libraries_and_the_gemms():
 def test_step_time_prints_a_median_per_step():
     out = run("step_time.py")
     assert out.strip().endswith("ms/step") and float(out.split(": ")[-1].split()[0]) > 0
+
+
+def test_optimizer_step_time_prints_a_median():
+    out = run("optimizer_step_time.py", "frozen", "12")
+    assert out.startswith("middle layer frozen (") and out.strip().endswith("us/step")
