@@ -229,22 +229,28 @@ class Backend(abc.ABC):
         where the backend needs none); it belongs to one optimizer so that no other launch shares it."""
 
     @abc.abstractmethod
-    def global_norm(self, x, out, scratch=None):
-        """The L2 norm of the flat array ``x`` into the 1-element array ``out`` (compute dtype)."""
+    def global_norm(self, x, out, scratch=None, segments=None):
+        """The L2 norm of the flat array ``x`` into the 1-element array ``out`` (compute dtype); with
+        ``segments`` (an update's segment table) the norm of the segments it updates only."""
 
     @abc.abstractmethod
     def optimizer_update(self, rule, param, grad, states, master, scalars, lr_table, norm, hyper, flag,
-                         weight_decay: float, decay_end: int, max_norm: float, dynamic_scale: bool,
-                         advance: bool = True, growth_interval: float = 2000.0, scratch=None) -> None:
+                         weight_decay: float, decay_end: int, max_norm: float, dynamic_scale: bool, segments, steps,
+                         growth_interval: float = 2000.0, scratch=None) -> None:
         """One fused update of ``rule`` (an ``optim.rules.UpdateRule``) over flat arrays, in place.
 
-        The learning rate is ``lr_table[min(scalars[1], len − 1)]`` and the step ``scalars[0] + 1``;
+        ``segments`` (int64, ``kernels/optim.cuh``'s segment table: per parameter its [start, stop) in
+        ``param``, where its state starts in ``states`` and ``master``, and whether this step updates
+        it) says which elements are updated; the others, and their state, are left as they are.
+        ``steps`` (float64, one per segment) counts each segment's updates applied: an element's step
+        is its segment's count + 1. The learning rate is ``lr_table[min(scalars[1], len − 1)]``;
         the gradient is unscaled by ``scalars[2]`` and clipped to ``max_norm`` (when > 0) using
         ``norm``; with ``dynamic_scale`` a non-finite ``norm`` skips the update. ``master`` (float32
         master weights of a float16 model, or None) is updated and rounded into ``param``. Elements
-        from ``decay_end`` on get no weight decay. With ``advance`` the same launch then advances
-        the counters (``kernels/optim.cuh`` gpunn_after_update: the loss scale halves on a skipped
-        step and doubles after ``growth_interval`` good ones). Nothing here waits for the device.
+        from ``decay_end`` on get no weight decay. The same launch then advances the updated segments'
+        ``steps`` (unless the update was skipped) and the counters (``kernels/optim.cuh``
+        gpunn_after_update: the loss scale halves on a skipped step and doubles after
+        ``growth_interval`` good ones). Nothing here waits for the device.
         """
 
     # --- fused loss heads -----------------------------------------------------------------

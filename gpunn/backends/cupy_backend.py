@@ -20,6 +20,7 @@ from gpunn.backends.base import (DLPACK_CPU, DLPACK_CUDA, DLPACK_CUDA_MANAGED, B
                                 device_name, dlpack_device, host_view, refuse_complex)
 from gpunn.backends.cupy_kernels import _COMPUTE, GRID_BLOCK, GRID_MAX_BLOCKS, _build
 from gpunn.backends.precision import get_matmul_precision
+from gpunn.kernels.update_rules import SEGMENT_FIELDS
 
 
 def _check_cache_dir() -> None:
@@ -51,6 +52,8 @@ def _require_device(*arrays) -> None:
 class _OptimizerScratch(NamedTuple):
     partials: object
     tickets: object
+    #: The segment table of a norm over a whole buffer: passed with a count of 0, never read.
+    no_segments: object
 
 
 class CupyBackend(Backend):
@@ -255,7 +258,8 @@ class CupyBackend(Backend):
     def optimizer_scratch(self, compute_dtype):
         """Per optimizer: the norm kernel's partial sums (one per block) and two tickets, the
         norm's and the update's, for their last blocks (kernels/grid.cuh)."""
-        return _OptimizerScratch(cupy.empty((GRID_MAX_BLOCKS,), compute_dtype), cupy.zeros((2,), "uint32"))
+        return _OptimizerScratch(cupy.empty((GRID_MAX_BLOCKS,), compute_dtype), cupy.zeros((2,), "uint32"),
+                                 cupy.zeros((SEGMENT_FIELDS,), "int64"))
 
     def _scratch(self, scratch, compute_dtype):
         """The caller's scratch, or one kept per device and dtype: never freed, so a graph that
@@ -273,26 +277,32 @@ class CupyBackend(Backend):
         (at least one, so an empty buffer still gets its result), at most GRID_MAX_BLOCKS."""
         return GRID_BLOCK * max(1, min(GRID_MAX_BLOCKS, -(-size // GRID_BLOCK)))
 
-    def global_norm(self, x, out, scratch=None):
+    def global_norm(self, x, out, scratch=None, segments=None):
         """√Σx² in one launch: each block sums a grid-strided part, and the last block to finish
         adds the blocks' sums in a fixed order (deterministic), so the norm never waits for a
         second launch and the whole GPU streams the gradient."""
         _require_device(x, out)
         scratch = self._scratch(scratch, out.dtype)
-        self._kernel("gradient_norm", x.dtype)(x, x.size, scratch.partials, out, scratch.tickets,
+        if segments is None:  # every element
+            segments, count = scratch.no_segments, 0
+        else:
+            _require_device(segments)
+            count = segments.size // SEGMENT_FIELDS
+        self._kernel("gradient_norm", x.dtype)(x, x.size, segments, count, scratch.partials, out, scratch.tickets,
                                                size=self._grid_threads(x.size), block_size=GRID_BLOCK)
         return out
 
     def optimizer_update(self, rule, param, grad, states, master, scalars, lr_table, norm, hyper, flag,
-                         weight_decay: float, decay_end: int, max_norm: float, dynamic_scale: bool,
-                         advance: bool = True, growth_interval: float = 2000.0, scratch=None) -> None:
-        _require_device(param, grad, scalars, lr_table, norm, *states)
+                         weight_decay: float, decay_end: int, max_norm: float, dynamic_scale: bool, segments, steps,
+                         growth_interval: float = 2000.0, scratch=None) -> None:
+        _require_device(param, grad, scalars, lr_table, norm, segments, steps, *states)
         op = f"update_{rule.name}" + ("_master" if master is not None else "")
         outputs = ([] if master is None else [master]) + [param, *states]
         tickets = self._scratch(scratch, norm.dtype).tickets
         self._kernel(op, param.dtype)(grad, grad.size, lr_table, lr_table.size, norm, max_norm, dynamic_scale,
-                                      weight_decay, decay_end, *hyper, flag, advance, growth_interval, *outputs,
-                                      scalars, tickets, size=self._grid_threads(grad.size), block_size=GRID_BLOCK)
+                                      weight_decay, decay_end, *hyper, flag, segments, steps.size, growth_interval,
+                                      *outputs, scalars, steps, tickets, size=self._grid_threads(grad.size),
+                                      block_size=GRID_BLOCK)
 
     def _loss_scale(self, loss_scale):
         if loss_scale is not None:

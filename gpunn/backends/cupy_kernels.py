@@ -101,42 +101,64 @@ def _softmax_cross_entropy_grad(_, dtype):
 
 def _update(rule, with_master: bool):
     """One rule's fused update over flat buffers: the learning rate from the device's table, the
-    step and loss scale from its counters, unscale and clip, the rule, float16 rounding of masters.
+    loss scale from its counters, each element's segment (its state, whether it is updated this
+    step, its parameter's step count) from the segment table, unscale and clip, the rule, float16
+    rounding of masters. Frozen segments are skipped inside this one launch.
 
     A capped grid strides over the buffer (CupyBackend._grid_threads), so the last-block ticket
     that advances the counters is taken by at most GRID_MAX_BLOCKS blocks, whatever the size."""
     states = list(rule.states)
-    # The counters and the ticket are outputs: the last block writes them (CuPy's raw inputs are const).
+    # The counters, the step counts and the ticket are outputs: the last block writes them (CuPy's
+    # raw inputs are const).
     outputs = (["raw C master"] if with_master else []) + ["raw T p"] + [f"raw C {name}" for name in states] + \
-        ["raw float64 scalars", "raw uint32 tickets"]
-    arguments = ", ".join([f"{name}[k]" for name in states] + ["unused"] * (2 - len(states)))
-    # Every thread reads this step's counters before its loop; they change only after every block
-    # has taken its ticket (after_loop).
+        ["raw float64 scalars", "raw float64 steps", "raw uint32 tickets"]
+    arguments = ", ".join([f"{name}[s]" for name in states] + ["unused"] * (2 - len(states)))
+    # Every thread reads this step's counters and step counts in its loop; they change only after
+    # every block has taken its ticket (after_loop).
     prologue = """const C norm_value = norm[0];
         const bool skip = dynamic && !gpunn_isfinite(norm_value);
         const long long attempted = (long long) scalars[1];
         const C lr = (C) lr_table[attempted < lr_length ? attempted : lr_length - 1];
-        const C step = (C) (scalars[0] + 1.0);
-        const C loss_scale = (C) scalars[2]"""
+        const C loss_scale = (C) scalars[2];
+        const long long* table = &segments[0]"""
     # A float16 parameter written from outside (assignment, a restored best epoch) no longer
     # equals its rounded master weight: the written value wins, so training never ignores it.
+    # Per element of this thread: to its segment (a register compare, a search only past its end), then
+    # the inner loop over this thread's elements of that segment, where the step count, and so Adam's
+    # bias corrections, are loop-invariant (computed once per segment, not per element).
     operation = f"""
-        for (ptrdiff_t k = i; k < n && !skip; k += _ind.size()) {{
-            C grad = gpunn_effective_grad((C) g[k], loss_scale, norm_value, max_norm);
-            C param = {"((T) master[k] == p[k]) ? master[k] : (C) p[k]" if with_master else "(C) p[k]"};
-            C unused = C(0);
-            {rule.function}(param, {arguments}, grad, lr, step, k < decay_end ? weight_decay : C(0), h0, h1, h2, flag);
-            {"master[k] = param;" if with_master else ""}
-            p[k] = (T) param;
+        gpunn_segment_cursor segment;
+        for (ptrdiff_t k = i; k < n && !skip;) {{
+            if (!segment.at(table, segment_count, k)) {{  // frozen, no gradient, or no bound parameter
+                k += _ind.size();
+                continue;
+            }}
+            const C step = (C) (steps[segment.index] + 1.0);
+            const ptrdiff_t stop = segment.stop < n ? segment.stop : n, shift = segment.state - segment.start;
+            for (; k < stop; k += _ind.size()) {{
+                const ptrdiff_t s = k + shift;
+                C grad = gpunn_effective_grad((C) g[k], loss_scale, norm_value, max_norm);
+                C param = {"((T) master[s] == p[k]) ? master[s] : (C) p[k]" if with_master else "(C) p[k]"};
+                C unused = C(0);
+                {rule.function}(param, {arguments}, grad, lr, step, k < decay_end ? weight_decay : C(0), h0, h1, h2,
+                                flag);
+                {"master[s] = param;" if with_master else ""}
+                p[k] = (T) param;
+            }}
         }}"""
-    # ``advance`` is False for all but the last launch of a step updating its parameters in pieces.
-    counters = ("if (advance && gpunn_last_block(&tickets[1]) && threadIdx.x == 0) "
-                "gpunn_after_update(&scalars[0], norm_value, dynamic, growth_interval)")
+    # The last block counts the step: each updated segment's own count (unless the step was skipped), then
+    # the model's counters and loss scale.
+    counters = f"""if (gpunn_last_block(&tickets[1])) {{
+            for (long long t = threadIdx.x; t < segment_count && !skip; t += blockDim.x)
+                if (table[GPUNN_SEGMENT_FIELDS * t + 3] != 0) steps[t] += 1.0;
+            if (threadIdx.x == 0) gpunn_after_update(&scalars[0], norm_value, dynamic, growth_interval);
+        }}"""
 
     def build(_, dtype):
         return _elementwise(
             "raw T g, int64 n, raw float64 lr_table, int64 lr_length, raw C norm, C max_norm, bool dynamic, "
-            "C weight_decay, int64 decay_end, C h0, C h1, C h2, bool flag, bool advance, float64 growth_interval",
+            "C weight_decay, int64 decay_end, C h0, C h1, C h2, bool flag, raw int64 segments, int64 segment_count, "
+            "float64 growth_interval",
             ", ".join(outputs), operation, f"{rule.function}_kernel", "optim.cuh", "grid.cuh", loop_prep=prologue,
             after_loop=counters)
 
@@ -145,19 +167,35 @@ def _update(rule, with_master: bool):
         scalar = Arg(compute, "scalar")
         return (Arg(dtype, "raw"), Arg("int64", "scalar"), Arg("float64", "raw"), Arg("int64", "scalar"),
                 Arg(compute, "raw"), scalar, Arg("bool", "scalar"), scalar, Arg("int64", "scalar"), scalar, scalar,
-                scalar, Arg("bool", "scalar"), Arg("bool", "scalar"), Arg("float64", "scalar"),
+                scalar, Arg("bool", "scalar"), Arg("int64", "raw"), Arg("int64", "scalar"), Arg("float64", "scalar"),
                 *([Arg(compute, "raw")] if with_master else []), Arg(dtype, "raw"),
-                *(Arg(compute, "raw") for _ in states), Arg("float64", "raw"), Arg("uint32", "raw"))
+                *(Arg(compute, "raw") for _ in states), Arg("float64", "raw"), Arg("float64", "raw"),
+                Arg("uint32", "raw"))
 
     return KernelSpec(build, arguments_for, dtypes=("float16",) if with_master else ("float32", "float64"))
 
 
 def _gradient_norm(_, dtype):
-    """√Σx² of a flat buffer in one launch (see CupyBackend.global_norm)."""
+    """√Σx² of a flat buffer in one launch (see CupyBackend.global_norm); with a segment table
+    (``segment_count`` > 0) over the segments the update updates only."""
     return _elementwise(
-        "raw T x, int64 n", "raw C partials, raw C norm, raw uint32 tickets",
-        "for (ptrdiff_t k = i; k < n; k += _ind.size()) { C value = (C) x[k]; thread_sum += value * value; }",
-        "gpunn_gradient_norm_kernel", "math.cuh", "grid.cuh", loop_prep="C thread_sum = C(0)",
+        "raw T x, int64 n, raw int64 segments, int64 segment_count", "raw C partials, raw C norm, raw uint32 tickets",
+        """gpunn_segment_cursor segment;
+        for (ptrdiff_t k = i; k < n;) {
+            ptrdiff_t stop = n;  // no table: every element
+            if (segment_count > 0) {
+                if (!segment.at(&segments[0], segment_count, k)) {
+                    k += _ind.size();
+                    continue;
+                }
+                stop = segment.stop < n ? segment.stop : n;
+            }
+            for (; k < stop; k += _ind.size()) {
+                C value = (C) x[k];
+                thread_sum += value * value;
+            }
+        }""",
+        "gpunn_gradient_norm_kernel", "optim.cuh", "grid.cuh", loop_prep="C thread_sum = C(0)",
         after_loop=f"""C block_sum = gpunn_block_sum<{GRID_BLOCK}>(thread_sum);
         if (threadIdx.x == 0) partials[blockIdx.x] = block_sum;
         if (gpunn_last_block(&tickets[0])) {{
@@ -259,8 +297,8 @@ KERNELS: dict[str, KernelSpec] = {
     **{f"update_{name}{suffix}": _update(rule, bool(suffix)) for name, rule in RULES.items()
        for suffix in ("", "_master")},
     "gradient_norm": KernelSpec(_gradient_norm, lambda v, d: (
-        Arg(d, "raw"), Arg("int64", "scalar"), Arg(_compute_name(d), "raw"), Arg(_compute_name(d), "raw"),
-        Arg("uint32", "raw"))),
+        Arg(d, "raw"), Arg("int64", "scalar"), Arg("int64", "raw"), Arg("int64", "scalar"), Arg(_compute_name(d), "raw"),
+        Arg(_compute_name(d), "raw"), Arg("uint32", "raw"))),
     "mse_grad": KernelSpec(_loss_gradient("gpunn_mse_grad"), lambda v, d: (Arg(d), Arg(d), Arg(_compute_name(d), "scalar"),
                                                  Arg("float64", "raw"), Arg(d))),
     "bce_with_logits_loss": KernelSpec(_bce_with_logits_loss, lambda v, d: (Arg(d), Arg(d), Arg(_compute_name(d)))),

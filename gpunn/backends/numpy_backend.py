@@ -10,6 +10,7 @@ from gpunn.backends import native
 from gpunn.backends.base import (DLPACK_CPU, Backend, as_activation_function, device_name, dlpack_device, host_view,
                                 refuse_complex)
 from gpunn.backends.numpy_activations import KEEPING, TWINS, _sigmoid_inplace
+from gpunn.kernels.update_rules import SEGMENT_FIELDS
 
 
 def dropout_keep(mask, shape):
@@ -242,27 +243,31 @@ class NumpyBackend(Backend):
     def optimizer_scratch(self, compute_dtype):
         return None  # the host needs no tickets: one call does the whole update
 
-    def global_norm(self, x, out, scratch=None):
+    def global_norm(self, x, out, scratch=None, segments=None):
         if x.dtype == np.float16:
             x = x.astype(np.float32)
+        parts = [x] if segments is None else [x[start:stop] for start, stop, _, _ in update_runs(segments)]
         with np.errstate(over="ignore", invalid="ignore"):
-            out[0] = np.sqrt(np.dot(x, x))
+            out[0] = np.sqrt(sum(np.dot(part, part) for part in parts))
         return out
 
     def optimizer_update(self, rule, param, grad, states, master, scalars, lr_table, norm, hyper, flag,
-                         weight_decay: float, decay_end: int, max_norm: float, dynamic_scale: bool,
-                         advance: bool = True, growth_interval: float = 2000.0, scratch=None) -> None:
+                         weight_decay: float, decay_end: int, max_norm: float, dynamic_scale: bool, segments, steps,
+                         growth_interval: float = 2000.0, scratch=None) -> None:
         norm_value = float(norm[0])
         if not dynamic_scale or np.isfinite(norm_value):  # a float16 overflow skips the update
-            self._update(rule, param, grad, states, master, scalars, lr_table, norm_value, hyper, flag,
-                         weight_decay, decay_end, max_norm)
-        if advance:
-            advance_counters(scalars, norm_value, dynamic_scale, growth_interval)
+            for start, stop, state_start, step in update_runs(segments, steps):
+                state = slice(state_start, state_start + stop - start)
+                self._update(rule, param[start:stop], grad[start:stop], [s[state] for s in states],
+                             None if master is None else master[state], scalars, lr_table, norm_value, hyper, flag,
+                             weight_decay, max(0, min(decay_end - start, stop - start)), max_norm, step + 1.0)
+            steps += segments.reshape(-1, SEGMENT_FIELDS)[:, 3]  # the updated segments' counts
+        advance_counters(scalars, norm_value, dynamic_scale, growth_interval)
 
     def _update(self, rule, param, grad, states, master, scalars, lr_table, norm_value, hyper, flag,
-                weight_decay, decay_end, max_norm):
+                weight_decay, decay_end, max_norm, step):
         lr = float(lr_table[min(int(scalars[1]), lr_table.size - 1)])
-        step, loss_scale = float(scalars[0]) + 1.0, float(scalars[2])
+        loss_scale = float(scalars[2])
         if master is None and native.update(rule, param, states, grad, lr, step, weight_decay, decay_end,
                                                  hyper, flag, loss_scale, norm_value, max_norm):
             return  # optim.cuh's rule in one compiled pass; below, its NumPy twin in a dozen
@@ -331,6 +336,25 @@ class NumpyBackend(Backend):
     def capture(self, step, previous=None):
         raise NotImplementedError("the numpy backend cannot capture graphs: NumPy runs every step "
                                   "eagerly (use the cupy backend, or graph=False)")
+
+
+def update_runs(segments, steps=None) -> list:
+    """(start, stop, state start, step count) of the updated segments of an update's segment table
+    (kernels/optim.cuh), those back to back in the buffer and the state with the same count merged:
+    one pass of the rule each, so an update of the whole model (or of all but a frozen layer) is one
+    or a few passes whatever its number of parameters."""
+    rows = segments.reshape(-1, SEGMENT_FIELDS).tolist()
+    counts = [0.0] * len(rows) if steps is None else steps.tolist()
+    runs = []
+    for (start, stop, state_start, updated), count in zip(rows, counts):
+        if not updated:
+            continue
+        last = runs[-1] if runs else None
+        if last and last[1] == start and last[2] + last[1] - last[0] == state_start and last[3] == count:
+            last[1] = stop
+        else:
+            runs.append([start, stop, state_start, count])
+    return runs
 
 
 def advance_counters(scalars, norm: float, dynamic_scale: bool, growth_interval: float) -> None:

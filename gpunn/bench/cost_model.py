@@ -154,8 +154,8 @@ def path_costs(instructions, labels, start: int, end: int, cost) -> tuple[float,
 def traffic(kernel, arguments) -> tuple[int, int, int]:
     """(bytes, per-element loads, per-element stores) of one element, from the parameters and the
     operation: arrays of the batch's shape once each; raw buffers indexed by the element (``x[k]``,
-    ``x[i]``) read where used as a value, written where assigned or when declared an output;
-    broadcast vectors and scalars nothing."""
+    ``x[i]``, or ``x[s]``: the element's optimizer state) read where used as a value, written where
+    assigned or when declared an output; broadcast vectors, scalars and per-segment tables nothing."""
     import numpy
 
     operation = kernel.operation
@@ -166,7 +166,7 @@ def traffic(kernel, arguments) -> tuple[int, int, int]:
         if argument.kind == "array":
             reads, writes = not output, output
         elif argument.kind == "raw":  # an output passed by reference (an optimizer's state) is written too
-            uses = [m.group(1) for m in re.finditer(rf"\b{parameter.name}\[(?:k|i)\](\s*=(?!=))?", operation)]
+            uses = [m.group(1) for m in re.finditer(rf"\b{parameter.name}\[(?:k|i|s)\](\s*=(?!=))?", operation)]
             reads, writes = any(not use for use in uses), bool(uses) and (output or any(uses))
         else:
             reads = writes = False

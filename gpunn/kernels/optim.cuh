@@ -2,7 +2,8 @@
 // semantics (and the same order of operations) as torch.optim. C is the compute type: float for
 // float16 and float32 storage (float16 models update float32 master weights), double for float64.
 // Every rule has the signature (param, state0, state1, grad, lr, step, weight_decay, h0, h1, h2, flag);
-// ``step`` counts this update (1 for the first), for Adam's bias correction.
+// ``step`` counts this update of this parameter (1 for its first), for Adam's bias correction: as
+// torch.optim's state["step"], one count per parameter, which a step that leaves it out does not advance.
 #pragma once
 #include "math.cuh"
 
@@ -60,6 +61,56 @@ __host__ __device__ inline void gpunn_adam_update(C& param, C& exp_avg, C& exp_a
     // a NaN denominator still compares unequal to 0, so a NaN gradient still poisons its parameter.
     param = param - step_size * (denominator == C(0) ? C(0) : exp_avg / denominator);
 }
+
+// The segment table of one update (gpunn/optim/segments.py builds it): per bound parameter
+// GPUNN_SEGMENT_FIELDS int64 numbers, [start, stop) in the flat buffer, where its optimizer state
+// starts, and whether this step updates it (1) or leaves it and its state as they are (0: frozen, or
+// no gradient). Segments are sorted and disjoint; an element between two belongs to no bound parameter.
+#define GPUNN_SEGMENT_FIELDS 4
+
+// A search that runs only when a thread's element leaves its segment: kept out of line on the GPU, so
+// the per-element loop stays a short straight path (and the cost model in gpunn/bench reads it as such).
+#if defined(__CUDACC__)
+#define GPUNN_RARELY_CALLED __noinline__
+#else
+#define GPUNN_RARELY_CALLED
+#endif
+
+// The first segment from ``from`` on whose stop lies above flat element ``k`` (``count`` if none).
+static GPUNN_RARELY_CALLED __host__ __device__ long long gpunn_segment_of(const long long* segments, long long count,
+                                                                   long long k, long long from) {
+    long long low = from, high = count;
+    while (low < high) {
+        long long middle = low + (high - low) / 2;
+        if (segments[GPUNN_SEGMENT_FIELDS * middle + 1] <= k) {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    return low;
+}
+
+// A grid-strided thread's place in the segment table: the segment of its last element, in registers.
+// Its elements only grow, so ``at`` compares with the segment's stop and searches on only past it.
+struct gpunn_segment_cursor {
+    long long index = 0, start = 0, stop = 0, state = 0;
+    bool updates = false;
+
+    // Whether this step updates flat element ``k`` (then its state is at state + k - start).
+    __host__ __device__ inline bool at(const long long* segments, long long count, long long k) {
+        if (k >= stop) {
+            index = gpunn_segment_of(segments, count, k, index);
+            if (index < count) {
+                const long long* entry = segments + GPUNN_SEGMENT_FIELDS * index;
+                start = entry[0], stop = entry[1], state = entry[2], updates = entry[3] != 0;
+            } else {  // past the last segment: nothing more to update
+                stop = (long long) (~0ULL >> 1), updates = false;
+            }
+        }
+        return updates && k >= start;
+    }
+};
 
 // The per-step counters in ``scalars`` (double): [0] updates applied, [1] updates attempted (the
 // schedule's step), [2] loss scale, [3] good steps since the scale last changed, [4] skipped steps.

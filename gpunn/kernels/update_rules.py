@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+#: int64 numbers per parameter segment in an update's segment table (start, stop, state start,
+#: updated this step): optim.cuh's GPUNN_SEGMENT_FIELDS, which gpunn/optim/segments.py fills.
+SEGMENT_FIELDS = 4
+
 
 @dataclass(frozen=True)
 class UpdateRule:

@@ -1,9 +1,9 @@
 """Freezing: ``layer.trainable = False`` and ``model.freeze(...)`` keep parameters out of the update.
 
-A parameter's ``trainable`` flag is read by the optimizer at every step: its fused update runs over the
-contiguous runs of trainable parameters only (``Optimizer`` leaves frozen runs, and their state, as
-they are), so a frozen parameter stays bit-identical, weight decay and momentum included, and a change
-takes effect at the next step without binding the optimizer again.
+A parameter's ``trainable`` flag is read by the optimizer at every step: its one fused update skips
+frozen parameters, their state and their step count (``optim.segments``), so a frozen parameter stays
+bit-identical, weight decay and momentum included, its bias correction later counts its own updates
+only, and a change takes effect at the next step without binding the optimizer again.
 """
 
 from __future__ import annotations

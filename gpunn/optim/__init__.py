@@ -57,7 +57,9 @@ class Adam(Optimizer):
     """Adam as torch.optim.Adam (L2 ``weight_decay`` added to the gradient, no amsgrad).
 
     m ← β1·m + (1−β1)·g; v ← β2·v + (1−β2)·g²; p ← p − lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + ε), where
-    t counts the updates applied (a float16 step skipped for overflow does not count).
+    t counts the updates applied to that parameter, as torch's per-parameter state["step"]: a step
+    that leaves it out (frozen, or its gradient None) does not count, nor does a float16 step
+    skipped for overflow.
     """
 
     rule_name = "adam"

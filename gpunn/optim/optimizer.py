@@ -3,9 +3,11 @@ flat state, clipping, mixed precision, the step counters on the device, and stat
 
 One ``step()`` queues, for the whole model: the global gradient norm when clipping or loss
 scaling needs it (one launch), and one fused update over the flat buffer whose last block then
-advances the counters and the dynamic loss scale. Nothing waits for the device, and every number that
-changes from step to step (the learning rate from the schedule, Adam's step count, the loss
-scale) is read on the device, so a recorded CUDA graph stays valid.
+advances the counters, each parameter's step count and the dynamic loss scale. Frozen parameters,
+and those without a fresh gradient, are left out inside that same launch (``optim.segments``).
+Nothing waits for the device, and every number that changes from step to step (the learning rate
+from the schedule, Adam's step counts, the loss scale) is read on the device, so a recorded CUDA
+graph stays valid.
 """
 
 from __future__ import annotations
@@ -14,19 +16,11 @@ from gpunn import checks
 from gpunn.kernels.update_rules import RULES
 from gpunn.nn.parameter import Parameter
 from gpunn.optim.schedules import Schedule, as_schedule
-from gpunn.optim.state import (GROWTH_INTERVAL, INITIAL_LOSS_SCALE, LOSS_SCALE, SKIPPED, checked_counters,
-                               constructor_arguments)
+from gpunn.optim.segments import Segments
+from gpunn.optim.state import (APPLIED, GROWTH_INTERVAL, INITIAL_LOSS_SCALE, LOSS_SCALE, SKIPPED, checked_counters,
+                               checked_parameter_steps, constructor_arguments)
 
 _LR_TABLE_MINIMUM = 1024
-
-
-class _Segment:
-    """A contiguous run of bound parameters: views of the flat buffers and of the state."""
-
-    def __init__(self, flat, start, stop, state_start, decay_end):
-        self.start, self.stop, self.state_start = start, stop, state_start
-        self.values, self.grads = flat.values[start:stop], flat.grads[start:stop]
-        self.decay_end = max(0, min(decay_end - start, stop - start))
 
 
 class Optimizer:
@@ -149,16 +143,14 @@ class Optimizer:
         backend, dtype = flat.backend, flat.dtype
         self.compute_dtype = "float64" if dtype.name == "float64" else "float32"
         self.mixed_precision = dtype.name == "float16"
-        self._make_segments()
-        state_size = sum(s.stop - s.start for s in self._segments_all)
-        self._states = [backend.zeros((state_size,), self.compute_dtype) for _ in self.rule.states]
+        self._segments = segments = Segments(flat, self.params)
+        self._states = [backend.zeros((segments.state_size,), self.compute_dtype) for _ in self.rule.states]
         self._master = None
-        self._partial_cache: dict = {}
         if self.mixed_precision:
-            self._master = backend.zeros((state_size,), "float32")
-            for segment in self._segments_all:
-                self._master[segment.state_start:segment.state_start + segment.stop - segment.start] = \
-                    segment.values.astype("float32")
+            self._master = backend.zeros((segments.state_size,), "float32")
+            for index in range(segments.count):
+                start, stop, state_start = segments.state_range(index)
+                self._master[state_start:state_start + stop - start] = flat.values[start:stop].astype("float32")
         self._scalars = backend.asarray([0.0, 0.0, INITIAL_LOSS_SCALE if self.mixed_precision else 1.0, 0.0, 0.0],
                                         "float64")
         self._norm = backend.zeros((1,), self.compute_dtype)
@@ -166,15 +158,6 @@ class Optimizer:
         self._lr_table = None
         self._fill_lr_table(_LR_TABLE_MINIMUM)
         return self
-
-    def _make_segments(self) -> None:
-        """The contiguous runs of bound parameters, with the weight-decay boundary of ``decay_biases``."""
-        flat = self._flat
-        if len(self.params) == len(flat.parameters):  # the whole model, padding included: one launch
-            self._segments_all = [_Segment(flat, 0, flat.values.size, 0, flat.decay_end_for(self.decay_biases))]
-        else:
-            self._segments_all = self._segments(self.params)
-        self._partial_cache = {}
 
     @property
     def weight_decay(self) -> float:
@@ -200,10 +183,7 @@ class Optimizer:
 
     @decay_biases.setter
     def decay_biases(self, value: bool) -> None:
-        value = checks.flag(self._owner, "decay_biases", value)
-        self._decay_biases = value
-        if getattr(self, "_flat", None) is not None:
-            self._make_segments()
+        self._decay_biases = checks.flag(self._owner, "decay_biases", value)
 
     def check_model(self, model) -> None:
         """A clear error unless this optimizer's parameters belong to ``model``."""
@@ -213,22 +193,6 @@ class Optimizer:
         if self._flat is not model.flat:
             raise ValueError(f"{self._owner} is bound to the parameters of another model; make a new "
                              "optimizer for this model (one optimizer's state belongs to one model)")
-
-    def _segments(self, params):
-        flat, segments, state_start = self._flat, [], 0
-        decay_end = flat.decay_end_for(self.decay_biases)
-        for parameter in params:
-            start = flat.offset(parameter)
-            stop = start + parameter.size
-            if segments and segments[-1][1] == start:
-                segments[-1][1] = stop
-            else:
-                segments.append([start, stop])
-        result = []
-        for start, stop in segments:
-            result.append(_Segment(flat, start, stop, state_start, decay_end))
-            state_start += stop - start
-        return result
 
     # --- the step ----------------------------------------------------------------------------
     @property
@@ -246,7 +210,9 @@ class Optimizer:
 
     def step(self) -> None:
         """Update every bound parameter that has a fresh gradient (all of them after a backward) and is
-        trainable: frozen ones (``trainable = False``), and their state, stay as they are."""
+        trainable, in one launch: frozen ones (``trainable = False``) and those whose gradient is None,
+        their state and their step count stay as they are, as torch.optim skips a parameter whose
+        ``grad`` is None (its bias correction later counts its own updates only)."""
         self._require_bound("step")
         fresh = [p.grad_valid and p.trainable for p in self.params]
         if not any(fresh):
@@ -255,57 +221,37 @@ class Optimizer:
             raise RuntimeError(f"{self._owner}.step: a float16 model's gradients must be scaled by the optimizer's "
                                "loss scale (the update divides by it): model.backward(loss.backward("
                                "optimizer.loss_scale)), as TrainStep and fit do")
-        segments = self._segments_all if all(fresh) else self._fresh_segments(fresh)
         self.reserve_steps(1)
-        backend = self._flat.backend
+        backend, segments = self._flat.backend, self._segments
+        segments.select(fresh, backend)
         dynamic = self.mixed_precision
-        if self.max_grad_norm is not None or dynamic:
-            if len(segments) == 1:
-                backend.global_norm(segments[0].grads, out=self._norm, scratch=self._scratch)
-            else:
-                xp = backend.xp
-                squares = [backend.global_norm(s.grads, out=backend.zeros((1,), self.compute_dtype),
-                                               scratch=self._scratch) ** 2 for s in segments]
-                self._norm[...] = xp.sqrt(sum(squares))
+        if self.max_grad_norm is not None or dynamic:  # the norm of the updated gradients, as torch's clip_grad_norm_
+            backend.global_norm(self._flat.grads, out=self._norm, scratch=self._scratch, segments=segments.table)
         hyper = tuple(self.numbers.get(name, 0.0) if name else 0.0 for name in self.rule.numbers)
-        for index, segment in enumerate(segments):
-            length = segment.stop - segment.start
-            states = [state[segment.state_start:segment.state_start + length] for state in self._states]
-            master = None if self._master is None else self._master[segment.state_start:segment.state_start + length]
-            backend.optimizer_update(self.rule, segment.values, segment.grads, states, master, self._scalars,
-                                     self._lr_table, self._norm, hyper, self.flag, self.weight_decay,
-                                     segment.decay_end, self.max_grad_norm or 0.0, dynamic,
-                                     advance=index == len(segments) - 1, growth_interval=float(GROWTH_INTERVAL),
-                                     scratch=self._scratch)
+        backend.optimizer_update(self.rule, self._flat.values, self._flat.grads, self._states, self._master, self._scalars,
+                                 self._lr_table, self._norm, hyper, self.flag, self.weight_decay,
+                                 self._flat.decay_end_for(self.decay_biases), self.max_grad_norm or 0.0, dynamic,
+                                 segments.table, segments.steps, growth_interval=float(GROWTH_INTERVAL),
+                                 scratch=self._scratch)
         self._steps_issued += 1
-
-    def _fresh_segments(self, fresh):
-        key = tuple(fresh)
-        if key not in self._partial_cache:
-            chosen = [p for p, is_fresh in zip(self.params, fresh) if is_fresh]
-            by_start = {s.start: s.state_start for s in self._segments_all}
-            segments = self._segments(chosen)
-            for segment in segments:  # state offsets follow the full binding's layout
-                base = max(start for start in by_start if start <= segment.start)
-                segment.state_start = by_start[base] + segment.start - base
-            self._partial_cache[key] = segments
-        return self._partial_cache[key]
 
     def zero_grad(self) -> None:
         for parameter in self.params:
             parameter.grad_valid = False
 
     def device_arrays(self) -> list:
-        """Every array the update reads or writes besides parameters and gradients."""
+        """Every array the update reads or writes besides parameters, gradients and ``scratch_arrays``: what
+        rank 0 broadcasts to start data parallelism (each parameter's step count included)."""
         self._require_bound("device_arrays")
-        arrays = [*self._states, self._scalars, self._norm, self._lr_table]
+        arrays = [*self._states, self._scalars, self._norm, self._lr_table, self._segments.steps]
         return arrays + ([self._master] if self._master is not None else [])
 
     def scratch_arrays(self) -> list:
-        """Device scratch of the norm and update kernels: kept alive with a recorded graph, and
-        never part of the state (each launch leaves its tickets at 0)."""
+        """Device arrays of the norm and update kernels that are kept alive with a recorded graph and
+        are never part of the state: their scratch (each launch leaves its tickets at 0) and the segment
+        table, which every rank derives from the same bound and frozen parameters (not broadcast)."""
         self._require_bound("scratch_arrays")
-        return [] if self._scratch is None else list(self._scratch)
+        return [self._segments.table] + ([] if self._scratch is None else list(self._scratch))
 
     @property
     def skipped_steps(self) -> int:
@@ -325,10 +271,11 @@ class Optimizer:
         return {"type": self._owner, "schedule": self.schedule.config(), **self.hyperparameters()}
 
     def state_dict(self) -> dict:
-        """{"config": JSON-able hyperparameters, schedule and step count, "arrays": host arrays}."""
+        """{"config": JSON-able hyperparameters, schedule and step count, "arrays": host arrays}; the
+        array "step" holds each parameter's updates applied (torch's state["step"]), in flat order."""
         self._require_bound("state_dict")
         backend = self._flat.backend
-        arrays = {"scalars": backend.to_numpy(self._scalars).copy()}
+        arrays = {"scalars": backend.to_numpy(self._scalars).copy(), "step": backend.to_numpy(self._segments.steps).copy()}
         for name, state in zip(self.rule.states, self._states):
             arrays[name] = backend.to_numpy(state).copy()
         if self._master is not None:
@@ -339,7 +286,9 @@ class Optimizer:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what ``state_dict`` returned: hyperparameters, schedule, counters and flat state.
-        Everything is checked before anything changes: a refused state leaves the optimizer as it was."""
+        Everything is checked before anything changes: a refused state leaves the optimizer as it was.
+        A state from before per-parameter step counts (no "step" array: one count for the model) gives
+        every parameter that count, the step its updates used."""
         self._require_bound("load_state_dict")
         where = f"{self._owner}.load_state_dict"
         try:
@@ -363,13 +312,16 @@ class Optimizer:
             restored = type(self)(None, **constructor_arguments(config))  # checks every hyperparameter
         except (TypeError, ValueError) as error:
             raise type(error)(f"{where}: {error}") from error
-        expected = {"scalars": self._scalars, **dict(zip(self.rule.states, self._states))}
+        expected = {"scalars": self._scalars, "step": self._segments.steps, **dict(zip(self.rule.states, self._states))}
         if self._master is not None:
             expected["master"] = self._master
-        if set(arrays) != set(expected):
+        legacy = {"step"} - set(arrays)  # a state with one step count for the model: before per-parameter counts
+        if set(arrays) != set(expected) - legacy:
             raise ValueError(f"{where}: state arrays {sorted(arrays)} do not match "
                              f"{sorted(expected)} (a model of another dtype or size?)")
         for name, target in expected.items():
+            if name in legacy:
+                continue
             shape = getattr(arrays[name], "shape", None)
             if shape is None or tuple(shape) != tuple(target.shape):
                 got = type(arrays[name]).__name__ if shape is None else f"shape {tuple(shape)}"
@@ -377,6 +329,11 @@ class Optimizer:
                                  f"got {got} (a different model?)")
         steps = checked_counters(where, config["steps"], [float(value) for value in arrays["scalars"]])
         backend = self._flat.backend
+        if legacy:  # every parameter took that count's steps
+            arrays["step"] = backend.to_numpy(backend.zeros((self._segments.count,), "float64") +
+                                              float(arrays["scalars"][APPLIED]))
+        checked_parameter_steps(where, [float(value) for value in arrays["step"]],
+                                float(arrays["scalars"][APPLIED]))
         converted = {}
         for name, target in expected.items():
             try:
@@ -390,7 +347,7 @@ class Optimizer:
             target[...] = converted[name]
         self.__dict__.update({k: v for k, v in vars(restored).items()
                               if k in ("_schedule", "_weight_decay", "_max_grad_norm", "numbers", "flag")})
-        self.decay_biases = restored.decay_biases  # rebuilds the weight-decay boundary
+        self.decay_biases = restored.decay_biases
         self._steps_issued = steps
         self._fill_lr_table(max(self._lr_table.size, self._steps_issued + 1))
 

@@ -25,6 +25,13 @@ def checked_counters(where: str, steps, scalars: list) -> int:
     return steps
 
 
+def checked_parameter_steps(where: str, steps: list, applied: float) -> None:
+    """Each parameter's step count: a whole number, at most the updates applied to the model."""
+    if not all(math.isfinite(s) and 0 <= s <= applied and s == int(s) for s in steps):
+        raise ValueError(f"{where}: the per-parameter step counts {steps} must be whole numbers from 0 to the "
+                         f"{applied:g} updates applied (a modified state?)")
+
+
 def constructor_arguments(config: dict) -> dict:
     arguments = {k: v for k, v in config.items() if k not in ("type", "schedule", "steps", "parameter_shapes")}
     if isinstance(config.get("schedule"), dict):
@@ -47,4 +54,4 @@ def optimizer_from_config(config: dict, classes: dict):
 
 
 __all__ = ["APPLIED", "ATTEMPTED", "GOOD_STEPS", "GROWTH_INTERVAL", "INITIAL_LOSS_SCALE", "LOSS_SCALE", "SKIPPED",
-           "checked_counters", "constructor_arguments", "optimizer_from_config"]
+           "checked_counters", "checked_parameter_steps", "constructor_arguments", "optimizer_from_config"]

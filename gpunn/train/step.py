@@ -243,7 +243,8 @@ class _RecordedStep:
         layers = tuple((getattr(layer, "row_offset", 0), layer.training, getattr(layer, "rate", None),
                         getattr(layer, "_advance", None), getattr(layer, "eps", None))
                        for layer in train_step.model.all_layers())
-        frozen = tuple(not parameter.trainable for parameter in optimizer.params)  # the segments updated
+        # Which parameters the update's segment table marks frozen: step() writes the table, a replay does not run it.
+        frozen = tuple(not parameter.trainable for parameter in optimizer.params)
         return (layers, frozen, repr(optimizer.hyperparameters()), get_matmul_precision(), train_step._share,
                 id(flat.values), id(flat.grads),
                 tuple(id(array) for array in optimizer.device_arrays()),

@@ -15,6 +15,7 @@ from gpunn.backends.base import ACTIVATIONS, Backend
 from gpunn.backends.numpy_backend import NumpyBackend
 
 from conftest import tolerance
+from support import whole_buffer
 
 DTYPES = ["float32", "float64"]
 
@@ -194,7 +195,8 @@ def test_optimizer_update(backend, rng, dtype, rule, hyper, flag):
     norm = backend.asarray([np.linalg.norm(g * 4)], dtype)
     max_norm = 0.5 * np.linalg.norm(g)
     backend.optimizer_update(RULES[rule], P, G, S, None, backend.asarray(scalars, "float64"),
-                             backend.asarray(lr_table, "float64"), norm, hyper, flag, 0.01, decay_end, max_norm, False)
+                             backend.asarray(lr_table, "float64"), norm, hyper, flag, 0.01, decay_end, max_norm, False,
+                             *whole_buffer(backend, n, applied=2.0))
     clipped = g * max_norm / (np.linalg.norm(g) + 1e-6)
     expected_p, expected_states = reference_update(rule, p, clipped, states, 0.1, 3.0, 0.01, decay_end, hyper, flag)
     close(backend, P, expected_p, dtype)
@@ -215,7 +217,7 @@ def test_optimizer_update_leaves_the_gradient_alone(backend, rng, dtype, rule, h
     S = [backend.asarray(s.copy(), dtype) for s in states]
     backend.optimizer_update(RULES[rule], P, G, S, None, backend.asarray([0.0, 0.0, 1.0, 0.0, 0.0], "float64"),
                              backend.asarray([0.1], "float64"), backend.asarray([np.linalg.norm(g)], dtype), hyper,
-                             flag, 0.0, n, 0.0, False)
+                             flag, 0.0, n, 0.0, False, *whole_buffer(backend, n))
     expected_p, expected_states = reference_update(rule, p, g, states, 0.1, 1.0, 0.0, n, hyper, flag)
     np.testing.assert_array_equal(backend.to_numpy(G), backend.to_numpy(backend.asarray(g, dtype)))
     close(backend, P, expected_p, dtype)
@@ -239,14 +241,14 @@ def test_optimizer_update_with_master_weights_and_skip(backend, rng, dtype):
     norm = backend.zeros((1,), "float32")
     backend.global_norm(G, out=norm)
     backend.optimizer_update(RULES["sgd"], P, G, [backend.zeros((40,), "float32")], master, scalars, table, norm,
-                             (0.0, 0.0, 0.0), False, 0.0, 0, 0.0, True)
+                             (0.0, 0.0, 0.0), False, 0.0, 0, 0.0, True, *whole_buffer(backend, 40))
     expected = p - 0.1 * (g * 8).astype(np.float16).astype(np.float64) / 8
     np.testing.assert_allclose(backend.to_numpy(master), expected, rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(backend.to_numpy(P), backend.to_numpy(master).astype(np.float16))
     before = backend.to_numpy(master).copy()
     norm[...] = backend.asarray([np.inf], "float32")
     backend.optimizer_update(RULES["sgd"], P, G, [backend.zeros((40,), "float32")], master, scalars, table, norm,
-                             (0.0, 0.0, 0.0), False, 0.0, 0, 0.0, True)
+                             (0.0, 0.0, 0.0), False, 0.0, 0, 0.0, True, *whole_buffer(backend, 40))
     np.testing.assert_array_equal(backend.to_numpy(master), before)
 
 
@@ -254,36 +256,69 @@ def test_optimizer_update_with_master_weights_and_skip(backend, rng, dtype):
 def test_the_update_advances_the_counters_after_every_element_read_them(backend, n):
     """The update's own launch advances the counters once (applied and attempted updates; a
     non-finite norm halves the loss scale and counts a skip; growth_interval good steps double it,
-    torch.cuda.amp.GradScaler's rule), after every element has read this step's learning rate,
-    step and scale."""
+    torch.cuda.amp.GradScaler's rule) and the segment's step count (not on a skipped step), after
+    every element has read this step's learning rate, step and scale."""
     from gpunn.kernels.update_rules import RULES
 
     rates = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
     P, G = backend.zeros((n,), "float32"), backend.asarray(np.ones(n), "float32")
     scalars, table = backend.asarray([0.0, 0.0, 16.0, 0.0, 0.0], "float64"), backend.asarray(rates, "float64")
+    segments, steps = whole_buffer(backend, n)
     expected, scale = 0.0, 16.0
     for attempt, norm in enumerate([1.0, 1.0, np.inf, 1.0, 1.0, 1.0]):
         backend.optimizer_update(RULES["sgd"], P, G, [backend.zeros((n,), "float32")], None, scalars, table,
                                  backend.asarray([norm], "float32"), (0.0, 0.0, 0.0), False, 0.0, 0, 0.0, True,
-                                 advance=True, growth_interval=3.0, scratch=backend.optimizer_scratch("float32"))
+                                 segments, steps, growth_interval=3.0, scratch=backend.optimizer_scratch("float32"))
         if np.isfinite(norm):
             expected -= rates[attempt] / scale
         scale = {2: 8.0, 5: 16.0}.get(attempt, scale)
         np.testing.assert_array_equal(backend.to_numpy(P), np.full(n, expected, np.float32))
     np.testing.assert_array_equal(backend.to_numpy(scalars), [5, 6, 16, 0, 1])  # 16 → 8 → 16 after 3 good
+    np.testing.assert_array_equal(backend.to_numpy(steps), [5])
 
 
-def test_an_update_that_does_not_advance_leaves_the_counters(backend):
-    """A step that updates its parameters in several launches advances the counters in the last."""
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [300, 2 ** 18 + 3])  # on the stand-in, threads that stride over several segments
+def test_the_update_follows_its_segment_table(backend, rng, dtype, n):
+    """Per parameter segment: its own step count for Adam's bias correction, its state where the table
+    says, nothing at all (value, state, count) where it is not updated this step or lies between
+    segments; the norm covers the updated segments only. One call, whatever the table."""
     from gpunn.kernels.update_rules import RULES
 
-    scalars = backend.asarray([2.0, 3.0, 1.0, 0.0, 0.0], "float64")
-    P = backend.zeros((300,), "float32")
-    backend.optimizer_update(RULES["sgd"], P, backend.asarray(np.ones(300), "float32"), [backend.zeros((300,), "float32")],
-                             None, scalars, backend.asarray([0.5], "float64"), backend.zeros((1,), "float32"),
-                             (0.0, 0.0, 0.0), False, 0.0, 0, 0.0, False, advance=False)
-    np.testing.assert_array_equal(backend.to_numpy(scalars), [2, 3, 1, 0, 0])
-    np.testing.assert_array_equal(backend.to_numpy(P), np.full(300, -0.5, np.float32))
+    hyper, lr, wd = (0.9, 0.999, 1e-8), 0.01, 0.05
+    cut = [0, n // 5, n // 5 + 7, n // 2, n // 2 + 1, (3 * n) // 4, n]  # a gap at [cut[4], cut[5])
+    rows = [(cut[0], cut[1], 1, 3.0), (cut[1], cut[2], 0, 1.0), (cut[2], cut[3], 1, 0.0), (cut[3], cut[4], 1, 3.0),
+            (cut[5], cut[6], 1, 7.0)]
+    state_starts = np.cumsum([0] + [stop - start for start, stop, _, _ in rows])
+    table = [v for (start, stop, updated, _), state in zip(rows, state_starts) for v in (start, stop, state, updated)]
+    p, g = rng.normal(size=n), rng.normal(size=n)
+    states = [rng.uniform(0.1, 1.0, size=state_starts[-1]) for _ in range(2)]
+    P, G = backend.asarray(p.copy(), dtype), backend.asarray(g, dtype)
+    S = [backend.asarray(s.copy(), dtype) for s in states]
+    segments, steps = backend.asarray(table, "int64"), backend.asarray([r[3] for r in rows], "float64")
+    norm = backend.zeros((1,), "float64" if dtype == "float64" else "float32")
+    backend.global_norm(G, out=norm, segments=segments)
+    updated = [(start, stop) for start, stop, flag, _ in rows if flag]
+    close(backend, norm, [np.sqrt(sum(np.sum(g[a:b] ** 2) for a, b in updated))], dtype)
+    backend.optimizer_update(RULES["adam"], P, G, S, None, backend.asarray([7.0, 9.0, 1.0, 0.0, 0.0], "float64"),
+                             backend.asarray([lr], "float64"), norm, hyper, False, wd, n // 3, 0.0, False, segments,
+                             steps)
+    expected_p, expected_states = p.copy(), [s.copy() for s in states]
+    for (start, stop, flag, count), state in zip(rows, state_starts):
+        if flag:
+            where = slice(state, state + stop - start)
+            decay_end = max(0, min(n // 3 - start, stop - start))
+            expected_p[start:stop], (expected_states[0][where], expected_states[1][where]) = reference_update(
+                "adam", p[start:stop], g[start:stop], [s[where] for s in states], lr, count + 1, wd, decay_end,
+                hyper, False)
+    close(backend, P, expected_p, dtype)
+    for got, expected in zip(S, expected_states):
+        close(backend, got, expected, dtype)
+    untouched = np.ones(n, bool)
+    for start, stop in updated:
+        untouched[start:stop] = False
+    np.testing.assert_array_equal(backend.to_numpy(P)[untouched], backend.to_numpy(backend.asarray(p, dtype))[untouched])
+    np.testing.assert_array_equal(backend.to_numpy(steps), [4.0, 1.0, 1.0, 4.0, 8.0])
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])

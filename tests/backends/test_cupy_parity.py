@@ -12,7 +12,7 @@ import gpunn as gn
 from gpunn.backends.selection import resolve_backend
 from gpunn.backends.base import ACTIVATIONS
 
-from support import cupy_standin
+from support import cupy_standin, whole_buffer
 
 from conftest import matmul_error_bound, tolerance
 
@@ -183,7 +183,7 @@ def test_fused_updates_match_numpy(cp_backend, np_backend, rng, dtype, rule, hyp
         norm = backend.zeros((1,), compute)
         backend.global_norm(G, out=norm)
         backend.optimizer_update(RULES[rule], P, G, S, master, scalars, backend.asarray([0.1, 0.05], "float64"),
-                                 norm, hyper, flag, 0.01, n // 2, 1.0, dtype == "float16")
+                                 norm, hyper, flag, 0.01, n // 2, 1.0, dtype == "float16", *whole_buffer(backend, n, 4.0))
         results.append([backend.to_numpy(a) for a in (P, *S, scalars, norm)])
     for expected, got in zip(*results):
         np.testing.assert_allclose(got.astype(float), expected.astype(float), rtol=tolerance(dtype)[0],

@@ -49,12 +49,12 @@ def test_a_non_finite_gradient_gives_a_non_finite_norm(threaded):
         assert not np.isfinite(backend.to_numpy(out)[0])
 
 
-@pytest.mark.parametrize("max_blocks", [2048, 2])  # 2: each thread updates several elements
-def test_counters_with_real_blocks(threaded, monkeypatch, max_blocks):
+@pytest.mark.parametrize("max_blocks", [2048, 2])  # 2: each thread updates several elements, across segments
+def test_counters_and_segments_with_real_blocks(threaded, monkeypatch, rng, max_blocks):
     _, backend = threaded
     monkeypatch.setattr(sys.modules["gpunn.backends.cupy_backend"], "GRID_MAX_BLOCKS", max_blocks)
     conformance.test_the_update_advances_the_counters_after_every_element_read_them(backend, 300)
-    conformance.test_an_update_that_does_not_advance_leaves_the_counters(backend)
+    conformance.test_the_update_follows_its_segment_table(backend, rng, "float32", 300)
 
 
 @pytest.mark.parametrize("dtype,make", [

@@ -27,7 +27,7 @@ def run_update(monkeypatch, compiled, rule, p, g, states, scalars, max_norm, nor
     P, S = p.copy(), [state.copy() for state in states]
     NumpyBackend().optimizer_update(RULES[rule], P, g, S, None, scalars.copy(), np.array([0.05, 0.02]),
                                     np.array([norm], p.dtype), hyper, flag, weight_decay, p.size // 2, max_norm,
-                                    False)
+                                    False, np.array([0, p.size, 0, 1]), np.array([scalars[0]]))
     monkeypatch.undo()
     return P, S
 

@@ -43,3 +43,8 @@ def test_launches_counts_a_replayed_graph_step_and_labels_pytorchs_cpu_operators
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert cells[0] == "S" and cells[6] == "1 + 1", row
     assert int(cells[4]) == sum(map(int, cells[1:4]))
+
+
+def test_optimizer_step_time_prints_a_median():
+    out = run("optimizer_step_time.py", "frozen", "12")
+    assert out.startswith("middle layer frozen (") and out.strip().endswith("us/step")

@@ -9,7 +9,7 @@ import pytest
 
 from gpunn.backends.selection import resolve_backend
 from gpunn.backends.base import ACTIVATIONS
-from support import cupy_standin
+from support import cupy_standin, whole_buffer
 
 from test_kernels_host import (CTYPES, extremes, harness, harness_source, pointer, pytestmark,  # noqa: F401
                                run_activation)
@@ -60,7 +60,7 @@ def test_update_rules(harness, cp_backend, rng, dtype, rule, hyper, flag):
     S = on_device(cp_backend, *states)
     cp_backend.optimizer_update(RULES[rule], P, G, S, None, cp_backend.asarray([2.0, 0.0, scale, 0.0, 0.0], "float64"),
                                 cp_backend.asarray([lr], "float64"), cp_backend.asarray([norm], dtype), hyper, flag,
-                                0.01, decay_end, max_norm, False)
+                                0.01, decay_end, max_norm, False, *whole_buffer(cp_backend, n, applied=2.0))
     effective = np.empty_like(g)
     harness[f"effective_grad_{suffix}"](pointer(g), c_type(scale), c_type(norm), c_type(max_norm), pointer(effective),
                                         ctypes.c_long(n))

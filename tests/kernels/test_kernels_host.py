@@ -265,6 +265,27 @@ def test_effective_grad_and_counters_match_numpy(harness, rng, dtype):
         np.testing.assert_array_equal(host, device)
 
 
+@pytest.mark.parametrize("stride", [1, 3, 1000])
+def test_segment_lookup_matches_the_table(harness, rng, stride):
+    """optim.cuh's segment search (the fused update's, resuming as a grid-strided thread does) finds
+    each element's state, and nothing between segments or in one not updated this step."""
+    n = 5000
+    for _ in range(5):
+        cuts = np.sort(rng.choice(np.arange(1, n), size=12, replace=False))
+        pairs = [(0, cuts[0])] + [(cuts[i], cuts[i + 1]) for i in range(1, 11, 2)]  # gaps between them
+        expected, table, state_start = np.full(n, -1), [], 0
+        for start, stop in pairs:
+            updated = int(rng.integers(0, 2))
+            table += [start, stop, state_start, updated]
+            if updated:
+                expected[start:stop] = np.arange(state_start, state_start + stop - start)
+            state_start += stop - start
+        table, got = np.array(table, np.int64), np.empty(n, np.int64)
+        harness.segment_lookup(table.ctypes.data_as(ctypes.c_void_p), ctypes.c_longlong(len(pairs)), ctypes.c_long(n),
+                               ctypes.c_long(stride), got.ctypes.data_as(ctypes.c_void_p))
+        np.testing.assert_array_equal(got, expected)
+
+
 @pytest.mark.parametrize("dtype", CTYPES)
 def test_bce_with_logits_matches_numpy(harness, rng, dtype):
     c_type, suffix = CTYPES[dtype]

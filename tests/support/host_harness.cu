@@ -43,6 +43,17 @@ extern "C" float gpunn_host_multiply_f32(float a, float b) { return a * b; }
                                   flag != 0);                                                    \
     }
 
+// Per flat element of [0, n): where the fused update keeps its state, or -1 where it updates nothing,
+// found as the update kernel's threads find it (each index's elements ``stride`` apart, the search
+// resuming from the segment found last).
+extern "C" void segment_lookup(const long long* segments, long long count, long n, long stride, long long* state) {
+    for (long first = 0; first < stride && first < n; ++first) {
+        gpunn_segment_cursor segment;
+        for (long k = first; k < n; k += stride)
+            state[k] = segment.at(segments, count, k) ? segment.state + (k - segment.start) : -1;
+    }
+}
+
 #define GPUNN_HOST(T, SUFFIX)                                                                    \
     GPUNN_UPDATE_HOST(sgd, T, SUFFIX)                                                            \
     GPUNN_UPDATE_HOST(adam, T, SUFFIX)                                                           \
@@ -104,6 +115,9 @@ __global__ void gpunn_device_check(const S* z, const S* b, const S* t, S* y, S* 
     out = gpunn_dropout(out, (gpunn_u64)i, 3ULL, 5ULL, 7ULL, 1ULL << 62, C(1.25));
     out += gpunn_bce_with_logits(zc, dy) + gpunn_bce_with_logits_grad(zc, dy, C(0.5)) +
            gpunn_softmax_xent_grad(zc, C(1), i % cols == 0, C(0.5));
+    const long long table[GPUNN_SEGMENT_FIELDS] = {0, n, 0, 1};
+    gpunn_segment_cursor segment;
+    if (!segment.at(table, 1, i)) return;
     C param = out, velocity = C(v[i]), second = C(0);
     C grad = gpunn_effective_grad(dy, C(2), C(3), C(1));
     gpunn_sgd_update(param, velocity, second, grad, C(0.1), C(1), C(0.01), C(0.9), C(0), C(0), true);

@@ -102,7 +102,7 @@ def test_state_dict_round_trip_and_mismatch(backend):
     optimizer = gn.Adam(model.parameters(), lr=gn.schedules.ExponentialDecay(0.01, 0.9), betas=(0.8, 0.95))
     state = optimizer.state_dict()
     assert state["config"]["type"] == "Adam" and state["config"]["schedule"]["type"] == "ExponentialDecay"
-    assert set(state["arrays"]) == {"scalars", "exp_avg", "exp_avg_sq"}
+    assert set(state["arrays"]) == {"scalars", "step", "exp_avg", "exp_avg_sq"}  # step: one count per parameter
     assert all(type(a).__module__ == "numpy" for a in state["arrays"].values())
     twin = gn.Adam(mlp(backend, seed=5).parameters())
     twin.load_state_dict(state)
@@ -253,15 +253,17 @@ def test_non_finite_parameters_end_training(backend, rng):
 
 
 # --- launches on the GPU, counted by the CuPy stand-in -------------------------------------------
+@pytest.mark.parametrize("frozen", [(), (0,), (0, 6), (2,)])  # a frozen layer first, at both ends, between others
 @pytest.mark.parametrize("make,dtype,expected", [
     (lambda: gn.SGD(lr=0.1, momentum=0.9), "float32", 1),           # one fused update, counters included
     (lambda: gn.AdamW(lr=1e-3), "float64", 1),
     (lambda: gn.Adam(lr=1e-3, max_grad_norm=1.0), "float32", 2),    # + the one-launch gradient norm
     (lambda: gn.Adam(lr=1e-3), "float16", 2),                       # float16: the overflow check's norm
 ])
-def test_one_update_launch_for_the_whole_model(make, dtype, expected):
-    """However many parameter arrays, an optimizer step is one update kernel over the flat buffer,
-    which also advances the counters (and one norm kernel when it needs the gradient norm)."""
+def test_one_update_launch_for_the_whole_model(make, dtype, expected, frozen):
+    """However many parameter arrays, and whichever layers are frozen, an optimizer step is one update
+    kernel over the flat buffer, which also advances the counters (and one norm kernel when it needs
+    the gradient norm); a freeze writes the segment table once, outside the steps."""
     from support import cupy_standin
 
     with cupy_standin.installed() as standin:
@@ -270,8 +272,16 @@ def test_one_update_launch_for_the_whole_model(make, dtype, expected):
         step = gn.TrainStep(model, gn.MSELoss(), optimizer)
         x, t = step.prepare(np.ones((4, 6)), np.zeros((4, 3)))
         step(x, t)
+        if frozen:
+            model.freeze(*frozen)
+        before = [np.array(model.backend.to_numpy(p.value)) for p in model.parameters()]
+        step(x, t)  # the step that notices the freeze
         launches = standin.count(optimizer.step)
     assert dict(launches) == {"kernel": expected}, launches
+    after = [model.backend.to_numpy(p.value) for p in model.parameters()]
+    held = {id(p) for index in frozen for p in model.layers[index].parameters()}
+    for parameter, old, new in zip(model.parameters(), before, after):
+        assert np.array_equal(old, new) == (id(parameter) in held)
 
 
 # --- regressions found in review ---------------------------------------------------------------
