@@ -219,21 +219,41 @@ def test_dropout_zeroes_the_right_fraction_and_scales_survivors(backend, rate):
     np.testing.assert_allclose(y[y != 0], 1 / (1 - rate), rtol=1e-6)
 
 
-def test_dropout_mask_is_numpy_philox_stream(backend):
+def contract_mask(seed: int, rate: float, step: int, size: int) -> np.ndarray:
     """The documented contract (DropoutMask), element by element from numpy.random.Philox: element n
     at step s is slot j = ⌊n/32⌋ mod 16 of group q = ⌊n/512⌋·32 + n mod 32 and keeps its value
     when bits 16·(j mod 4)… of word ⌊j/4⌋ of Philox(key=seed, counter=s·2^64 + q − 1)'s first block
-    are at least ⌊rate·2^16⌋. 3 × 300 elements span two tiles."""
-    seed, threshold = (7 << 64) + 99, int(0.3 * 2 ** 16)
-    layer = gn.Dropout(0.3, seed=seed)
+    are at least ⌊rate·2^16⌋."""
+    keep = np.empty(size, bool)
+    for n in range(size):
+        group, slot = n // 512 * 32 + n % 32, n // 32 % 16
+        word = int(np.random.Philox(key=seed, counter=(step << 64) + group - 1).random_raw(4)[slot // 4])
+        keep[n] = (word >> 16 * (slot % 4)) & 0xFFFF >= int(rate * 2 ** 16)
+    return keep
+
+
+def test_dropout_mask_is_numpy_philox_stream(backend):
+    """3 × 300 elements (two tiles of the mask) at step 1 keep what the contract says."""
+    layer = gn.Dropout(0.3, seed=(7 << 64) + 99)
     layer.backend = backend
     y = backend.to_numpy(layer.forward(backend.asarray(np.ones((3, 300)), "float64")))
-    expected = np.empty(900, bool)
-    for n in range(900):
-        group, slot = n // 512 * 32 + n % 32, n // 32 % 16
-        word = int(np.random.Philox(key=seed, counter=(1 << 64) + group - 1).random_raw(4)[slot // 4])
-        expected[n] = (word >> 16 * (slot % 4)) & 0xFFFF >= threshold
-    np.testing.assert_array_equal(y != 0, expected.reshape(3, 300))
+    np.testing.assert_array_equal(y != 0, contract_mask((7 << 64) + 99, 0.3, 1, 900).reshape(3, 300))
+
+
+def test_a_checkpoint_of_the_old_mask_resumes_with_the_grouped_stream_from_its_step(backend, tmp_path):
+    """A model file keeps a Dropout's (rate, seed, step); files written before issue 21 (one Philox
+    block per element) have the same fields. Loading one continues from its step with the grouped
+    stream: the decided behaviour (docs/layers.md), not the old code's continuation."""
+    model = gn.Sequential(gn.Dense(4, 6, seed=1), gn.Dropout(0.4, seed=77, step=12))
+    model.save(tmp_path / "old.npz")
+    with gn.use_backend(backend):
+        loaded = gn.load(tmp_path / "old.npz")
+    dropout = loaded.layers[1]
+    assert dropout.step == 12
+    dropout.backend = backend
+    y = backend.to_numpy(dropout.forward(backend.asarray(np.ones((2, 300)), "float32")))
+    assert dropout.step == 13
+    np.testing.assert_array_equal(y != 0, contract_mask(77, 0.4, 13, 600).reshape(2, 300))
 
 
 def test_dropout_keeps_independently_across_groups_slots_tiles_and_steps(backend):
