@@ -186,10 +186,10 @@ class CupyBackend(Backend):
             step = self._no_step.get(device)
             if step is None:
                 step = self._no_step[device] = cupy.zeros((1,), numpy.uint64)
-            return (*head, step, numpy.uint64(0), numpy.uint64(0), numpy.uint64(0), numpy.uint64(0), 1.0)
+            return (*head, step, numpy.uint64(0), numpy.uint64(0), numpy.uint32(0), numpy.uint64(0), 1.0)
         _require_device(dropout.step)
         low, high = dropout.key_words
-        return (*head, dropout.step, numpy.uint64(low), numpy.uint64(high), numpy.uint64(dropout.threshold),
+        return (*head, dropout.step, numpy.uint64(low), numpy.uint64(high), numpy.uint32(dropout.threshold),
                 numpy.uint64(skip), dropout.scale)
 
     def _bias_row(self, bias, z):

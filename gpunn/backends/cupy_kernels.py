@@ -66,11 +66,11 @@ class KernelSpec(NamedTuple):
 # The fused activation kernels run one thread per dropout group (kernels/dropout.cuh): CuPy's index
 # ``i`` counts groups from ``first_group``, the arrays are raw and flat, ``n`` elements long.
 DROPOUT_PARAMETERS = ("uint64 first_group, uint64 n, raw uint64 dropout_step, uint64 dropout_k0, uint64 dropout_k1, "
-                      "uint64 dropout_threshold, uint64 dropout_skip")
+                      "uint32 dropout_threshold, uint64 dropout_skip")
 DROPOUT_GROUP = "first_group + i, dropout_skip, n, {columns}, dropout_step[0], dropout_k0, dropout_k1, dropout_threshold"
 #: Launch arguments of DROPOUT_PARAMETERS and the scale after them.
-DROPOUT_ARGUMENTS = (Arg("uint64", "scalar"), Arg("uint64", "scalar"), Arg("uint64", "raw"),
-                     *(Arg("uint64", "scalar") for _ in range(4)))
+DROPOUT_ARGUMENTS = (Arg("uint64", "scalar"), Arg("uint64", "scalar"), Arg("uint64", "raw"), Arg("uint64", "scalar"),
+                     Arg("uint64", "scalar"), Arg("uint32", "scalar"), Arg("uint64", "scalar"))
 
 
 def _elementwise(in_params, out_params, operation, name, *files, **code):

@@ -69,7 +69,7 @@ __host__ __device__ inline gpunn_u64 gpunn_dropout_group_start(gpunn_u64 group) 
 template <typename Body>
 __host__ __device__ inline void gpunn_dropout_group(gpunn_u64 group, gpunn_u64 skip, gpunn_u64 n,
                                                     unsigned int columns, unsigned int lane_columns, gpunn_u64 step,
-                                                    gpunn_u64 k0, gpunn_u64 k1, gpunn_u64 threshold, Body body) {
+                                                    gpunn_u64 k0, gpunn_u64 k1, unsigned int threshold, Body body) {
     gpunn_u64 words[4] = {~0ULL, ~0ULL, ~0ULL, ~0ULL};
     if (threshold != 0) gpunn_philox4x64_10(group, step, k0, k1, words);
     const gpunn_u64 start = gpunn_dropout_group_start(group);

@@ -46,7 +46,7 @@ def activation_wrappers() -> str:
         for c_type, suffix in (("float", "f32"), ("double", "f64")):
             parts.append(f"""
 extern "C" void bias_{name}_{suffix}(const {c_type}* z, const {c_type}* b, {c_type}* y, {c_type}* saved, long rows,
-        long cols, const {c_type}* p, gpunn_u64 step, gpunn_u64 k0, gpunn_u64 k1, gpunn_u64 threshold, {c_type} scale,
+        long cols, const {c_type}* p, gpunn_u64 step, gpunn_u64 k0, gpunn_u64 k1, unsigned int threshold, {c_type} scale,
         gpunn_u64 skip) {{
     const gpunn_u64 n = rows * cols, first = skip / 512 * 32, end = ((skip + n - 1) / 512 + 1) * 32;
     for (gpunn_u64 group = first; group < end; ++group)
@@ -59,7 +59,7 @@ extern "C" void bias_{name}_{suffix}(const {c_type}* z, const {c_type}* b, {c_ty
         }});
 }}
 extern "C" void {name}_backward_{suffix}(const {c_type}* dy, const {c_type}* s, {c_type}* dz, long n, const {c_type}* p,
-        gpunn_u64 step, gpunn_u64 k0, gpunn_u64 k1, gpunn_u64 threshold, {c_type} scale, gpunn_u64 skip) {{
+        gpunn_u64 step, gpunn_u64 k0, gpunn_u64 k1, unsigned int threshold, {c_type} scale, gpunn_u64 skip) {{
     const gpunn_u64 first = skip / 512 * 32, end = ((skip + n - 1) / 512 + 1) * 32;
     for (gpunn_u64 group = first; group < end; ++group)
         gpunn_dropout_group(group, skip, n, 1u, 0u, step, k0, k1, threshold,
@@ -142,7 +142,7 @@ def run_activation(harness, dtype, activation, z, bias, mask, backward_dy=None):
     params = np.array(function.values or [0.0], dtype)
     step = int(mask.step[0]) if mask else 0
     k0, k1 = mask.key_words if mask else (0, 0)
-    dropout = [ctypes.c_ulonglong(v) for v in (step, k0, k1, mask.threshold if mask else 0)]
+    dropout = [ctypes.c_ulonglong(v) for v in (step, k0, k1)] + [ctypes.c_uint(mask.threshold if mask else 0)]
     dropout += [c_type(mask.scale if mask else 1.0), ctypes.c_ulonglong(mask.skip(z.shape[1]) if mask else 0)]
     if backward_dy is None:
         y, saved = np.empty_like(z), np.empty_like(z)
@@ -204,8 +204,8 @@ def test_dropout_mask_matches_the_numpy_twin(harness, rng, rows, cols, row_offse
                        row_offset)
     got = np.full(rows * cols, 2, np.uint8)
     low, high = mask.key_words
-    harness.dropout_keep(*(ctypes.c_ulonglong(v) for v in (mask.skip(cols), rows * cols, int(mask.step[0]), low, high,
-                                                          mask.threshold)), pointer(got))
+    harness.dropout_keep(*(ctypes.c_ulonglong(v) for v in (mask.skip(cols), rows * cols, int(mask.step[0]), low, high)),
+                         ctypes.c_uint(mask.threshold), pointer(got))
     np.testing.assert_array_equal(got.reshape(rows, cols), dropout_keep(mask, (rows, cols)).astype(np.uint8))
 
 

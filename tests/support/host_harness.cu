@@ -22,7 +22,7 @@ extern "C" void philox4x64_10(const gpunn_u64* c0, const gpunn_u64* c1, gpunn_u6
 // The dropout mask of elements [skip, skip + n) as the group kernels draw it: one call per group of
 // the tiles that hold them, in an order unlike the GPU's (each element is written once either way).
 extern "C" void dropout_keep(gpunn_u64 skip, gpunn_u64 n, gpunn_u64 step, gpunn_u64 k0, gpunn_u64 k1,
-                             gpunn_u64 threshold, unsigned char* keep) {
+                             unsigned int threshold, unsigned char* keep) {
     const gpunn_u64 first = skip / (GPUNN_DROPOUT_LANES * GPUNN_DROPOUT_GROUP) * GPUNN_DROPOUT_LANES;
     const gpunn_u64 end = ((skip + n - 1) / (GPUNN_DROPOUT_LANES * GPUNN_DROPOUT_GROUP) + 1) * GPUNN_DROPOUT_LANES;
     for (gpunn_u64 group = end; group-- > first;)
@@ -127,7 +127,7 @@ template <typename S, typename C>
 __global__ void gpunn_dropout_group_check(const S* z, const S* b, S* y, gpunn_u64 first_group, gpunn_u64 skip,
                                           gpunn_u64 n, unsigned int columns, const gpunn_u64* step) {
     gpunn_u64 i = blockIdx.x * (gpunn_u64)blockDim.x + threadIdx.x;
-    gpunn_dropout_group(first_group + i, skip, n, columns, 32u % columns, step[0], 5ULL, 7ULL, 1ULL << 14,
+    gpunn_dropout_group(first_group + i, skip, n, columns, 32u % columns, step[0], 5ULL, 7ULL, 1u << 14,
                         [&](gpunn_u64 k, unsigned int column, bool keep) {
                             y[k] = S(gpunn_dropout(C(z[k]) + C(b[column]), keep, C(1.25)));
                         });
