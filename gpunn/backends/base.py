@@ -41,6 +41,11 @@ class DropoutMask:
     step: object
     row_offset: int = 0
 
+    def __post_init__(self):
+        if not 0 <= self.threshold < 1 << DROPOUT_BITS:  # a 64-bit threshold of the old mask would drop all
+            raise ValueError(f"DropoutMask: threshold must lie in [0, 2**{DROPOUT_BITS}), got {self.threshold}; "
+                             "use DropoutMask.threshold_of(rate)")
+
     @staticmethod
     def threshold_of(rate: float) -> int:
         """⌊rate·2^16⌋: a rate is kept to 2^-16 (kernels/dropout.cuh says why that is enough)."""

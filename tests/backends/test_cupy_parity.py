@@ -347,7 +347,7 @@ def test_saving_forward_and_dropout_backward(cp_backend, np_backend, rng, dtype,
     ref = reference(dtype)
     z, b, dy = (rng.normal(size=(37, 29)) * 3).astype(dtype), rng.normal(size=29).astype(dtype), \
         rng.normal(size=(37, 29)).astype(dtype)
-    masks = [DropoutMask(987654321, int(0.3 * 2 ** 64), 1 / 0.7, backend.asarray(np.array([5], np.uint64)))
+    masks = [DropoutMask(987654321, DropoutMask.threshold_of(0.3), 1 / 0.7, backend.asarray(np.array([5], np.uint64)))
              if dropout else None for backend in (np_backend, cp_backend)]
     saved_ref = np.empty(z.shape, ref)
     y_ref = np_backend.bias_activation(z.astype(ref), b.astype(ref), activation, saved=saved_ref, dropout=masks[0])
@@ -361,6 +361,8 @@ def test_saving_forward_and_dropout_backward(cp_backend, np_backend, rng, dtype,
     # underflow) the kernel may round to 0 as well.
     visible = np.abs(y_ref) > tolerance(dtype)[1]
     np.testing.assert_array_equal((cp_backend.to_numpy(y) == 0)[visible], (y_ref == 0)[visible])
+    plain = np_backend.bias_activation(z.astype(ref), b.astype(ref), activation) != 0
+    assert not dropout or 0.2 < np.mean(y_ref[plain] == 0) < 0.4  # a mask that drops about 30 %, not all or none
     grad_ref = np_backend.activation_backward(dy.astype(ref), saved_ref.astype(dtype).astype(ref), activation,
                                               dropout=masks[0])
     grad = cp_backend.activation_backward(cp_backend.asarray(dy), saved, activation, dropout=masks[1])
