@@ -369,6 +369,39 @@ def test_saving_forward_and_dropout_backward(cp_backend, np_backend, rng, dtype,
     compare_cancelling(cp_backend, grad, grad_ref, pre * 2 * np.abs(dy.astype(ref)), dtype)
 
 
+@pytest.mark.parametrize("layout", ["transposed", "1-d", "3-d", "strided out", "scalar bias"])
+def test_group_kernels_take_any_layout(cp_backend, np_backend, rng, layout):
+    """The fused kernels index flat raw arrays (one thread per dropout group): a transposed or 1-d
+    or 3-d input, an ``out`` that is a strided view, and a scalar bias give NumPy's numbers and mask."""
+    from gpunn.backends.base import DropoutMask
+
+    z = rng.normal(size=(40, 30))
+    if layout == "transposed":
+        z = z.T
+    elif layout == "1-d":
+        z = z.reshape(-1)
+    elif layout == "3-d":
+        z = z.reshape(4, 10, 30)
+    bias = 0.5 if layout == "scalar bias" else rng.normal(size=z.shape[-1])
+    dy = rng.normal(size=z.shape)
+    masks = [DropoutMask(4321, DropoutMask.threshold_of(0.4), 1 / 0.6, backend.asarray(np.array([9], np.uint64)), 2)
+             for backend in (np_backend, cp_backend)]
+    expected = np_backend.bias_activation(z, bias, "tanh", dropout=masks[0])
+    cp_bias = bias if layout == "scalar bias" else cp_backend.asarray(bias)
+    if layout == "strided out":
+        out = cp_backend.empty((40, 60), "float64")[:, ::2]
+        got = cp_backend.bias_activation(cp_backend.asarray(z), cp_bias, "tanh", out=out, dropout=masks[1])
+        assert got is out
+    else:
+        got = cp_backend.bias_activation(cp_backend.asarray(z), cp_bias, "tanh", dropout=masks[1])
+    np.testing.assert_allclose(cp_backend.to_numpy(got), expected, rtol=1e-13, atol=1e-15)
+    saved = np.tanh(z + bias)
+    grad = cp_backend.activation_backward(cp_backend.asarray(dy), cp_backend.asarray(saved), "tanh", dropout=masks[1])
+    np.testing.assert_allclose(cp_backend.to_numpy(grad), np_backend.activation_backward(dy, saved, "tanh",
+                                                                                         dropout=masks[0]),
+                               rtol=1e-13, atol=1e-15)
+
+
 @pytest.mark.parametrize("shape", [(1, 7), (333, 129), (64, 1000)])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_layer_norm_ops(cp_backend, np_backend, rng, shape, dtype):
