@@ -16,9 +16,9 @@ import cupy
 import numpy
 
 from gpunn.backends import cublas
-from gpunn.backends.base import (DLPACK_CPU, DLPACK_CUDA, DLPACK_CUDA_MANAGED, Backend, as_activation_function,
-                                device_name, dlpack_device, host_view, refuse_complex)
-from gpunn.backends.cupy_kernels import _COMPUTE, DROPOUT_LANES, DROPOUT_TILE, GRID_BLOCK, GRID_MAX_BLOCKS, _build
+from gpunn.backends.base import (DLPACK_CPU, DLPACK_CUDA, DLPACK_CUDA_MANAGED, DROPOUT_LANES, DROPOUT_TILE, Backend,
+                                as_activation_function, device_name, dlpack_device, host_view, refuse_complex)
+from gpunn.backends.cupy_kernels import _COMPUTE, GRID_BLOCK, GRID_MAX_BLOCKS, _build
 from gpunn.backends.precision import get_matmul_precision
 
 
@@ -39,6 +39,14 @@ def _check_cache_dir() -> None:
 def _launch(kernel, *inputs, out=None):
     """Run ``kernel``, into ``out`` when given (CuPy allocates the output otherwise)."""
     return kernel(*inputs) if out is None else kernel(*inputs, out)
+
+
+def _require_shape(shape, **arrays) -> None:
+    """The group kernels index flat raw arrays: one of another shape would be read or written
+    past its end, where CuPy's broadcasting refused it."""
+    for name, array in arrays.items():
+        if array is not None and array.shape != shape:
+            raise ValueError(f"{name} has shape {array.shape}, expected {shape}")
 
 
 def _require_device(*arrays) -> None:
@@ -218,6 +226,9 @@ class CupyBackend(Backend):
     def bias_activation(self, z, bias, activation, out=None, saved=None, dropout=None, kept=None):
         function = as_activation_function(activation)
         _require_device(z, bias)
+        _require_shape(z.shape, out=out, saved=saved)
+        if isinstance(bias, cupy.ndarray) and bias.size not in (1, z.shape[-1] if z.ndim else 1):
+            raise ValueError(f"bias has shape {bias.shape}; it must broadcast over the rows of {z.shape}")
         z = cupy.ascontiguousarray(z)
         if z.size == 0:
             return cupy.empty_like(z) if out is None else out
@@ -242,6 +253,7 @@ class CupyBackend(Backend):
     def activation_backward(self, dy, saved, activation, out=None, dropout=None, kept=None):
         function = as_activation_function(activation)
         _require_device(dy, saved)
+        _require_shape(dy.shape, saved=saved, out=out)
         dy, saved = cupy.ascontiguousarray(dy), cupy.ascontiguousarray(saved)
         result = cupy.empty_like(dy) if out is None else out
         if dy.size == 0:

@@ -10,7 +10,6 @@ from typing import Callable, NamedTuple
 
 import cupy
 
-from gpunn.backends.base import DROPOUT_LANES, DROPOUT_TILE  # noqa: F401 (the backend reads them here)
 from gpunn.kernels.activations import REGISTRY
 from gpunn.kernels.source import kernel_source
 from gpunn.kernels.update_rules import RULES
@@ -205,6 +204,7 @@ def _build_activation(op: str, name: str, compute_name: str, compute: str):
 
 
 def _group_loop(body: str, columns: str) -> str:
+    """The operation: ``body`` for each member k of this thread's dropout group."""
     return (f"gpunn_dropout_group({DROPOUT_GROUP.format(columns=columns)}, "
             f"[&](gpunn_u64 k, unsigned int column, bool keep) {{ {body} }})")
 

@@ -23,7 +23,7 @@ def dropout_keep(mask, shape):
     tiles = last_tile - first_tile + 1
     counter = (int(mask.step[0]) << 64) + first_tile * DROPOUT_LANES - 1
     words = np.random.Philox(key=mask.key, counter=counter % (1 << 256)).random_raw(4 * DROPOUT_LANES * tiles)
-    pieces = words.astype("<u8").view("<u2").reshape(tiles, DROPOUT_LANES, DROPOUT_GROUP)
+    pieces = words.astype("<u8", copy=False).view("<u2").reshape(tiles, DROPOUT_LANES, DROPOUT_GROUP)
     start = skip - first_tile * DROPOUT_TILE
     bits = pieces.transpose(0, 2, 1).reshape(-1)[start:start + size]  # tile, slot, lane: the element order
     return (bits >= mask.threshold).reshape(shape)

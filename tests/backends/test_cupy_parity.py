@@ -402,6 +402,21 @@ def test_group_kernels_take_any_layout(cp_backend, np_backend, rng, layout):
                                rtol=1e-13, atol=1e-15)
 
 
+def test_group_kernels_refuse_arrays_they_would_index_past_their_end(cp_backend):
+    """Raw flat indexing has no broadcasting check: a wrong-shaped out, saved or bias is refused
+    before the launch (CuPy's broadcasting refused it before the kernels went raw)."""
+    z, small = cp_backend.asarray(np.ones((4, 6))), cp_backend.asarray(np.ones((3, 6)))
+    bias = cp_backend.asarray(np.ones(6))
+    with pytest.raises(ValueError, match="out has shape"):
+        cp_backend.bias_activation(z, bias, "relu", out=small)
+    with pytest.raises(ValueError, match="saved has shape"):
+        cp_backend.bias_activation(z, bias, "relu", saved=small)
+    with pytest.raises(ValueError, match="bias has shape"):
+        cp_backend.bias_activation(z, cp_backend.asarray(np.ones(4)), "relu")
+    with pytest.raises(ValueError, match="saved has shape"):
+        cp_backend.activation_backward(z, small, "relu")
+
+
 @pytest.mark.parametrize("shape", [(1, 7), (333, 129), (64, 1000)])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_layer_norm_ops(cp_backend, np_backend, rng, shape, dtype):
