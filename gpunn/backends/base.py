@@ -42,9 +42,11 @@ class DropoutMask:
     row_offset: int = 0
 
     def __post_init__(self):
-        if not 0 <= self.threshold < 1 << DROPOUT_BITS:  # a 64-bit threshold of the old mask would drop all
-            raise ValueError(f"DropoutMask: threshold must lie in [0, 2**{DROPOUT_BITS}), got {self.threshold}; "
-                             "use DropoutMask.threshold_of(rate)")
+        # 0 drops nothing (no mask: None, which every backend treats alike); a 64-bit threshold of
+        # the old mask would drop every element.
+        if not 0 < self.threshold < 1 << DROPOUT_BITS:
+            raise ValueError(f"DropoutMask: threshold must lie in [1, 2**{DROPOUT_BITS}), got {self.threshold}; "
+                             "use DropoutMask.threshold_of(rate), and no mask where that is 0")
 
     @staticmethod
     def threshold_of(rate: float) -> int:

@@ -402,6 +402,17 @@ def test_group_kernels_take_any_layout(cp_backend, np_backend, rng, layout):
                                rtol=1e-13, atol=1e-15)
 
 
+def test_a_dropout_mask_threshold_outside_sixteen_bits_is_refused():
+    """The old 64-bit threshold (⌊rate·2^64⌋) would drop every element of the 16-bit mask, and a
+    threshold of 0 (drop nothing) is no mask at all: both are refused where the mask is made."""
+    from gpunn.backends.base import DropoutMask
+
+    for threshold in (int(0.3 * 2 ** 64), 1 << 16, 0, -1):
+        with pytest.raises(ValueError, match="threshold must lie in"):
+            DropoutMask(1, threshold, 2.0, np.zeros(1, np.uint64))
+    assert DropoutMask(1, DropoutMask.threshold_of(0.3), 1 / 0.7, np.zeros(1, np.uint64)).threshold == 19660
+
+
 def test_group_kernels_refuse_arrays_they_would_index_past_their_end(cp_backend):
     """Raw flat indexing has no broadcasting check: a wrong-shaped out, saved or bias is refused
     before the launch (CuPy's broadcasting refused it before the kernels went raw)."""
