@@ -6,9 +6,10 @@
 // One Philox block (256 bits) serves a group of GPUNN_DROPOUT_GROUP = 16 elements, 16 bits each:
 // a block costs 40 64-bit multiplies (about 110 32-bit IMADs in sm_90 SASS), which, drawn per
 // element, made dropout bound by instruction issue, not memory (issue 21). 16 bits give the keep
-// probability in steps of 2^-16: a rate is off by < 1.6e-5, thirty times less than the sampling noise of one mask of a million
-// elements (√(p(1 − p)/n) ≈ 5e-4), and far below anything training can see (torch compares
-// float32 uniforms, whose steps near 1 are 2^-24, but its rate is a float32 too).
+// probability in steps of 2^-16: a rate is off by < 1.6e-5, thirty times less than the sampling
+// noise of one mask of a million elements (√(p(1 − p)/n) ≈ 5e-4), and far below anything training
+// can see (torch compares float32 uniforms from Philox4x32, steps of 2^-24 near 1; its rate is a
+// float32 too). A rate below 2^-16 drops nothing (the Dropout layer draws no mask).
 //
 // The members of a group are GPUNN_DROPOUT_LANES = 32 elements apart: element n belongs to group
 // q = ⌊n / 512⌋·32 + n mod 32 as its slot j = ⌊n / 32⌋ mod 16. A thread handles one group, so the
