@@ -27,9 +27,9 @@ python3 -m pytest -p no:cacheprovider -q tests/distributed/test_rank_device.py t
     2>&1 | tee "$out/issue21-first.log"
 python3 -m gpunn bench --backend cupy --peers torch-cuda-graph,gpunn-cupy-graph -k "adam" --max-time 0.2 \
     --out "$out/issue21-adam" 2>&1 | tail -n 20 | tee -a "$out/issue21-first.log"
-# The kernel cost model's predictions (sm_90 SASS; needs nvdisasm: pip install nvidia-cuda-nvdisasm),
+# The kernel cost model's predictions (sm_90 and sm_80 SASS; needs nvdisasm: pip install nvidia-cuda-nvdisasm),
 # then the measured fractions of copy bandwidth to hold them against (the activation group).
-python3 -m gpunn bench --cost-model --out "$out" 2>&1 | tail -n 110 | tee -a "$out/issue21-first.log"
+python3 -m gpunn bench --cost-model --out "$out" 2>&1 | tail -n 270 | tee -a "$out/issue21-first.log"
 python3 -m gpunn bench --backend cupy --case activation --max-time 0.2 --out "$out/issue21-activation" 2>&1 \
     | tail -n 40 | tee -a "$out/issue21-first.log"
 

@@ -15,16 +15,24 @@ import numpy as np
 from gpunn.kernels.activations import ACTIVATIONS, ActivationFunction, as_activation_function  # noqa: F401 (re-exported)
 
 
+#: kernels/dropout.cuh's layout: one Philox4x64-10 block gives DROPOUT_GROUP elements DROPOUT_BITS
+#: bits each; a group's members are DROPOUT_LANES elements apart, a tile is DROPOUT_LANES groups.
+DROPOUT_LANES, DROPOUT_GROUP, DROPOUT_BITS = 32, 16, 16
+DROPOUT_TILE = DROPOUT_LANES * DROPOUT_GROUP
+
+
 @dataclass(frozen=True)
 class DropoutMask:
     """Which elements inverted dropout keeps at the current step, and how survivors scale.
 
-    Element i survives when word i mod 4 of the Philox4x64-10 block with counter
-    (⌊i/4⌋, step[0], 0, 0) and key (key & (2^64 − 1), key >> 64) is at least ``threshold``
-    (= ⌊rate·2^64⌋); survivors are multiplied by ``scale`` (= 1/(1 − rate)). ``step`` is a
-    1-element uint64 array on the backend's device, read by the kernels there. ``row_offset``
-    places a shard in its global batch: its row r draws the mask of global row r + row_offset,
-    so data-parallel ranks drop what one process training the whole batch would.
+    Element n (flat, in the global batch) is slot j = ⌊n / 32⌋ mod 16 of group
+    q = ⌊n / 512⌋·32 + n mod 32; it survives when bits 16·(j mod 4) … 16·(j mod 4) + 15 of word
+    ⌊j / 4⌋ of the Philox4x64-10 block with counter (q, step[0], 0, 0) and key
+    (key & (2^64 − 1), key >> 64) are at least ``threshold`` (= ⌊rate·2^16⌋, ``threshold_of``);
+    survivors are multiplied by ``scale`` (= 1/(1 − rate)). ``step`` is a 1-element uint64 array on
+    the backend's device, read by the kernels there. ``row_offset`` places a shard in its global
+    batch: its row r draws the mask of global row r + row_offset, so data-parallel ranks drop what
+    one process training the whole batch would.
     """
 
     key: int
@@ -32,6 +40,18 @@ class DropoutMask:
     scale: float
     step: object
     row_offset: int = 0
+
+    def __post_init__(self):
+        # 0 drops nothing (no mask: None, which every backend treats alike); a 64-bit threshold of
+        # the old mask would drop every element.
+        if not 0 < self.threshold < 1 << DROPOUT_BITS:
+            raise ValueError(f"DropoutMask: threshold must lie in [1, 2**{DROPOUT_BITS}), got {self.threshold}; "
+                             "use DropoutMask.threshold_of(rate), and no mask where that is 0")
+
+    @staticmethod
+    def threshold_of(rate: float) -> int:
+        """⌊rate·2^16⌋: a rate is kept to 2^-16 (kernels/dropout.cuh says why that is enough)."""
+        return int(rate * (1 << DROPOUT_BITS))
 
     def skip(self, columns: int) -> int:
         """Elements of the global batch before this shard's first (the index of its element 0)."""

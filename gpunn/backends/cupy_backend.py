@@ -16,8 +16,8 @@ import cupy
 import numpy
 
 from gpunn.backends import cublas
-from gpunn.backends.base import (DLPACK_CPU, DLPACK_CUDA, DLPACK_CUDA_MANAGED, Backend, as_activation_function,
-                                device_name, dlpack_device, host_view, refuse_complex)
+from gpunn.backends.base import (DLPACK_CPU, DLPACK_CUDA, DLPACK_CUDA_MANAGED, DROPOUT_LANES, DROPOUT_TILE, Backend,
+                                as_activation_function, device_name, dlpack_device, host_view, refuse_complex)
 from gpunn.backends.cupy_kernels import _COMPUTE, GRID_BLOCK, GRID_MAX_BLOCKS, _build
 from gpunn.backends.precision import get_matmul_precision
 from gpunn.kernels.update_rules import SEGMENT_FIELDS
@@ -40,6 +40,14 @@ def _check_cache_dir() -> None:
 def _launch(kernel, *inputs, out=None):
     """Run ``kernel``, into ``out`` when given (CuPy allocates the output otherwise)."""
     return kernel(*inputs) if out is None else kernel(*inputs, out)
+
+
+def _require_shape(shape, **arrays) -> None:
+    """The group kernels index flat raw arrays: one of another shape would be read or written
+    past its end, where CuPy's broadcasting refused it."""
+    for name, array in arrays.items():
+        if array is not None and array.shape != shape:
+            raise ValueError(f"{name} has shape {array.shape}, expected {shape}")
 
 
 def _require_device(*arrays) -> None:
@@ -72,6 +80,7 @@ class CupyBackend(Backend):
         self._ones: dict = {}
         self._unit_scales: dict = {}
         self._no_step: dict = {}
+        self._scalar_bias: dict = {}
         self._default_scratch: dict = {}
 
     # --- arrays -------------------------------------------------------------------------
@@ -174,19 +183,38 @@ class CupyBackend(Backend):
         return self._gemm("tn", a, b, out)
 
     # --- kernels ------------------------------------------------------------------------
-    def _dropout_arguments(self, dropout, columns: int) -> tuple:
-        """(step, key words, threshold, skip, scale) for a kernel; no dropout is threshold 0,
-        scale 1; ``skip`` (the shard's first element in its global batch) offsets the index."""
+    def _dropout_arguments(self, dropout, shape) -> tuple:
+        """(groups, first group, n, step, key words, threshold, skip, scale) for a group kernel
+        (kernels/dropout.cuh): one thread per dropout group of the tiles that hold this launch's
+        elements [skip, skip + n); no dropout is threshold 0, scale 1."""
+        n = int(numpy.prod(shape))
+        skip = dropout.skip(shape[-1] if shape else 1) if dropout is not None else 0
+        first_tile, last_tile = skip // DROPOUT_TILE, (skip + n - 1) // DROPOUT_TILE
+        groups = (last_tile - first_tile + 1) * DROPOUT_LANES
+        head = (groups, numpy.uint64(first_tile * DROPOUT_LANES), numpy.uint64(n))
         if dropout is None:
             device = cupy.cuda.Device().id
             step = self._no_step.get(device)
             if step is None:
                 step = self._no_step[device] = cupy.zeros((1,), numpy.uint64)
-            return step, numpy.uint64(0), numpy.uint64(0), numpy.uint64(0), numpy.uint64(0), 1.0
+            return (*head, step, numpy.uint64(0), numpy.uint64(0), numpy.uint32(0), numpy.uint64(0), 1.0)
         _require_device(dropout.step)
         low, high = dropout.key_words
-        return (dropout.step, numpy.uint64(low), numpy.uint64(high), numpy.uint64(dropout.threshold),
-                numpy.uint64(dropout.skip(columns)), dropout.scale)
+        return (*head, dropout.step, numpy.uint64(low), numpy.uint64(high), numpy.uint32(dropout.threshold),
+                numpy.uint64(skip), dropout.scale)
+
+    def _bias_row(self, bias, z):
+        """The bias as a flat device array and its length (1 for a scalar, broadcast to every element)."""
+        if isinstance(bias, cupy.ndarray):
+            if bias.dtype != z.dtype:
+                raise TypeError(f"bias_activation: bias dtype {bias.dtype} differs from the input's {z.dtype}")
+            return cupy.ascontiguousarray(bias).reshape(-1), bias.size
+        device = cupy.cuda.Device().id
+        key = (device, z.dtype.name, float(bias))
+        row = self._scalar_bias.get(key)
+        if row is None:
+            row = self._scalar_bias[key] = cupy.full((1,), bias, z.dtype)
+        return row, 1
 
     def _kernel(self, op: str, dtype, activation: str = ""):
         key = (op, activation, numpy.dtype(dtype).name)
@@ -201,13 +229,24 @@ class CupyBackend(Backend):
     def bias_activation(self, z, bias, activation, out=None, saved=None, dropout=None, kept=None):
         function = as_activation_function(activation)
         _require_device(z, bias)
-        arguments = (z, bias, *self._dropout_arguments(dropout, z.shape[-1]), *function.values)
-        if saved is None:
-            return _launch(self._kernel("bias_activation", z.dtype, function.name), *arguments, out=out)
-        if out is None:
-            out = cupy.empty_like(saved)
-        self._kernel("bias_activation_saving", z.dtype, function.name)(*arguments, out, saved)
-        return out
+        _require_shape(z.shape, out=out, saved=saved)
+        if isinstance(bias, cupy.ndarray) and bias.size not in (1, z.shape[-1] if z.ndim else 1):
+            raise ValueError(f"bias has shape {bias.shape}; it must broadcast over the rows of {z.shape}")
+        z = cupy.ascontiguousarray(z)
+        if z.size == 0:
+            return cupy.empty_like(z) if out is None else out
+        row, columns = self._bias_row(bias, z)
+        groups, *launch = self._dropout_arguments(dropout, z.shape)
+        arguments = (z.reshape(-1), row, numpy.uint32(columns), numpy.uint32(DROPOUT_LANES % columns), *launch,
+                     *function.values)
+        results = [out if out is not None else cupy.empty_like(z)] + ([] if saved is None else [saved])
+        flat = [result if result.flags.c_contiguous else cupy.empty_like(z) for result in results]
+        op = "bias_activation" if saved is None else "bias_activation_saving"
+        self._kernel(op, z.dtype, function.name)(*arguments, *(a.reshape(-1) for a in flat), size=groups)
+        for result, written in zip(results, flat):
+            if result is not written:
+                result[...] = written
+        return results[0]
 
     def keeps(self, activation, dtype) -> bool:
         """Nothing: the fused kernels are bandwidth-bound, so recomputing erf is free where reading
@@ -217,8 +256,18 @@ class CupyBackend(Backend):
     def activation_backward(self, dy, saved, activation, out=None, dropout=None, kept=None):
         function = as_activation_function(activation)
         _require_device(dy, saved)
-        return _launch(self._kernel("activation_backward", dy.dtype, function.name), dy, saved,
-                       *self._dropout_arguments(dropout, dy.shape[-1]), *function.values, out=out)
+        _require_shape(dy.shape, saved=saved, out=out)
+        dy, saved = cupy.ascontiguousarray(dy), cupy.ascontiguousarray(saved)
+        result = cupy.empty_like(dy) if out is None else out
+        if dy.size == 0:
+            return result
+        written = result if result.flags.c_contiguous else cupy.empty_like(dy)
+        groups, *launch = self._dropout_arguments(dropout, dy.shape)
+        self._kernel("activation_backward", dy.dtype, function.name)(
+            dy.reshape(-1), saved.reshape(-1), *launch, *function.values, written.reshape(-1), size=groups)
+        if written is not result:
+            result[...] = written
+        return result
 
     # --- layer normalisation: row statistics by ReductionKernels, the rest elementwise ----------
     def layer_norm_forward(self, x, gain, bias, eps: float, out, mean, rstd):

@@ -17,10 +17,6 @@ from gpunn.kernels.update_rules import RULES
 # Storage dtype -> (compute dtype name for kernel signatures, C++ compute type).
 _COMPUTE = {"float16": ("float32", "float"), "float32": ("float32", "float"), "float64": ("float64", "double")}
 
-DROPOUT_PARAMETERS = ("raw uint64 dropout_step, uint64 dropout_k0, uint64 dropout_k1, uint64 dropout_threshold, "
-                      "uint64 dropout_skip")
-DROPOUT_CALL = "dropout_skip + i, dropout_step[0], dropout_k0, dropout_k1, dropout_threshold, dropout_scale"
-
 # Layer normalisation's row and column sums. Every ReductionKernel here takes two or more inputs,
 # so CuPy never swaps in its CUB block reduction (cupy/_core/_cub_reduction.pyx,
 # _can_use_cub_block_reduction: "1 input and 1 output" only), whose post-map rewrites
@@ -64,6 +60,16 @@ class KernelSpec(NamedTuple):
     arguments: Callable[[str, str], tuple]  # (variant, storage dtype) -> (Arg, ...)
     variants: tuple[str, ...] = ("",)
     dtypes: tuple[str, ...] = tuple(_COMPUTE)
+
+
+# The fused activation kernels run one thread per dropout group (kernels/dropout.cuh): CuPy's index
+# ``i`` counts groups from ``first_group``, the arrays are raw and flat, ``n`` elements long.
+DROPOUT_PARAMETERS = ("uint64 first_group, uint64 n, raw uint64 dropout_step, uint64 dropout_k0, uint64 dropout_k1, "
+                      "uint32 dropout_threshold, uint64 dropout_skip")
+DROPOUT_GROUP = "first_group + i, dropout_skip, n, {columns}, dropout_step[0], dropout_k0, dropout_k1, dropout_threshold"
+#: Launch arguments of DROPOUT_PARAMETERS and the scale after them.
+DROPOUT_ARGUMENTS = (Arg("uint64", "scalar"), Arg("uint64", "scalar"), Arg("uint64", "raw"), Arg("uint64", "scalar"),
+                     Arg("uint64", "scalar"), Arg("uint32", "scalar"), Arg("uint64", "scalar"))
 
 
 def _elementwise(in_params, out_params, operation, name, *files, **code):
@@ -208,25 +214,37 @@ def _gradient_norm(_, dtype):
 
 
 def _build_activation(op: str, name: str, compute_name: str, compute: str):
-    """An activation kernel from its registry entry: parameters become scalar arguments."""
+    """An activation kernel from its registry entry: parameters become scalar arguments. Each
+    thread runs one dropout group (16 elements 32 apart) through ``gpunn_dropout_group``; the
+    forward reads the bias at the element's column, which the group tracks without dividing."""
     kind = REGISTRY[name]
     parameters = "".join(f", {compute_name} {parameter}" for parameter, _ in kind.parameters)
     values = [parameter for parameter, _ in kind.parameters]
-    inputs = f"T {'dy, T saved' if op == 'activation_backward' else 'z, T b'}, {DROPOUT_PARAMETERS}, " \
-             f"{compute_name} dropout_scale{parameters}"
     preamble = kernel_source("activations.cuh", "dropout.cuh")
     if op == "activation_backward":
-        kept = f"gpunn_dropout(({compute}) dy, {DROPOUT_CALL})"
-        return cupy.ElementwiseKernel(inputs, "T dz", f"dz = (T) {kind.backward_call(kept, f'({compute}) saved', values)}",
-                                      f"gpunn_{name}_backward_kernel", preamble=preamble)
-    forward = f"{compute} a = {kind.forward_call('pre', values)}; y = (T) gpunn_dropout(a, {DROPOUT_CALL});"
-    if op == "bias_activation":
-        return cupy.ElementwiseKernel(inputs, "T y", f"{compute} pre = ({compute}) z + ({compute}) b; {forward}",
-                                      f"gpunn_bias_{name}_kernel", preamble=preamble)
+        kept = f"gpunn_dropout(({compute}) dy[k], keep, dropout_scale)"
+        body = f"dz[k] = (T) {kind.backward_call(kept, f'({compute}) saved[k]', values)};"
+        return cupy.ElementwiseKernel(
+            f"raw T dy, raw T saved, {DROPOUT_PARAMETERS}, {compute_name} dropout_scale{parameters}", "raw T dz",
+            _group_loop(body, "1, 0"), f"gpunn_{name}_backward_kernel", preamble=preamble)
+    body = (f"{compute} pre = ({compute}) z[k] + ({compute}) b[column]; "
+            f"{compute} a = {kind.forward_call('pre', values)}; "
+            f"y[k] = (T) gpunn_dropout(a, keep, dropout_scale);")
+    outputs = "raw T y"
+    if op == "bias_activation_saving":
+        body += f" saved[k] = (T) {'pre' if kind.reads_input else 'a'};"
+        outputs += ", raw T saved"
+    suffix = "_saving" if op == "bias_activation_saving" else ""
     return cupy.ElementwiseKernel(
-        inputs, "T y, T saved",
-        f"{compute} pre = ({compute}) z + ({compute}) b; {forward} saved = (T) {'pre' if kind.reads_input else 'a'};",
-        f"gpunn_bias_{name}_saving_kernel", preamble=preamble)
+        f"raw T z, raw T b, uint32 columns, uint32 lane_columns, {DROPOUT_PARAMETERS}, "
+        f"{compute_name} dropout_scale{parameters}", outputs, _group_loop(body, "columns, lane_columns"),
+        f"gpunn_bias_{name}{suffix}_kernel", preamble=preamble)
+
+
+def _group_loop(body: str, columns: str) -> str:
+    """The operation: ``body`` for each member k of this thread's dropout group."""
+    return (f"gpunn_dropout_group({DROPOUT_GROUP.format(columns=columns)}, "
+            f"[&](gpunn_u64 k, unsigned int column, bool keep) {{ {body} }})")
 
 
 def _activation(op):
@@ -237,10 +255,13 @@ def _activation(op):
     def arguments(name, dtype):
         compute = _compute_name(dtype)
         parameters = tuple(Arg(compute, "scalar") for _ in REGISTRY[name].parameters)
-        inputs = (Arg(dtype), Arg(dtype) if op == "activation_backward" else Arg(dtype, "row"),
-                  Arg("uint64", "raw"), *(Arg("uint64", "scalar") for _ in range(4)), Arg(compute, "scalar"),
-                  *parameters)
-        return inputs + ((Arg(dtype), Arg(dtype)) if op == "bias_activation_saving" else (Arg(dtype),))
+        if op == "activation_backward":
+            inputs = (Arg(dtype, "raw"), Arg(dtype, "raw"))
+        else:
+            inputs = (Arg(dtype, "raw"), Arg(dtype, "raw"), Arg("uint32", "scalar"), Arg("uint32", "scalar"))
+        inputs += (*DROPOUT_ARGUMENTS, Arg(compute, "scalar"), *parameters)
+        return inputs + ((Arg(dtype, "raw"), Arg(dtype, "raw")) if op == "bias_activation_saving"
+                         else (Arg(dtype, "raw"),))
 
     return KernelSpec(build, arguments, tuple(REGISTRY))
 

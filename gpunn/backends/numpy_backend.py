@@ -7,22 +7,27 @@ import functools
 import numpy as np
 
 from gpunn.backends import native
-from gpunn.backends.base import (DLPACK_CPU, Backend, as_activation_function, device_name, dlpack_device, host_view,
-                                refuse_complex)
+from gpunn.backends.base import (DLPACK_CPU, DROPOUT_GROUP, DROPOUT_LANES, DROPOUT_TILE, Backend,
+                                as_activation_function, device_name, dlpack_device, host_view, refuse_complex)
 from gpunn.backends.numpy_activations import KEEPING, TWINS, _sigmoid_inplace
 from gpunn.kernels.update_rules import SEGMENT_FIELDS
 
 
 def dropout_keep(mask, shape):
-    """Which elements survive: numpy.random.Philox itself, started one block before
-    (⌊skip/4⌋, step, 0, 0), yields word i mod 4 of block (⌊i/4⌋, step) as its (i − skip)-th raw
-    draw from a block boundary, the very stream kernels/dropout.cuh computes per element i."""
-    skip = mask.skip(shape[-1])
-    counter = (int(mask.step[0]) << 64) + skip // 4 - 1
-    generator = np.random.Philox(key=mask.key, counter=counter % (1 << 256))
+    """Which elements survive, as kernels/dropout.cuh draws them (see DropoutMask): the groups of
+    the tiles that hold elements [skip, skip + size) are consecutive Philox counters
+    (q, step, 0, 0), so numpy.random.Philox started one counter before the first yields all their
+    blocks in one call; block q's 16-bit pieces, low first, are its slots 0…15."""
     size = int(np.prod(shape))
-    words = generator.random_raw(size + skip % 4)[skip % 4:]
-    return (words >= np.uint64(mask.threshold)).reshape(shape)
+    skip = mask.skip(shape[-1] if len(shape) else 1)
+    first_tile, last_tile = skip // DROPOUT_TILE, (skip + max(size, 1) - 1) // DROPOUT_TILE
+    tiles = last_tile - first_tile + 1
+    counter = (int(mask.step[0]) << 64) + first_tile * DROPOUT_LANES - 1
+    words = np.random.Philox(key=mask.key, counter=counter % (1 << 256)).random_raw(4 * DROPOUT_LANES * tiles)
+    pieces = words.astype("<u8", copy=False).view("<u2").reshape(tiles, DROPOUT_LANES, DROPOUT_GROUP)
+    start = skip - first_tile * DROPOUT_TILE
+    bits = pieces.transpose(0, 2, 1).reshape(-1)[start:start + size]  # tile, slot, lane: the element order
+    return (bits >= mask.threshold).reshape(shape)
 
 
 def _apply_dropout(values, mask):

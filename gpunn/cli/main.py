@@ -126,13 +126,13 @@ def command_cost_model(out) -> int:
 
     try:
         costs = cost_model.run()
-        path = cost_model.write(costs, out)
+        paths = cost_model.write(costs, out)
     except cost_model.CostModelError as error:
         raise UserError(f"gpunn bench --cost-model: {error}") from None
     except OSError as error:
         raise UserError(f"gpunn bench: --out {out}: {error.strerror or error}") from None
     print(cost_model.table(costs))
-    print(f"a model, not a measurement (see gpunn/bench/cost_model.py); written to {path}")
+    print(f"a model, not a measurement (see gpunn/bench/cost_model.py); written to {', '.join(map(str, paths))}")
     return 0
 
 

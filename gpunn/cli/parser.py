@@ -74,9 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--passes", type=positive(int), default=1,
                        help="run the suite this many times; each time reported is the median over passes, each ratio the median of the per-pass ratios (default: 1)")
     bench.add_argument("--cost-model", action="store_true",
-                       help="instead of timing: predict each elementwise kernel's fraction of copy bandwidth on an "
-                            "H100/H200 from its sm_90 SASS (NVRTC + nvdisasm, no GPU needed); writes "
-                            "cost-model-sm_90.json into --out")
+                       help="instead of timing: predict each kernel's fraction of copy bandwidth on an H100/H200 "
+                            "from its sm_90 SASS and on an A100 from its sm_80 SASS (NVRTC + nvdisasm, no GPU "
+                            "needed); writes cost-model-sm_90.json and cost-model-sm_80.json into --out")
     bench.set_defaults(command="bench")
     return parser
 

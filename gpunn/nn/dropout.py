@@ -1,9 +1,13 @@
 """Inverted dropout whose mask is the same on every backend for a seed.
 
 The mask is a counter-based draw (Philox4x64-10, see kernels/dropout.cuh): keyed by the seed,
-counted by (step, element index). The step is a 1-element array on the device, advanced by each
-training forward, so a captured CUDA graph advances it too; backward draws the same mask again
-instead of storing it.
+counted by (step, element index), one block for 16 elements of 16 bits each. The step is a
+1-element array on the device, advanced by each training forward, so a captured CUDA graph
+advances it too; backward draws the same mask again instead of storing it.
+
+Before issue 21 gpunn drew a whole block per element (64 bits each). A checkpoint saved by
+that code resumes with this mask stream from its step: the run continues exactly as a run of
+this code would from that point, not as the old code would have continued it.
 """
 
 from __future__ import annotations
@@ -48,8 +52,9 @@ class Dropout(Layer):
         return self._initial_step if self._step is None else int(self._step[0])
 
     def forward_mask(self) -> DropoutMask | None:
-        """The mask for this forward (advancing the step), or None in evaluation or at rate 0."""
-        if not self.training or self.rate == 0:
+        """The mask for this forward (advancing the step), or None in evaluation or at a rate below
+        2^-16, the mask's resolution (rate 0 included): such a rate drops nothing."""
+        if not self.training or DropoutMask.threshold_of(self.rate) == 0:
             self.state.mask = None
             return None
         backend = self.backend = get_backend() if self.backend is None else self.backend
@@ -57,8 +62,8 @@ class Dropout(Layer):
             self._step = backend.asarray([self._initial_step], "uint64")
         if self._advance:
             self._step += 1
-        self.state.mask = DropoutMask(self.seed, int(self.rate * 2.0 ** 64), 1.0 / (1.0 - self.rate), self._step,
-                                      self.row_offset)
+        self.state.mask = DropoutMask(self.seed, DropoutMask.threshold_of(self.rate), 1.0 / (1.0 - self.rate),
+                                      self._step, self.row_offset)
         return self.state.mask
 
     @contextlib.contextmanager

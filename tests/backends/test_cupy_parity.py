@@ -345,7 +345,7 @@ def test_saving_forward_and_dropout_backward(cp_backend, np_backend, rng, dtype,
     ref = reference(dtype)
     z, b, dy = (rng.normal(size=(37, 29)) * 3).astype(dtype), rng.normal(size=29).astype(dtype), \
         rng.normal(size=(37, 29)).astype(dtype)
-    masks = [DropoutMask(987654321, int(0.3 * 2 ** 64), 1 / 0.7, backend.asarray(np.array([5], np.uint64)))
+    masks = [DropoutMask(987654321, DropoutMask.threshold_of(0.3), 1 / 0.7, backend.asarray(np.array([5], np.uint64)))
              if dropout else None for backend in (np_backend, cp_backend)]
     saved_ref = np.empty(z.shape, ref)
     y_ref = np_backend.bias_activation(z.astype(ref), b.astype(ref), activation, saved=saved_ref, dropout=masks[0])
@@ -359,10 +359,71 @@ def test_saving_forward_and_dropout_backward(cp_backend, np_backend, rng, dtype,
     # underflow) the kernel may round to 0 as well.
     visible = np.abs(y_ref) > tolerance(dtype)[1]
     np.testing.assert_array_equal((cp_backend.to_numpy(y) == 0)[visible], (y_ref == 0)[visible])
+    plain = np_backend.bias_activation(z.astype(ref), b.astype(ref), activation) != 0
+    assert not dropout or 0.2 < np.mean(y_ref[plain] == 0) < 0.4  # a mask that drops about 30 %, not all or none
     grad_ref = np_backend.activation_backward(dy.astype(ref), saved_ref.astype(dtype).astype(ref), activation,
                                               dropout=masks[0])
     grad = cp_backend.activation_backward(cp_backend.asarray(dy), saved, activation, dropout=masks[1])
     compare_cancelling(cp_backend, grad, grad_ref, pre * 2 * np.abs(dy.astype(ref)), dtype)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "1-d", "3-d", "strided out", "scalar bias"])
+def test_group_kernels_take_any_layout(cp_backend, np_backend, rng, layout):
+    """The fused kernels index flat raw arrays (one thread per dropout group): a transposed or 1-d
+    or 3-d input, an ``out`` that is a strided view, and a scalar bias give NumPy's numbers and mask."""
+    from gpunn.backends.base import DropoutMask
+
+    z = rng.normal(size=(40, 30))
+    if layout == "transposed":
+        z = z.T
+    elif layout == "1-d":
+        z = z.reshape(-1)
+    elif layout == "3-d":
+        z = z.reshape(4, 10, 30)
+    bias = 0.5 if layout == "scalar bias" else rng.normal(size=z.shape[-1])
+    dy = rng.normal(size=z.shape)
+    masks = [DropoutMask(4321, DropoutMask.threshold_of(0.4), 1 / 0.6, backend.asarray(np.array([9], np.uint64)), 2)
+             for backend in (np_backend, cp_backend)]
+    expected = np_backend.bias_activation(z, bias, "tanh", dropout=masks[0])
+    cp_bias = bias if layout == "scalar bias" else cp_backend.asarray(bias)
+    if layout == "strided out":
+        out = cp_backend.empty((40, 60), "float64")[:, ::2]
+        got = cp_backend.bias_activation(cp_backend.asarray(z), cp_bias, "tanh", out=out, dropout=masks[1])
+        assert got is out
+    else:
+        got = cp_backend.bias_activation(cp_backend.asarray(z), cp_bias, "tanh", dropout=masks[1])
+    np.testing.assert_allclose(cp_backend.to_numpy(got), expected, rtol=1e-13, atol=1e-15)
+    saved = np.tanh(z + bias)
+    grad = cp_backend.activation_backward(cp_backend.asarray(dy), cp_backend.asarray(saved), "tanh", dropout=masks[1])
+    np.testing.assert_allclose(cp_backend.to_numpy(grad), np_backend.activation_backward(dy, saved, "tanh",
+                                                                                         dropout=masks[0]),
+                               rtol=1e-13, atol=1e-15)
+
+
+def test_a_dropout_mask_threshold_outside_sixteen_bits_is_refused():
+    """The old 64-bit threshold (⌊rate·2^64⌋) would drop every element of the 16-bit mask, and a
+    threshold of 0 (drop nothing) is no mask at all: both are refused where the mask is made."""
+    from gpunn.backends.base import DropoutMask
+
+    for threshold in (int(0.3 * 2 ** 64), 1 << 16, 0, -1):
+        with pytest.raises(ValueError, match="threshold must lie in"):
+            DropoutMask(1, threshold, 2.0, np.zeros(1, np.uint64))
+    assert DropoutMask(1, DropoutMask.threshold_of(0.3), 1 / 0.7, np.zeros(1, np.uint64)).threshold == 19660
+
+
+def test_group_kernels_refuse_arrays_they_would_index_past_their_end(cp_backend):
+    """Raw flat indexing has no broadcasting check: a wrong-shaped out, saved or bias is refused
+    before the launch (CuPy's broadcasting refused it before the kernels went raw)."""
+    z, small = cp_backend.asarray(np.ones((4, 6))), cp_backend.asarray(np.ones((3, 6)))
+    bias = cp_backend.asarray(np.ones(6))
+    with pytest.raises(ValueError, match="out has shape"):
+        cp_backend.bias_activation(z, bias, "relu", out=small)
+    with pytest.raises(ValueError, match="saved has shape"):
+        cp_backend.bias_activation(z, bias, "relu", saved=small)
+    with pytest.raises(ValueError, match="bias has shape"):
+        cp_backend.bias_activation(z, cp_backend.asarray(np.ones(4)), "relu")
+    with pytest.raises(ValueError, match="saved has shape"):
+        cp_backend.activation_backward(z, small, "relu")
 
 
 @pytest.mark.parametrize("shape", [(1, 7), (333, 129), (64, 1000)])

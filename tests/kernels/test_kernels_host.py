@@ -46,18 +46,26 @@ def activation_wrappers() -> str:
         for c_type, suffix in (("float", "f32"), ("double", "f64")):
             parts.append(f"""
 extern "C" void bias_{name}_{suffix}(const {c_type}* z, const {c_type}* b, {c_type}* y, {c_type}* saved, long rows,
-        long cols, const {c_type}* p, gpunn_u64 step, gpunn_u64 k0, gpunn_u64 k1, gpunn_u64 threshold, {c_type} scale) {{
-    for (long i = 0; i < rows * cols; ++i) {{
-        {c_type} pre = z[i] + b[i % cols];
-        {c_type} a = {kind.forward_call("pre", values)};
-        saved[i] = {saved};
-        y[i] = gpunn_dropout(a, (gpunn_u64)i, step, k0, k1, threshold, scale);
-    }}
+        long cols, const {c_type}* p, gpunn_u64 step, gpunn_u64 k0, gpunn_u64 k1, unsigned int threshold, {c_type} scale,
+        gpunn_u64 skip) {{
+    const gpunn_u64 n = rows * cols, first = skip / 512 * 32, end = ((skip + n - 1) / 512 + 1) * 32;
+    for (gpunn_u64 group = first; group < end; ++group)
+        gpunn_dropout_group(group, skip, n, (unsigned int)cols, 32u % (unsigned int)cols, step, k0, k1, threshold,
+                            [&](gpunn_u64 k, unsigned int column, bool keep) {{
+            {c_type} pre = z[k] + b[column];
+            {c_type} a = {kind.forward_call("pre", values)};
+            saved[k] = {saved};
+            y[k] = gpunn_dropout(a, keep, scale);
+        }});
 }}
 extern "C" void {name}_backward_{suffix}(const {c_type}* dy, const {c_type}* s, {c_type}* dz, long n, const {c_type}* p,
-        gpunn_u64 step, gpunn_u64 k0, gpunn_u64 k1, gpunn_u64 threshold, {c_type} scale) {{
-    for (long i = 0; i < n; ++i)
-        dz[i] = {kind.backward_call("gpunn_dropout(dy[i], (gpunn_u64)i, step, k0, k1, threshold, scale)", "s[i]", values)};
+        gpunn_u64 step, gpunn_u64 k0, gpunn_u64 k1, unsigned int threshold, {c_type} scale, gpunn_u64 skip) {{
+    const gpunn_u64 first = skip / 512 * 32, end = ((skip + n - 1) / 512 + 1) * 32;
+    for (gpunn_u64 group = first; group < end; ++group)
+        gpunn_dropout_group(group, skip, n, 1u, 0u, step, k0, k1, threshold,
+                            [&](gpunn_u64 k, unsigned int, bool keep) {{
+            dz[k] = {kind.backward_call("gpunn_dropout(dy[k], keep, scale)", "s[k]", values)};
+        }});
 }}""")
         device_values = [f"C({index + 1}) / C(2)" for index in range(len(kind.parameters))]
         parts.append(f"""
@@ -134,8 +142,8 @@ def run_activation(harness, dtype, activation, z, bias, mask, backward_dy=None):
     params = np.array(function.values or [0.0], dtype)
     step = int(mask.step[0]) if mask else 0
     k0, k1 = mask.key_words if mask else (0, 0)
-    dropout = [ctypes.c_ulonglong(v) for v in (step, k0, k1, mask.threshold if mask else 0)]
-    dropout.append(c_type(mask.scale if mask else 1.0))
+    dropout = [ctypes.c_ulonglong(v) for v in (step, k0, k1)] + [ctypes.c_uint(mask.threshold if mask else 0)]
+    dropout += [c_type(mask.scale if mask else 1.0), ctypes.c_ulonglong(mask.skip(z.shape[1]) if mask else 0)]
     if backward_dy is None:
         y, saved = np.empty_like(z), np.empty_like(z)
         getattr(harness, f"bias_{activation}_{suffix}")(pointer(z), pointer(bias), pointer(y), pointer(saved),
@@ -155,7 +163,7 @@ def test_bias_activation_matches_numpy(harness, rng, dtype, activation, dropout)
     z = extremes(dtype, rng)
     bias = np.zeros(z.shape[1], dtype)
     bias[-3:] = rng.normal(size=3)
-    mask = DropoutMask(int(rng.integers(1 << 62)) << 40, 1 << 63, 2.0, np.array([7], np.uint64)) if dropout else None
+    mask = DropoutMask(int(rng.integers(1 << 62)) << 40, 1 << 15, 2.0, np.array([7], np.uint64), 3) if dropout else None
     function, got, got_saved = run_activation(harness, dtype, activation, z, bias, mask)
     saved = np.empty_like(z)
     expected = numpy_backend.bias_activation(z, bias, function, saved=saved, dropout=mask)
@@ -177,10 +185,28 @@ def test_activation_backward_matches_numpy(harness, rng, dtype, activation, drop
     saved = z if function.reads_input else numpy_backend.bias_activation(z, 0, function)
     dy = rng.normal(size=z.shape).astype(dtype)
     dy.flat[-1] = np.nan
-    mask = DropoutMask(12345, 1 << 62, 4 / 3, np.array([3], np.uint64)) if dropout else None
+    mask = DropoutMask(12345, 1 << 14, 4 / 3, np.array([3], np.uint64), 60) if dropout else None
     _, got = run_activation(harness, dtype, activation, np.ascontiguousarray(saved), None, mask, backward_dy=dy)
     expected = numpy_backend.activation_backward(dy, saved, function, dropout=mask)
     assert_rounding_close(got, expected, z * dy * 2, dtype)
+
+
+@pytest.mark.parametrize("rows,cols,row_offset", [(1, 1, 0), (3, 5, 0), (40, 37, 0), (40, 37, 9), (7, 512, 3),
+                                                  (1, 2000, 1), (33, 17, 1000)])
+def test_dropout_mask_matches_the_numpy_twin(harness, rng, rows, cols, row_offset):
+    """kernels/dropout.cuh's group walk, run on the host over every group of the launch's tiles,
+    keeps exactly the elements the NumPy twin keeps: whole and partial tiles, shards that start
+    mid-tile, one element."""
+    from gpunn.backends.numpy_backend import dropout_keep
+
+    key = int(rng.integers(1 << 62)) + (int(rng.integers(1 << 62)) << 64)
+    mask = DropoutMask(key, int(rng.integers(1, 1 << 16)), 2.0, np.array([int(rng.integers(1 << 63))], np.uint64),
+                       row_offset)
+    got = np.full(rows * cols, 2, np.uint8)
+    low, high = mask.key_words
+    harness.dropout_keep(*(ctypes.c_ulonglong(v) for v in (mask.skip(cols), rows * cols, int(mask.step[0]), low, high)),
+                         ctypes.c_uint(mask.threshold), pointer(got))
+    np.testing.assert_array_equal(got.reshape(rows, cols), dropout_keep(mask, (rows, cols)).astype(np.uint8))
 
 
 def test_philox_matches_numpy_random_philox(harness, rng):

@@ -29,7 +29,6 @@ from gpunn.bench import cost_model
 
 #: (architecture, 32-bit indexing): CuPy indexes with 64 bits for arrays of 2**31 elements or more.
 TARGETS = [("90", True), ("90", False), ("80", True)]
-ARRAY, INDEXER, SCALAR = 1, 2, 3  # cupy/_core/_kernel.pxd: _ArgKind
 
 
 def internals():
@@ -44,26 +43,9 @@ def internals():
                     f"({error}); update tests/kernels/test_nvrtc_compile.py to this CuPy's internals")
 
 
-def array_infos(arguments, index_32_bits):
-    """CuPy's _ArgInfo for each argument after its broadcasting and ``_reduce_dims``: contiguous
-    arrays of one shape collapse to 1-d; with a broadcast operand they stay 2-d, that one strided."""
-    _, _, _, _, ArgInfo, _, CScalar, *_ = internals()
-    ndim = 2 if any(arg.kind in ("row", "column", "matrix") for arg in arguments) else 1
-    infos = []
-    for arg in arguments:
-        if arg.kind == "scalar":
-            infos.append(ArgInfo(SCALAR, CScalar, np.dtype(arg.dtype), 0, True, True))
-        elif arg.kind == "raw":  # not broadcast: a contiguous 1-d array as it is
-            infos.append(ArgInfo(ARRAY, cupy.ndarray, np.dtype(arg.dtype), 1, True, index_32_bits))
-        else:
-            infos.append(ArgInfo(ARRAY, cupy.ndarray, np.dtype(arg.dtype), ndim, arg.kind == "array",
-                                 index_32_bits))
-    return infos, ndim
-
-
 def generated_source(kernel, arguments, index_32_bits):
     """(source, options) exactly as CuPy builds them for this launch."""
-    _kernel, _reduction, _, _, ArgInfo, Indexer, CScalar, *_ = internals()
+    internals()  # a CuPy whose generator moved fails with the message above
     try:
         if isinstance(kernel, cupy.ElementwiseKernel):  # the cost model compiles from the same generator
             in_dtypes = tuple(np.dtype(a.dtype) if a.kind != "scalar" else None for a in arguments[:kernel.nin])
@@ -72,29 +54,7 @@ def generated_source(kernel, arguments, index_32_bits):
             for arg, decided in zip(arguments, in_types):  # CuPy casts a scalar to its parameter's type
                 assert arg.kind != "scalar" or np.dtype(decided) == np.dtype(arg.dtype), (arg, decided)
             return cost_model.cupy_source(kernel, arguments, index_32_bits)
-        # A ReductionKernel over every element of contiguous inputs (gpunn's loss means): the inputs
-        # collapse to 1-d, the output is 0-d, the block stride is an int32 scalar, and ``IndexT`` is
-        # int32 unless there are 2**31 elements or more (_AbstractReductionKernel._call). CUB takes
-        # only one-input reductions (_cub_reduction._can_use_cub_block_reduction), so not these.
-        # A reduction along each row of a 2-d input ("matrix", the gradient norm's partial sums)
-        # keeps the input 2-d and gives a 1-d output.
-        inputs, outputs = arguments[:kernel.nin], arguments[kernel.nin:]
-        infos, in_ndim = array_infos(inputs, index_32_bits)
-        out_ndim = in_ndim - 1
-        infos += [ArgInfo(ARRAY, cupy.ndarray, np.dtype(a.dtype), out_ndim, True, True) for a in outputs]
-        infos += [ArgInfo(INDEXER, Indexer, None, in_ndim, True, index_32_bits),
-                  ArgInfo(INDEXER, Indexer, None, out_ndim, True, True),
-                  ArgInfo(SCALAR, CScalar, np.dtype("int32"), 0, True, True)]
-        _, _, type_map = _kernel._decide_params_type(kernel.in_params, kernel.out_params,
-                                                     tuple(np.dtype(a.dtype).type for a in inputs),
-                                                     tuple(np.dtype(a.dtype).type for a in outputs))
-        type_map = _kernel._TypeMap(type_map._pairs + (("IndexT", "int32" if index_32_bits else "int64"),))
-        size = 1 << 20
-        block_size, _, _ = _reduction._get_block_specs(size, 1, size, -1)
-        return _reduction._ReductionKernel_get_cached_function_code(
-            kernel.nin, kernel.nout, kernel._params, tuple(infos), type_map, kernel.name, block_size,
-            kernel.reduce_type, kernel.identity, kernel.map_expr, kernel.reduce_expr, kernel.post_map_expr,
-            kernel.preamble, kernel.options), kernel.options
+        return cost_model.cupy_reduction_source(kernel, arguments, index_32_bits)
     except (AttributeError, TypeError) as error:
         pytest.fail(f"CuPy {cupy.__version__}: its kernel code generator changed ({type(error).__name__}: {error}); "
                     "update tests/kernels/test_nvrtc_compile.py to this CuPy's internals")

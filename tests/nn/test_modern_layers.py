@@ -219,14 +219,60 @@ def test_dropout_zeroes_the_right_fraction_and_scales_survivors(backend, rate):
     np.testing.assert_allclose(y[y != 0], 1 / (1 - rate), rtol=1e-6)
 
 
+def contract_mask(seed: int, rate: float, step: int, size: int) -> np.ndarray:
+    """The documented contract (DropoutMask), element by element from numpy.random.Philox: element n
+    at step s is slot j = ⌊n/32⌋ mod 16 of group q = ⌊n/512⌋·32 + n mod 32 and keeps its value
+    when bits 16·(j mod 4)… of word ⌊j/4⌋ of Philox(key=seed, counter=s·2^64 + q − 1)'s first block
+    are at least ⌊rate·2^16⌋."""
+    keep = np.empty(size, bool)
+    for n in range(size):
+        group, slot = n // 512 * 32 + n % 32, n // 32 % 16
+        word = int(np.random.Philox(key=seed, counter=(step << 64) + group - 1).random_raw(4)[slot // 4])
+        keep[n] = (word >> 16 * (slot % 4)) & 0xFFFF >= int(rate * 2 ** 16)
+    return keep
+
+
 def test_dropout_mask_is_numpy_philox_stream(backend):
-    """Element i at step s keeps its value when word i of numpy.random.Philox(key=seed,
-    counter=s·2^64 − 1)'s raw stream is at least ⌊rate·2^64⌋: the documented contract."""
+    """3 × 300 elements (two tiles of the mask) at step 1 keep what the contract says."""
     layer = gn.Dropout(0.3, seed=(7 << 64) + 99)
     layer.backend = backend
-    y = backend.to_numpy(layer.forward(backend.asarray(np.ones((3, 5)), "float64")))
-    words = np.random.Philox(key=(7 << 64) + 99, counter=(1 << 64) - 1).random_raw(15).reshape(3, 5)
-    np.testing.assert_array_equal(y != 0, words >= np.uint64(int(0.3 * 2 ** 64)))
+    y = backend.to_numpy(layer.forward(backend.asarray(np.ones((3, 300)), "float64")))
+    np.testing.assert_array_equal(y != 0, contract_mask((7 << 64) + 99, 0.3, 1, 900).reshape(3, 300))
+
+
+def test_a_checkpoint_of_the_old_mask_resumes_with_the_grouped_stream_from_its_step(backend, tmp_path):
+    """A model file keeps a Dropout's (rate, seed, step); files written before issue 21 (one Philox
+    block per element) have the same fields. Loading one continues from its step with the grouped
+    stream: the decided behaviour (docs/layers.md), not the old code's continuation."""
+    model = gn.Sequential(gn.Dense(4, 6, seed=1), gn.Dropout(0.4, seed=77, step=12))
+    model.save(tmp_path / "old.npz")
+    with gn.use_backend(backend):
+        loaded = gn.load(tmp_path / "old.npz")
+    dropout = loaded.layers[1]
+    assert dropout.step == 12
+    dropout.backend = backend
+    y = backend.to_numpy(dropout.forward(backend.asarray(np.ones((2, 300)), "float32")))
+    assert dropout.step == 13
+    np.testing.assert_array_equal(y != 0, contract_mask(77, 0.4, 13, 600).reshape(2, 300))
+
+
+def test_dropout_keeps_independently_across_groups_slots_tiles_and_steps(backend):
+    """A 16-bit slice per element: neighbours in a warp (other groups), in a group (other slices of
+    one block), in the next tile and at the next step keep independently (correlation within 5σ of
+    zero over 2^20 elements), and a rate below the mask's 2^-16 resolution drops nothing."""
+    layer = gn.Dropout(0.25, seed=31)
+    layer.backend = backend
+    x = backend.asarray(np.ones((1024, 1024)), "float32")
+    first = backend.to_numpy(layer.forward(x)).reshape(-1) != 0
+    second = backend.to_numpy(layer.forward(x)).reshape(-1) != 0
+    bound = 5 / math.sqrt(first.size)
+    for shift in (1, 32, 512):  # the next lane's group, the next slot of the same block, the next tile
+        assert abs(np.corrcoef(first[:-shift], first[shift:])[0, 1]) < bound, shift
+    assert abs(np.corrcoef(first, second)[0, 1]) < bound
+    tiny = gn.Dropout(2.0 ** -17, seed=31)
+    tiny.backend = backend
+    np.testing.assert_array_equal(backend.to_numpy(tiny.forward(x)), 1.0)
+    assert tiny.step == 0  # it drew no mask
 
 
 def test_dropout_same_seed_same_mask_and_steps_differ(backend):
@@ -357,9 +403,9 @@ def test_a_shard_draws_its_rows_of_the_global_mask(backend, rng):
     from gpunn.backends.base import DropoutMask
 
     step = backend.asarray(np.array([3], np.uint64))
-    z = backend.asarray(np.ones((10, 7)), "float64")
-    whole = backend.to_numpy(backend.bias_activation(z, 0, "identity", dropout=DropoutMask(99, 1 << 63, 2.0, step)))
+    z = backend.asarray(np.ones((10, 70)), "float64")  # 700 elements: two tiles of the mask
+    whole = backend.to_numpy(backend.bias_activation(z, 0, "identity", dropout=DropoutMask(99, 1 << 15, 2.0, step)))
     for first, last in ((0, 4), (4, 7), (7, 10), (5, 6)):
-        shard = backend.bias_activation(z[first:last], 0, "identity", dropout=DropoutMask(99, 1 << 63, 2.0, step, first))
+        shard = backend.bias_activation(z[first:last], 0, "identity", dropout=DropoutMask(99, 1 << 15, 2.0, step, first))
         np.testing.assert_array_equal(backend.to_numpy(shard), whole[first:last])
     assert not np.array_equal(whole[4:8], whole[0:4])

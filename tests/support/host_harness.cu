@@ -16,8 +16,18 @@
 // Blocks of Philox4x64-10 for counters (c0[j], c1[j], 0, 0): out[4j .. 4j+3].
 extern "C" void philox4x64_10(const gpunn_u64* c0, const gpunn_u64* c1, gpunn_u64 k0, gpunn_u64 k1,
                               gpunn_u64* out, long n) {
-    for (long j = 0; j < n; ++j)
-        for (int word = 0; word < 4; ++word) out[4 * j + word] = gpunn_philox4x64_10(c0[j], c1[j], k0, k1, word);
+    for (long j = 0; j < n; ++j) gpunn_philox4x64_10(c0[j], c1[j], k0, k1, out + 4 * j);
+}
+
+// The dropout mask of elements [skip, skip + n) as the group kernels draw it: one call per group of
+// the tiles that hold them, in an order unlike the GPU's (each element is written once either way).
+extern "C" void dropout_keep(gpunn_u64 skip, gpunn_u64 n, gpunn_u64 step, gpunn_u64 k0, gpunn_u64 k1,
+                             unsigned int threshold, unsigned char* keep) {
+    const gpunn_u64 first = skip / (GPUNN_DROPOUT_LANES * GPUNN_DROPOUT_GROUP) * GPUNN_DROPOUT_LANES;
+    const gpunn_u64 end = ((skip + n - 1) / (GPUNN_DROPOUT_LANES * GPUNN_DROPOUT_GROUP) + 1) * GPUNN_DROPOUT_LANES;
+    for (gpunn_u64 group = end; group-- > first;)
+        gpunn_dropout_group(group, skip, n, 1u, 0u, step, k0, k1, threshold,
+                            [&](gpunn_u64 k, unsigned int, bool kept) { keep[k] = kept; });
 }
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -112,7 +122,7 @@ __global__ void gpunn_device_check(const S* z, const S* b, const S* t, S* y, S* 
     C dy = C(t[i]);
     C out = gpunn_layer_norm_forward(zc, C(0.5), C(2), dy, C(1)) +
             gpunn_layer_norm_backward(dy, zc, C(2), C(0.5), C(2), C(0.1), C(0.2)) + gpunn_layer_norm_rstd(zc, C(8), C(1e-5));
-    out = gpunn_dropout(out, (gpunn_u64)i, 3ULL, 5ULL, 7ULL, 1ULL << 62, C(1.25));
+    out = gpunn_dropout(out, (i & 1) != 0, C(1.25));
     out += gpunn_bce_with_logits(zc, dy) + gpunn_bce_with_logits_grad(zc, dy, C(0.5)) +
            gpunn_softmax_xent_grad(zc, C(1), i % cols == 0, C(0.5));
     const long long table[GPUNN_SEGMENT_FIELDS] = {0, n, 0, 1};
@@ -125,6 +135,19 @@ __global__ void gpunn_device_check(const S* z, const S* b, const S* t, S* y, S* 
     y[i] = S(param);
     v[i] = S(velocity);
 }
+
+// A group kernel's shape (cupy_kernels._build_activation): one thread per dropout group.
+template <typename S, typename C>
+__global__ void gpunn_dropout_group_check(const S* z, const S* b, S* y, gpunn_u64 first_group, gpunn_u64 skip,
+                                          gpunn_u64 n, unsigned int columns, const gpunn_u64* step) {
+    gpunn_u64 i = blockIdx.x * (gpunn_u64)blockDim.x + threadIdx.x;
+    gpunn_dropout_group(first_group + i, skip, n, columns, 32u % columns, step[0], 5ULL, 7ULL, 1u << 14,
+                        [&](gpunn_u64 k, unsigned int column, bool keep) {
+                            y[k] = S(gpunn_dropout(C(z[k]) + C(b[column]), keep, C(1.25)));
+                        });
+}
+template __global__ void gpunn_dropout_group_check<__half, float>(const __half*, const __half*, __half*, gpunn_u64,
+                                                                  gpunn_u64, gpunn_u64, unsigned int, const gpunn_u64*);
 
 template __global__ void gpunn_device_check<float, float>(const float*, const float*, const float*,
                                                           float*, float*, long, long);
