@@ -3,8 +3,10 @@ misses steps (its layer frozen, or its gradient set to None) is left out of them
 and count, and its bias correction later counts only its own updates. One fused launch per step
 whatever is frozen (issue 24); the counts are saved, loaded and converted from one-count states.
 
-Compared with live PyTorch in float64 where it is installed (skipped otherwise); the torch-free
-checks below pin the same behaviour by its first update after unfreezing."""
+The reference is tests/golden/missed_steps.npz, written by tests/golden/torch_trajectories.py with
+PyTorch (float64: the loss of every step and the final parameters); where PyTorch is installed the
+same runs also go live against it. The checks below the comparisons pin the same behaviour by its
+first update after unfreezing."""
 
 import numpy as np
 import pytest
@@ -12,33 +14,13 @@ from support.replaying_backend import ReplayingBackend
 
 import gpunn as gn
 
-from golden.torch_trajectories import SHAPES, problem
-
-STEPS = 30
-#: name -> per step, the (Dense index, parameter name) pairs left without an update that step.
-SCENARIOS = {
-    # layer 0 frozen for the first third, then trained: its first update is its own step 1
-    "frozen_then_unfrozen": lambda step: {(0, "W"), (0, "b")} if step < 10 else set(),
-    # the reverse: layer 1 trained, frozen for a third, trained again (its count resumes at 11)
-    "frozen_in_the_middle": lambda step: {(1, "W"), (1, "b")} if 10 <= step < 20 else set(),
-    # the output bias's gradient set to None every third step (torch: p.grad = None)
-    "gradient_none": lambda step: {(1, "b")} if step % 3 == 0 else set(),
-    # issue 22's case: layer 0 frozen for LONG_FREEZE steps, then trained
-    "frozen_long": lambda step: {(0, "W"), (0, "b")} if step < LONG_FREEZE else set(),
-}
-LONG_FREEZE = 830
-OPTIMIZERS = {
-    "adam": ("Adam", {"lr": 0.01}, None),
-    "adam_l2": ("Adam", {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.02}, None),
-    "adamw": ("AdamW", {"lr": 0.01, "weight_decay": 0.1}, None),
-    "adamw_clipped": ("AdamW", {"lr": 0.02, "weight_decay": 0.1}, 0.2),  # the norm of the updated gradients
-    "sgd_momentum": ("SGD", {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.05}, None),  # no step term: a check
-}
+from golden.torch_trajectories import (LONG_FREEZE, MISSED_STEPS, MISSED_STEPS_GOLDEN, MISSED_STEPS_RUNS, OPTIMIZERS,
+                                       SCENARIOS, problem, torch_missed_steps)
 
 
-def gpunn_trajectory(backend, scenario, optimizer_name, graph=False, steps=STEPS):
-    """Final (W0, b0, W1, b1) of the 5-7-3 tanh MLP of the golden trajectories: frozen layers via
-    ``trainable``, a gradient set to None via ``Parameter.grad``."""
+def gpunn_trajectory(backend, scenario, optimizer_name, graph=False, steps=MISSED_STEPS):
+    """(model, optimizer, final (W0, b0, W1, b1), losses per step) of the 5-7-3 tanh MLP of the golden
+    trajectories: frozen layers via ``trainable``, a gradient set to None via ``Parameter.grad``."""
     kind, arguments, max_norm = OPTIMIZERS[optimizer_name]
     weights, biases, batches = problem()
     with gn.use_backend(backend):
@@ -51,48 +33,39 @@ def gpunn_trajectory(backend, scenario, optimizer_name, graph=False, steps=STEPS
     else:
         optimizer.bind(model.parameters())
     loss = gn.MSELoss()
+    losses = []
     for index in range(steps):
         x, t = batches[index % len(batches)]
         missing = SCENARIOS[scenario](index)
         for layer_index, layer in enumerate(dense):
             layer.trainable = not {(layer_index, "W"), (layer_index, "b")} <= missing
         if graph:
-            step(*step.prepare(x, t))
+            losses.append(float(step(*step.prepare(x, t))))
             continue
         optimizer.zero_grad()
-        loss(model(x), t)
+        losses.append(loss(model(x), t))
         model.backward(loss.backward())
         for layer_index, name in missing:
             if dense[layer_index].trainable:  # a gradient set to None, the layer itself trainable
                 getattr(dense[layer_index], {"W": "weight", "b": "bias"}[name]).grad = None
         optimizer.step()
-    return model, optimizer, [model.backend.to_numpy(getattr(layer, name)) for layer in dense for name in "Wb"]
+    values = [model.backend.to_numpy(getattr(layer, name)) for layer in dense for name in "Wb"]
+    return model, optimizer, values, np.array(losses)
 
 
-def torch_trajectory(scenario, optimizer_name, steps=STEPS):
-    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
-    kind, arguments, max_norm = OPTIMIZERS[optimizer_name]
-    weights, biases, batches = problem()
-    layers = [torch.nn.Linear(*shape).double() for shape in SHAPES]
-    with torch.no_grad():
-        for layer, weight, bias in zip(layers, weights, biases):
-            layer.weight.copy_(torch.from_numpy(weight.T))
-            layer.bias.copy_(torch.from_numpy(bias))
-    model = torch.nn.Sequential(layers[0], torch.nn.Tanh(), layers[1])
-    optimizer = getattr(torch.optim, kind)(model.parameters(), foreach=False, **arguments)
-    for index in range(steps):
-        x, t = batches[index % len(batches)]
-        missing = SCENARIOS[scenario](index)
-        for layer_index, layer in enumerate(layers):  # frozen: requires_grad False, so its grad stays None
-            layer.requires_grad_(not {(layer_index, "W"), (layer_index, "b")} <= missing)
-        optimizer.zero_grad(set_to_none=True)
-        torch.nn.functional.mse_loss(model(torch.from_numpy(x)), torch.from_numpy(t)).backward()
-        for layer_index, name in missing:
-            getattr(layers[layer_index], {"W": "weight", "b": "bias"}[name]).grad = None
-        if max_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)  # over the parameters with a grad
-        optimizer.step()
-    return [value for layer in layers for value in (layer.weight.detach().numpy().T, layer.bias.detach().numpy())]
+def golden(scenario, optimizer_name):
+    """The recorded torch run: (final (W0, b0, W1, b1), losses per step)."""
+    prefix = f"{scenario}.{optimizer_name}"
+    with np.load(MISSED_STEPS_GOLDEN) as archive:
+        return ([archive[f"{prefix}.{name}{index}"] for index in (0, 1) for name in "Wb"],
+                archive[f"{prefix}.losses"])
+
+
+def torch_trajectory(scenario, optimizer_name, steps=MISSED_STEPS):
+    """The live torch run, as golden() gives it (skipped without PyTorch)."""
+    pytest.importorskip("torch", reason="PyTorch is not installed; the golden file covers this comparison")
+    losses, weights, biases = torch_missed_steps(scenario, optimizer_name, steps)
+    return [value for pair in zip(weights, biases) for value in pair], losses
 
 
 def assert_same(got, expected):
@@ -100,31 +73,65 @@ def assert_same(got, expected):
         np.testing.assert_allclose(actual, wanted, rtol=1e-12, atol=1e-13)
 
 
-@pytest.mark.parametrize("optimizer_name", sorted(OPTIMIZERS))
-@pytest.mark.parametrize("scenario", sorted(set(SCENARIOS) - {"frozen_long"}))
-def test_matches_torch_when_parameters_miss_steps(backend, scenario, optimizer_name):
-    assert_same(gpunn_trajectory(backend, scenario, optimizer_name)[2], torch_trajectory(scenario, optimizer_name))
+def assert_same_run(got, expected):
+    _, _, values, losses = got
+    expected_values, expected_losses = expected
+    np.testing.assert_allclose(losses, expected_losses, rtol=1e-12, atol=0)
+    assert_same(values, expected_values)
+
+
+SHORT_RUNS = [(scenario, name) for scenario, name, steps in MISSED_STEPS_RUNS if steps == MISSED_STEPS]
+
+
+@pytest.mark.parametrize("scenario,optimizer_name", SHORT_RUNS)
+def test_matches_torch_golden_when_parameters_miss_steps(backend, scenario, optimizer_name):
+    assert_same_run(gpunn_trajectory(backend, scenario, optimizer_name), golden(scenario, optimizer_name))
+
+
+@pytest.mark.parametrize("scenario,optimizer_name", SHORT_RUNS)
+def test_matches_live_torch_when_parameters_miss_steps(scenario, optimizer_name):
+    assert_same_run(gpunn_trajectory("numpy", scenario, optimizer_name), torch_trajectory(scenario, optimizer_name))
+
+
+def test_golden_file_is_not_stale():
+    """Every run has its recorded torch run (rerun tests/golden/torch_trajectories.py after adding one)."""
+    with np.load(MISSED_STEPS_GOLDEN) as archive:
+        recorded = {key.rsplit(".", 1)[0] for key in archive.files if "." in key}
+        for scenario, name, steps in MISSED_STEPS_RUNS:
+            assert archive[f"{scenario}.{name}.losses"].size == steps, (scenario, name)
+    assert recorded == {f"{scenario}.{name}" for scenario, name, _ in MISSED_STEPS_RUNS}
 
 
 @pytest.mark.parametrize("scenario", ["frozen_then_unfrozen", "frozen_in_the_middle"])
 def test_a_recorded_step_keeps_the_counts_across_freezes(scenario):
     """A recorded graph (replayed on the CPU) records again at a freeze; the counts live on the device."""
-    assert_same(gpunn_trajectory(ReplayingBackend(), scenario, "adamw", graph=True)[2],
-                gpunn_trajectory("numpy", scenario, "adamw")[2])
+    assert_same_run(gpunn_trajectory(ReplayingBackend(), scenario, "adamw", graph=True), golden(scenario, "adamw"))
 
 
-@pytest.mark.parametrize("optimizer_name", ["adam", "adamw"])
-def test_the_case_one_count_per_model_put_137_percent_apart(optimizer_name):
+LONG_RUNS = [name for scenario, name, _ in MISSED_STEPS_RUNS if scenario == "frozen_long"]
+
+
+def assert_first_move_matches(optimizer_name, expected):
     """Issue 22's case: a layer frozen for 830 steps, then updated once. One count per model corrected
     that first update as step 831, lr·(1−β1)/(1−β1⁸³¹) · √(1−β2⁸³¹)/√(1−β2) ≈ 2.37·lr instead of lr: its
     move was 137 % (AdamW) and 138 % (Adam) off torch's, measured on the tree before per-parameter
-    counts. Now torch's, to 1e-12."""
-    steps = LONG_FREEZE + 1
+    counts. Now torch's, to 1e-12; and the 831 losses (layer 1 trained all along) are torch's too."""
     start = problem()[0][0]
-    moved = gpunn_trajectory("numpy", "frozen_long", optimizer_name, steps=steps)[2][0] - start
-    wanted = torch_trajectory("frozen_long", optimizer_name, steps=steps)[0] - start
+    _, _, values, losses = gpunn_trajectory("numpy", "frozen_long", optimizer_name, steps=LONG_FREEZE + 1)
+    moved, wanted = values[0] - start, expected[0][0] - start
     assert np.max(np.abs(moved - wanted)) <= 1e-12 * np.max(np.abs(wanted)), \
         f"{np.linalg.norm(moved - wanted) / np.linalg.norm(wanted):.0%} apart"
+    np.testing.assert_allclose(losses, expected[1], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("optimizer_name", LONG_RUNS)
+def test_the_case_one_count_per_model_put_137_percent_apart(optimizer_name):
+    assert_first_move_matches(optimizer_name, golden("frozen_long", optimizer_name))
+
+
+@pytest.mark.parametrize("optimizer_name", LONG_RUNS)
+def test_the_case_one_count_per_model_put_137_percent_apart_live(optimizer_name):
+    assert_first_move_matches(optimizer_name, torch_trajectory("frozen_long", optimizer_name, LONG_FREEZE + 1))
 
 
 @pytest.mark.parametrize("kind", ["Adam", "AdamW"])
@@ -134,9 +141,9 @@ def test_the_first_update_after_unfreezing_is_the_parameters_own_first(backend, 
     (state_dict()["arrays"]["step"], flat order W0, W1, b0, b1) is its own. One count per model
     corrected it as step 11: a move of about 0.33·lr."""
     lr, decay = 0.01, 1 - 0.01 * 0.1 if kind == "AdamW" else 1.0
-    _, optimizer, before = gpunn_trajectory(backend, "frozen_then_unfrozen", kind.lower(), steps=10)
+    _, optimizer, before, _ = gpunn_trajectory(backend, "frozen_then_unfrozen", kind.lower(), steps=10)
     np.testing.assert_array_equal(optimizer.state_dict()["arrays"]["step"], [0, 10, 0, 10])
-    _, optimizer, after = gpunn_trajectory(backend, "frozen_then_unfrozen", kind.lower(), steps=11)
+    _, optimizer, after, _ = gpunn_trajectory(backend, "frozen_then_unfrozen", kind.lower(), steps=11)
     for index in (0, 1):  # W0, b0: frozen for 10 steps, then updated once
         np.testing.assert_allclose(np.abs(after[index] - decay * before[index]), lr, rtol=1e-3)
     np.testing.assert_array_equal(optimizer.state_dict()["arrays"]["step"], [1, 11, 1, 11])
@@ -162,7 +169,7 @@ def test_parity_numpy_and_cupy_standin_with_frozen_layers_and_none_gradients():
 
 # --- the counts in optimizer state ------------------------------------------------------------------------
 def test_state_dict_round_trips_the_counts_and_training_goes_on_the_same(backend, tmp_path):
-    model, optimizer, _ = gpunn_trajectory(backend, "frozen_then_unfrozen", "adam", steps=12)
+    model, optimizer, _, _ = gpunn_trajectory(backend, "frozen_then_unfrozen", "adam", steps=12)
     state = optimizer.state_dict()
     np.testing.assert_array_equal(state["arrays"]["step"], [2, 12, 2, 12])
     model.save(tmp_path / "m.npz", optimizer=optimizer)
@@ -183,7 +190,7 @@ def test_state_dict_round_trips_the_counts_and_training_goes_on_the_same(backend
 def test_a_state_with_one_count_for_the_model_loads_as_that_count_for_every_parameter():
     """What gpunn wrote before per-parameter counts (no "step" array) gave every update the model's
     count: loading it gives every parameter that count, so a resumed run updates as it would have."""
-    model, optimizer, _ = gpunn_trajectory("numpy", "frozen_then_unfrozen", "adam", steps=4)
+    _, optimizer, _, _ = gpunn_trajectory("numpy", "frozen_then_unfrozen", "adam", steps=4)
     state = optimizer.state_dict()
     del state["arrays"]["step"]
     twin = gpunn_trajectory("numpy", "frozen_then_unfrozen", "adam", steps=0)[1]
@@ -195,7 +202,7 @@ def test_a_state_with_one_count_for_the_model_loads_as_that_count_for_every_para
                                            ([-1, 4, 4, 4], "whole numbers"), ([4, 4, 4], "shape"),
                                            ([np.nan, 4, 4, 4], "whole numbers")])
 def test_bad_counts_are_refused_and_leave_the_optimizer_as_it_was(steps, message):
-    model, optimizer, _ = gpunn_trajectory("numpy", "frozen_then_unfrozen", "adam", steps=4)
+    _, optimizer, _, _ = gpunn_trajectory("numpy", "frozen_then_unfrozen", "adam", steps=4)
     state = optimizer.state_dict()
     state["arrays"]["step"] = np.array(steps, float)
     before = optimizer.state_dict()
