@@ -60,6 +60,18 @@ class Dataset:
         """Rows ``[start, stop)``: (X block, T block or None), new host arrays."""
         return self.x.read(start, stop), None if self.t is None else self.t.read(start, stop)
 
+    def gather(self, rows):
+        """The rows at sorted, distinct indices ``rows`` (a rank's shard of a chunk): (X, T or None), read
+        without the rows between them (``RowSource.gather``)."""
+        return self.x.gather(rows), None if self.t is None else self.t.gather(rows)
+
+    def rows_between(self, start: int, stop: int) -> Dataset:
+        """Rows ``[start, stop)`` as a Dataset of their own, still on disk (``validation_split``'s parts)."""
+        part = Dataset.__new__(Dataset)
+        part.x = self.x.rows_between(start, stop)
+        part.t = None if self.t is None else self.t.rows_between(start, stop)
+        return part
+
     def close(self) -> None:
         self.x.close()
         if self.t is not None:

@@ -127,8 +127,8 @@ def test_evaluate_and_predict_stream_a_memory_map(files):
     loss = gn.SoftmaxCrossEntropyLoss()
     expected = model.evaluate(x, t, loss, metrics=("accuracy",), batch_size=64)
     got = model.evaluate(mapped, t, loss, metrics=("accuracy",), batch_size=64)
-    assert got == pytest.approx(expected, rel=1e-6)
-    assert model.evaluate(Dataset(mapped, t), None, loss)["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    assert got == expected
+    assert model.evaluate(Dataset(mapped, t), None, loss)["loss"] == model.evaluate(x, t, loss)["loss"]
     assert np.array_equal(model.predict(mapped, batch_size=50), model.predict(x, batch_size=50))
 
 
@@ -150,11 +150,85 @@ def test_a_stopped_or_failing_stream_ends_its_prefetch_thread(files):
     assert threading.active_count() == before
 
 
+@pytest.mark.parametrize("split", [0.2, 0.33])
+def test_validation_split_streams_the_last_rows_and_equals_the_in_memory_fit(files, monkeypatch, split):
+    folder, x, t = files
+    w = np.random.default_rng(1).uniform(0, 2, size=300)
+    dataset = Dataset(folder / "x.npy", folder / "t.npy")
+    split_at = int(np.floor(300 * (1 - split)))
+    reads, read = [], stream.BatchStream.order
+
+    def recorded(self, epoch):  # every chunk each stream reads, with its stream's rows
+        chunks = read(self, epoch)
+        reads.append((self.dataset.x.offset, [(start, stop) for start, stop, _ in chunks]))
+        return chunks
+
+    monkeypatch.setattr(stream.BatchStream, "order", recorded)
+    for options in ({}, {"sample_weight": w}):
+        in_memory, streamed = build(), build()
+        expected = train(in_memory, x, t, validation_split=split, metrics=("accuracy",), **options)
+        got = train(streamed, dataset, None, validation_split=split, metrics=("accuracy",), **options)
+        assert got == expected and "val_loss" in got  # bit for bit: the same batches, the same sums
+        assert np.array_equal(in_memory.flat.values, streamed.flat.values)
+    header = dataset.x.offset
+    training = [chunks for offset, chunks in reads if offset == header]
+    validating = [chunks for offset, chunks in reads if offset == header + split_at * 6 * 4]
+    assert training and validating and len(training) + len(validating) == len(reads)
+    assert all(stop <= split_at for chunks in training for _, stop in chunks)  # its own rows, from the file
+    assert all(stop <= 300 - split_at for chunks in validating for _, stop in chunks)
+
+
+def test_evaluate_streamed_equals_evaluate_in_memory_bit_for_bit(files, monkeypatch):
+    folder, x, t = files
+    monkeypatch.setattr(stream, "CHUNK_BYTES", 64 * 6 * 4)  # several chunks, read in order
+    model, loss = build(), gn.SoftmaxCrossEntropyLoss()
+    w = np.random.default_rng(2).uniform(0, 2, size=300)
+    for options in ({}, {"sample_weight": w}):
+        expected = model.evaluate(x, t, loss, metrics=("accuracy",), batch_size=64, **options)
+        assert model.evaluate(np.load(folder / "x.npy", mmap_mode="r"), t, loss, metrics=("accuracy",),
+                              batch_size=64, **options) == expected
+
+
+def test_the_reading_thread_ends_with_fit_on_ctrl_c_and_hands_its_errors_to_fit(files):
+    folder, _, t = files
+
+    class Interrupt(gn.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2:
+                raise KeyboardInterrupt
+
+    before = threading.active_count()
+    with pytest.raises(KeyboardInterrupt):
+        train(build(), np.load(folder / "x.npy", mmap_mode="r"), t, callbacks=[Interrupt()])
+    assert threading.active_count() == before
+    np.save(folder / "short.npy", np.zeros((300, 6), np.float32))
+    with open(folder / "short.npy", "r+b") as file:  # the file loses its tail after the Dataset read its header
+        data = Dataset(folder / "short.npy", t)
+        file.truncate(file.seek(0, 2) - 6 * 4 * 100)
+    with pytest.raises(OSError, match="the file ended before row"):  # raised in the thread, re-raised by fit
+        train(build(), data, None)
+    assert threading.active_count() == before
+
+
+def test_batches_reuse_a_ring_of_buffers_refilled_only_after_release(files):
+    folder, x, t = files
+    batches = BatchStream(Dataset(folder / "x.npy", t), batch_size=16, seed=3, chunk_rows=64, prefetch=1)
+    seen, buffers = [], []
+    for batch in batches.batches(0):
+        assert np.array_equal(batch.x, x[batch.rows]) and np.array_equal(batch.t, t[batch.rows])
+        seen.append(batch.rows)
+        buffers.append(batch.x)
+        batch.release()
+    assert sorted(np.concatenate(seen).tolist()) == list(range(300))
+    ring = {id(buffer.base) for buffer in buffers}
+    assert len(ring) == 3  # prefetch + 2 buffers, reused round the ring: no allocation per batch
+
+
 def test_streaming_refuses_what_it_does_not_do(files):
     folder, _, t = files
     mapped = np.load(folder / "x.npy", mmap_mode="r")
-    with pytest.raises(ValueError, match="without validation_split"):
-        train(build(), mapped, t, validation_split=0.2)
+    with pytest.raises(ValueError, match="300 rows cannot be split"):
+        train(build(), mapped, t, validation_split=0.999)
     with pytest.raises(ValueError, match="the Dataset holds no targets"):
         train(build(), Dataset(mapped), None)
     with pytest.raises(ValueError, match="a Dataset holds its targets"):

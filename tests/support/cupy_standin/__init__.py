@@ -47,7 +47,7 @@ from support.cupy_standin._device import KINDS, Device, StandinViolation
 from support.cupy_standin._namespace import module
 
 #: The backend's modules that import CuPy: re-imported on the stand-in, restored afterwards.
-BACKEND_MODULES = ("gpunn.backends.cupy_backend", "gpunn.backends.cupy_kernels")
+BACKEND_MODULES = ("gpunn.backends.cupy_backend", "gpunn.backends.cupy_kernels", "gpunn.backends.cupy_staging")
 _MODULES = ("cupy", "cupy.cuda", "cupy.cuda.runtime", "cupy.cuda.nccl")
 
 

@@ -1,0 +1,105 @@
+"""An epoch over a float32 .npy streamed from a memory map against the same epoch in memory, each in a
+fresh process, so that its peak resident memory (``ru_maxrss``) is its own.
+
+``python gpunn/bench/suite/stream_epoch.py --size 2GB`` writes the file in a temporary folder (a
+block at a time: writing it never holds it), times ``--epochs`` epochs of a 256-64-1 MLP from each
+source after one warm-up epoch, and prints the medians, their ratio and each run's peak resident
+memory. ``test_mmap_epoch`` (the benchmark suite) uses the same functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+FEATURES, BATCH, DTYPE = 256, 1024, "float32"
+
+
+def size_rows(case: str) -> int:
+    """The rows of a float32 file of ``case`` ("64MB", "2GB") with 256 features."""
+    return (int(case[:-2]) << (30 if case.endswith("GB") else 20)) // (FEATURES * 4)
+
+
+def write_files(folder, case: str) -> tuple[str, str]:
+    """``x-<case>.npy`` (normal rows) and its targets, written 65,536 rows at a time through
+    ``np.lib.format.open_memmap``, so writing never holds the file in memory."""
+    import numpy as np
+
+    rows = size_rows(case)
+    x_path, t_path = os.path.join(folder, f"x-{case}.npy"), os.path.join(folder, f"t-{case}.npy")
+    array = np.lib.format.open_memmap(x_path, mode="w+", dtype=DTYPE, shape=(rows, FEATURES))
+    rng = np.random.default_rng(0)
+    for start in range(0, rows, 1 << 16):
+        block = array[start:start + (1 << 16)]
+        block[...] = rng.normal(size=block.shape)
+        array.flush()
+    del array, block
+    np.save(t_path, np.random.default_rng(1).normal(size=(rows, 1)).astype(DTYPE))
+    return x_path, t_path
+
+
+def child(x_path: str, t_path: str, source: str, epochs: int, backend: str) -> dict:
+    """In this process: one fit of ``epochs + 1`` epochs, the first a warm-up (it also checks and loads the
+    data); each epoch's seconds and the peak RSS."""
+    import resource
+
+    import numpy as np
+
+    import gpunn as gn
+
+    x = np.load(x_path, mmap_mode="r") if source == "mmap" else np.load(x_path)
+    t = np.load(t_path)
+    with gn.use_backend(backend):
+        model = gn.Sequential(gn.Dense(FEATURES, 64, seed=0), gn.Tanh(), gn.Dense(64, 1, seed=1))
+        optimizer = gn.SGD(lr=0.01)
+        marks = [time.perf_counter()]  # each epoch's end (the numpy backend is synchronous; cupy syncs below)
+        model.fit(x, t, loss=gn.MSELoss(), optimizer=optimizer, epochs=epochs + 1, batch_size=BATCH, seed=0,
+                  verbose=0, callback=lambda epoch, logs: (model.backend.synchronize(), marks.append(time.perf_counter())))
+        seconds = [after - before for before, after in zip(marks, marks[1:])]
+    # Linux reports ru_maxrss in KiB
+    return {"source": source, "seconds": seconds[1:], "warm_up_seconds": seconds[0],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_child(x_path: str, t_path: str, source: str, epochs: int, backend: str = "numpy") -> dict:
+    """``child`` in a fresh Python (this file as a script), its JSON result."""
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", source, "--x", x_path, "--t", t_path,
+                           "--epochs", str(epochs), "--backend", backend],
+                          check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare(x_path: str, t_path: str, epochs: int, backend: str = "numpy") -> dict:
+    """Both sources, each in its own process; the ratio of the median epochs (streamed / in memory)."""
+    runs = {source: run_child(x_path, t_path, source, epochs, backend) for source in ("mmap", "memory")}
+    medians = {source: statistics.median(run["seconds"]) for source, run in runs.items()}
+    return {"runs": runs, "median_seconds": medians, "ratio": medians["mmap"] / medians["memory"]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="2GB")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--backend", default="numpy")
+    parser.add_argument("--child", choices=("mmap", "memory"))
+    parser.add_argument("--x")
+    parser.add_argument("--t")
+    options = parser.parse_args(argv)
+    if options.child:
+        print(json.dumps(child(options.x, options.t, options.child, options.epochs, options.backend)))
+        return 0
+    with tempfile.TemporaryDirectory() as folder:
+        x_path, t_path = write_files(folder, options.size)
+        result = compare(x_path, t_path, options.epochs, options.backend)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
