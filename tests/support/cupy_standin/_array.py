@@ -14,6 +14,7 @@ import types
 import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
+from support.cupy_standin import _streams
 from support.cupy_standin._device import current
 
 
@@ -165,6 +166,7 @@ class ndarray(NDArrayOperatorsMixin):
         device = current()
         device.refuse_during_capture("a device-to-host copy")
         device.launch("memory", "memcpy device-to-host", lambda: None)
+        _streams.touch(self._host)
         copy = np.array(self._host, order=order)
         if out is not None:
             np.copyto(out, copy)
@@ -175,7 +177,7 @@ class ndarray(NDArrayOperatorsMixin):
         device = current()
         device.refuse_during_capture("a host-to-device copy")
         device.launch("memory", "memcpy host-to-device", lambda: None)
-        np.copyto(self._host, host)
+        _streams.copy_from_host(self._host, host, stream)  # queued on the stream from pinned memory
 
     def item(self):
         return self.get().item()

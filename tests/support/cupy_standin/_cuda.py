@@ -13,7 +13,7 @@ import contextlib
 import itertools
 import types
 
-from support.cupy_standin import _nccl
+from support.cupy_standin import _nccl, _streams
 from support.cupy_standin._device import StandinViolation, current
 
 _pointers = itertools.count(0x5000)
@@ -104,6 +104,9 @@ class Stream:
 
     def synchronize(self) -> None:
         current().refuse_during_capture("cudaStreamSynchronize")
+        _streams.synchronize(self)
+
+    record, wait_event = _streams.record, _streams.wait_event  # events and queued copies: _streams.py
 
     def begin_capture(self, mode=None) -> None:
         device = current()
@@ -170,5 +173,6 @@ def namespace() -> types.ModuleType:
     runtime.__dict__.update(vars(_runtime()))
     cuda.__dict__.update(Device=Device, Stream=Stream, ExternalStream=Stream, Graph=Graph, MemoryPool=MemoryPool,
                          get_current_stream=get_current_stream, using_allocator=using_allocator, runtime=runtime,
+                         Event=_streams.Event, alloc_pinned_memory=_streams.alloc_pinned_memory,
                          is_available=lambda: True, nccl=_nccl.module())
     return cuda
