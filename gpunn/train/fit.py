@@ -64,19 +64,26 @@ def evaluate_dataset(model, dataset, loss, metrics, batch_size: int = 4096, weig
     """``evaluate_prepared`` over a Dataset streamed in order: the same batches, the same sums, so the
     same numbers as over the rows in memory."""
     def batches():
-        stream = BatchStream(dataset, batch_size, shuffle=False)
-        with contextlib.closing(model.backend.device_batches(stream.batches(0, model.backend.host_buffer,
-                                                                            model.dtype))) as staged:
-            for batch, x_device, t_device in staged:
-                try:
-                    x, t = TrainStep.prepare_data(model, loss, x_device, t_device)
-                    check_metric_targets(metrics, t, model.out_features)
-                except (TypeError, ValueError) as error:
-                    raise type(error)(f"rows {int(batch.rows[0])}..{int(batch.rows[-1])} of the data set: "
-                                      f"{error}") from None
-                yield x, t, None if weights is None else weights[int(batch.rows[0]):int(batch.rows[-1]) + 1]
+        stream = BatchStream(dataset, batch_size, shuffle=False).batches(0, model.backend.host_buffer, model.dtype)
+        for batch, x, t in checked_batches(model, loss, metrics, stream, "evaluate"):
+            yield x, t, None if weights is None else weights[int(batch.rows[0]):int(batch.rows[-1]) + 1]
 
     return evaluate_batches(model, batches(), dataset.rows, loss, metrics)
+
+
+def checked_batches(model, loss, metrics, batches, owner: str):
+    """gpunn.data's streamed batches as ``(batch, x, t)`` on the device (``Backend.device_batches``),
+    each checked as ``TrainStep.prepare_data`` checks data in memory; an error names the rows."""
+    with contextlib.closing(model.backend.device_batches(batches)) as staged:
+        for batch, x_device, t_device in staged:
+            try:
+                x, t = TrainStep.prepare_data(model, loss, x_device, t_device)
+                check_metric_targets(metrics, t, model.out_features)
+            except (TypeError, ValueError) as error:
+                rows = batch.rows
+                raise type(error)(f"{owner}: rows {int(rows.min())}..{int(rows.max())} of the data set: "
+                                  f"{error}") from None
+            yield batch, x, t
 
 
 def predict(model, X, batch_size: int | None = None):
@@ -251,15 +258,9 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
         batch gathered into a reused host buffer and copied to the device (``Backend.device_batches``)."""
         done = 0
         batches = stream.batches(epoch, backend.host_buffer, model.dtype)
-        with contextlib.closing(backend.device_batches(batches)) as staged:
-            for batch, x_device, t_device in staged:
+        with contextlib.closing(checked_batches(model, loss, metrics, batches, "fit")) as checked:
+            for batch, xb, tb in checked:
                 rows = batch.rows
-                try:
-                    xb, tb = TrainStep.prepare_data(model, loss, x_device, t_device)
-                    check_metric_targets(metrics, tb, model.out_features)
-                except (TypeError, ValueError) as error:
-                    raise type(error)(f"fit: rows {int(rows.min())}..{int(rows.max())} of the data set: "
-                                      f"{error}") from None
                 if weights_all is not None:
                     wb = xp.take(weights_all, backend.asarray(rows), axis=0)
                 else:

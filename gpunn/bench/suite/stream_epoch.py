@@ -3,8 +3,8 @@ fresh process, so that its peak resident memory (``ru_maxrss``) is its own.
 
 ``python gpunn/bench/suite/stream_epoch.py --size 2GB`` writes the file in a temporary folder (a
 block at a time: writing it never holds it), times ``--epochs`` epochs of a 256-64-1 MLP from each
-source after one warm-up epoch, and prints the medians, their ratio and each run's peak resident
-memory. ``test_mmap_epoch`` (the benchmark suite) uses the same functions.
+source after one warm-up epoch (``--pairs`` pairs of processes, back to back), and prints each
+epoch's wall and CPU seconds, the ratios and each run's peak resident memory. ``test_mmap_epoch`` (the benchmark suite) uses the same functions.
 """
 
 from __future__ import annotations
@@ -44,9 +44,19 @@ def write_files(folder, case: str) -> tuple[str, str]:
     return x_path, t_path
 
 
+def blas_info() -> list:
+    """threadpoolctl's view of the BLAS: library, kernel (architecture) and threads."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    return [{key: pool.get(key) for key in ("internal_api", "architecture", "num_threads", "version")}
+            for pool in threadpool_info() if pool.get("user_api") == "blas"]
+
+
 def child(x_path: str, t_path: str, source: str, epochs: int, backend: str) -> dict:
     """In this process: one fit of ``epochs + 1`` epochs, the first a warm-up (it also checks and loads the
-    data); each epoch's seconds and the peak RSS."""
+    data); each epoch's wall and CPU seconds (all threads) and the peak RSS."""
     import resource
 
     import numpy as np
@@ -58,28 +68,42 @@ def child(x_path: str, t_path: str, source: str, epochs: int, backend: str) -> d
     with gn.use_backend(backend):
         model = gn.Sequential(gn.Dense(FEATURES, 64, seed=0), gn.Tanh(), gn.Dense(64, 1, seed=1))
         optimizer = gn.SGD(lr=0.01)
-        marks = [time.perf_counter()]  # each epoch's end (the numpy backend is synchronous; cupy syncs below)
+        marks = [(time.perf_counter(), time.process_time())]
+
+        def mark(epoch, logs):
+            model.backend.synchronize()
+            marks.append((time.perf_counter(), time.process_time()))
+
         model.fit(x, t, loss=gn.MSELoss(), optimizer=optimizer, epochs=epochs + 1, batch_size=BATCH, seed=0,
-                  verbose=0, callback=lambda epoch, logs: (model.backend.synchronize(), marks.append(time.perf_counter())))
-        seconds = [after - before for before, after in zip(marks, marks[1:])]
-    # Linux reports ru_maxrss in KiB
-    return {"source": source, "seconds": seconds[1:], "warm_up_seconds": seconds[0],
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+                  verbose=0, callback=mark)
+    wall = [after[0] - before[0] for before, after in zip(marks, marks[1:])]
+    cpu = [after[1] - before[1] for before, after in zip(marks, marks[1:])]
+    return {"source": source, "seconds": wall[1:], "cpu_seconds": cpu[1:], "warm_up_seconds": wall[0],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+            "blas": blas_info()}
 
 
 def run_child(x_path: str, t_path: str, source: str, epochs: int, backend: str = "numpy") -> dict:
     """``child`` in a fresh Python (this file as a script), its JSON result."""
-    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", source, "--x", x_path, "--t", t_path,
-                           "--epochs", str(epochs), "--backend", backend],
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", source, "--x", str(x_path),
+                           "--t", str(t_path), "--epochs", str(epochs), "--backend", backend],
                           check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def compare(x_path: str, t_path: str, epochs: int, backend: str = "numpy") -> dict:
-    """Both sources, each in its own process; the ratio of the median epochs (streamed / in memory)."""
-    runs = {source: run_child(x_path, t_path, source, epochs, backend) for source in ("mmap", "memory")}
-    medians = {source: statistics.median(run["seconds"]) for source, run in runs.items()}
-    return {"runs": runs, "median_seconds": medians, "ratio": medians["mmap"] / medians["memory"]}
+def compare(x_path: str, t_path: str, epochs: int, backend: str = "numpy", pairs: int = 1) -> dict:
+    """``pairs`` times a streamed then an in-memory process, back to back (a busy minute of a shared
+    machine falls on both sides of a pair); the ratios (streamed / in memory) of each pair's median
+    wall and CPU epoch, and their medians."""
+    runs, ratios = [], {"wall": [], "cpu": []}
+    for _ in range(pairs):
+        pair = {source: run_child(x_path, t_path, source, epochs, backend) for source in ("mmap", "memory")}
+        runs.append(pair)
+        for kind, key in (("wall", "seconds"), ("cpu", "cpu_seconds")):
+            ratios[kind].append(statistics.median(pair["mmap"][key]) / statistics.median(pair["memory"][key]))
+    return {"runs": runs, "ratios": ratios, "median_ratio": {kind: statistics.median(values) for kind, values
+                                                             in ratios.items()},
+            "peak_rss_mb": {source: max(pair[source]["peak_rss_mb"] for pair in runs) for source in ("mmap", "memory")}}
 
 
 def main(argv=None) -> int:
@@ -87,6 +111,7 @@ def main(argv=None) -> int:
     parser.add_argument("--size", default="2GB")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--backend", default="numpy")
+    parser.add_argument("--pairs", type=int, default=1, help="streamed/in-memory process pairs, back to back")
     parser.add_argument("--child", choices=("mmap", "memory"))
     parser.add_argument("--x")
     parser.add_argument("--t")
@@ -96,7 +121,7 @@ def main(argv=None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as folder:
         x_path, t_path = write_files(folder, options.size)
-        result = compare(x_path, t_path, options.epochs, options.backend)
+        result = compare(x_path, t_path, options.epochs, options.backend, options.pairs)
     print(json.dumps(result, indent=1))
     return 0
 
