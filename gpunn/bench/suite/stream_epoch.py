@@ -10,6 +10,7 @@ epoch's wall and CPU seconds, the ratios and each run's peak resident memory. ``
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -76,8 +77,8 @@ def child(x_path: str, t_path: str, source: str, epochs: int, backend: str) -> d
 
         model.fit(x, t, loss=gn.MSELoss(), optimizer=optimizer, epochs=epochs + 1, batch_size=BATCH, seed=0,
                   verbose=0, callback=mark)
-    wall = [after[0] - before[0] for before, after in zip(marks, marks[1:])]
-    cpu = [after[1] - before[1] for before, after in zip(marks, marks[1:])]
+    wall = [after[0] - before[0] for before, after in itertools.pairwise(marks)]
+    cpu = [after[1] - before[1] for before, after in itertools.pairwise(marks)]
     return {"source": source, "seconds": wall[1:], "cpu_seconds": cpu[1:], "warm_up_seconds": wall[0],
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
             "blas": blas_info()}

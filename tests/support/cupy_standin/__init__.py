@@ -21,7 +21,9 @@ the launch counts of a training step (``Standin.count``).
     (``_nccl.py`` models one rank's communicator, bound to the device current at its creation).
 What it cannot show (the GPU run, ``benchmarks/gpu_check.sh``, still owes these):
   * streams: launches run one at a time, in order; stream semantics, overlap and races between
-    launches are absent (inside a launch, ``installed(block_threads=True)`` runs each block's
+    launches are absent, except host-to-device copies from pinned memory (``_streams.py``): queued on
+    their stream, ordered by events, and failing a launch that reads one before its stream waited for
+    it or a pinned source changed before the host waited for its copy (inside a launch, ``installed(block_threads=True)`` runs each block's
     threads as host threads, so a block's barriers and shared memory are real; blocks run in turn);
   * CUDA graph capture: captured launches are recorded and replayed in order on the same
     buffers, which catches host work or transfers inside a captured step, nothing more;
