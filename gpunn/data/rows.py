@@ -31,20 +31,25 @@ class RowSource:
     def rows(self) -> int:
         return self.shape[0]
 
-    def read(self, start: int, stop: int) -> np.ndarray:
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``[start, stop)`` in ``out`` (C-contiguous, of this dtype) or a new array."""
+        if out is None:
+            out = np.empty((stop - start, *self.shape[1:]), self.dtype)
         if self.path is None:
-            return np.array(self.array[start:stop])
-        out = np.empty((stop - start, *self.shape[1:]), self.dtype)
-        self._read_into(out, start)
+            np.copyto(out, self.array[start:stop])
+        else:
+            self._read_into(out, start)
         return out
 
-    def gather(self, rows: np.ndarray) -> np.ndarray:
-        """The rows at sorted, distinct indices ``rows``, and no others: a file is read in runs of
-        nearby rows (one read covers rows less than a 4 KB page apart, which the kernel would read
-        whole anyway), each run into a scratch block from which its rows are taken."""
+    def gather(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The rows at sorted, distinct indices ``rows``, and no others, in ``out`` or a new array: a
+        file is read in runs of nearby rows (one read covers rows less than a 4 KB page apart, which
+        the kernel would read whole anyway), each run into a scratch block from which its rows are taken."""
+        if out is None:
+            out = np.empty((len(rows), *self.shape[1:]), self.dtype)
         if self.path is None:
-            return np.take(self.array, rows, axis=0)
-        out = np.empty((len(rows), *self.shape[1:]), self.dtype)
+            np.take(self.array, rows, axis=0, out=out)
+            return out
         if not len(rows):
             return out
         near = max(1, PAGE_BYTES // max(1, self.row_bytes))

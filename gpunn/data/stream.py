@@ -73,11 +73,18 @@ class BatchStream:
         """The reading thread: each chunk read (data parallel: only this rank's rows of it, sorted, so
         the reads run forwards through the file), then each batch taken from it into a free ring slot
         (``slots()`` waits for one; None: stop), then handed on with ``put``."""
+        sources, chunk = (self.dataset.x, self.dataset.t), None
         for start, stop, permutation in self.order(epoch):
             plan = self._plan(start, stop, permutation)
             wanted = np.arange(stop - start) if self.shard is None else np.unique(
                 np.concatenate([picked for picked, _, _ in plan]))
-            x, t = self.dataset.read(start, stop) if self.shard is None else self.dataset.gather(start + wanted)
+            if chunk is None:  # one buffer for every chunk: no page faults and no freeing per chunk
+                rows = min(self.chunk_rows, self.dataset.rows)
+                chunk = [None if source is None else np.empty((rows, *source.shape[1:]), source.dtype)
+                         for source in sources]
+            out = [None if buffer is None else buffer[:len(wanted)] for buffer in chunk]
+            x, t = (self.dataset.read(start, stop, out) if self.shard is None
+                    else self.dataset.gather(start + wanted, out))
             for picked, batch_rows, low in plan:
                 slot = slots()
                 if slot is None:

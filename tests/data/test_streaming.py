@@ -70,7 +70,7 @@ def test_an_epoch_reads_whole_chunks_in_a_seeded_order_and_visits_every_row_once
     dataset = Dataset(folder / "x.npy", t)
     reads = []
     read = dataset.read
-    monkeypatch.setattr(dataset, "read", lambda start, stop: reads.append((start, stop)) or read(start, stop))
+    monkeypatch.setattr(dataset, "read", lambda start, stop, *out: reads.append((start, stop)) or read(start, stop, *out))
     batches = BatchStream(dataset, batch_size=16, seed=3, chunk_rows=64)
     first = [(rows, xb) for rows, xb, _ in batches.epoch(0)]
     assert sorted(reads) == [(0, 64), (64, 128), (128, 192), (192, 256), (256, 300)]  # contiguous reads

@@ -329,7 +329,7 @@ def streamed_training(out: Path, seed: int):
     np.save(out / f"x{world.rank}.npy", X)
     mapped = np.load(out / f"x{world.rank}.npy", mmap_mode="r")
     gathered, gather = [], Dataset.gather
-    Dataset.gather = lambda self, rows: gathered.extend(rows.tolist()) or gather(self, rows)
+    Dataset.gather = lambda self, rows, *out: gathered.extend(rows.tolist()) or gather(self, rows, *out)
     results = {}
     for name, source in (("memory", X), ("streamed", mapped)):
         results[name] = distributed_fit(world, source, labels, DROPOUT_BATCH, seed, model=dropout_model())[1]
