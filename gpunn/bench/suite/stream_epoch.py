@@ -114,15 +114,18 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", default="numpy")
     parser.add_argument("--pairs", type=int, default=1, help="streamed/in-memory process pairs, back to back")
     parser.add_argument("--child", choices=("mmap", "memory"))
-    parser.add_argument("--x")
-    parser.add_argument("--t")
+    parser.add_argument("--x", help="an .npy of inputs written before (instead of --size)")
+    parser.add_argument("--t", help="its targets")
     options = parser.parse_args(argv)
     if options.child:
         print(json.dumps(child(options.x, options.t, options.child, options.epochs, options.backend)))
         return 0
-    with tempfile.TemporaryDirectory() as folder:
-        x_path, t_path = write_files(folder, options.size)
-        result = compare(x_path, t_path, options.epochs, options.backend, options.pairs)
+    if options.x:  # files written before (write_files)
+        result = compare(options.x, options.t, options.epochs, options.backend, options.pairs)
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            x_path, t_path = write_files(folder, options.size)
+            result = compare(x_path, t_path, options.epochs, options.backend, options.pairs)
     print(json.dumps(result, indent=1))
     return 0
 
