@@ -93,6 +93,7 @@ class BatchStream:
                 bx, bt = ring[slot]
                 count = len(picked)
                 _take(x, inside, bx[:count])
+                _check_finite(bx[:count], start + picked)
                 if t is not None:
                     _take(t, inside, bt[:count])
                 put((slot, start + picked, bx[:count], None if t is None else bt[:count], batch_rows, low))
@@ -100,8 +101,9 @@ class BatchStream:
     def batches(self, epoch: int, allocate=np.empty, x_dtype=None):
         """The epoch's batches (``Batch``), gathered ahead by a background thread into a ring of
         ``prefetch + 2`` buffers from ``allocate(shape, dtype)``, inputs in ``x_dtype`` (default: the
-        file's). A buffer is refilled only after its ``release()``; the thread never outlives the
-        iteration (closing it, an error or Ctrl-C stop and join it), and its errors are raised here."""
+        file's), each checked to be finite. A buffer is refilled only after its ``release()``; the
+        thread never outlives the iteration (closing it, an error or Ctrl-C stop and join it), and its
+        errors are raised here."""
         x_source, t_source = self.dataset.x, self.dataset.t
         rows = max(1, min(self.batch_size, self.dataset.rows))
         ring = [(allocate((rows, *x_source.shape[1:]), x_dtype or x_source.dtype),  # here: this thread's device
@@ -148,6 +150,14 @@ class BatchStream:
         for batch in self.batches(epoch):
             yield batch.rows, batch.x.copy(), None if batch.t is None else batch.t.copy()
             batch.release()
+
+
+def _check_finite(x: np.ndarray, rows: np.ndarray) -> None:
+    """Inputs must be finite (in the model's dtype, after conversion): checked here, in the reading
+    thread, rather than on the device while the step waits."""
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        bad = int(rows[np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[0]])
+        raise ValueError(f"row {bad} of the data set: X contains NaN or Inf (or values too large for {x.dtype})")
 
 
 def _take(source: np.ndarray, picked: np.ndarray, out: np.ndarray) -> None:

@@ -73,11 +73,18 @@ def evaluate_dataset(model, dataset, loss, metrics, batch_size: int = 4096, weig
 
 def checked_batches(model, loss, metrics, batches, owner: str):
     """gpunn.data's streamed batches as ``(batch, x, t)`` on the device (``Backend.device_batches``),
-    each checked as ``TrainStep.prepare_data`` checks data in memory; an error names the rows."""
+    each checked as ``TrainStep.prepare_data`` checks data in memory (X's values in the reading
+    thread); an error names the rows."""
     with contextlib.closing(model.backend.device_batches(batches)) as staged:
-        for batch, x_device, t_device in staged:
+        while True:
+            try:  # the reading thread's errors (a truncated file, X not finite) name the rows
+                batch, x_device, t_device = next(staged)
+            except StopIteration:
+                return
+            except ValueError as error:
+                raise ValueError(f"{owner}: {error}") from None
             try:
-                x, t = TrainStep.prepare_data(model, loss, x_device, t_device)
+                x, t = TrainStep.prepare_data(model, loss, x_device, t_device, check_finite=False)
                 check_metric_targets(metrics, t, model.out_features)
             except (TypeError, ValueError) as error:
                 rows = batch.rows

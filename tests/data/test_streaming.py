@@ -148,6 +148,14 @@ def test_a_stopped_or_failing_stream_ends_its_prefetch_thread(files):
     with pytest.raises(ValueError, match=r"fit: rows .* of the data set: .*labels must lie in \[0, 3\)"):
         train(build(), np.load(folder / "x.npy", mmap_mode="r"), bad, shuffle=False)
     assert threading.active_count() == before
+    x = np.load(folder / "x.npy")
+    x[250, 3] = np.nan  # found by the reading thread, which checks X as it gathers a batch
+    np.save(folder / "nan.npy", x)
+    with pytest.raises(ValueError, match=r"^fit: row 250 of the data set: X contains NaN or Inf"):
+        train(build(), np.load(folder / "nan.npy", mmap_mode="r"), t)
+    with pytest.raises(ValueError, match=r"^evaluate: row 250 of the data set: X contains NaN or Inf"):
+        build().evaluate(np.load(folder / "nan.npy", mmap_mode="r"), t, gn.SoftmaxCrossEntropyLoss())
+    assert threading.active_count() == before
 
 
 @pytest.mark.parametrize("split", [0.2, 0.33])
