@@ -61,7 +61,7 @@ class RowSource:
             else:
                 block = np.empty((int(run[-1] - run[0]) + 1, *self.shape[1:]), self.dtype)
                 self._read_into(block, int(run[0]))
-                np.take(block, run - run[0], axis=0, out=out[first:last])
+                np.take(block, run - run[0], axis=0, out=out[first:last], mode="clip")
         return out
 
     def _read_into(self, out: np.ndarray, start: int) -> None:

@@ -4,14 +4,16 @@ An epoch's order depends on ``(seed, epoch)`` alone (exact resume): the chunks o
 (whole batches) are visited in a random order and each chunk's rows are permuted, so every read is one
 contiguous block. Data parallel (``shard=(rank, size)``), each global batch is split as the in-memory
 path splits it (``shard_bounds``) and a rank reads only its rows of each chunk (``Dataset.gather``).
-A background thread reads the next chunk and gathers its batches into a ring of reused host buffers
-(pinned ones for the GPU: ``Backend.host_buffer``) while the current ones train; file reads and
-NumPy's copies release the GIL.
+A background thread reads the next chunk into the second of two chunk buffers (one large read that
+releases the GIL, and a check that its inputs are finite) while the batches of the current one are
+gathered, as they are asked for, into a ring of reused host buffers (pinned ones for the GPU:
+``Backend.host_buffer``), and train.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import threading
 from typing import NamedTuple
@@ -22,6 +24,8 @@ from gpunn.distributed.world import shard_bounds
 
 #: The bytes of inputs read at a time: a chunk is this big, rounded to whole batches.
 CHUNK_BYTES = 64 * 2**20
+#: Batch buffers in the ring: one being filled, one whose copy to the device may be in flight, one spare.
+RING = 3
 _DONE = object()
 
 
@@ -33,7 +37,17 @@ class Batch(NamedTuple):
     t: np.ndarray | None
     batch_rows: int  # the rows of the global batch (all ranks)
     offset: int  # where this rank's part starts in the global batch
-    release: object  # hands the buffers back to the reading thread
+    release: object  # hands the buffers back to the ring
+
+
+class _Chunk(NamedTuple):
+    """A chunk read by the reading thread: its buffers and what to gather from them."""
+
+    start: int
+    plan: list  # [(positions in the chunk, positions in the buffers, batch rows, offset)]
+    x: np.ndarray
+    t: np.ndarray | None
+    buffers: list  # handed back to the thread once every batch is gathered
 
 
 class BatchStream:
@@ -41,12 +55,12 @@ class BatchStream:
     reused buffers (fit, evaluate and predict), each handed back with ``release()``."""
 
     def __init__(self, dataset, batch_size: int, seed: int = 0, shuffle: bool = True, chunk_rows: int | None = None,
-                 prefetch: int = 4, shard: tuple[int, int] | None = None):
+                 shard: tuple[int, int] | None = None):
         self.dataset, self.batch_size, self.seed, self.shuffle = dataset, batch_size, seed, shuffle
         if chunk_rows is None:
             row_bytes = max(1, dataset.x.row_bytes)
             chunk_rows = max(1, CHUNK_BYTES // row_bytes // batch_size) * batch_size
-        self.chunk_rows, self.prefetch, self.shard = chunk_rows, prefetch, shard
+        self.chunk_rows, self.shard = chunk_rows, shard
 
     def order(self, epoch: int):
         """[(chunk start, chunk stop, permutation of the chunk's rows or None)] in reading order."""
@@ -59,7 +73,8 @@ class BatchStream:
                 for index in generator.permutation(len(chunks))]
 
     def _plan(self, start: int, stop: int, permutation):
-        """This rank's part of each global batch of a chunk: [(its positions in the chunk, batch rows, offset)]."""
+        """This rank's part of each global batch of a chunk, and the chunk's rows it reads: ([(positions in
+        the chunk, positions in what is read, batch rows, offset)], positions read)."""
         plan = []
         for first in range(0, stop - start, self.batch_size):
             batch_rows = min(self.batch_size, stop - start - first)
@@ -67,65 +82,62 @@ class BatchStream:
             picked = (np.arange(first + low, first + high) if permutation is None
                       else permutation[first + low:first + high])
             plan.append((picked, batch_rows, low))
-        return plan
+        if self.shard is None:
+            return [(picked, picked, rows, low) for picked, rows, low in plan], None
+        wanted = np.unique(np.concatenate([picked for picked, _, _ in plan]))  # sorted: reads run forwards
+        return [(picked, np.searchsorted(wanted, picked), rows, low) for picked, rows, low in plan], wanted
 
-    def _fill(self, epoch: int, ring, slots, put) -> None:
-        """The reading thread: each chunk read (data parallel: only this rank's rows of it, sorted, so
-        the reads run forwards through the file), then each batch taken from it into a free ring slot
-        (``slots()`` waits for one; None: stop), then handed on with ``put``."""
-        sources, chunk = (self.dataset.x, self.dataset.t), None
+    def _read(self, epoch: int, free, put, check_x: bool) -> None:
+        """The reading thread: each chunk (data parallel: only this rank's rows of it) into a free chunk
+        buffer (``free()`` waits for one; None: stop), its inputs checked, then handed on with ``put``."""
         for start, stop, permutation in self.order(epoch):
-            plan = self._plan(start, stop, permutation)
-            wanted = np.arange(stop - start) if self.shard is None else np.unique(
-                np.concatenate([picked for picked, _, _ in plan]))
-            if chunk is None:  # one buffer for every chunk: no page faults and no freeing per chunk
-                rows = min(self.chunk_rows, self.dataset.rows)
-                chunk = [None if source is None else np.empty((rows, *source.shape[1:]), source.dtype)
-                         for source in sources]
-            out = [None if buffer is None else buffer[:len(wanted)] for buffer in chunk]
-            x, t = (self.dataset.read(start, stop, out) if self.shard is None
+            plan, wanted = self._plan(start, stop, permutation)
+            buffers = free()
+            if buffers is None:
+                return
+            count = stop - start if wanted is None else len(wanted)
+            out = [None if buffer is None else buffer[:count] for buffer in buffers]
+            x, t = (self.dataset.read(start, stop, out) if wanted is None
                     else self.dataset.gather(start + wanted, out))
-            for picked, batch_rows, low in plan:
-                slot = slots()
-                if slot is None:
-                    return
-                inside = picked if self.shard is None else np.searchsorted(wanted, picked)  # rows of the block read
-                bx, bt = ring[slot]
-                count = len(picked)
-                _take(x, inside, bx[:count])
-                _check_finite(bx[:count], start + picked)
-                if t is not None:
-                    _take(t, inside, bt[:count])
-                put((slot, start + picked, bx[:count], None if t is None else bt[:count], batch_rows, low))
+            if check_x:
+                _check_finite(x, start + (np.arange(count) if wanted is None else wanted))
+            put(_Chunk(start, plan, x, t, buffers))
 
     def batches(self, epoch: int, allocate=np.empty, x_dtype=None):
-        """The epoch's batches (``Batch``), gathered ahead by a background thread into a ring of
-        ``prefetch + 2`` buffers from ``allocate(shape, dtype)``, inputs in ``x_dtype`` (default: the
-        file's), each checked to be finite. A buffer is refilled only after its ``release()``; the
-        thread never outlives the iteration (closing it, an error or Ctrl-C stop and join it), and its
-        errors are raised here."""
+        """The epoch's batches (``Batch``), gathered as they are asked for into a ring of ``RING``
+        buffers from ``allocate(shape, dtype)`` (another is made while all are held), inputs in
+        ``x_dtype`` (default: the file's) and checked to be finite; a buffer is reused only after
+        its ``release()``. A background thread reads the next chunk meanwhile; it never outlives the
+        iteration (closing it, an error or Ctrl-C stop and join it), and its errors are raised here."""
         x_source, t_source = self.dataset.x, self.dataset.t
+        x_dtype = np.dtype(x_dtype or x_source.dtype)
         rows = max(1, min(self.batch_size, self.dataset.rows))
-        ring = [(allocate((rows, *x_source.shape[1:]), x_dtype or x_source.dtype),  # here: this thread's device
-                 None if t_source is None else allocate((rows, *t_source.shape[1:]), t_source.dtype))
-                for _ in range(self.prefetch + 2)]
+        chunk_rows = max(1, min(self.chunk_rows, self.dataset.rows))
+
+        def new_slot():
+            return (allocate((rows, *x_source.shape[1:]), x_dtype),
+                    None if t_source is None else allocate((rows, *t_source.shape[1:]), t_source.dtype))
+
+        ring, free_slots = [new_slot() for _ in range(RING)], list(range(RING))
         ahead: queue.Queue = queue.Queue()
-        free: queue.Queue = queue.Queue()
-        for slot in range(len(ring)):
-            free.put(slot)
+        free_chunks: queue.Queue = queue.Queue()
+        for _ in range(2):  # the chunk being gathered from and the next one, being read
+            free_chunks.put([None if source is None else np.empty((chunk_rows, *source.shape[1:]), source.dtype)
+                             for source in (x_source, t_source)])
         stop = threading.Event()
 
-        def slots():
+        def free():
             while not stop.is_set():
                 try:
-                    return free.get(timeout=0.05)
+                    return free_chunks.get(timeout=0.05)
                 except queue.Empty:
                     continue
             return None
 
         def produce():
+            _yield_to_compute()
             try:
-                self._fill(epoch, ring, slots, ahead.put)
+                self._read(epoch, free, ahead.put, check_x=x_dtype == x_source.dtype)
                 ahead.put(_DONE)
             except BaseException as error:  # noqa: BLE001  (handed to the consumer, which raises it)
                 ahead.put(error)
@@ -134,16 +146,29 @@ class BatchStream:
         thread.start()
         try:
             while True:
-                item = ahead.get()
-                if item is _DONE:
+                chunk = ahead.get()
+                if chunk is _DONE:
                     return
-                if isinstance(item, BaseException):
-                    raise item
-                slot, *fields = item
-                yield Batch(*fields, release=lambda slot=slot: free.put(slot))
+                if isinstance(chunk, BaseException):
+                    raise chunk
+                for picked, inside, batch_rows, low in chunk.plan:
+                    if not free_slots:  # the consumer holds every buffer: one more
+                        ring.append(new_slot())
+                        free_slots.append(len(ring) - 1)
+                    slot = free_slots.pop()
+                    bx, bt = ring[slot]
+                    count, rows_read = len(picked), chunk.start + picked
+                    _take(chunk.x, inside, bx[:count])
+                    if x_dtype != x_source.dtype:  # converted: checked as the model will see it
+                        _check_finite(bx[:count], rows_read)
+                    if chunk.t is not None:
+                        _take(chunk.t, inside, bt[:count])
+                    yield Batch(rows_read, bx[:count], None if chunk.t is None else bt[:count], batch_rows, low,
+                                lambda slot=slot: free_slots.append(slot))
+                free_chunks.put(chunk.buffers)
         finally:
             stop.set()
-            thread.join()  # it waits on nothing but a free slot, which it gives up once stop is set
+            thread.join()  # it waits on nothing but a free chunk buffer, which it gives up once stop is set
 
     def epoch(self, epoch: int):
         """The epoch's ``(rows, x, t)``, arrays of their own, read ahead by a background thread."""
@@ -152,9 +177,20 @@ class BatchStream:
             batch.release()
 
 
+def _yield_to_compute() -> None:
+    """Lower this (reading) thread's priority: it then runs on the time the training thread and its BLAS
+    threads leave idle instead of taking a core from a GEMM (which waits for its slowest thread). Linux
+    schedules threads alone (``setpriority`` of the thread's id); elsewhere nothing changes."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
+
+
 def _check_finite(x: np.ndarray, rows: np.ndarray) -> None:
-    """Inputs must be finite (in the model's dtype, after conversion): checked here, in the reading
-    thread, rather than on the device while the step waits."""
+    """Inputs must be finite in the model's dtype: checked on the host (in the reading thread, a chunk
+    at a time, unless they are converted as each batch is gathered), not on the device while the
+    step waits; the error names the first row that is not."""
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         bad = int(rows[np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[0]])
         raise ValueError(f"row {bad} of the data set: X contains NaN or Inf (or values too large for {x.dtype})")
@@ -162,8 +198,8 @@ def _check_finite(x: np.ndarray, rows: np.ndarray) -> None:
 
 def _take(source: np.ndarray, picked: np.ndarray, out: np.ndarray) -> None:
     """``out[:] = source[picked]`` without a temporary where the dtypes agree."""
-    if source.dtype == out.dtype:
-        np.take(source, picked, axis=0, out=out)
+    if source.dtype == out.dtype:  # mode="clip": the rows are in range, and "raise" would copy through a temporary
+        np.take(source, picked, axis=0, out=out, mode="clip")
     else:
         out[...] = source[picked]
 

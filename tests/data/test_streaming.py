@@ -220,16 +220,20 @@ def test_the_reading_thread_ends_with_fit_on_ctrl_c_and_hands_its_errors_to_fit(
 
 def test_batches_reuse_a_ring_of_buffers_refilled_only_after_release(files):
     folder, x, t = files
-    batches = BatchStream(Dataset(folder / "x.npy", t), batch_size=16, seed=3, chunk_rows=64, prefetch=1)
-    seen, buffers = [], []
-    for batch in batches.batches(0):
+    batches = BatchStream(Dataset(folder / "x.npy", t), batch_size=16, seed=3, chunk_rows=64)
+    seen, buffers, held = [], set(), None
+    for batch in batches.batches(0):  # each batch held until the next has been gathered, as CuPy's copies are
+        if held is not None:
+            assert np.array_equal(held.x, x[held.rows]), "a held batch was overwritten"
+            held.release()
         assert np.array_equal(batch.x, x[batch.rows]) and np.array_equal(batch.t, t[batch.rows])
         seen.append(batch.rows)
-        buffers.append(batch.x)
-        batch.release()
+        buffers.add(id(batch.x.base))
+        held = batch
     assert sorted(np.concatenate(seen).tolist()) == list(range(300))
-    ring = {id(buffer.base) for buffer in buffers}
-    assert len(ring) == 3  # prefetch + 2 buffers, reused round the ring: no allocation per batch
+    assert len(buffers) == 2  # two buffers of the ring in turn: no allocation per batch
+    kept = list(BatchStream(Dataset(folder / "x.npy", t), batch_size=16, seed=3, chunk_rows=64).batches(0))
+    assert all(np.array_equal(batch.x, x[batch.rows]) for batch in kept)  # none released: the ring grows
 
 
 def test_streaming_refuses_what_it_does_not_do(files):

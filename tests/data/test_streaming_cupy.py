@@ -35,8 +35,8 @@ def test_a_streamed_fit_on_cupy_equals_numpy_through_pinned_double_buffers(files
     with cupy_standin.installed() as standin:
         got, cupy_weights, model = train("cupy", X, t, validation_split=0.25)
         state = standin.device.streams_state
-        # per epoch, fit and validation each take a ring of 6 pinned inputs and 6 targets (from CuPy's pinned pool)
-        assert len(state["pinned"]) == 2 * 2 * 6 * 2
+        # per epoch, fit and validation each take a ring of pinned inputs and targets (from CuPy's pinned pool)
+        assert len(state["pinned"]) == 2 * 2 * stream.RING * 2
         assert not state["pending"]  # every copy completed
         predicted = model.predict(X, batch_size=50)
     for key, values in expected.items():

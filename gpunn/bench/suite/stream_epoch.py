@@ -4,7 +4,9 @@ fresh process, so that its peak resident memory (``ru_maxrss``) is its own.
 ``python gpunn/bench/suite/stream_epoch.py --size 2GB`` writes the file in a temporary folder (a
 block at a time: writing it never holds it), times ``--epochs`` epochs of a 256-64-1 MLP from each
 source after one warm-up epoch (``--pairs`` pairs of processes, back to back), and prints each
-epoch's wall and CPU seconds, the ratios and each run's peak resident memory. ``test_mmap_epoch`` (the benchmark suite) uses the same functions.
+epoch's wall and CPU seconds, the ratios and each run's peak resident memory. As ``gpunn bench``, it
+sets ``OPENBLAS_THREAD_TIMEOUT=4`` unless it is set: OpenBLAS's idle workers otherwise spin for
+about 0.1 s after each GEMM and take the reading thread's core (benchmarks/PERF.md). ``test_mmap_epoch`` (the benchmark suite) uses the same functions.
 """
 
 from __future__ import annotations
@@ -79,16 +81,18 @@ def child(x_path: str, t_path: str, source: str, epochs: int, backend: str) -> d
                   verbose=0, callback=mark)
     wall = [after[0] - before[0] for before, after in itertools.pairwise(marks)]
     cpu = [after[1] - before[1] for before, after in itertools.pairwise(marks)]
-    return {"source": source, "seconds": wall[1:], "cpu_seconds": cpu[1:], "warm_up_seconds": wall[0],
+    return {"source": source, "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"), "seconds": wall[1:], "cpu_seconds": cpu[1:], "warm_up_seconds": wall[0],
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
             "blas": blas_info()}
 
 
 def run_child(x_path: str, t_path: str, source: str, epochs: int, backend: str = "numpy") -> dict:
     """``child`` in a fresh Python (this file as a script), its JSON result."""
+    environ = dict(os.environ)
+    environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as `gpunn bench` sets it (gpunn/bench/report.py)
     done = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", source, "--x", str(x_path),
                            "--t", str(t_path), "--epochs", str(epochs), "--backend", backend],
-                          check=True, capture_output=True, text=True)
+                          check=True, capture_output=True, text=True, env=environ)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
