@@ -4,7 +4,7 @@ the previous step runs, double-buffered on the device.
 Per batch ``i`` (device buffer ``k = i % 2``): the side stream waits until the step that last read
 buffer ``k`` (batch ``i - 2``) is done with it (``used[k]``), copies the pinned rows into it and records
 ``copied[k]``; the compute stream (CuPy's current one) waits for ``copied[k]`` before the step reads
-the batch. The pinned buffer of batch ``i - 1`` goes back to the reading thread (to be refilled) only
+the batch. The pinned buffer of batch ``i - 1`` goes back to the stream's ring (to be refilled) only
 once its copy's event has completed. CuPy 14.2's calls (cupy/cuda/stream.pyx, cupy/_core/core.pyx,
 cupyx/_pinned_array.py): ``Stream(non_blocking=True)`` never waits for the legacy null stream (so
 only our events order the two streams); ``Event.record(stream)`` is cudaEventRecord,

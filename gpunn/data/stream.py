@@ -61,6 +61,7 @@ class BatchStream:
             row_bytes = max(1, dataset.x.row_bytes)
             chunk_rows = max(1, CHUNK_BYTES // row_bytes // batch_size) * batch_size
         self.chunk_rows, self.shard = chunk_rows, shard
+        self._chunk_buffers, self._reading = None, False
 
     def order(self, epoch: int):
         """[(chunk start, chunk stop, permutation of the chunk's rows or None)] in reading order."""
@@ -121,9 +122,16 @@ class BatchStream:
         ring, free_slots = [new_slot() for _ in range(RING)], list(range(RING))
         ahead: queue.Queue = queue.Queue()
         free_chunks: queue.Queue = queue.Queue()
-        for _ in range(2):  # the chunk being gathered from and the next one, being read
-            free_chunks.put([None if source is None else np.empty((chunk_rows, *source.shape[1:]), source.dtype)
-                             for source in (x_source, t_source)])
+        if self._reading:
+            raise RuntimeError("BatchStream: one epoch at a time (its chunk buffers are shared); finish or close "
+                               "the other iteration first, or make a BatchStream per iteration")
+        if self._chunk_buffers is None:  # kept for the next epochs: no 64 MB of fresh pages to fault in again
+            chunks = -(-self.dataset.rows // self.chunk_rows)
+            self._chunk_buffers = [[None if source is None else np.empty((chunk_rows, *source.shape[1:]), source.dtype)
+                                    for source in (x_source, t_source)]
+                                   for _ in range(min(2, chunks))]  # the chunk gathered from, the next one read
+        for buffers in self._chunk_buffers:
+            free_chunks.put(buffers)
         stop = threading.Event()
 
         def free():
@@ -143,6 +151,7 @@ class BatchStream:
                 ahead.put(error)
 
         thread = threading.Thread(target=produce, name="gpunn-prefetch", daemon=True)
+        self._reading = True
         thread.start()
         try:
             while True:
@@ -169,6 +178,7 @@ class BatchStream:
         finally:
             stop.set()
             thread.join()  # it waits on nothing but a free chunk buffer, which it gives up once stop is set
+            self._reading = False
 
     def epoch(self, epoch: int):
         """The epoch's ``(rows, x, t)``, arrays of their own, read ahead by a background thread."""

@@ -69,7 +69,7 @@ class TrainStep:
 
     @staticmethod
     def prepare_data(model, loss, X, T, check_finite: bool = True):
-        """``check_finite=False``: X's values were checked already (a stream's reading thread does)."""
+        """``check_finite=False``: X's values were checked already, on the host (a stream checks them as it reads)."""
         _check_instance("loss", loss, _loss_type(), "gn.MSELoss()")
         x = model.as_input(X, "X", check_finite)
         if hasattr(T, "__dlpack__") and not model.backend.is_array(T):  # another library's array: read in place

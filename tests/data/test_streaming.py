@@ -234,6 +234,12 @@ def test_batches_reuse_a_ring_of_buffers_refilled_only_after_release(files):
     assert len(buffers) == 2  # two buffers of the ring in turn: no allocation per batch
     kept = list(BatchStream(Dataset(folder / "x.npy", t), batch_size=16, seed=3, chunk_rows=64).batches(0))
     assert all(np.array_equal(batch.x, x[batch.rows]) for batch in kept)  # none released: the ring grows
+    first = batches.batches(1)
+    next(first)
+    with pytest.raises(RuntimeError, match="one epoch at a time"):
+        next(batches.batches(2))
+    first.close()
+    assert len(list(batches.epoch(2))) == 19  # closed: the stream reads again
 
 
 def test_streaming_refuses_what_it_does_not_do(files):

@@ -1,5 +1,5 @@
 """An epoch over a float32 .npy streamed from a memory map against the same epoch in memory, each in a
-fresh process, so that its peak resident memory (``ru_maxrss``) is its own.
+fresh process, so that its peak resident memory (``VmHWM``; see ``peak_resident_mb``) is its own.
 
 ``python gpunn/bench/suite/stream_epoch.py --size 2GB`` writes the file in a temporary folder (a
 block at a time: writing it never holds it), times ``--epochs`` epochs of a 256-64-1 MLP from each
@@ -59,7 +59,7 @@ def blas_info() -> list:
 
 def child(x_path: str, t_path: str, source: str, epochs: int, backend: str) -> dict:
     """In this process: one fit of ``epochs + 1`` epochs, the first a warm-up (it also checks and loads the
-    data); each epoch's wall and CPU seconds (all threads) and the peak RSS."""
+    data); each epoch's wall and CPU seconds (all threads) and the peak resident memory."""
     import resource
 
     import numpy as np
@@ -82,8 +82,24 @@ def child(x_path: str, t_path: str, source: str, epochs: int, backend: str) -> d
     wall = [after[0] - before[0] for before, after in itertools.pairwise(marks)]
     cpu = [after[1] - before[1] for before, after in itertools.pairwise(marks)]
     return {"source": source, "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"), "seconds": wall[1:], "cpu_seconds": cpu[1:], "warm_up_seconds": wall[0],
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+            "peak_rss_mb": peak_resident_mb(), "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "blas": blas_info()}
+
+
+def peak_resident_mb() -> float:
+    """This process's peak resident memory: Linux's VmHWM, the high-water mark of its own address space.
+    ``ru_maxrss`` is not that: exec records the parent's high-water mark into the child's (the kernel's
+    exec_mmap, through subprocess's vfork), so a parent that wrote the 2 GB file shows in its child."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
 
 
 def run_child(x_path: str, t_path: str, source: str, epochs: int, backend: str = "numpy") -> dict:

@@ -209,7 +209,7 @@ def mmap_files(tmp_path_factory):
 def test_mmap_epoch(benchmark, peer, case, source, mmap_files, threads):
     """One epoch of a 256-64-1 MLP over a float32 .npy: streamed from a memory map (gpunn.data: contiguous
     chunks, a reading thread, reused host buffers) or loaded whole first. ``peak_rss_mb``: the peak
-    resident memory (``ru_maxrss``) of a fresh process that runs the same fit for two epochs, and
+    resident memory (``VmHWM``) of a fresh process that runs the same fit for two epochs, and
     ``child_epoch_seconds`` its second epoch (``stream_epoch.py``, which also prints the ratio)."""
     import numpy as np
 
