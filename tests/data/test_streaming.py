@@ -254,3 +254,14 @@ def test_streaming_refuses_what_it_does_not_do(files):
     with pytest.raises(ValueError, match="X has 6 features but the model expects 4"):
         gn.Sequential(gn.Dense(4, 3)).fit(mapped, t, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=gn.SGD(lr=0.1),
                                           verbose=0)
+
+
+def test_finite_inputs_whose_sum_overflows_are_not_taken_for_inf(tmp_path):
+    huge = np.full((40, 3), 1e308)  # finite, though their sum (the quick check) is inf
+    np.save(tmp_path / "huge.npy", huge)
+    got = [x for _, x, _ in BatchStream(Dataset(tmp_path / "huge.npy"), 16, shuffle=False).epoch(0)]
+    assert np.array_equal(np.concatenate(got), huge)
+    huge[33, 1] = np.inf
+    np.save(tmp_path / "huge.npy", huge)
+    with pytest.raises(ValueError, match="row 33 of the data set: X contains NaN or Inf"):
+        list(BatchStream(Dataset(tmp_path / "huge.npy"), 16, shuffle=False).epoch(0))
