@@ -201,8 +201,11 @@ def _check_finite(x: np.ndarray, rows: np.ndarray) -> None:
     """Inputs must be finite in the model's dtype: checked on the host (in the reading thread, a chunk
     at a time, unless they are converted as each batch is gathered), not on the device while the
     step waits; the error names the first row that is not."""
-    if x.dtype.kind != "f" or np.isfinite(x.sum(dtype=np.float64)):  # NaN and Inf reach the sum; no temporary
+    if x.dtype.kind != "f":
         return
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow here is only a reason to look closer
+        if np.isfinite(x.sum(dtype=np.float64)):  # NaN and Inf reach the sum; no temporary
+            return
     finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)  # the sum of huge float64 values can overflow
     if not finite.all():
         bad = int(rows[np.flatnonzero(~finite)[0]])
