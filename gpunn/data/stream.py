@@ -13,7 +13,6 @@ gathered, as they are asked for, into a ring of reused host buffers (pinned ones
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import threading
 from typing import NamedTuple
@@ -143,7 +142,6 @@ class BatchStream:
             return None
 
         def produce():
-            _yield_to_compute()
             try:
                 self._read(epoch, free, ahead.put, check_x=x_dtype == x_source.dtype)
                 ahead.put(_DONE)
@@ -185,16 +183,6 @@ class BatchStream:
         for batch in self.batches(epoch):
             yield batch.rows, batch.x.copy(), None if batch.t is None else batch.t.copy()
             batch.release()
-
-
-def _yield_to_compute() -> None:
-    """Lower this (reading) thread's priority: it then runs on the time the training thread and its BLAS
-    threads leave idle instead of taking a core from a GEMM (which waits for its slowest thread). Linux
-    schedules threads alone (``setpriority`` of the thread's id); elsewhere nothing changes."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):
-        pass
 
 
 def _check_finite(x: np.ndarray, rows: np.ndarray) -> None:
