@@ -168,18 +168,15 @@ class Backend(abc.ABC):
         """Wait until queued device work is done, so that host timings are honest."""
 
     # --- streamed batches (gpunn.data) -----------------------------------------------------
+    @abc.abstractmethod
     def host_buffer(self, shape, dtype):
         """A reused host array that batches are gathered into on their way to the device (pinned
         memory where the device copies from it asynchronously)."""
-        return np.empty(shape, dtype)
 
+    @abc.abstractmethod
     def device_batches(self, batches):
         """gpunn.data's host ``Batch``es as ``(batch, x, t)`` on the device, each batch's host buffers
-        released once the device has its copy. Here the copy (``asarray``; none for host memory) is
-        done when it returns, so the buffers go back when the next batch is asked for."""
-        for batch in batches:
-            yield batch, self.asarray(batch.x), None if batch.t is None else self.asarray(batch.t)
-            batch.release()
+        released (``batch.release()``) once the device no longer reads them."""
 
     # --- dense matmuls (no transposed copies) --------------------------------------------
     @abc.abstractmethod
