@@ -38,7 +38,10 @@ class _DeviceBuffer:
 
     @staticmethod
     def sized(host, current):
-        """A device array for ``host``'s rows: a view of this buffer, grown if too small."""
+        """A device array for ``host``'s rows: a view of this buffer, grown if too small. Dropping the old
+        one is safe: its last copy (two batches ago) was waited for by the host at the previous batch,
+        and CuPy's pool reuses a freed block in the order of the current (compute) stream, after the
+        step that read it."""
         if current is None or current.shape[0] < host.shape[0] or current.shape[1:] != host.shape[1:] \
                 or current.dtype != host.dtype:
             current = cupy.empty(host.shape, host.dtype)
