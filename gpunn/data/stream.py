@@ -25,7 +25,6 @@ from gpunn.distributed.world import shard_bounds
 CHUNK_BYTES = 64 * 2**20
 #: Batch buffers in the ring: one being filled, one whose copy to the device may be in flight, one spare.
 RING = 3
-_DONE = object()
 
 
 class Batch(NamedTuple):
@@ -47,6 +46,50 @@ class _Chunk(NamedTuple):
     x: np.ndarray
     t: np.ndarray | None
     buffers: list  # handed back to the thread once every batch is gathered
+
+
+class _Claims:
+    """An epoch's chunks, handed out in order to whoever reads next: the reading thread, or the training
+    thread itself when the one it needs has not been begun (so a thread kept off the cores by a busy
+    machine costs at most a read done in line, never a wait)."""
+
+    def __init__(self):
+        self.next, self.ready, self.error = 0, {}, None
+        self.changed = threading.Condition()
+
+    def claim(self, chunks: int) -> int | None:
+        with self.changed:
+            if self.next == chunks:
+                return None
+            self.next += 1
+            return self.next - 1
+
+    def done(self, index: int, chunk: _Chunk) -> None:
+        with self.changed:
+            self.ready[index] = chunk
+            self.changed.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        with self.changed:
+            self.error = error
+            self.changed.notify_all()
+
+    def take(self, index: int, free_chunks: queue.Queue):
+        """(chunk ``index``, None) once read, or (None, a free chunk buffer) for the caller to read it."""
+        with self.changed:
+            while index not in self.ready:
+                if self.error is not None:
+                    raise self.error
+                if self.next == index:
+                    try:
+                        buffers = free_chunks.get_nowait()
+                    except queue.Empty:
+                        pass
+                    else:
+                        self.next += 1
+                        return None, buffers
+                self.changed.wait(0.05)
+            return self.ready.pop(index), None
 
 
 class BatchStream:
@@ -87,21 +130,16 @@ class BatchStream:
         wanted = np.unique(np.concatenate([picked for picked, _, _ in plan]))  # sorted: reads run forwards
         return [(picked, np.searchsorted(wanted, picked), rows, low) for picked, rows, low in plan], wanted
 
-    def _read(self, epoch: int, free, put, check_x: bool) -> None:
-        """The reading thread: each chunk (data parallel: only this rank's rows of it) into a free chunk
-        buffer (``free()`` waits for one; None: stop), its inputs checked, then handed on with ``put``."""
-        for start, stop, permutation in self.order(epoch):
-            plan, wanted = self._plan(start, stop, permutation)
-            buffers = free()
-            if buffers is None:
-                return
-            count = stop - start if wanted is None else len(wanted)
-            out = [None if buffer is None else buffer[:count] for buffer in buffers]
-            x, t = (self.dataset.read(start, stop, out) if wanted is None
-                    else self.dataset.gather(start + wanted, out))
-            if check_x:
-                _check_finite(x, start + (np.arange(count) if wanted is None else wanted))
-            put(_Chunk(start, plan, x, t, buffers))
+    def _read(self, entry, buffers, check_x: bool) -> _Chunk:
+        """One chunk (data parallel: only this rank's rows of it) into ``buffers``, its inputs checked."""
+        start, stop, permutation = entry
+        plan, wanted = self._plan(start, stop, permutation)
+        count = stop - start if wanted is None else len(wanted)
+        out = [None if buffer is None else buffer[:count] for buffer in buffers]
+        x, t = self.dataset.read(start, stop, out) if wanted is None else self.dataset.gather(start + wanted, out)
+        if check_x:
+            _check_finite(x, start + (np.arange(count) if wanted is None else wanted))
+        return _Chunk(start, plan, x, t, buffers)
 
     def batches(self, epoch: int, allocate=np.empty, x_dtype=None):
         """The epoch's batches (``Batch``), gathered as they are asked for into a ring of ``RING``
@@ -119,7 +157,6 @@ class BatchStream:
                     None if t_source is None else allocate((rows, *t_source.shape[1:]), t_source.dtype))
 
         ring, free_slots = [new_slot() for _ in range(RING)], list(range(RING))
-        ahead: queue.Queue = queue.Queue()
         free_chunks: queue.Queue = queue.Queue()
         if self._reading:
             raise RuntimeError("BatchStream: one epoch at a time (its chunk buffers are shared); finish or close "
@@ -131,6 +168,8 @@ class BatchStream:
                                    for _ in range(min(2, chunks))]  # the chunk gathered from, the next one read
         for buffers in self._chunk_buffers:
             free_chunks.put(buffers)
+        order, check_x = self.order(epoch), x_dtype == x_source.dtype
+        claims = _Claims()
         stop = threading.Event()
 
         def free():
@@ -143,21 +182,23 @@ class BatchStream:
 
         def produce():
             try:
-                self._read(epoch, free, ahead.put, check_x=x_dtype == x_source.dtype)
-                ahead.put(_DONE)
+                while True:
+                    buffers = free()
+                    index = None if buffers is None else claims.claim(len(order))
+                    if index is None:
+                        return
+                    claims.done(index, self._read(order[index], buffers, check_x))
             except BaseException as error:  # noqa: BLE001  (handed to the consumer, which raises it)
-                ahead.put(error)
+                claims.fail(error)
 
         thread = threading.Thread(target=produce, name="gpunn-prefetch", daemon=True)
         self._reading = True
         thread.start()
         try:
-            while True:
-                chunk = ahead.get()
-                if chunk is _DONE:
-                    return
-                if isinstance(chunk, BaseException):
-                    raise chunk
+            for index in range(len(order)):
+                chunk, buffers = claims.take(index, free_chunks)
+                if chunk is None:  # the thread has not begun it (no core for it): read it here
+                    chunk = self._read(order[index], buffers, check_x)
                 for picked, inside, batch_rows, low in chunk.plan:
                     if not free_slots:  # the consumer holds every buffer: one more
                         ring.append(new_slot())
@@ -166,7 +207,7 @@ class BatchStream:
                     bx, bt = ring[slot]
                     count, rows_read = len(picked), chunk.start + picked
                     _take(chunk.x, inside, bx[:count])
-                    if x_dtype != x_source.dtype:  # converted: checked as the model will see it
+                    if not check_x:  # converted: checked as the model will see it
                         _check_finite(bx[:count], rows_read)
                     if chunk.t is not None:
                         _take(chunk.t, inside, bt[:count])

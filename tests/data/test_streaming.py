@@ -265,3 +265,23 @@ def test_finite_inputs_whose_sum_overflows_are_not_taken_for_inf(tmp_path):
     np.save(tmp_path / "huge.npy", huge)
     with pytest.raises(ValueError, match="row 33 of the data set: X contains NaN or Inf"):
         list(BatchStream(Dataset(tmp_path / "huge.npy"), 16, shuffle=False).epoch(0))
+
+
+def test_the_training_thread_reads_a_chunk_itself_when_the_reading_thread_has_not_begun_it(files, monkeypatch):
+    folder, x, t = files
+    dataset = Dataset(folder / "x.npy", t)
+    readers, read, claim = [], dataset.read, stream._Claims.claim
+
+    def slow_claim(self, chunks):  # a reading thread kept off the cores by a busy machine
+        threading.Event().wait(0.1)
+        return claim(self, chunks)
+
+    monkeypatch.setattr(dataset, "read", lambda start, stop, *out: readers.append(threading.current_thread().name)
+                        or read(start, stop, *out))
+    expected = np.concatenate([rows for rows, _, _ in BatchStream(Dataset(folder / "x.npy", t), 16, seed=3,
+                                                                   chunk_rows=32).epoch(0)])
+    monkeypatch.setattr(stream._Claims, "claim", slow_claim)
+    got = [(rows, xb) for rows, xb, _ in BatchStream(dataset, 16, seed=3, chunk_rows=32).epoch(0)]
+    assert np.array_equal(np.concatenate([rows for rows, _ in got]), expected)  # the same order, every row once
+    assert all(np.array_equal(xb, x[rows]) for rows, xb in got)
+    assert "MainThread" in readers and len(readers) == 10  # each of the 10 chunks read once, some in line
