@@ -187,6 +187,17 @@ class Backend(abc.ABC):
     def synchronize(self) -> None:
         """Wait until queued device work is done, so that host timings are honest."""
 
+    # --- streamed batches (gpunn.data) -----------------------------------------------------
+    @abc.abstractmethod
+    def host_buffer(self, shape, dtype):
+        """A reused host array that batches are gathered into on their way to the device (pinned
+        memory where the device copies from it asynchronously)."""
+
+    @abc.abstractmethod
+    def device_batches(self, batches):
+        """gpunn.data's host ``Batch``es as ``(batch, x, t)`` on the device, each batch's host buffers
+        released (``batch.release()``) once the device no longer reads them."""
+
     # --- dense matmuls (no transposed copies) --------------------------------------------
     @abc.abstractmethod
     def matmul(self, a, b, out=None):

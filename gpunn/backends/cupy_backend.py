@@ -15,7 +15,7 @@ from typing import NamedTuple
 import cupy
 import numpy
 
-from gpunn.backends import cublas
+from gpunn.backends import cublas, cupy_staging
 from gpunn.backends.base import (DLPACK_CPU, DLPACK_CUDA, DLPACK_CUDA_MANAGED, DROPOUT_LANES, DROPOUT_TILE, Backend,
                                 as_activation_function, device_name, dlpack_device, host_view, refuse_complex)
 from gpunn.backends.cupy_kernels import _COMPUTE, GRID_BLOCK, GRID_MAX_BLOCKS, _build
@@ -126,6 +126,12 @@ class CupyBackend(Backend):
 
     def synchronize(self) -> None:
         cupy.cuda.get_current_stream().synchronize()
+
+    def host_buffer(self, shape, dtype):
+        return cupy_staging.pinned_empty(shape, dtype)
+
+    def device_batches(self, batches):
+        return cupy_staging.device_batches(batches)
 
     # --- matmuls: our own cuBLAS calls (capturable), transposes as flags, no copies ---------
     def _cublas(self):

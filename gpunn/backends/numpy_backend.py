@@ -143,6 +143,15 @@ class NumpyBackend(Backend):
     def synchronize(self) -> None:
         return None
 
+    def host_buffer(self, shape, dtype):
+        return np.empty(shape, dtype)
+
+    def device_batches(self, batches):
+        """Host memory is the device's: each batch as it is, its buffers back when the next is asked for."""
+        for batch in batches:
+            yield batch, batch.x, batch.t
+            batch.release()
+
     @_float16_computes_in_float32
     def matmul(self, a, b, out=None):
         return np.matmul(a, b, out=out)

@@ -56,9 +56,22 @@ class Dataset:
     def features(self) -> int:
         return self.x.shape[1]
 
-    def read(self, start: int, stop: int):
-        """Rows ``[start, stop)``: (X block, T block or None), new host arrays."""
-        return self.x.read(start, stop), None if self.t is None else self.t.read(start, stop)
+    def read(self, start: int, stop: int, out=(None, None)):
+        """Rows ``[start, stop)``: (X block, T block or None), in ``out``'s arrays where given (a
+        reused chunk buffer), else new host arrays."""
+        return self.x.read(start, stop, out[0]), None if self.t is None else self.t.read(start, stop, out[1])
+
+    def gather(self, rows, out=(None, None)):
+        """The rows at sorted, distinct indices ``rows`` (a rank's shard of a chunk): (X, T or None), read
+        without the rows between them (``RowSource.gather``), in ``out``'s arrays where given."""
+        return self.x.gather(rows, out[0]), None if self.t is None else self.t.gather(rows, out[1])
+
+    def rows_between(self, start: int, stop: int) -> Dataset:
+        """Rows ``[start, stop)`` as a Dataset of their own, still on disk (``validation_split``'s parts)."""
+        part = Dataset.__new__(Dataset)
+        part.x = self.x.rows_between(start, stop)
+        part.t = None if self.t is None else self.t.rows_between(start, stop)
+        return part
 
     def close(self) -> None:
         self.x.close()

@@ -11,6 +11,9 @@ import zipfile
 
 import numpy as np
 
+#: Rows closer than this in a file are read together (a page is read whole anyway).
+PAGE_BYTES = 4096
+
 
 class RowSource:
     """Rows ``[start, stop)`` of a C-ordered array: ``read(start, stop)`` returns them as a new array."""
@@ -28,19 +31,57 @@ class RowSource:
     def rows(self) -> int:
         return self.shape[0]
 
-    def read(self, start: int, stop: int) -> np.ndarray:
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``[start, stop)`` in ``out`` (C-contiguous, of this dtype) or a new array."""
+        if out is None:
+            out = np.empty((stop - start, *self.shape[1:]), self.dtype)
         if self.path is None:
-            return np.array(self.array[start:stop])
-        out = np.empty((stop - start, *self.shape[1:]), self.dtype)
+            np.copyto(out, self.array[start:stop])
+        else:
+            self._read_into(out, start)
+        return out
+
+    def gather(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The rows at sorted, distinct indices ``rows``, and no others, in ``out`` or a new array: a
+        file is read in runs of nearby rows (one read covers rows less than a 4 KB page apart, which
+        the kernel would read whole anyway), each run into a scratch block from which its rows are taken."""
+        if out is None:
+            out = np.empty((len(rows), *self.shape[1:]), self.dtype)
+        if self.path is None:
+            np.take(self.array, rows, axis=0, out=out)
+            return out
+        if not len(rows):
+            return out
+        near = max(1, PAGE_BYTES // max(1, self.row_bytes))
+        splits = np.flatnonzero(np.diff(rows) > near) + 1
+        for first, last in zip([0, *splits], [*splits, len(rows)]):
+            run = rows[first:last]
+            if run[-1] - run[0] + 1 == len(run):  # consecutive rows: straight into place
+                self._read_into(out[first:last], int(run[0]))
+            else:
+                block = np.empty((int(run[-1] - run[0]) + 1, *self.shape[1:]), self.dtype)
+                self._read_into(block, int(run[0]))
+                np.take(block, run - run[0], axis=0, out=out[first:last], mode="clip")
+        return out
+
+    def _read_into(self, out: np.ndarray, start: int) -> None:
+        """Fill ``out`` (C-contiguous) with the file's rows from ``start`` on."""
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
+        stop = start + len(out)
         view, position = memoryview(out.reshape(-1).view(np.uint8)), self.offset + start * self.row_bytes
         while len(view):  # pread may return less than asked
             count = os.preadv(self._fd, [view], position)
             if count <= 0:
                 raise OSError(f"{self.path}: the file ended before row {stop} of {self.name} (truncated?)")
             view, position = view[count:], position + count
-        return out
+
+    def rows_between(self, start: int, stop: int) -> RowSource:
+        """Rows ``[start, stop)`` as a source of their own (nothing is read or copied)."""
+        if self.path is None:
+            return RowSource(array=self.array[start:stop], name=self.name)
+        return RowSource(path=self.path, offset=self.offset + start * self.row_bytes,
+                         shape=(stop - start, *self.shape[1:]), dtype=self.dtype, name=self.name)
 
     def close(self) -> None:
         if self._fd is not None:

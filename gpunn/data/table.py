@@ -9,7 +9,8 @@ starts, made by one pass over its bytes. ``BatchStream`` then shuffles and prefe
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -146,6 +147,13 @@ def csv_row_starts(path, every: int) -> tuple[np.ndarray, int]:
     return np.concatenate([*starts, [end]]).astype(np.int64), rows
 
 
+def _into(values: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    if out is None:
+        return values
+    out[...] = values
+    return out
+
+
 @dataclass
 class Columns:
     """Which columns of the file make ``X`` (or ``T``), with the shape and dtype of the array they read as
@@ -201,6 +209,7 @@ class TableDataset(Dataset):
         absent = [name for name in features if name not in names]
         if absent or not features:
             raise ValueError(f"TableDataset: {self.path} has no feature column(s) {absent} (it has {names})")
+        self._first, self._file_rows = 0, rows  # this view's rows begin at _first of the file's (rows_between)
         self.x = Columns(self.path, features, (rows, len(features)), np.dtype(np.float64))
         self.t = None
         if target is not None:
@@ -244,7 +253,7 @@ class TableDataset(Dataset):
         convert.include_columns = names
         table = pa.csv.read_csv(pa.BufferReader(block), read_options=read, parse_options=parse,
                                 convert_options=convert)
-        expected = min(last * every, self.rows) - first * every
+        expected = min(last * every, self._file_rows) - first * every
         if table.num_rows != expected:
             raise ValueError(f"{self.path}: rows {first * every + 1}..{first * every + expected} parse as "
                              f"{table.num_rows} rows; a quote inside an unquoted cell or a bare \\r line end? "
@@ -261,13 +270,34 @@ class TableDataset(Dataset):
                                  "fill or drop such rows (gpunn train --impute mean|median fills them)")
         return out
 
-    def read(self, start: int, stop: int):
+    def read(self, start: int, stop: int, out=(None, None)):
+        """Rows ``[start, stop)`` (of this view: ``rows_between``) as (X, T or None), in ``out``'s
+        arrays where given (BatchStream's reused chunk buffers)."""
+        start, stop = start + self._first, stop + self._first
         names = self.x.names + ([] if self.t is None else self.t.names)
         table = self._rows(start, stop, list(dict.fromkeys(names)))
-        x = self._matrix(table, self.x.names, start)
+        x = _into(self._matrix(table, self.x.names, start), out[0])
         if self.t is None:
             return x, None
-        return x, self._matrix(table, self.t.names, start)[:, 0].astype(self.t.dtype)
+        return x, _into(self._matrix(table, self.t.names, start)[:, 0].astype(self.t.dtype), out[1])
+
+    def gather(self, rows, out=(None, None)):
+        """The rows at sorted, distinct indices ``rows`` (a rank's shard of a chunk): the span they
+        cover is parsed (a CSV has no row offsets finer than its index), then picked."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return self.read(0, 0, out)
+        x, t = self.read(int(rows[0]), int(rows[-1]) + 1)
+        picked = rows - rows[0]
+        return _into(x[picked], out[0]), None if t is None else _into(t[picked], out[1])
+
+    def rows_between(self, start: int, stop: int) -> TableDataset:
+        """Rows ``[start, stop)`` as a TableDataset of their own, still in the file (``validation_split``)."""
+        part = copy.copy(self)
+        part._first = self._first + start
+        part.x = replace(self.x, shape=(stop - start, *self.x.shape[1:]))
+        part.t = None if self.t is None else replace(self.t, shape=(stop - start, *self.t.shape[1:]))
+        return part
 
     def __repr__(self) -> str:
         return f"TableDataset(rows={self.rows}, features={self.features}, path={self.path!r})"

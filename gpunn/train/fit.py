@@ -14,7 +14,7 @@ import os
 from gpunn import checks
 from gpunn.data import BatchStream, is_streamed
 from gpunn.data.stream import predict_streamed
-from gpunn.data.dataset import as_dataset
+from gpunn.data.dataset import Dataset, as_dataset
 from gpunn.nn.losses import prepare_weights
 from gpunn.train.callbacks import (Callback, CSVLogger, EarlyStopping, EpochFunction, Progress, check_divergence,
                                    overrides)
@@ -55,18 +55,42 @@ def _evaluate_streamed(model, dataset, loss, metrics, batch_size: int, sample_we
         raise ValueError("evaluate: the Dataset holds no targets T")
     if dataset.rows == 0:
         raise ValueError("evaluate: X has no rows")
-    backend = model.backend
-    weights = None if sample_weight is None else prepare_weights(backend, sample_weight, dataset.rows, model.dtype,
-                                                                 "evaluate")
-    sums: dict = {}
-    for rows, x_host, t_host in BatchStream(dataset, batch_size, shuffle=False).epoch(0):
-        x, t = TrainStep.prepare_data(model, loss, x_host, t_host)
-        check_metric_targets(metrics, t, model.out_features)
-        wb = None if weights is None else weights[int(rows[0]):int(rows[-1]) + 1]
-        part = evaluate_prepared(model, x, t, loss, metrics, batch_size, wb)
-        for name, value in part.items():
-            sums[name] = sums.get(name, 0.0) + value * len(rows)
-    return {name: total / dataset.rows for name, total in sums.items()}
+    weights = None if sample_weight is None else prepare_weights(model.backend, sample_weight, dataset.rows,
+                                                                 model.dtype, "evaluate")
+    return evaluate_dataset(model, dataset, loss, metrics, batch_size, weights)
+
+
+def evaluate_dataset(model, dataset, loss, metrics, batch_size: int = 4096, weights=None) -> dict:
+    """``evaluate_prepared`` over a Dataset streamed in order: the same batches, the same sums, so the
+    same numbers as over the rows in memory."""
+    def batches():
+        stream = BatchStream(dataset, batch_size, shuffle=False).batches(0, model.backend.host_buffer, model.dtype)
+        for batch, x, t in checked_batches(model, loss, metrics, stream, "evaluate"):
+            yield x, t, None if weights is None else weights[int(batch.rows[0]):int(batch.rows[-1]) + 1]
+
+    return evaluate_batches(model, batches(), dataset.rows, loss, metrics)
+
+
+def checked_batches(model, loss, metrics, batches, owner: str):
+    """gpunn.data's streamed batches as ``(batch, x, t)`` on the device (``Backend.device_batches``),
+    each checked as ``TrainStep.prepare_data`` checks data in memory (X's values in the reading
+    thread); an error names the rows."""
+    with contextlib.closing(model.backend.device_batches(batches)) as staged:
+        while True:
+            try:  # the reading thread's errors (a truncated file, X not finite) name the rows
+                batch, x_device, t_device = next(staged)
+            except StopIteration:
+                return
+            except ValueError as error:
+                raise ValueError(f"{owner}: {error}") from None
+            try:
+                x, t = TrainStep.prepare_data(model, loss, x_device, t_device, check_finite=False)
+                check_metric_targets(metrics, t, model.out_features)
+            except (TypeError, ValueError) as error:
+                rows = batch.rows
+                raise type(error)(f"{owner}: rows {int(rows.min())}..{int(rows.max())} of the data set: "
+                                  f"{error}") from None
+            yield batch, x, t
 
 
 def predict(model, X, batch_size: int | None = None):
@@ -80,16 +104,23 @@ def predict(model, X, batch_size: int | None = None):
 
 def evaluate_prepared(model, x, t, loss, metrics, batch_size: int = 4096, weights=None) -> dict:
     """Mean loss and metrics over prepared device arrays, in evaluation mode, in batches."""
+    rows = x.shape[0]
+    return evaluate_batches(model, ((x[start:start + batch_size], t[start:start + batch_size],
+                                     None if weights is None else weights[start:start + batch_size])
+                                    for start in range(0, rows, batch_size)), rows, loss, metrics)
+
+
+def evaluate_batches(model, batches, rows: int, loss, metrics) -> dict:
+    """Mean loss and metrics over ``(x, t, weights or None)`` device batches, in evaluation mode: sums
+    on the device, read once."""
     import copy
 
-    backend, rows = model.backend, x.shape[0]
+    backend = model.backend
     probe = copy.copy(loss)  # the caller's loss keeps what its own backward needs
     sums = {"loss": backend.zeros((), "float64"), **{name: backend.zeros((), "float64") for name in metrics}}
     with evaluation_mode(model):
-        for start in range(0, rows, batch_size):
-            xb, tb = x[start:start + batch_size], t[start:start + batch_size]
+        for xb, tb, wb in batches:
             y = model._forward(xb)
-            wb = None if weights is None else weights[start:start + batch_size]
             sums["loss"] += probe._forward(backend, y, tb, *([] if wb is None else [wb])) * xb.shape[0]
             for name in metrics:
                 sums[name] += METRICS[name](y, tb, loss.takes_logits)
@@ -172,10 +203,13 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
         raise ValueError("fit: X has no rows")
     if stream is not None and stream.dataset.features != model.in_features:
         raise ValueError(f"fit: X has {stream.dataset.features} features but the model expects {model.in_features}")
-    if validation is not None and validation[0].shape[0] == 0:
+    validation_rows = None if validation is None else (
+        validation[0].rows if isinstance(validation[0], Dataset) else validation[0].shape[0])
+    if validation_rows == 0:
         raise ValueError("fit: validation_data has no rows")
     try:
-        for t in ([t_all] if stream is None else []) + ([validation[1]] if validation is not None else []):
+        in_memory_validation = validation is not None and not isinstance(validation[0], Dataset)
+        for t in ([t_all] if stream is None else []) + ([validation[1]] if in_memory_validation else []):
             check_metric_targets(metrics, t, model.out_features)
     except ValueError as error:
         raise ValueError(f"fit: {error}") from None
@@ -184,7 +218,7 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
                                  shuffle=shuffle, seed=seed, graph=graph, metrics=metrics,
                                  frozen=[index for index, p in enumerate(optimizer.params) if not p.trainable],
                                  weighted=(sample_weight is not None, class_weight is not None),
-                                 validation_rows=None if validation is None else validation[0].shape[0])
+                                 validation_rows=validation_rows)
         parallel.broadcast_state(optimizer)
         verbose = verbose if parallel.world.is_root else 0
     keys = {"loss", *metrics} | ({"val_loss", *(f"val_{name}" for name in metrics)} if validation else set())
@@ -235,20 +269,21 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
             yield xb, tb, wb, None, share, full, stop
 
     def streamed(epoch):
-        """The same from a Dataset read in contiguous chunks by a background thread (gpunn.data)."""
+        """The same from a Dataset read in contiguous chunks by a background thread (gpunn.data), each
+        batch gathered into a reused host buffer and copied to the device (``Backend.device_batches``)."""
         done = 0
-        for rows, x_host, t_host in stream.epoch(epoch):
-            try:
-                xb, tb = TrainStep.prepare_data(model, loss, x_host, t_host)
-                check_metric_targets(metrics, tb, model.out_features)
-            except (TypeError, ValueError) as error:
-                raise type(error)(f"fit: rows {int(rows.min())}..{int(rows.max())} of the data set: {error}") from None
-            if weights_all is not None:
-                wb = xp.take(weights_all, backend.asarray(rows), axis=0)
-            else:
-                wb = fit_weights("fit", backend, tb, model.dtype, None, class_weight)
-            done += len(rows)
-            yield xb, tb, wb, None, 1.0, len(rows) == batch_size, done
+        batches = stream.batches(epoch, backend.host_buffer, model.dtype)
+        with contextlib.closing(checked_batches(model, loss, metrics, batches, "fit")) as checked:
+            for batch, xb, tb in checked:
+                rows = batch.rows
+                if weights_all is not None:
+                    wb = xp.take(weights_all, backend.asarray(rows), axis=0)
+                else:
+                    wb = fit_weights("fit", backend, tb, model.dtype, None, class_weight)
+                for dropout in dropouts:  # a shard draws its rows' masks of the global batch
+                    dropout.row_offset = batch.offset
+                done += batch.batch_rows
+                yield xb, tb, wb, None, len(rows) / batch.batch_rows, batch.batch_rows == batch_size, done
 
     model.stop_training = False
     was_training = model.training
@@ -263,19 +298,20 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
             step.reset_sums()
             seen = 0
             source = in_memory(epoch) if stream is None else streamed(epoch)
-            for batch, (xb, tb, wb, rows, share, full, stop) in enumerate(source):
-                for each in batch_begin_hooks:
-                    each.on_train_batch_begin(batch)
-                step.train(xb, tb, share, replay=full, weights=wb, rows=rows)
-                seen = stop
-                progress.batch_done()
-                if batch_hooks:  # reads the device: only when a callback asks for batch logs
-                    total = step.sums[0]
-                    running = float(total) if parallel is None else parallel.global_sums({"loss": total})["loss"]
-                    for each in batch_hooks:
-                        each.on_train_batch_end(batch, {"loss": running / seen})
-                    if model.stop_training:
-                        break
+            with contextlib.closing(source):  # a stream's reading thread ends here, also on a break or Ctrl-C
+                for batch, (xb, tb, wb, rows, share, full, stop) in enumerate(source):
+                    for each in batch_begin_hooks:
+                        each.on_train_batch_begin(batch)
+                    step.train(xb, tb, share, replay=full, weights=wb, rows=rows)
+                    seen = stop
+                    progress.batch_done()
+                    if batch_hooks:  # reads the device: only when a callback asks for batch logs
+                        total = step.sums[0]
+                        running = float(total) if parallel is None else parallel.global_sums({"loss": total})["loss"]
+                        for each in batch_hooks:
+                            each.on_train_batch_end(batch, {"loss": running / seen})
+                        if model.stop_training:
+                            break
             names = ("loss", *metrics)
             if parallel is None:  # one read of the device per epoch
                 sums = dict(zip(names, map(float, backend.to_numpy(step.sums))))
@@ -283,8 +319,10 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
                 sums = parallel.global_sums({name: step.sums[index] for index, name in enumerate(names)})
             logs = {name: value / seen for name, value in sums.items()}
             if validation is not None:
-                scores = evaluate_prepared(model, validation[0], validation[1], loss, metrics,
-                                           weights=validation[2] if len(validation) == 3 else None)
+                weights = validation[2] if len(validation) == 3 else None
+                scores = (evaluate_dataset(model, validation[0], loss, metrics, weights=weights)
+                          if isinstance(validation[0], Dataset) else
+                          evaluate_prepared(model, validation[0], validation[1], loss, metrics, weights=weights))
                 logs.update({f"val_{k}": v for k, v in scores.items()})
             if optimizer.mixed_precision:
                 skipped = optimizer.skipped_steps
@@ -325,10 +363,8 @@ def _training_data(model, step, X, T, batch_size, seed, shuffle, distributed, va
     the device whole; a Dataset or memory-mapped X becomes a BatchStream (x and t None)."""
     stream = None
     if is_streamed(X):
-        if distributed or validation_split:
-            raise ValueError("fit: a Dataset or memory-mapped X streams on one process, without "
-                             f"{'distributed=True' if distributed else 'validation_split'}; pass validation_data")
-        stream = BatchStream(as_dataset(X, T, "fit"), batch_size, seed, shuffle)
+        shard = None if not distributed else (step.data_parallel.world.rank, step.data_parallel.world.size)
+        stream = BatchStream(as_dataset(X, T, "fit"), batch_size, seed, shuffle, shard=shard)
     try:
         x_all, t_all = step.prepare(X, T) if stream is None else (None, None)
         validation = None
@@ -352,14 +388,20 @@ def _training_data(model, step, X, T, batch_size, seed, shuffle, distributed, va
         weights_all = None if sample_weight is None else prepare_weights(
             model.backend, sample_weight, stream.dataset.rows, model.dtype, "fit")
     if validation_split and validation is None:  # Keras: the last rows, before shuffling; validation_data wins
-        split_at = math.floor(x_all.shape[0] * (1.0 - validation_split))
-        if split_at == 0 or split_at == x_all.shape[0]:
-            raise ValueError(f"fit: {x_all.shape[0]} rows cannot be split into training and validation rows with "
+        rows = x_all.shape[0] if stream is None else stream.dataset.rows
+        split_at = math.floor(rows * (1.0 - validation_split))
+        if split_at == 0 or split_at == rows:
+            raise ValueError(f"fit: {rows} rows cannot be split into training and validation rows with "
                              f"validation_split={validation_split:g}")
-        validation = (x_all[split_at:], t_all[split_at:])
+        if stream is None:
+            validation = (x_all[split_at:], t_all[split_at:])
+            x_all, t_all = x_all[:split_at], t_all[:split_at]
+        else:  # both parts stay on disk: the validation rows stream in order, the training rows shuffled
+            dataset = stream.dataset
+            validation = (dataset.rows_between(split_at, rows), None)
+            stream = BatchStream(dataset.rows_between(0, split_at), batch_size, seed, shuffle, shard=stream.shard)
         if sample_weight is not None:
             validation = (*validation, weights_all[split_at:])
-        x_all, t_all = x_all[:split_at], t_all[:split_at]
         weights_all = None if weights_all is None else weights_all[:split_at]
     if validation_data is not None and len(validation_data) == 3:
         validation = (*validation, fit_weights("fit: validation_data", model.backend, validation[1], model.dtype,

@@ -96,9 +96,10 @@ class TrainStep:
         return self.prepare_data(self.model, self.loss, X, T)
 
     @staticmethod
-    def prepare_data(model, loss, X, T):
+    def prepare_data(model, loss, X, T, check_finite: bool = True):
+        """``check_finite=False``: X's values were checked already, on the host (a stream checks them as it reads)."""
         _check_instance("loss", loss, _loss_type(), "gn.MSELoss()")
-        x = model.as_input(X, "X")
+        x = model.as_input(X, "X", check_finite)
         if hasattr(T, "__dlpack__") and not model.backend.is_array(T):  # another library's array: read in place
             T = model.backend.asarray(T)
         if not hasattr(T, "__len__") or getattr(T, "ndim", 1) == 0 or isinstance(T, (str, bytes)):

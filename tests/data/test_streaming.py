@@ -70,7 +70,7 @@ def test_an_epoch_reads_whole_chunks_in_a_seeded_order_and_visits_every_row_once
     dataset = Dataset(folder / "x.npy", t)
     reads = []
     read = dataset.read
-    monkeypatch.setattr(dataset, "read", lambda start, stop: reads.append((start, stop)) or read(start, stop))
+    monkeypatch.setattr(dataset, "read", lambda start, stop, *out: reads.append((start, stop)) or read(start, stop, *out))
     batches = BatchStream(dataset, batch_size=16, seed=3, chunk_rows=64)
     first = [(rows, xb) for rows, xb, _ in batches.epoch(0)]
     assert sorted(reads) == [(0, 64), (64, 128), (128, 192), (192, 256), (256, 300)]  # contiguous reads
@@ -127,8 +127,8 @@ def test_evaluate_and_predict_stream_a_memory_map(files):
     loss = gn.SoftmaxCrossEntropyLoss()
     expected = model.evaluate(x, t, loss, metrics=("accuracy",), batch_size=64)
     got = model.evaluate(mapped, t, loss, metrics=("accuracy",), batch_size=64)
-    assert got == pytest.approx(expected, rel=1e-6)
-    assert model.evaluate(Dataset(mapped, t), None, loss)["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    assert got == expected
+    assert model.evaluate(Dataset(mapped, t), None, loss)["loss"] == model.evaluate(x, t, loss)["loss"]
     assert np.array_equal(model.predict(mapped, batch_size=50), model.predict(x, batch_size=50))
 
 
@@ -148,13 +148,105 @@ def test_a_stopped_or_failing_stream_ends_its_prefetch_thread(files):
     with pytest.raises(ValueError, match=r"fit: rows .* of the data set: .*labels must lie in \[0, 3\)"):
         train(build(), np.load(folder / "x.npy", mmap_mode="r"), bad, shuffle=False)
     assert threading.active_count() == before
+    x = np.load(folder / "x.npy")
+    x[250, 3] = np.nan  # found by the reading thread, which checks X as it gathers a batch
+    np.save(folder / "nan.npy", x)
+    with pytest.raises(ValueError, match=r"^fit: row 250 of the data set: X contains NaN or Inf"):
+        train(build(), np.load(folder / "nan.npy", mmap_mode="r"), t)
+    with pytest.raises(ValueError, match=r"^evaluate: row 250 of the data set: X contains NaN or Inf"):
+        build().evaluate(np.load(folder / "nan.npy", mmap_mode="r"), t, gn.SoftmaxCrossEntropyLoss())
+    assert threading.active_count() == before
+
+
+@pytest.mark.parametrize("split", [0.2, 0.33])
+def test_validation_split_streams_the_last_rows_and_equals_the_in_memory_fit(files, monkeypatch, split):
+    folder, x, t = files
+    w = np.random.default_rng(1).uniform(0, 2, size=300)
+    dataset = Dataset(folder / "x.npy", folder / "t.npy")
+    split_at = int(np.floor(300 * (1 - split)))
+    reads, read = [], stream.BatchStream.order
+
+    def recorded(self, epoch):  # every chunk each stream reads, with its stream's rows
+        chunks = read(self, epoch)
+        reads.append((self.dataset.x.offset, [(start, stop) for start, stop, _ in chunks]))
+        return chunks
+
+    monkeypatch.setattr(stream.BatchStream, "order", recorded)
+    for options in ({}, {"sample_weight": w}):
+        in_memory, streamed = build(), build()
+        expected = train(in_memory, x, t, validation_split=split, metrics=("accuracy",), **options)
+        got = train(streamed, dataset, None, validation_split=split, metrics=("accuracy",), **options)
+        assert got == expected and "val_loss" in got  # bit for bit: the same batches, the same sums
+        assert np.array_equal(in_memory.flat.values, streamed.flat.values)
+    header = dataset.x.offset
+    training = [chunks for offset, chunks in reads if offset == header]
+    validating = [chunks for offset, chunks in reads if offset == header + split_at * 6 * 4]
+    assert training and validating and len(training) + len(validating) == len(reads)
+    assert all(stop <= split_at for chunks in training for _, stop in chunks)  # its own rows, from the file
+    assert all(stop <= 300 - split_at for chunks in validating for _, stop in chunks)
+
+
+def test_evaluate_streamed_equals_evaluate_in_memory_bit_for_bit(files, monkeypatch):
+    folder, x, t = files
+    monkeypatch.setattr(stream, "CHUNK_BYTES", 64 * 6 * 4)  # several chunks, read in order
+    model, loss = build(), gn.SoftmaxCrossEntropyLoss()
+    w = np.random.default_rng(2).uniform(0, 2, size=300)
+    for options in ({}, {"sample_weight": w}):
+        expected = model.evaluate(x, t, loss, metrics=("accuracy",), batch_size=64, **options)
+        assert model.evaluate(np.load(folder / "x.npy", mmap_mode="r"), t, loss, metrics=("accuracy",),
+                              batch_size=64, **options) == expected
+
+
+def test_the_reading_thread_ends_with_fit_on_ctrl_c_and_hands_its_errors_to_fit(files):
+    folder, _, t = files
+
+    class Interrupt(gn.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2:
+                raise KeyboardInterrupt
+
+    before = threading.active_count()
+    with pytest.raises(KeyboardInterrupt) as caught:  # its traceback holds fit's frame (as sys.last_traceback does)
+        train(build(), np.load(folder / "x.npy", mmap_mode="r"), t, callbacks=[Interrupt()])
+    assert threading.active_count() == before and caught.traceback
+    np.save(folder / "short.npy", np.zeros((300, 6), np.float32))
+    with open(folder / "short.npy", "r+b") as file:  # the file loses its tail after the Dataset read its header
+        data = Dataset(folder / "short.npy", t)
+        file.truncate(file.seek(0, 2) - 6 * 4 * 100)
+    with pytest.raises(OSError, match="the file ended before row"):  # raised in the thread, re-raised by fit
+        train(build(), data, None)
+    assert threading.active_count() == before
+
+
+def test_batches_reuse_a_ring_of_buffers_refilled_only_after_release(files):
+    folder, x, t = files
+    batches = BatchStream(Dataset(folder / "x.npy", t), batch_size=16, seed=3, chunk_rows=64)
+    seen, buffers, held = [], set(), None
+    for batch in batches.batches(0):  # each batch held until the next has been gathered, as CuPy's copies are
+        if held is not None:
+            assert np.array_equal(held.x, x[held.rows]), "a held batch was overwritten"
+            held.release()
+        assert np.array_equal(batch.x, x[batch.rows]) and np.array_equal(batch.t, t[batch.rows])
+        seen.append(batch.rows)
+        buffers.add(id(batch.x.base))
+        held = batch
+    assert sorted(np.concatenate(seen).tolist()) == list(range(300))
+    assert len(buffers) == 2  # two buffers of the ring in turn: no allocation per batch
+    kept = list(BatchStream(Dataset(folder / "x.npy", t), batch_size=16, seed=3, chunk_rows=64).batches(0))
+    assert all(np.array_equal(batch.x, x[batch.rows]) for batch in kept)  # none released: the ring grows
+    first = batches.batches(1)
+    next(first)
+    with pytest.raises(RuntimeError, match="one epoch at a time"):
+        next(batches.batches(2))
+    first.close()
+    assert len(list(batches.epoch(2))) == 19  # closed: the stream reads again
 
 
 def test_streaming_refuses_what_it_does_not_do(files):
     folder, _, t = files
     mapped = np.load(folder / "x.npy", mmap_mode="r")
-    with pytest.raises(ValueError, match="without validation_split"):
-        train(build(), mapped, t, validation_split=0.2)
+    with pytest.raises(ValueError, match="300 rows cannot be split"):
+        train(build(), mapped, t, validation_split=0.999)
     with pytest.raises(ValueError, match="the Dataset holds no targets"):
         train(build(), Dataset(mapped), None)
     with pytest.raises(ValueError, match="a Dataset holds its targets"):
@@ -162,3 +254,34 @@ def test_streaming_refuses_what_it_does_not_do(files):
     with pytest.raises(ValueError, match="X has 6 features but the model expects 4"):
         gn.Sequential(gn.Dense(4, 3)).fit(mapped, t, loss=gn.SoftmaxCrossEntropyLoss(), optimizer=gn.SGD(lr=0.1),
                                           verbose=0)
+
+
+def test_finite_inputs_whose_sum_overflows_are_not_taken_for_inf(tmp_path):
+    huge = np.full((40, 3), 1e308)  # finite, though their sum (the quick check) is inf
+    np.save(tmp_path / "huge.npy", huge)
+    got = [x for _, x, _ in BatchStream(Dataset(tmp_path / "huge.npy"), 16, shuffle=False).epoch(0)]
+    assert np.array_equal(np.concatenate(got), huge)
+    huge[33, 1] = np.inf
+    np.save(tmp_path / "huge.npy", huge)
+    with pytest.raises(ValueError, match="row 33 of the data set: X contains NaN or Inf"):
+        list(BatchStream(Dataset(tmp_path / "huge.npy"), 16, shuffle=False).epoch(0))
+
+
+def test_the_training_thread_reads_a_chunk_itself_when_the_reading_thread_has_not_begun_it(files, monkeypatch):
+    folder, x, t = files
+    dataset = Dataset(folder / "x.npy", t)
+    readers, read, claim = [], dataset.read, stream._Claims.claim
+
+    def slow_claim(self, chunks):  # a reading thread kept off the cores by a busy machine
+        threading.Event().wait(0.1)
+        return claim(self, chunks)
+
+    monkeypatch.setattr(dataset, "read", lambda start, stop, *out: readers.append(threading.current_thread().name)
+                        or read(start, stop, *out))
+    expected = np.concatenate([rows for rows, _, _ in BatchStream(Dataset(folder / "x.npy", t), 16, seed=3,
+                                                                   chunk_rows=32).epoch(0)])
+    monkeypatch.setattr(stream._Claims, "claim", slow_claim)
+    got = [(rows, xb) for rows, xb, _ in BatchStream(dataset, 16, seed=3, chunk_rows=32).epoch(0)]
+    assert np.array_equal(np.concatenate([rows for rows, _ in got]), expected)  # the same order, every row once
+    assert all(np.array_equal(xb, x[rows]) for rows, xb in got)
+    assert "MainThread" in readers and len(readers) == 10  # each of the 10 chunks read once, some in line

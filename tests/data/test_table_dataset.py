@@ -119,3 +119,20 @@ def test_training_on_a_table_resumes_exactly(path, tmp_path, monkeypatch):
     resumed = gn.load(tmp_path / "half.npz")
     train(resumed, data, None, optimizer=gn.load_optimizer(tmp_path / "half.npz", resumed), initial_epoch=2, epochs=4)
     assert np.array_equal(resumed.flat.values, straight.flat.values)
+
+
+def test_a_table_streams_with_validation_split_and_in_shards_as_npy_does(path, frame):
+    """validation_split's parts are views of the file (rows_between), and a data-parallel rank's shard
+    is gathered from it (gather): the numbers of the in-memory fit and of the arrays' rows."""
+    x, t = arrays(frame)
+    data = TableDataset(path, target="label")
+    in_memory, streamed = build(), build()
+    expected = train(in_memory, x, t, validation_split=0.3, metrics=("accuracy",))
+    assert train(streamed, data, None, validation_split=0.3, metrics=("accuracy",)) == expected
+    assert np.array_equal(in_memory.flat.values, streamed.flat.values)
+    tail = data.rows_between(210, 300)
+    assert tail.rows == 90 and np.array_equal(tail.read(5, 17)[0], x[215:227])
+    rows = np.array([0, 3, 4, 40, 89])
+    out = (np.empty((5, 6)), np.empty(5, np.int64))
+    got_x, got_t = tail.gather(rows, out)
+    assert got_x is out[0] and np.array_equal(got_x, x[210 + rows]) and np.array_equal(got_t, t[210 + rows])

@@ -319,7 +319,35 @@ def loop_features(out: Path, seed: int):
         np.save(out / "loop.npy", snapshots)
 
 
-SCENARIOS = {"mismatches": mismatches, "loop": loop_features, "cli": command_line, "collectives": collectives,
+def streamed_training(out: Path, seed: int):
+    """fit(distributed=True) on a memory map: each rank gathers only its rows, and the run equals the
+    in-memory data-parallel run (one chunk: the same order) bit for bit; resumed, it equals a straight run."""
+    from gpunn.data import Dataset, stream
+
+    world = gn.distributed.init("numpy")
+    X, labels = data(seed, rows=DROPOUT_ROWS)
+    np.save(out / f"x{world.rank}.npy", X)
+    mapped = np.load(out / f"x{world.rank}.npy", mmap_mode="r")
+    gathered, gather = [], Dataset.gather
+    Dataset.gather = lambda self, rows, *out: gathered.extend(rows.tolist()) or gather(self, rows, *out)
+    results = {}
+    for name, source in (("memory", X), ("streamed", mapped)):
+        results[name] = distributed_fit(world, source, labels, DROPOUT_BATCH, seed, model=dropout_model())[1]
+    model, optimizer = dropout_model(), gn.SGD(lr=LR, momentum=MOMENTUM)
+    distributed_fit(world, mapped, labels, DROPOUT_BATCH, seed, model=model, optimizer=optimizer, epochs=2)
+    world.save(model, out / "half.npz", optimizer=optimizer)
+    world.barrier()
+    resumed = gn.load(out / "half.npz")
+    results["resumed"] = distributed_fit(world, mapped, labels, DROPOUT_BATCH, seed, model=resumed,
+                                         optimizer=gn.load_optimizer(out / "half.npz", resumed), initial_epoch=2)[1]
+    stream.CHUNK_BYTES = 2 * DROPOUT_BATCH * 5 * 8  # chunks of two batches: the shuffle crosses chunks
+    results["chunks"] = distributed_fit(world, mapped, labels, DROPOUT_BATCH, seed, model=dropout_model())[1]
+    everyone = world.allgather(gathered)
+    if world.is_root:
+        np.savez(out / "streamed.npz", **results, **{f"gathered{rank}": rows for rank, rows in enumerate(everyone)})
+
+
+SCENARIOS = {"streamed": streamed_training, "mismatches": mismatches, "loop": loop_features, "cli": command_line, "collectives": collectives,
              "fail-on-one-rank": fail_on_one_rank, "init": init_only, "exit-on-one-rank": exit_on_one_rank,
              "training": training, "dropout": dropout_training}
 

@@ -2,6 +2,7 @@
 MPIEXEC_TIMEOUT for the job, a subprocess timeout for mpiexec, pytest-timeout for the test.
 A few runs check many things each, so the whole file stays within seconds on 2 cores."""
 
+import collections
 import importlib.util
 import json
 import os
@@ -208,3 +209,35 @@ def test_frozen_layers_and_sample_weights_train_data_parallel(tmp_path, rng):
     got = np.load(tmp_path / "loop.npy")
     np.testing.assert_allclose(got, np.array(snapshots), rtol=1e-12, atol=1e-14)
     assert np.array_equal(got[-1][:model.layers[0].W.size], np.asarray(make_model().layers[0].W).ravel())  # frozen
+
+
+def test_streamed_data_parallel_training_reads_each_ranks_shard_and_equals_memory(tmp_path, rng):
+    """2 ranks on a memory-mapped .npy (dropout, uneven shards, a partial last batch): bit for bit the
+    in-memory data-parallel run, resumed exactly, and over several chunks the one-process streamed run;
+    each rank gathered only its own rows (the two sets are disjoint and cover every row each epoch)."""
+    from mpi_worker import DROPOUT_BATCH, DROPOUT_ROWS, EPOCHS, LR, MOMENTUM, data, dropout_model, flat_parameters
+
+    import gpunn as gn
+    from gpunn.data import stream
+
+    seed = int(rng.integers(2**31))
+    result, _ = mpirun(2, WORKER, "streamed", tmp_path, seed)
+    assert result.returncode == 0, result.stderr
+    got = np.load(tmp_path / "streamed.npz")
+    np.testing.assert_array_equal(got["streamed"], got["memory"])
+    np.testing.assert_array_equal(got["resumed"][-1], got["streamed"][-1])
+    epochs = EPOCHS + 2 + 1 + EPOCHS  # every streamed epoch of the worker
+    mine, theirs = got["gathered0"].tolist(), got["gathered1"].tolist()
+    assert (len(mine), len(theirs)) == (16 * epochs, 15 * epochs)  # 31 rows in batches of 10: shards 5+5, 5+5, 5+5, 1+0
+    assert collections.Counter(mine + theirs) == {row: epochs for row in range(DROPOUT_ROWS)}
+    X, labels = data(seed, rows=DROPOUT_ROWS)
+    np.save(tmp_path / "one.npy", X)
+    model, snapshots = dropout_model(), []
+    chunk_bytes, stream.CHUNK_BYTES = stream.CHUNK_BYTES, 2 * DROPOUT_BATCH * 5 * 8
+    try:
+        model.fit(np.load(tmp_path / "one.npy", mmap_mode="r"), labels, loss=gn.SoftmaxCrossEntropyLoss(),
+                  optimizer=gn.SGD(lr=LR, momentum=MOMENTUM), epochs=EPOCHS, batch_size=DROPOUT_BATCH, seed=seed,
+                  verbose=0, callback=lambda epoch, logs: snapshots.append(flat_parameters(model)))
+    finally:
+        stream.CHUNK_BYTES = chunk_bytes
+    np.testing.assert_allclose(got["chunks"], np.array(snapshots), rtol=1e-12, atol=1e-14)

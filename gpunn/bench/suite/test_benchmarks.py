@@ -9,6 +9,7 @@ import contextlib
 
 import pytest
 from peers import PEERS, train_case
+from stream_epoch import BATCH, FEATURES, run_child, write_files
 
 import gpunn as gn
 
@@ -187,73 +188,41 @@ def test_transfer(benchmark, peer, case, direction, rng, threads):
 
 
 MMAP_CASES = {"quick": ["64MB"], "cpu": ["2GB"], "gpu": ["2GB"]}
-MMAP_FEATURES = 256
 
 
 @pytest.fixture(scope="module")
 def mmap_files(tmp_path_factory):
-    """A float32 .npy of 256 features per row, of each size the cases name, written a block at a time."""
-    import numpy as np
-
+    """A float32 .npy of 256 features per row, of each size the cases name, written a block at a time
+    (stream_epoch.write_files), and its targets."""
     made = {}
 
     def make(case):
         if case not in made:
-            rows = (int(case[:-2]) << (30 if case.endswith("GB") else 20)) // (MMAP_FEATURES * ITEMSIZE)
-            path = tmp_path_factory.mktemp("mmap") / f"x-{case}.npy"
-            array = np.lib.format.open_memmap(path, mode="w+", dtype=DTYPE, shape=(rows, MMAP_FEATURES))
-            rng = np.random.default_rng(0)
-            for start in range(0, rows, 1 << 16):
-                array[start:start + (1 << 16)] = rng.normal(size=array[start:start + (1 << 16)].shape)
-            array.flush()
-            del array
-            targets = np.random.default_rng(1).normal(size=(rows, 1)).astype(DTYPE)
-            made[case] = (path, targets)
+            made[case] = write_files(tmp_path_factory.mktemp("mmap"), case)
         return made[case]
 
     return make
 
 
-def resident_bytes() -> int:
-    """This process's resident memory now (Linux), or 0 where /proc is not there."""
-    import os
-
-    try:
-        with open("/proc/self/statm") as status:
-            return int(status.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
-
-
-@pytest.mark.parametrize("source", ["mmap", "memory"])  # mmap first: its resident peak is read before memory's
+@pytest.mark.parametrize("source", ["mmap", "memory"])
 @cases(peers={"gpunn"}, **MMAP_CASES)
 def test_mmap_epoch(benchmark, peer, case, source, mmap_files, threads):
     """One epoch of a 256-64-1 MLP over a float32 .npy: streamed from a memory map (gpunn.data: contiguous
-    chunks, a prefetching thread) or loaded whole first. ``peak_rss_growth_mb``: how far the process's
-    resident memory rose above its level before the streamed epochs (sampled every 10 ms)."""
-    import threading
-
+    chunks, a reading thread, reused host buffers) or loaded whole first. ``peak_rss_mb``: the peak
+    resident memory (``VmHWM``) of a fresh process that runs the same fit for two epochs, and
+    ``child_epoch_seconds`` its second epoch (``stream_epoch.py``, which also prints the ratio)."""
     import numpy as np
 
-    path, targets = mmap_files(case)
-    x = np.load(path, mmap_mode="r") if source == "mmap" else np.load(path)
+    x_path, t_path = mmap_files(case)
+    x = np.load(x_path, mmap_mode="r") if source == "mmap" else np.load(x_path)
+    targets = np.load(t_path)
     with gn.use_backend(peer.backend_name):
-        model = gn.Sequential(gn.Dense(MMAP_FEATURES, 64, seed=0), gn.Tanh(), gn.Dense(64, 1, seed=1))
+        model = gn.Sequential(gn.Dense(FEATURES, 64, seed=0), gn.Tanh(), gn.Dense(64, 1, seed=1))
     optimizer = gn.SGD(lr=0.01)
     epoch = peer._synced(lambda: model.fit(x, targets, loss=gn.MSELoss(), optimizer=optimizer, epochs=1,
-                                           batch_size=1024, seed=0, verbose=0))
-    baseline, peak, done = resident_bytes(), [0], threading.Event()
-
-    def sample():
-        while not done.wait(0.01):
-            peak[0] = max(peak[0], resident_bytes())
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        measure(benchmark, peer, epoch, "epoch", f"{source} {case}", threads, impl=f"gpunn-{peer.device}-{source}",
-                moved_bytes=x.nbytes, samples=len(x))
-    finally:
-        done.set()
-        sampler.join()
-    benchmark.extra_info["peak_rss_growth_mb"] = max(0, peak[0] - baseline) / 2**20
+                                           batch_size=BATCH, seed=0, verbose=0))
+    measure(benchmark, peer, epoch, "epoch", f"{source} {case}", threads, impl=f"gpunn-{peer.device}-{source}",
+            moved_bytes=x.nbytes, samples=len(x))
+    del x
+    child = run_child(x_path, t_path, source, epochs=1, backend=peer.backend_name)
+    benchmark.extra_info.update(peak_rss_mb=child["peak_rss_mb"], child_epoch_seconds=child["seconds"][0])

@@ -32,11 +32,16 @@ What it cannot show (the GPU run, ``benchmarks/gpu_check.sh``, still owes these)
   * races and overlap: launches still run one at a time, in order (inside a launch,
     ``installed(block_threads=True)`` runs each block's threads as host threads, so a block's
     barriers and shared memory are real; blocks run in turn); the stand-in finds missing order, it
-    does not reproduce what a race would compute;
+    does not reproduce what a race would compute. The one exception is host-to-device copies from
+    pinned memory (``_streams.py``): queued on their stream until a launch ordered after them by an
+    event reads their destination, failing a launch that reads one before its stream waited for it,
+    a pinned source changed before the host waited for its copy, or a copy over a buffer another
+    stream may still read;
   * CUDA graphs themselves: instantiation errors, graph memory addresses, upload; and a recorded
     launch keeps its arrays alive here (its host memory must stay valid), where a CUDA graph keeps
     nothing: an array gpunn forgot to keep alive for its graph goes unnoticed;
-  * the driver's allocator: cudaMalloc's fragmentation, the async allocator, pinned host memory;
+  * the driver's allocator: cudaMalloc's fragmentation, the async allocator, how pinned host memory
+    is allocated;
   * cuBLAS itself: its kernels, TF32 rounding (``COMPUTE_32F_FAST_TF32`` computes in float32
     here), workspace use and the library loading (the model replaces ``load_library``);
   * the device compiler: NVRTC's parsing, device-only intrinsics, FMA contraction (the GPU may
@@ -57,7 +62,7 @@ from support.cupy_standin._device import KINDS, Device, StandinViolation
 from support.cupy_standin._namespace import module
 
 #: The backend's modules that import CuPy: re-imported on the stand-in, restored afterwards.
-BACKEND_MODULES = ("gpunn.backends.cupy_backend", "gpunn.backends.cupy_kernels")
+BACKEND_MODULES = ("gpunn.backends.cupy_backend", "gpunn.backends.cupy_kernels", "gpunn.backends.cupy_staging")
 _MODULES = ("cupy", "cupy.cuda", "cupy.cuda.runtime", "cupy.cuda.nccl")
 
 

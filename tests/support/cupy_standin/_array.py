@@ -15,6 +15,7 @@ import types
 import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
+from support.cupy_standin import _streams
 from support.cupy_standin._device import current
 from support.cupy_standin._launches import launches
 
@@ -177,6 +178,7 @@ class ndarray(NDArrayOperatorsMixin):
     def get(self, stream=None, order="C", out=None, blocking=True):
         """Device to host: a synchronising copy, refused while a stream is captured."""
         current().host_read(self._host, "a device-to-host copy", None if stream is None else stream.ptr, blocking)
+        _streams.touch(self._host)  # a copy queued into this array is delivered first, or refused
         copy = np.array(self._host, order=order)
         if out is not None:
             np.copyto(out, copy)
@@ -185,9 +187,12 @@ class ndarray(NDArrayOperatorsMixin):
 
     def set(self, host, stream=None):
         device = current()
-        device.refuse_during_capture("a host-to-device copy", device.current_stream())
-        device.launch("memory", "memcpy host-to-device", lambda: None, writes=(self._host,))
-        np.copyto(self._host, host)
+        target = device.current_stream() if stream is None else stream.ptr
+        device.refuse_during_capture("a host-to-device copy", target)
+        device.launches.append(("memory", "memcpy host-to-device"))
+        # queued on its stream from pinned memory (_streams.py), ordered as that stream's write
+        device.run_on(target, lambda: _streams.copy_from_host(self._host, host, stream), (), (self._host,),
+                      "memory memcpy host-to-device")
 
     def item(self):
         return self.get().item()

@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import types
 
-from support.cupy_standin import _nccl, _pool
+from support.cupy_standin import _nccl, _pool, _streams
 from support.cupy_standin._device import Capture, StandinViolation, current
 
 _pointers = itertools.count(0x5000)
@@ -101,16 +101,19 @@ class Event:
 
     def __init__(self, block=False, disable_timing=False, interprocess=False):
         self.ptr, self._mark = next(_pointers), None
+        self.covers, self.stream_ptr, self.when = [], None, -1  # the queued copies it covers (_streams.py)
 
     def record(self, stream=None) -> None:
         stream = stream or get_current_stream()
         self._mark = (stream.ptr, current().issued.get(stream.ptr, 0))
+        _streams.recorded(self, stream.ptr)
 
     def synchronize(self) -> None:
         if self._mark is not None:
             machine = current()
             machine.refuse_during_capture("cudaEventSynchronize", self._mark[0])
             machine.completed[self._mark[0]] = max(machine.completed.get(self._mark[0], 0), self._mark[1])
+        _streams.completed(self)
 
     def query(self) -> bool:
         """Done: the stand-in ran the work at its launch, so a query finds it complete."""
@@ -151,6 +154,7 @@ class Stream:
         machine = current()
         machine.refuse_during_capture("cudaStreamSynchronize of the capturing stream", self.ptr)
         machine.synchronize_stream(self.ptr)
+        _streams.synchronize(self.ptr)
 
     @property
     def done(self) -> bool:
@@ -168,6 +172,7 @@ class Stream:
             machine, (source, number) = current(), event._mark
             key = (self.ptr, source)
             machine.waits[key] = max(machine.waits.get(key, 0), number)
+        _streams.waited(self.ptr, event)
 
     def begin_capture(self, mode=None) -> None:
         """stream.pyx, Stream.begin_capture: never the legacy stream; relaxed mode."""
@@ -251,5 +256,6 @@ def namespace() -> types.ModuleType:
     runtime.__dict__.update(vars(_runtime()))
     cuda.__dict__.update(Device=Device, Stream=Stream, ExternalStream=Stream, Graph=Graph, MemoryPool=MemoryPool, Event=Event,
                          get_current_stream=get_current_stream, using_allocator=using_allocator, runtime=runtime,
+                         alloc_pinned_memory=_streams.alloc_pinned_memory,
                          is_available=lambda: True, nccl=_nccl.module())
     return cuda

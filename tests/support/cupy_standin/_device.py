@@ -130,6 +130,7 @@ class Device:
         device = self.register(host)
         if device != self.current_id:
             raise peer_access_refused(device, self.current_id)
+        _touch(host)
 
     def _forget(self, start: int) -> None:
         entry = self._allocations.get(start)
@@ -167,7 +168,9 @@ class Device:
             return np.empty(0, dtype)
         buffer = (ctypes.c_char * nbytes).from_address(pointer)
         buffer.owner = owner()  # the view keeps the allocation alive, as a graph keeps its memory
-        return np.frombuffer(buffer, dtype=dtype)
+        flat = np.frombuffer(buffer, dtype=dtype)
+        _touch(flat)
+        return flat
 
     # --- streams -------------------------------------------------------------------------
     def current_stream(self) -> int:
@@ -248,6 +251,13 @@ class Device:
 
 
 _current: list[Device] = [Device()]
+
+
+def _touch(host: np.ndarray) -> None:
+    """A launch reaches ``host``: copies queued on streams decide whether it may (``_streams.py``)."""
+    from support.cupy_standin import _streams
+
+    _streams.touch(host)
 
 
 def current() -> Device:
