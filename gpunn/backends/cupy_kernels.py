@@ -97,12 +97,36 @@ def _loss_gradient(function: str):
     return build
 
 
+def _rows_kernel(in_params, out_params, body, name, *files, prologue=""):
+    """An elementwise kernel over C-contiguous flat arrays of ``rows`` × ``columns`` elements, launched
+    over ``row_stride`` × ``columns`` threads (CupyBackend._rows_threads): each thread keeps one
+    column and steps down the rows, so ``body`` (for element ``k`` at ``row``) needs no division and
+    ``prologue`` reads what depends on the column alone (a gain, a bias) or on nothing (a loss scale
+    on the device) once per thread. CuPy's 2-d indexer divides every element's index by the column
+    count instead (CIndexer::set), which made these kernels bound by instruction issue (issue 21).
+    A warp's threads hold neighbouring columns (and rows), so its loads stay coalesced."""
+    operation = f"""const unsigned int column = (unsigned int) (i % columns), row_stride = (unsigned int) (_ind.size() / columns);
+        {prologue};
+        for (unsigned int row = (unsigned int) (i / columns); row < rows; row += row_stride) {{
+            const long long k = (long long) row * columns + column;
+            {body}
+        }}"""
+    return _elementwise(f"{in_params}, uint32 rows, uint32 columns", out_params, operation, name, *files)
+
+
+def _rows_arguments(*arguments):
+    """The launch arguments of a ``_rows_kernel``: ``arguments`` (inputs, then the output) with
+    ``rows`` and ``columns`` after the inputs."""
+    *inputs, output = arguments
+    return (*inputs, Arg("uint32", "scalar"), Arg("uint32", "scalar"), output)
+
+
 def _softmax_cross_entropy_grad(_, dtype):
     compute_name, compute = _COMPUTE[dtype]
-    return _elementwise(f"T z, {compute_name} lse, I label, int64 columns, {compute_name} scale, raw float64 loss_scale",
-                        "T grad", f"grad = (T) gpunn_softmax_xent_grad(({compute}) z, lse, "
-                        f"label == (I) (i % columns), scale * ({compute}) loss_scale[0])",
-                        "gpunn_softmax_xent_grad_kernel", "losses.cuh")
+    return _rows_kernel(f"raw T z, raw {compute_name} lse, raw I label, {compute_name} scale, raw float64 loss_scale",
+                        "raw T grad", f"grad[k] = (T) gpunn_softmax_xent_grad(({compute}) z[k], lse[row], "
+                        "label[row] == (I) column, total_scale);", "gpunn_softmax_xent_grad_kernel", "losses.cuh",
+                        prologue=f"const {compute} total_scale = scale * ({compute}) loss_scale[0]")
 
 
 def _update(rule, with_master: bool):
@@ -289,17 +313,19 @@ def _layer_norm_reduction(op):
 
 def _layer_norm_forward(_, dtype):
     compute_name, compute = _COMPUTE[dtype]
-    return _elementwise(f"T x, {compute_name} mean, {compute_name} rstd, T gain, T bias", "T y",
-                        f"y = (T) gpunn_layer_norm_forward(({compute}) x, mean, rstd, ({compute}) gain, ({compute}) bias)",
-                        "gpunn_layer_norm_forward_kernel", "layer_norm.cuh")
+    return _rows_kernel(f"raw T x, raw {compute_name} mean, raw {compute_name} rstd, raw T gain, raw T bias", "raw T y",
+                        f"y[k] = (T) gpunn_layer_norm_forward(({compute}) x[k], mean[row], rstd[row], g, b);",
+                        "gpunn_layer_norm_forward_kernel", "layer_norm.cuh",
+                        prologue=f"const {compute} g = ({compute}) gain[column], b = ({compute}) bias[column]")
 
 
 def _layer_norm_backward(_, dtype):
     compute_name, compute = _COMPUTE[dtype]
-    return _elementwise(f"T dy, T x, T gain, {compute_name} mean, {compute_name} rstd, {compute_name} mean_g, "
-                        f"{compute_name} mean_g_xhat", "T dx",
-                        f"dx = (T) gpunn_layer_norm_backward(({compute}) dy, ({compute}) x, ({compute}) gain, mean, "
-                        "rstd, mean_g, mean_g_xhat)", "gpunn_layer_norm_backward_kernel", "layer_norm.cuh")
+    return _rows_kernel(f"raw T dy, raw T x, raw T gain, raw {compute_name} mean, raw {compute_name} rstd, "
+                        f"raw {compute_name} mean_g, raw {compute_name} mean_g_xhat", "raw T dx",
+                        f"dx[k] = (T) gpunn_layer_norm_backward(({compute}) dy[k], ({compute}) x[k], g, mean[row], rstd[row], "
+                        "mean_g[row], mean_g_xhat[row]);", "gpunn_layer_norm_backward_kernel", "layer_norm.cuh",
+                        prologue=f"const {compute} g = ({compute}) gain[column]")
 
 
 def _compute_name(dtype):
@@ -311,10 +337,10 @@ def _compute_name(dtype):
 KERNELS: dict[str, KernelSpec] = {
     **{op: _activation(op) for op in ("bias_activation", "bias_activation_saving", "activation_backward")},
     **{op: _layer_norm_reduction(op) for op in _LAYER_NORM_REDUCTIONS},
-    "layer_norm_forward": KernelSpec(_layer_norm_forward, lambda v, d: (
-        Arg(d), Arg(_compute_name(d), "column"), Arg(_compute_name(d), "column"), Arg(d, "row"), Arg(d, "row"), Arg(d))),
-    "layer_norm_backward": KernelSpec(_layer_norm_backward, lambda v, d: (
-        Arg(d), Arg(d), Arg(d, "row"), *(Arg(_compute_name(d), "column") for _ in range(4)), Arg(d))),
+    "layer_norm_forward": KernelSpec(_layer_norm_forward, lambda v, d: _rows_arguments(
+        Arg(d, "raw"), *(Arg(_compute_name(d), "raw") for _ in range(2)), Arg(d, "raw"), Arg(d, "raw"), Arg(d, "raw"))),
+    "layer_norm_backward": KernelSpec(_layer_norm_backward, lambda v, d: _rows_arguments(
+        Arg(d, "raw"), Arg(d, "raw"), Arg(d, "raw"), *(Arg(_compute_name(d), "raw") for _ in range(4)), Arg(d, "raw"))),
     **{f"update_{name}{suffix}": _update(rule, bool(suffix)) for name, rule in RULES.items()
        for suffix in ("", "_master")},
     "gradient_norm": KernelSpec(_gradient_norm, lambda v, d: (
@@ -327,9 +353,9 @@ KERNELS: dict[str, KernelSpec] = {
         _loss_gradient("gpunn_bce_with_logits_grad"), lambda v, d: (Arg(d), Arg(d), Arg(_compute_name(d), "scalar"), Arg("float64", "raw"),
                                           Arg(d))),
     "softmax_cross_entropy_grad": KernelSpec(
-        _softmax_cross_entropy_grad, lambda v, d: (Arg(d), Arg(_compute_name(d), "column"), Arg("int64", "column"),
-                                                Arg("int64", "scalar"), Arg(_compute_name(d), "scalar"),
-                                                Arg("float64", "raw"), Arg(d))),
+        _softmax_cross_entropy_grad, lambda v, d: _rows_arguments(
+            Arg(d, "raw"), Arg(_compute_name(d), "raw"), Arg("int64", "raw"), Arg(_compute_name(d), "scalar"),
+            Arg("float64", "raw"), Arg(d, "raw"))),
 }
 
 
