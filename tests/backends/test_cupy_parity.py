@@ -453,12 +453,14 @@ def test_layer_norm_ops(cp_backend, np_backend, rng, shape, dtype):
                                rtol=rtol * scale * 10, atol=atol * scale * 10)
 
 
-def test_row_kernels_stride_down_the_rows_and_refuse_wrong_shapes(cp_backend, np_backend, rng):
-    """LayerNorm's and the softmax gradient's kernels (cupy_kernels._rows_kernel) keep one column per
-    thread and step down the rows: 600 × 513 elements exceed the capped grid (262,144 threads), so
-    threads take several rows; a transposed input and a strided ``out`` go through contiguous
-    copies; a gain or a row statistic of the wrong length is refused, not read past its end."""
-    shape = (600, 513)
+@pytest.mark.parametrize("columns", [513, 514])
+def test_row_kernels_stride_down_the_rows_and_refuse_wrong_shapes(cp_backend, np_backend, rng, columns):
+    """LayerNorm's and the softmax gradient's kernels (cupy_kernels._rows_kernel) keep one column
+    (or, with even columns, two) per thread and step down the rows: 600 × 513 elements exceed the
+    capped grid (262,144 threads), so threads take several rows; a transposed input and a strided
+    ``out`` go through contiguous copies; a gain or a row statistic of the wrong length is refused,
+    not read past its end."""
+    shape = (600, columns)
     x, dy = rng.normal(size=shape), rng.normal(size=shape)
     gain, bias = rng.normal(size=shape[1]), rng.normal(size=shape[1])
     mean, rstd = np.empty(shape[0]), np.empty(shape[0])
@@ -477,12 +479,20 @@ def test_row_kernels_stride_down_the_rows_and_refuse_wrong_shapes(cp_backend, np
         cp_backend.to_numpy(cp_backend.softmax_cross_entropy_grad(X, cp_backend.asarray(lse), cp_backend.asarray(labels),
                                                                   1 / 600)),
         np_backend.softmax_cross_entropy_grad(x, lse, labels, 1 / 600), rtol=1e-12, atol=1e-15)
+    assert (("layer_norm_forward", "pairs", "float64") in cp_backend._kernels) == (columns % 2 == 0)
+    # A buffer one element off the pairs' alignment falls back to one column per thread.
+    unaligned = cp_backend.asarray(np.concatenate([[0.0], dy.reshape(-1)]))[1:].reshape(shape)
+    np.testing.assert_allclose(cp_backend.to_numpy(cp_backend.layer_norm_backward(unaligned, X, G, Mean, Rstd)),
+                               np_backend.layer_norm_backward(dy, x, gain, mean, rstd), rtol=1e-10, atol=1e-10)
+    assert ("layer_norm_backward", "", "float64") in cp_backend._kernels
     with pytest.raises(ValueError, match="argument 3 has shape"):
         cp_backend.layer_norm_forward(X, G[:-1], B, 1e-5, out, Mean, Rstd)
     with pytest.raises(ValueError):  # the row reductions refuse it first
         cp_backend.layer_norm_backward(cp_backend.asarray(dy), X, G, Mean[:-1], Rstd)
     with pytest.raises(ValueError, match="argument 2 has shape"):
         cp_backend.softmax_cross_entropy_grad(X, cp_backend.asarray(lse), cp_backend.asarray(labels[:-1]), 1.0)
+    with pytest.raises(ValueError, match="argument 6 has shape"):  # the gain, after the row statistics
+        cp_backend._rows_launch("layer_norm_backward", X, (X, X, Mean, Rstd, Mean, Rstd, G[:-1]), "aarrrrc", None)
 
 
 def test_modern_fit_matches_numpy_and_graphs_replay_dropout(rng):
