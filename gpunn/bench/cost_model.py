@@ -8,8 +8,8 @@ loop is the innermost loop that touches global memory (a reduction's main loop, 
 shared memory); its instructions are weighted by their issue cost and counted along the longest
 path through the loop body and along the cheapest path that still makes every global access (the
 longest is the dropout path of an activation kernel, the cheapest skips the generator). A loop
-that makes several elements' accesses (unrolled, or a dropout group of 16) is divided by their
-number. Bytes per element come from the kernel's arguments: each array of the batch's shape, and
+that makes several elements' accesses (unrolled, a dropout group of 16, or vector stores of two
+elements) is divided by their number: the bytes its stores write over one element's. Bytes per element come from the kernel's arguments: each array of the batch's shape, and
 each raw buffer the operation indexes by the element (``x[k]``), is read and/or written once;
 broadcast vectors (a bias, a row's mean) are counted as cache hits, not DRAM traffic.
 
@@ -332,16 +332,16 @@ def access_bytes(opcode: str) -> int:
 def cost_of_sass(text: str, name: str, bytes_per_element: int, loads: int, stores: int, op="", variant="",
                  dtype="", arch: str = ARCH, stored_bytes: int | None = None) -> KernelCost:
     """The cost of a kernel's SASS. The elements one loop iteration serves are its global stores
-    (loads, in a kernel that stores nothing per element) over one element's: counted in bytes when
-    ``stored_bytes`` (one element's) is given, so that a vector store (two float16 elements in one
-    32-bit STG) counts as the elements it writes, else in instructions."""
+    over one element's (its loads, in a kernel that stores nothing per element): counted in bytes
+    when the kernel stores and ``stored_bytes`` (one element's) is given, so that a vector store
+    (two float16 elements in one 32-bit STG) counts as the elements it writes, else in instructions."""
     instructions, labels = parse_sass(text)
     per_iteration = stores or loads
     longest = shortest = count = None
     for start, end in element_loops(instructions, labels):
         memory = [i.opcode for i in instructions[start:end + 1] if i.opcode.startswith("STG" if stores else "LDG")]
         # Unrolled by the compiler or vectorised: several elements' accesses in one iteration (never fewer than one).
-        if stored_bytes:
+        if stored_bytes and stores:
             elements = max(1, sum(access_bytes(opcode) for opcode in memory) // stored_bytes)
         else:
             elements = max(1, len(memory) // per_iteration) if per_iteration else 1
@@ -373,7 +373,7 @@ def kernel_cost(op: str, variant: str, dtype: str, nvdisasm: str, arch: str = AR
     text = disassemble(nvrtc_cubin(kernel.name, source, options, arch), nvdisasm)
     used = accesses(kernel, arguments)
     total, loads, stores = traffic(kernel, arguments)
-    stored = sum(size for size, _, writes in used if writes) or sum(size for size, reads, _ in used if reads)
+    stored = sum(size for size, _, writes in used if writes)
     return cost_of_sass(text, kernel.name, total, loads, stores, op, variant, dtype, arch, stored_bytes=stored)
 
 
