@@ -133,8 +133,9 @@ def _rows_kernel(op: RowsOp, name: str, dtype: str, width: int, *files):
             gpunn_vector<T, {width}> result; {result};
             gpunn_store(&out[k], result);
         }}"""
-    in_params = ", ".join([f"raw T {e}" for e in op.elements] + [f"raw {r}" if " " in r else f"raw {compute_name} {r}" for r in op.per_row]
-                          + [f"raw T {c}" for c in op.per_column] + ([op.scalars] if op.scalars else []))
+    rows = [f"raw {r}" if " " in r else f"raw {compute_name} {r}" for r in op.per_row]
+    in_params = ", ".join([f"raw T {e}" for e in op.elements] + rows + [f"raw T {c}" for c in op.per_column]
+                          + ([op.scalars] if op.scalars else []))
     return _elementwise(f"{in_params}, uint32 rows, uint32 columns", "raw T out", operation, name, *files,
                         "vector.cuh")
 

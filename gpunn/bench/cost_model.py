@@ -7,11 +7,12 @@ compiled by NVRTC with CuPy's options into a cubin for sm_90 and for sm_80, and 
 loop is the innermost loop that touches global memory (a reduction's main loop, not its tree in
 shared memory); its instructions are weighted by their issue cost and counted along the longest
 path through the loop body and along the cheapest path that still makes every global access (the
-longest is the dropout path of an activation kernel, the cheapest skips the generator). A loop
-that makes several elements' accesses (unrolled, a dropout group of 16, or vector stores of two
-elements) is divided by their number: the bytes its stores write over one element's. Bytes per element come from the kernel's arguments: each array of the batch's shape, and
-each raw buffer the operation indexes by the element (``x[k]``), is read and/or written once;
-broadcast vectors (a bias, a row's mean) are counted as cache hits, not DRAM traffic.
+longest is the dropout path of an activation kernel, the cheapest skips the generator). A loop that
+makes several elements' accesses (unrolled, a dropout group of 16, or vector stores of two
+elements) is divided by their number: the bytes its stores write over one element's. Bytes per
+element come from the kernel's arguments: each array of the batch's shape, and each raw buffer the
+operation indexes by the element (``x[k]``), is read and/or written once; broadcast vectors (a
+bias, a row's mean) are counted as cache hits, not DRAM traffic.
 
 The prediction is a roofline of two rates: elements per second the SMs can issue (SM count ×
 clock × 128 lanes / weighted instructions per element) against elements per second the memory

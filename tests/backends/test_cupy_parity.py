@@ -471,14 +471,14 @@ def test_row_kernels_stride_down_the_rows_and_refuse_wrong_shapes(cp_backend, np
     y = cp_backend.layer_norm_forward(X, G, B, 1e-5, out, Mean, Rstd)
     assert y is out
     np.testing.assert_allclose(cp_backend.to_numpy(y), y_ref, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(cp_backend.to_numpy(cp_backend.layer_norm_backward(cp_backend.asarray(dy), X, G, Mean, Rstd)),
-                               np_backend.layer_norm_backward(dy, x, gain, mean, rstd), rtol=1e-10, atol=1e-10)
+    dx = cp_backend.layer_norm_backward(cp_backend.asarray(dy), X, G, Mean, Rstd)
+    np.testing.assert_allclose(cp_backend.to_numpy(dx), np_backend.layer_norm_backward(dy, x, gain, mean, rstd),
+                               rtol=1e-10, atol=1e-10)
     labels = rng.integers(0, shape[1], size=shape[0])
     lse = np.log(np.exp(x).sum(axis=1))
-    np.testing.assert_allclose(
-        cp_backend.to_numpy(cp_backend.softmax_cross_entropy_grad(X, cp_backend.asarray(lse), cp_backend.asarray(labels),
-                                                                  1 / 600)),
-        np_backend.softmax_cross_entropy_grad(x, lse, labels, 1 / 600), rtol=1e-12, atol=1e-15)
+    grad = cp_backend.softmax_cross_entropy_grad(X, cp_backend.asarray(lse), cp_backend.asarray(labels), 1 / 600)
+    expected = np_backend.softmax_cross_entropy_grad(x, lse, labels, 1 / 600)
+    np.testing.assert_allclose(cp_backend.to_numpy(grad), expected, rtol=1e-12, atol=1e-15)
     assert (("layer_norm_forward", "pairs", "float64") in cp_backend._kernels) == (columns % 2 == 0)
     # A buffer one element off the pairs' alignment falls back to one column per thread.
     unaligned = cp_backend.asarray(np.concatenate([[0.0], dy.reshape(-1)]))[1:].reshape(shape)
