@@ -270,8 +270,7 @@ class CupyBackend(Backend):
         cols = x.shape[1]
         self._kernel("layer_norm_mean", x.dtype)(x, cols, mean, axis=1)
         self._kernel("layer_norm_rstd", x.dtype)(x, mean.reshape(-1, 1), cols, eps, rstd, axis=1)
-        return self._rows_launch("layer_norm_forward", x, (x, mean, rstd, gain, bias), "arrcc",
-                                 out)
+        return self._rows_launch("layer_norm_forward", x, (x, mean, rstd, gain, bias), "arrcc", out)
 
     def layer_norm_backward(self, dy, x, gain, mean, rstd, out=None):
         _require_device(dy, x, gain, mean, rstd)
@@ -378,8 +377,9 @@ class CupyBackend(Backend):
         t = t if t.shape == y.shape else cupy.broadcast_to(t, y.shape)
         matrix = (-1, y.shape[-1]) if y.ndim else (1, 1)
         into = result.reshape(matrix) if result.flags.c_contiguous else None
-        y = cupy.ascontiguousarray(y).reshape(matrix)
-        written = self._rows_launch(op, y, (y, t.reshape(matrix), scale, self._loss_scale(loss_scale)), "aa..", into)
+        rows = cupy.ascontiguousarray(y).reshape(matrix)
+        written = self._rows_launch(op, rows, (rows, t.reshape(matrix), scale, self._loss_scale(loss_scale)), "aa..",
+                                    into)
         if into is None:
             result[...] = written.reshape(y.shape)
         return result

@@ -495,6 +495,23 @@ def test_row_kernels_stride_down_the_rows_and_refuse_wrong_shapes(cp_backend, np
         cp_backend._rows_launch("layer_norm_backward", X, (X, X, Mean, Rstd, Mean, Rstd, G[:-1]), "aarrrrc", None)
 
 
+@pytest.mark.parametrize("shape", [(), (7,), (3, 4, 6), (5, 3)])
+def test_loss_gradients_walk_rows_of_the_last_axis(cp_backend, np_backend, rng, shape):
+    """The MSE and BCE gradient kernels run over rows of the last axis (cupy_kernels._rows_kernel):
+    any number of dimensions, a strided ``out`` (written through a contiguous buffer), a target
+    that broadcasts, and the device's loss scale read once per thread."""
+    y, t = rng.normal(size=shape), rng.normal(size=shape[-1:] if shape else ())
+    loss_scale = cp_backend.asarray(np.array([8.0]))
+    for name in ("mse_grad", "bce_with_logits_grad"):
+        # (the NumPy backend's in-place passes want arrays: a 0-d case is computed as one element)
+        expected = getattr(np_backend, name)(np.atleast_1d(y), np.atleast_1d(np.broadcast_to(t, shape)).copy(), 0.25,
+                                             np.array([8.0])).reshape(shape)
+        out = cp_backend.empty(shape[::-1], "float64").T if len(shape) > 1 else None
+        got = getattr(cp_backend, name)(cp_backend.asarray(y), cp_backend.asarray(t), 0.25, loss_scale, out=out)
+        assert out is None or got is out
+        np.testing.assert_allclose(cp_backend.to_numpy(got), expected, rtol=1e-13, atol=1e-15)
+
+
 def test_modern_fit_matches_numpy_and_graphs_replay_dropout(rng):
     """A whole fit with GELU, LayerNorm, Residual and Dropout agrees across backends (same seed,
     same masks), also when each step replays a CUDA graph (the dropout step advances on the device)."""
