@@ -37,11 +37,6 @@ def _check_cache_dir() -> None:
                            "set CUPY_CACHE_DIR to a writable directory") from error
 
 
-def _launch(kernel, *inputs, out=None):
-    """Run ``kernel``, into ``out`` when given (CuPy allocates the output otherwise)."""
-    return kernel(*inputs) if out is None else kernel(*inputs, out)
-
-
 def _require_shape(shape, **arrays) -> None:
     """The group kernels index flat raw arrays: one of another shape would be read or written
     past its end, where CuPy's broadcasting refused it."""
@@ -281,16 +276,15 @@ class CupyBackend(Backend):
         cols = x.shape[1]
         self._kernel("layer_norm_mean", x.dtype)(x, cols, mean, axis=1)
         self._kernel("layer_norm_rstd", x.dtype)(x, mean.reshape(-1, 1), cols, eps, rstd, axis=1)
-        return self._kernel("layer_norm_forward", x.dtype)(x, mean.reshape(-1, 1), rstd.reshape(-1, 1),
-                                                          gain, bias, out)
+        return self._rows_launch("layer_norm_forward", x, (x, mean, rstd, gain, bias), "arrcc", out)
 
     def layer_norm_backward(self, dy, x, gain, mean, rstd, out=None):
         _require_device(dy, x, gain, mean, rstd)
-        cols, mean, rstd = x.shape[1], mean.reshape(-1, 1), rstd.reshape(-1, 1)
+        cols, mean2, rstd2 = x.shape[1], mean.reshape(-1, 1), rstd.reshape(-1, 1)
         mean_g = self._kernel("layer_norm_mean_g", x.dtype)(dy, gain, cols, axis=1)
-        mean_g_xhat = self._kernel("layer_norm_mean_g_xhat", x.dtype)(dy, x, gain, mean, rstd, cols, axis=1)
-        return _launch(self._kernel("layer_norm_backward", x.dtype), dy, x, gain, mean, rstd,
-                       mean_g.reshape(-1, 1), mean_g_xhat.reshape(-1, 1), out=out)
+        mean_g_xhat = self._kernel("layer_norm_mean_g_xhat", x.dtype)(dy, x, gain, mean2, rstd2, cols, axis=1)
+        return self._rows_launch("layer_norm_backward", x, (dy, x, mean, rstd, mean_g, mean_g_xhat, gain),
+                                 "aarrrrc", out)
 
     def layer_norm_gain_gradient(self, dy, x, mean, rstd, out=None):
         _require_device(dy, x, mean, rstd)
@@ -369,7 +363,7 @@ class CupyBackend(Backend):
 
     def mse_grad(self, y, t, scale: float, loss_scale=None, out=None):
         _require_device(y, t)
-        return _launch(self._kernel("mse_grad", y.dtype), y, t, scale, self._loss_scale(loss_scale), out=out)
+        return self._loss_gradient("mse_grad", y, t, scale, loss_scale, out)
 
     def bce_with_logits_loss(self, z, t):
         _require_device(z, t)
@@ -377,14 +371,65 @@ class CupyBackend(Backend):
 
     def bce_with_logits_grad(self, z, t, scale: float, loss_scale=None, out=None):
         _require_device(z, t)
-        return _launch(self._kernel("bce_with_logits_grad", z.dtype), z, t, scale, self._loss_scale(loss_scale),
-                       out=out)
+        return self._loss_gradient("bce_with_logits_grad", z, t, scale, loss_scale, out)
+
+    def _loss_gradient(self, op, y, t, scale, loss_scale, out):
+        """An elementwise loss gradient as a rows kernel over rows of the last axis (a target that
+        broadcasts to ``y`` is expanded first, as CuPy's broadcasting did)."""
+        _require_shape(y.shape, out=out)
+        result = cupy.empty_like(y) if out is None else out
+        if y.size == 0:
+            return result
+        t = t if t.shape == y.shape else cupy.broadcast_to(t, y.shape)
+        matrix = (-1, y.shape[-1]) if y.ndim else (1, 1)
+        into = result.reshape(matrix) if result.flags.c_contiguous else None
+        rows = cupy.ascontiguousarray(y).reshape(matrix)
+        written = self._rows_launch(op, rows, (rows, t.reshape(matrix), scale, self._loss_scale(loss_scale)), "aa..",
+                                    into)
+        if into is None:
+            result[...] = written.reshape(y.shape)
+        return result
 
     def softmax_cross_entropy_grad(self, z, log_sum_exp, labels, scale: float, loss_scale=None, out=None):
         _require_device(z, log_sum_exp, labels)
-        return _launch(self._kernel("softmax_cross_entropy_grad", z.dtype), z,
-                       log_sum_exp.reshape(-1, 1).astype(_COMPUTE[z.dtype.name][0], copy=False), labels.reshape(-1, 1),
-                       z.shape[1], scale, self._loss_scale(loss_scale), out=out)
+        return self._rows_launch("softmax_cross_entropy_grad", z,
+                                 (z, log_sum_exp.astype(_COMPUTE[z.dtype.name][0], copy=False), labels, scale,
+                                  self._loss_scale(loss_scale)), "arr..", out)
+
+    def _rows_launch(self, op, like, inputs, layout, out):
+        """A kernel of cupy_kernels._rows_kernel over the 2-d ``like``: ``inputs`` as flat C-contiguous
+        arrays, each checked against its letter in ``layout`` (``a``: ``like``'s shape, ``r``: one
+        value per row, ``c``: one per column, ``.``: a scalar or a device scalar, passed as it is),
+        since the kernel indexes them raw where CuPy's broadcasting refused a wrong shape. The result
+        goes to ``out`` (through a contiguous buffer if ``out`` is not). With an even number of
+        columns and every per-element and per-column buffer aligned to two elements, the "pairs"
+        variant moves two neighbouring elements per load and store."""
+        rows, columns = like.shape
+        if max(rows, columns) >= 2 ** 31:
+            raise ValueError(f"{op}: shape {like.shape} has 2**31 rows or columns or more; the kernel counts them in "
+                             "32 bits: split the batch")
+        flat = []
+        for position, (array, letter) in enumerate(zip(inputs, layout)):
+            if letter != ".":
+                wanted = {"a": like.shape, "r": (rows,), "c": (columns,)}[letter]
+                if (array.shape if letter == "a" else (array.size,)) != wanted:
+                    raise ValueError(f"{op}: argument {position} has shape {array.shape}, expected {wanted}")
+                array = cupy.ascontiguousarray(array).reshape(-1)
+            flat.append(array)
+        _require_shape(like.shape, out=out)
+        result = cupy.empty_like(like) if out is None else out
+        if like.size == 0:
+            return result
+        written = result if result.flags.c_contiguous else cupy.empty_like(like)
+        vectors = [array for array, letter in zip(flat, layout) if letter in "ac"] + [written]
+        pairs = columns % 2 == 0 and all(array.data.ptr % (2 * array.itemsize) == 0 for array in vectors)
+        per_row = columns // 2 if pairs else columns
+        threads = per_row * max(1, min(rows, GRID_BLOCK * GRID_MAX_BLOCKS // per_row))
+        self._kernel(op, like.dtype, "pairs" if pairs else "")(*flat, numpy.uint32(rows), numpy.uint32(columns),
+                                                               written.reshape(-1), size=threads, block_size=GRID_BLOCK)
+        if written is not result:
+            result[...] = written
+        return result
 
     # --- whole-step capture ------------------------------------------------------------------
     def capture(self, step, previous=None):

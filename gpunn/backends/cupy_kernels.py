@@ -85,24 +85,84 @@ def _bce_with_logits_loss(_, dtype):
         "gpunn_bce_with_logits_mean_kernel", preamble=kernel_source("losses.cuh"))
 
 
-def _loss_gradient(function: str):
-    """A loss head's gradient ``function(y, t, scale·loss_scale)``, in the compute type: the
-    mean's small factor and the float16 loss scale meet before anything is rounded to storage."""
-    def build(_, dtype):
-        compute_name, compute = _COMPUTE[dtype]
-        return _elementwise(f"T y, T t, {compute_name} scale, raw float64 loss_scale", "T grad",
-                            f"grad = (T) {function}(({compute}) y, ({compute}) t, scale * ({compute}) loss_scale[0])",
-                            f"{function}_kernel", "losses.cuh")
+class RowsOp(NamedTuple):
+    """An elementwise op over a rows × columns matrix, for ``_rows_kernel``: ``value`` (C++, the
+    output in the compute type) names each operand in braces: ``elements`` are read at the element,
+    ``per_row`` (the compute type, or "type name") at its row, ``per_column`` at its column, and
+    ``{column}`` is the element's column; ``scalars`` are further parameters (used by name),
+    ``prologue`` runs once per thread. The launch passes them in this order."""
+    elements: tuple[str, ...]
+    per_row: tuple[str, ...]
+    per_column: tuple[str, ...]
+    value: str
+    scalars: str = ""
+    prologue: str = ""
 
-    return build
 
-
-def _softmax_cross_entropy_grad(_, dtype):
+def _rows_kernel(op: RowsOp, name: str, dtype: str, width: int, *files):
+    """An elementwise kernel over C-contiguous flat arrays of ``rows`` × ``columns`` elements, launched
+    over ``row_stride`` × ``columns / width`` threads (CupyBackend._rows_launch): each thread keeps
+    ``width`` neighbouring columns (1, or 2 when the columns are even: one 2-element load and store
+    per operand then serves two elements, and each row's values are read once for both) and steps
+    down the rows, so the body needs no division, and what depends on the column alone (a gain, a
+    bias) or on nothing (a loss scale on the device) is read once per thread. CuPy's 2-d indexer
+    divides every element's index by the column count instead (CIndexer::set), which made these
+    kernels bound by instruction issue (issue 21). A warp's threads hold neighbouring columns (and
+    rows), so its loads stay coalesced."""
     compute_name, compute = _COMPUTE[dtype]
-    return _elementwise(f"T z, {compute_name} lse, I label, int64 columns, {compute_name} scale, raw float64 loss_scale",
-                        "T grad", f"grad = (T) gpunn_softmax_xent_grad(({compute}) z, lse, "
-                        f"label == (I) (i % columns), scale * ({compute}) loss_scale[0])",
-                        "gpunn_softmax_xent_grad_kernel", "losses.cuh")
+    lanes = ("a", "b")[:width]
+
+    def value(index, lane):
+        names = {e: f"({compute}) {e}_v.{lane}" for e in op.elements}
+        names.update({r.split()[-1]: f"{r.split()[-1]}_v" for r in op.per_row})
+        names.update({c: f"{c}_{lane}" for c in op.per_column})
+        return op.value.format(column=f"(column + {index})", **names)
+
+    per_column = "".join(f"const {compute} {c}_{lane} = ({compute}) {c}[column + {index}]; "
+                         for c in op.per_column for index, lane in enumerate(lanes))
+    per_row = "".join(f"const auto {r.split()[-1]}_v = {r.split()[-1]}[row]; " for r in op.per_row)
+    elements = "".join(f"const auto {e}_v = gpunn_load<T, {width}>(&{e}[k]); " for e in op.elements)
+    result = "; ".join(f"result.{lane} = (T) ({value(index, lane)})" for index, lane in enumerate(lanes))
+    operation = f"""const unsigned int threads_per_row = columns / {width};
+        const unsigned int column = {width} * (unsigned int) (i % threads_per_row);
+        const unsigned int row_stride = (unsigned int) (_ind.size() / threads_per_row);
+        {per_column}{op.prologue};
+        for (unsigned int row = (unsigned int) (i / threads_per_row); row < rows; row += row_stride) {{
+            const long long k = (long long) row * columns + column;
+            {per_row}{elements}
+            gpunn_vector<T, {width}> result; {result};
+            gpunn_store(&out[k], result);
+        }}"""
+    rows = [f"raw {r}" if " " in r else f"raw {compute_name} {r}" for r in op.per_row]
+    in_params = ", ".join([f"raw T {e}" for e in op.elements] + rows + [f"raw T {c}" for c in op.per_column]
+                          + ([op.scalars] if op.scalars else []))
+    return _elementwise(f"{in_params}, uint32 rows, uint32 columns", "raw T out", operation, name, *files,
+                        "vector.cuh")
+
+
+#: A loss gradient's scalars (RowsOp.scalars, RowsOp.prologue): its scale and the loss scale.
+_LOSS_SCALE = ("{cn} scale, raw float64 loss_scale", "const {c} total_scale = scale * ({c}) loss_scale[0]")
+
+
+def _loss_scale_arguments(compute):
+    return Arg(compute, "scalar"), Arg("float64", "raw")
+
+
+def _rows_spec(op: RowsOp, name: str, *files, scalars=lambda compute: ()):
+    """A KernelSpec of ``_rows_kernel``: variant "" one column per thread, "pairs" two."""
+    def build(variant, dtype):
+        compute_name, compute = _COMPUTE[dtype]
+        formatted = op._replace(scalars=op.scalars.format(cn=compute_name), prologue=op.prologue.format(c=compute))
+        return _rows_kernel(formatted, name, dtype, 2 if variant == "pairs" else 1, *files)
+
+    def arguments(_, dtype):
+        compute = _compute_name(dtype)
+        return (*(Arg(dtype, "raw") for _ in op.elements),
+                *(Arg("int64" if " " in r else compute, "raw") for r in op.per_row),
+                *(Arg(dtype, "raw") for _ in op.per_column), *scalars(compute),
+                Arg("uint32", "scalar"), Arg("uint32", "scalar"), Arg(dtype, "raw"))
+
+    return KernelSpec(build, arguments, ("", "pairs"))
 
 
 def _update(rule, with_master: bool):
@@ -287,21 +347,6 @@ def _layer_norm_reduction(op):
     return KernelSpec(build, arguments)
 
 
-def _layer_norm_forward(_, dtype):
-    compute_name, compute = _COMPUTE[dtype]
-    return _elementwise(f"T x, {compute_name} mean, {compute_name} rstd, T gain, T bias", "T y",
-                        f"y = (T) gpunn_layer_norm_forward(({compute}) x, mean, rstd, ({compute}) gain, ({compute}) bias)",
-                        "gpunn_layer_norm_forward_kernel", "layer_norm.cuh")
-
-
-def _layer_norm_backward(_, dtype):
-    compute_name, compute = _COMPUTE[dtype]
-    return _elementwise(f"T dy, T x, T gain, {compute_name} mean, {compute_name} rstd, {compute_name} mean_g, "
-                        f"{compute_name} mean_g_xhat", "T dx",
-                        f"dx = (T) gpunn_layer_norm_backward(({compute}) dy, ({compute}) x, ({compute}) gain, mean, "
-                        "rstd, mean_g, mean_g_xhat)", "gpunn_layer_norm_backward_kernel", "layer_norm.cuh")
-
-
 def _compute_name(dtype):
     return _COMPUTE[dtype][0]
 
@@ -311,25 +356,30 @@ def _compute_name(dtype):
 KERNELS: dict[str, KernelSpec] = {
     **{op: _activation(op) for op in ("bias_activation", "bias_activation_saving", "activation_backward")},
     **{op: _layer_norm_reduction(op) for op in _LAYER_NORM_REDUCTIONS},
-    "layer_norm_forward": KernelSpec(_layer_norm_forward, lambda v, d: (
-        Arg(d), Arg(_compute_name(d), "column"), Arg(_compute_name(d), "column"), Arg(d, "row"), Arg(d, "row"), Arg(d))),
-    "layer_norm_backward": KernelSpec(_layer_norm_backward, lambda v, d: (
-        Arg(d), Arg(d), Arg(d, "row"), *(Arg(_compute_name(d), "column") for _ in range(4)), Arg(d))),
+    "layer_norm_forward": _rows_spec(RowsOp(
+        ("x",), ("mean", "rstd"), ("gain", "bias"), "gpunn_layer_norm_forward({x}, {mean}, {rstd}, {gain}, {bias})"),
+        "gpunn_layer_norm_forward_kernel", "layer_norm.cuh"),
+    "layer_norm_backward": _rows_spec(RowsOp(
+        ("dy", "x"), ("mean", "rstd", "mean_g", "mean_g_xhat"), ("gain",),
+        "gpunn_layer_norm_backward({dy}, {x}, {gain}, {mean}, {rstd}, {mean_g}, {mean_g_xhat})"),
+        "gpunn_layer_norm_backward_kernel", "layer_norm.cuh"),
     **{f"update_{name}{suffix}": _update(rule, bool(suffix)) for name, rule in RULES.items()
        for suffix in ("", "_master")},
     "gradient_norm": KernelSpec(_gradient_norm, lambda v, d: (
         Arg(d, "raw"), Arg("int64", "scalar"), Arg("int64", "raw"), Arg("int64", "scalar"), Arg(_compute_name(d), "raw"),
         Arg(_compute_name(d), "raw"), Arg("uint32", "raw"))),
-    "mse_grad": KernelSpec(_loss_gradient("gpunn_mse_grad"), lambda v, d: (Arg(d), Arg(d), Arg(_compute_name(d), "scalar"),
-                                                 Arg("float64", "raw"), Arg(d))),
+    # A loss head's gradient, in the compute type: the mean's small factor and the float16 loss scale
+    # (a float64 on the device, for graph replay; read and converted once per thread) meet before
+    # anything is rounded to storage. Launched over the arrays as rows of their last axis.
+    "mse_grad": _rows_spec(RowsOp(("y", "t"), (), (), "gpunn_mse_grad({y}, {t}, total_scale)", *_LOSS_SCALE),
+                           "gpunn_mse_grad_kernel", "losses.cuh", scalars=_loss_scale_arguments),
     "bce_with_logits_loss": KernelSpec(_bce_with_logits_loss, lambda v, d: (Arg(d), Arg(d), Arg(_compute_name(d)))),
-    "bce_with_logits_grad": KernelSpec(
-        _loss_gradient("gpunn_bce_with_logits_grad"), lambda v, d: (Arg(d), Arg(d), Arg(_compute_name(d), "scalar"), Arg("float64", "raw"),
-                                          Arg(d))),
-    "softmax_cross_entropy_grad": KernelSpec(
-        _softmax_cross_entropy_grad, lambda v, d: (Arg(d), Arg(_compute_name(d), "column"), Arg("int64", "column"),
-                                                Arg("int64", "scalar"), Arg(_compute_name(d), "scalar"),
-                                                Arg("float64", "raw"), Arg(d))),
+    "bce_with_logits_grad": _rows_spec(RowsOp(("y", "t"), (), (), "gpunn_bce_with_logits_grad({y}, {t}, total_scale)",
+                                              *_LOSS_SCALE), "gpunn_bce_with_logits_grad_kernel", "losses.cuh",
+                                       scalars=_loss_scale_arguments),
+    "softmax_cross_entropy_grad": _rows_spec(RowsOp(
+        ("z",), ("lse", "I label"), (), "gpunn_softmax_xent_grad({z}, {lse}, {label} == (I) {column}, total_scale)",
+        *_LOSS_SCALE), "gpunn_softmax_xent_grad_kernel", "losses.cuh", scalars=_loss_scale_arguments),
 }
 
 

@@ -7,11 +7,12 @@ compiled by NVRTC with CuPy's options into a cubin for sm_90 and for sm_80, and 
 loop is the innermost loop that touches global memory (a reduction's main loop, not its tree in
 shared memory); its instructions are weighted by their issue cost and counted along the longest
 path through the loop body and along the cheapest path that still makes every global access (the
-longest is the dropout path of an activation kernel, the cheapest skips the generator). A loop
-that makes several elements' accesses (unrolled, or a dropout group of 16) is divided by their
-number. Bytes per element come from the kernel's arguments: each array of the batch's shape, and
-each raw buffer the operation indexes by the element (``x[k]``), is read and/or written once;
-broadcast vectors (a bias, a row's mean) are counted as cache hits, not DRAM traffic.
+longest is the dropout path of an activation kernel, the cheapest skips the generator). A loop that
+makes several elements' accesses (unrolled, a dropout group of 16, or vector stores of two
+elements) is divided by their number: the bytes its stores write over one element's. Bytes per
+element come from the kernel's arguments: each array of the batch's shape, and each raw buffer the
+operation indexes by the element (``x[k]``), is read and/or written once; broadcast vectors (a
+bias, a row's mean) are counted as cache hits, not DRAM traffic.
 
 The prediction is a roofline of two rates: elements per second the SMs can issue (SM count ×
 clock × 128 lanes / weighted instructions per element) against elements per second the memory
@@ -166,33 +167,41 @@ def path_costs(instructions, labels, start: int, end: int, cost) -> tuple[float,
 
 
 # --- what a kernel moves ----------------------------------------------------------------------
-def traffic(kernel, arguments) -> tuple[int, int, int]:
-    """(bytes, per-element loads, per-element stores) of one element, from the parameters and the
-    operation: arrays of the batch's shape once each; raw buffers indexed by the element (``x[k]``,
-    ``x[i]``, or ``x[s]``: the element's optimizer state) read where used as a value, written where
-    assigned or when declared an output; broadcast vectors, scalars and per-segment tables nothing.
-    A reduction reads each input element once and writes one value per output (per row), nothing per
-    element."""
+def accesses(kernel, arguments) -> list[tuple[int, bool, bool]]:
+    """(item size, read, written) of each argument, one element's worth: arrays of the batch's
+    shape once each; raw buffers indexed by the element (``x[k]``, ``x[i]``, or ``x[s]``: the
+    element's optimizer state; ``&x[k]`` handed to kernels/vector.cuh's gpunn_load or gpunn_store)
+    read where used as a value, written where assigned, stored to, or when declared an output;
+    broadcast vectors, scalars and per-segment tables nothing. A reduction reads each input element
+    once and writes one value per output (per row), nothing per element."""
     import numpy
 
     if is_reduction(kernel):
-        reads = [numpy.dtype(a.dtype).itemsize for a in arguments[:kernel.nin] if a.kind in ("array", "matrix")]
-        return sum(reads), len(reads), 0
+        return [(numpy.dtype(a.dtype).itemsize, True, False) for a in arguments[:kernel.nin]
+                if a.kind in ("array", "matrix")]
     operation = kernel.operation
-    total = loads = stores = 0
+    result = []
     for index, (parameter, argument) in enumerate(zip(kernel.params, arguments)):
         size = numpy.dtype(argument.dtype).itemsize
         output = index >= kernel.nin
         if argument.kind == "array":
             reads, writes = not output, output
         elif argument.kind == "raw":  # an output passed by reference (an optimizer's state) is written too
-            uses = [m.group(1) for m in re.finditer(rf"\b{parameter.name}\[(?:k|i|s)\](\s*=(?!=))?", operation)]
+            uses = [bool(m.group(1) or m.group(2)) for m in
+                    re.finditer(rf"(gpunn_store\(&)?\b{parameter.name}\[(?:k|i|s)\](\s*=(?!=))?", operation)]
             reads, writes = any(not use for use in uses), bool(uses) and (output or any(uses))
         else:
             reads = writes = False
-        total += size * (reads + writes)
-        loads, stores = loads + reads, stores + writes
-    return total, loads, stores
+        if reads or writes:
+            result.append((size, reads, writes))
+    return result
+
+
+def traffic(kernel, arguments) -> tuple[int, int, int]:
+    """(bytes, per-element loads, per-element stores) of one element (see ``accesses``)."""
+    used = accesses(kernel, arguments)
+    return (sum(size * (reads + writes) for size, reads, writes in used), sum(reads for _, reads, _ in used),
+            sum(writes for _, _, writes in used))
 
 
 # --- compiling as CuPy does --------------------------------------------------------------------
@@ -314,15 +323,29 @@ def predicted_fraction(sass_per_element: float, bytes_per_element: int, gpu: dic
     return min(1.0, issue / memory)
 
 
+def access_bytes(opcode: str) -> int:
+    """Bytes one thread moves with a global load or store: LDG.E.U16 2, LDG.E 4, LDG.E.64 8, …"""
+    suffixes = set(opcode.split(".")[1:])
+    return next((size for suffix, size in (("128", 16), ("64", 8), ("U16", 2), ("S16", 2), ("U8", 1), ("S8", 1))
+                 if suffix in suffixes), 4)
+
+
 def cost_of_sass(text: str, name: str, bytes_per_element: int, loads: int, stores: int, op="", variant="",
-                 dtype="", arch: str = ARCH) -> KernelCost:
+                 dtype="", arch: str = ARCH, stored_bytes: int | None = None) -> KernelCost:
+    """The cost of a kernel's SASS. The elements one loop iteration serves are its global stores
+    over one element's (its loads, in a kernel that stores nothing per element): counted in bytes
+    when the kernel stores and ``stored_bytes`` (one element's) is given, so that a vector store
+    (two float16 elements in one 32-bit STG) counts as the elements it writes, else in instructions."""
     instructions, labels = parse_sass(text)
     per_iteration = stores or loads
     longest = shortest = count = None
     for start, end in element_loops(instructions, labels):
-        memory_ops = sum(1 for i in instructions[start:end + 1] if i.opcode.startswith("STG" if stores else "LDG"))
-        # Unrolled by the compiler: several elements' accesses in one iteration (never fewer than one).
-        elements = max(1, memory_ops // per_iteration) if per_iteration else 1
+        memory = [i.opcode for i in instructions[start:end + 1] if i.opcode.startswith("STG" if stores else "LDG")]
+        # Unrolled by the compiler or vectorised: several elements' accesses in one iteration (never fewer than one).
+        if stored_bytes and stores:
+            elements = max(1, sum(access_bytes(opcode) for opcode in memory) // stored_bytes)
+        else:
+            elements = max(1, len(memory) // per_iteration) if per_iteration else 1
         high, low = path_costs(instructions, labels, start, end, lambda i: weight(i.opcode, arch))
         plain, _ = path_costs(instructions, labels, start, end, lambda i: 1)
         if longest is None or high / elements > longest:
@@ -349,8 +372,10 @@ def kernel_cost(op: str, variant: str, dtype: str, nvdisasm: str, arch: str = AR
     arguments = cupy_kernels.KERNELS[op].arguments(variant, dtype)
     source, options = (cupy_reduction_source if is_reduction(kernel) else cupy_source)(kernel, arguments)
     text = disassemble(nvrtc_cubin(kernel.name, source, options, arch), nvdisasm)
+    used = accesses(kernel, arguments)
     total, loads, stores = traffic(kernel, arguments)
-    return cost_of_sass(text, kernel.name, total, loads, stores, op, variant, dtype, arch)
+    stored = sum(size for size, _, writes in used if writes)
+    return cost_of_sass(text, kernel.name, total, loads, stores, op, variant, dtype, arch, stored_bytes=stored)
 
 
 def run(entries=None, workers: int | None = None, archs=tuple(ARCHS)) -> list[KernelCost]:

@@ -11,7 +11,7 @@
 // NaN. The NumPy backend evaluates the same formula.
 template <typename C> __host__ __device__ inline C gpunn_sigmoid_forward(C z) {
     C e = gpunn_exp(-gpunn_abs(z));
-    return (z < C(0) ? e : C(1)) / (C(1) + e);
+    return gpunn_divide_by_one_to_two(z < C(0) ? e : C(1), C(1) + e);
 }
 template <typename C> __host__ __device__ inline C gpunn_tanh_forward(C z) { return gpunn_tanh(z); }
 // Written as "z < 0 ? 0 : z" so that NaN passes through, as NumPy's maximum does.

@@ -453,6 +453,65 @@ def test_layer_norm_ops(cp_backend, np_backend, rng, shape, dtype):
                                rtol=rtol * scale * 10, atol=atol * scale * 10)
 
 
+@pytest.mark.parametrize("columns", [513, 514])
+def test_row_kernels_stride_down_the_rows_and_refuse_wrong_shapes(cp_backend, np_backend, rng, columns):
+    """LayerNorm's and the softmax gradient's kernels (cupy_kernels._rows_kernel) keep one column
+    (or, with even columns, two) per thread and step down the rows: 600 × 513 elements exceed the
+    capped grid (262,144 threads), so threads take several rows; a transposed input and a strided
+    ``out`` go through contiguous copies; a gain or a row statistic of the wrong length is refused,
+    not read past its end."""
+    shape = (600, columns)
+    x, dy = rng.normal(size=shape), rng.normal(size=shape)
+    gain, bias = rng.normal(size=shape[1]), rng.normal(size=shape[1])
+    mean, rstd = np.empty(shape[0]), np.empty(shape[0])
+    y_ref = np_backend.layer_norm_forward(x, gain, bias, 1e-5, np.empty(shape), mean, rstd)
+    X, G, B = cp_backend.asarray(np.ascontiguousarray(x.T)).T, cp_backend.asarray(gain), cp_backend.asarray(bias)
+    Mean, Rstd = cp_backend.empty((shape[0],), "float64"), cp_backend.empty((shape[0],), "float64")
+    out = cp_backend.empty((shape[1], shape[0]), "float64").T  # not C-contiguous
+    y = cp_backend.layer_norm_forward(X, G, B, 1e-5, out, Mean, Rstd)
+    assert y is out
+    np.testing.assert_allclose(cp_backend.to_numpy(y), y_ref, rtol=1e-12, atol=1e-12)
+    dx = cp_backend.layer_norm_backward(cp_backend.asarray(dy), X, G, Mean, Rstd)
+    np.testing.assert_allclose(cp_backend.to_numpy(dx), np_backend.layer_norm_backward(dy, x, gain, mean, rstd),
+                               rtol=1e-10, atol=1e-10)
+    labels = rng.integers(0, shape[1], size=shape[0])
+    lse = np.log(np.exp(x).sum(axis=1))
+    grad = cp_backend.softmax_cross_entropy_grad(X, cp_backend.asarray(lse), cp_backend.asarray(labels), 1 / 600)
+    expected = np_backend.softmax_cross_entropy_grad(x, lse, labels, 1 / 600)
+    np.testing.assert_allclose(cp_backend.to_numpy(grad), expected, rtol=1e-12, atol=1e-15)
+    assert (("layer_norm_forward", "pairs", "float64") in cp_backend._kernels) == (columns % 2 == 0)
+    # A buffer one element off the pairs' alignment falls back to one column per thread.
+    unaligned = cp_backend.asarray(np.concatenate([[0.0], dy.reshape(-1)]))[1:].reshape(shape)
+    np.testing.assert_allclose(cp_backend.to_numpy(cp_backend.layer_norm_backward(unaligned, X, G, Mean, Rstd)),
+                               np_backend.layer_norm_backward(dy, x, gain, mean, rstd), rtol=1e-10, atol=1e-10)
+    assert ("layer_norm_backward", "", "float64") in cp_backend._kernels
+    with pytest.raises(ValueError, match="argument 3 has shape"):
+        cp_backend.layer_norm_forward(X, G[:-1], B, 1e-5, out, Mean, Rstd)
+    with pytest.raises(ValueError):  # the row reductions refuse it first
+        cp_backend.layer_norm_backward(cp_backend.asarray(dy), X, G, Mean[:-1], Rstd)
+    with pytest.raises(ValueError, match="argument 2 has shape"):
+        cp_backend.softmax_cross_entropy_grad(X, cp_backend.asarray(lse), cp_backend.asarray(labels[:-1]), 1.0)
+    with pytest.raises(ValueError, match="argument 6 has shape"):  # the gain, after the row statistics
+        cp_backend._rows_launch("layer_norm_backward", X, (X, X, Mean, Rstd, Mean, Rstd, G[:-1]), "aarrrrc", None)
+
+
+@pytest.mark.parametrize("shape", [(), (7,), (3, 4, 6), (5, 3)])
+def test_loss_gradients_walk_rows_of_the_last_axis(cp_backend, np_backend, rng, shape):
+    """The MSE and BCE gradient kernels run over rows of the last axis (cupy_kernels._rows_kernel):
+    any number of dimensions, a strided ``out`` (written through a contiguous buffer), a target
+    that broadcasts, and the device's loss scale read once per thread."""
+    y, t = rng.normal(size=shape), rng.normal(size=shape[-1:] if shape else ())
+    loss_scale = cp_backend.asarray(np.array([8.0]))
+    for name in ("mse_grad", "bce_with_logits_grad"):
+        # (the NumPy backend's in-place passes want arrays: a 0-d case is computed as one element)
+        expected = getattr(np_backend, name)(np.atleast_1d(y), np.atleast_1d(np.broadcast_to(t, shape)).copy(), 0.25,
+                                             np.array([8.0])).reshape(shape)
+        out = cp_backend.empty(shape[::-1], "float64").T if len(shape) > 1 else None
+        got = getattr(cp_backend, name)(cp_backend.asarray(y), cp_backend.asarray(t), 0.25, loss_scale, out=out)
+        assert out is None or got is out
+        np.testing.assert_allclose(cp_backend.to_numpy(got), expected, rtol=1e-13, atol=1e-15)
+
+
 def test_modern_fit_matches_numpy_and_graphs_replay_dropout(rng):
     """A whole fit with GELU, LayerNorm, Residual and Dropout agrees across backends (same seed,
     same masks), also when each step replays a CUDA graph (the dropout step advances on the device)."""
