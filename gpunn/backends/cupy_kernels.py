@@ -153,7 +153,9 @@ def _rows_spec(op: RowsOp, name: str, *files, scalars=lambda compute: ()):
     def build(variant, dtype):
         compute_name, compute = _COMPUTE[dtype]
         formatted = op._replace(scalars=op.scalars.format(cn=compute_name), prologue=op.prologue.format(c=compute))
-        return _rows_kernel(formatted, name, dtype, 2 if variant == "pairs" else 1, *files)
+        width = 2 if variant == "pairs" else 1  # a kernel's name says its width (profiles tell them apart)
+        return _rows_kernel(formatted, name if width == 1 else name.replace("_kernel", "_pairs_kernel"), dtype,
+                            width, *files)
 
     def arguments(_, dtype):
         compute = _compute_name(dtype)
