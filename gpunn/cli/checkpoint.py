@@ -47,6 +47,7 @@ class Checkpoint:
     label: str | None = None  # the training file's label column
     data_digest: np.ndarray | None = None  # gpunn train: a digest of the train, validation and test rows
     encoding: Encoding | None = None  # the feature columns → the model's inputs; None: numbers, as they are
+    split_rows: np.ndarray | None = None  # --stream: [start, stop) of train, validation and test in the --data file
 
     def extras(self) -> dict:
         extras = {"task": np.array(self.task), "mean": self.scaler.mean, "std": self.scaler.std}
@@ -62,6 +63,8 @@ class Checkpoint:
             extras["label"] = np.array(self.label)
         if self.data_digest is not None:
             extras["data_digest"] = np.asarray(self.data_digest, dtype=str)
+        if self.split_rows is not None:
+            extras["split_rows"] = np.asarray(self.split_rows, dtype=np.int64)
         return extras
 
     @classmethod
