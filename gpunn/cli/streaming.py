@@ -84,9 +84,9 @@ def open_rows(path, label: str) -> tuple[Dataset, list[str] | None]:
             return dataset, dataset.x.names
     except ImportError as error:
         raise DataError(f"{path}: {error}") from None
-    except (ValueError, OSError) as error:
-        raise DataError(f"{path}: {error}".replace(f"{path}: {path}: ", f"{path}: ")
-                        + ("" if "--stream" in str(error) else f" ({STREAM_FIX})")) from None
+    except (ValueError, OSError) as error:  # a table's text or missing cells: STREAM_FIX; a file's layout: its own fix
+        fix = STREAM_FIX if kind in (".csv", ".parquet") else "or drop --stream to load it whole"
+        raise DataError(f"{path}: {error}".replace(f"{path}: {path}: ", f"{path}: ") + f" ({fix})") from None
     raise DataError(f"{path}: unknown file type for --stream; use .npy (the target as the last column), .npz "
                     "(arrays X and y, saved with np.savez), .parquet or .csv")
 
