@@ -27,9 +27,10 @@ from gpunn.cli.data import MAX_AUTO_CLASSES, SPLIT_PARTS, DataError, Standardize
 from gpunn.data import Dataset, TableDataset
 from gpunn.data.rows import from_npy
 from gpunn.data.scaled import Layout, StandardizedDataset
-from gpunn.data.stream import CHUNK_BYTES
 from gpunn.train.weights import balanced_from_counts
 
+#: Bytes of inputs the statistics pass reads at a time (its float64 temporaries are a few times this).
+SCAN_BYTES = 8 * 2**20
 STREAM_FIX = ("--stream reads number columns without missing cells: fill or encode the file beforehand, or drop "
               "--stream (gpunn train then loads the file, one-hot encodes text columns and --impute fills missing "
               "cells)")
@@ -178,7 +179,7 @@ class StreamedSplit:
             path, dataset = self.sources[name]
             digest, counts = hashlib.sha256(), {}
             part_targets = Moments(1)
-            chunk = max(1, CHUNK_BYTES // max(1, dataset.x.row_bytes))
+            chunk = max(1, SCAN_BYTES // max(1, dataset.x.row_bytes))
             first = self.bounds[SPLIT_PARTS.index(name)][0] if path == args.data else 0
             for start in range(0, dataset.rows, chunk):
                 stop = min(start + chunk, dataset.rows)
@@ -254,6 +255,19 @@ class StreamedSplit:
                     lines.append(f"  {name} rows per class: " + ", ".join(
                         f"{label} {counts.get(value, 0)}" for label, value in zip(self.classes, self.values.tolist())))
         return lines
+
+    def warnings(self) -> list[str]:
+        """A part with rows but without some class: what a file sorted by label gives."""
+        if self.classes is None:
+            return []
+        found = []
+        for name in SPLIT_PARTS:
+            absent = [label for label, value in zip(self.classes, self.values.tolist())
+                      if self.rows(name) and not self.counts[name].get(value)]
+            if absent:
+                found.append(f"--stream: the {name} part (rows by position) has no rows of class(es) "
+                             f"{', '.join(absent[:10])}; is the file sorted by label? shuffle it first")
+        return found
 
     def _targets(self, loss_name: str):
         """(function of a block of raw targets, trailing shape, dtype): what the model trains on."""

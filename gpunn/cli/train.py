@@ -90,6 +90,9 @@ class Split:
     def describe(self) -> list[str]:
         return []
 
+    def warnings(self) -> list[str]:
+        return []
+
     def test_scores(self, model):
         """(RMSE, R²) of a regression, else the accuracy, on the test part."""
         x_test, y_test = self.features(self.test_rows), self.dataset.y[self.test_rows]
@@ -282,6 +285,8 @@ def command_train(args) -> int:
                       record.epoch if resumed else None), quiet)
     for line in data.describe():
         say(line, quiet)
+    for message in data.warnings() if root else []:
+        print(f"gpunn train: warning: {message}", file=sys.stderr, flush=True)
 
     metric = "mse" if regress else "accuracy"
     class_weight = data.class_weight() if args.class_weight else None

@@ -118,6 +118,10 @@ def test_the_run_prints_where_each_part_lies_and_its_rows_per_class(capsys, tmp_
     assert "not stratified" in out and "train rows 1..108, validation rows 109..120, test rows 121..150" in out
     test_line = next(line for line in out.splitlines() if line.strip().startswith("test rows per class"))
     assert test_line.split(": ")[1] == "3 0, 7 30"
+    code, out, err = run(capsys, "train", "--data", tmp_path / "d.npy", "--out", tmp_path / "quiet", *FAST)
+    assert code == 0 and out.count("rows per class") == 0
+    assert "warning: --stream: the test part (rows by position) has no rows of class(es) 3; is the file sorted" in err
+    assert "validation part" in err and "train part" not in err
 
 
 @pytest.mark.parametrize("kind", ["csv", "parquet"])
