@@ -25,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train an MLP classifier or regressor (default: the bundled handwritten digits)",
         description="Train an MLP and report loss and accuracy (RMSE and R² with --task regress) per epoch. "
                     f"Without --data it uses scikit-learn's bundled 8x8 digits ({install_command('data')}). The "
-                    "data is split into train/validation/test parts (stratified for classes) and standardised on "
-                    "the training part; each epoch writes last.npz, the best validation epoch best.npz.")
+                    "data is split into train/validation/test parts (stratified for classes; by position with --stream) "
+                    "and standardised on the training part; each epoch writes last.npz, the best validation epoch "
+                    "best.npz.")
     add_train_arguments(train)
 
     predict = commands.add_parser("predict", help="predict with a trained run or checkpoint for a .csv/.parquet/.npz/.npy",
