@@ -26,7 +26,8 @@ import gpunn as gn
 from gpunn.cli.data import MAX_AUTO_CLASSES, SPLIT_PARTS, DataError, Standardizer, _label_text
 from gpunn.data import Dataset, TableDataset
 from gpunn.data.rows import from_npy
-from gpunn.data.scaled import Layout, StandardizedDataset
+from gpunn.data.dataset import Layout
+from gpunn.data.scaled import StandardizedDataset
 from gpunn.train.weights import balanced_from_counts
 
 #: Bytes of inputs the statistics pass reads at a time (its float64 temporaries are a few times this).

@@ -3,30 +3,9 @@ standardised inputs without a standardised copy of it anywhere (``gpunn train --
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from gpunn.data.dataset import Dataset
-
-
-@dataclass
-class Layout:
-    """The shape and dtype of the rows a view hands out (what BatchStream sizes its buffers by)."""
-
-    shape: tuple
-    dtype: np.dtype
-
-    @property
-    def rows(self) -> int:
-        return self.shape[0]
-
-    @property
-    def row_bytes(self) -> int:
-        return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-
-    def close(self) -> None:
-        """The inner Dataset holds the files."""
+from gpunn.data.dataset import Dataset, Layout
 
 
 class StandardizedDataset(Dataset):

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from gpunn.data.dataset import Dataset
+from gpunn.data.dataset import Dataset, Layout
 from gpunn.extras import install_command
 
 #: A CSV's index keeps the byte offset of every this many data rows (8 bytes per this many rows).
@@ -155,26 +155,13 @@ def _into(values: np.ndarray, out: np.ndarray | None) -> np.ndarray:
 
 
 @dataclass
-class Columns:
-    """Which columns of the file make ``X`` (or ``T``), with the shape and dtype of the array they read as
-    (what BatchStream sizes its chunks by)."""
+class Columns(Layout):
+    """Which columns of the file make ``X`` (or ``T``), with the shape and dtype of the array they read as.
+    The file is opened per read: nothing is held."""
 
-    path: str
-    names: list[str]
-    shape: tuple
-    dtype: np.dtype
+    path: str = ""
+    names: list[str] = field(default_factory=list)
     name: str = "X"
-
-    @property
-    def rows(self) -> int:
-        return self.shape[0]
-
-    @property
-    def row_bytes(self) -> int:
-        return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-
-    def close(self) -> None:
-        """The file is opened per read: nothing is held."""
 
 
 class TableDataset(Dataset):
@@ -210,10 +197,10 @@ class TableDataset(Dataset):
         if absent or not features:
             raise ValueError(f"TableDataset: {self.path} has no feature column(s) {absent} (it has {names})")
         self._first, self._file_rows = 0, rows  # this view's rows begin at _first of the file's (rows_between)
-        self.x = Columns(self.path, features, (rows, len(features)), np.dtype(np.float64))
+        self.x = Columns((rows, len(features)), np.dtype(np.float64), self.path, features)
         self.t = None
         if target is not None:
-            self.t = Columns(self.path, [target], (rows,), np.dtype(np.float64), "T")
+            self.t = Columns((rows,), np.dtype(np.float64), self.path, [target], "T")
             if rows:
                 self.t.dtype = self._target_dtype()
 

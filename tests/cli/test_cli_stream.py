@@ -9,31 +9,17 @@ import pandas as pd
 import pytest
 
 import gpunn as gn
-from gpunn import cli
 from gpunn.cli.build import build_model
 from gpunn.cli.data import Standardizer
 from gpunn.cli.streaming import Moments, part_bounds
 from gpunn.data import Dataset
+from support.cli import ok as ok_and_err, run, user_error as refused
+
+
+def ok(capsys, *argv) -> str:
+    return ok_and_err(capsys, *argv)[0]
 
 FAST = ["--backend", "numpy", "--epochs", "2", "--hidden", "8", "--quiet", "--stream"]
-
-
-def run(capsys, *argv):
-    code = cli.main([str(arg) for arg in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def ok(capsys, *argv):
-    code, out, err = run(capsys, *argv)
-    assert code == 0, err
-    return out
-
-
-def refused(capsys, *argv) -> str:
-    code, out, err = run(capsys, *argv)
-    assert code == 2 and len(err.strip().splitlines()) == 1, (code, out, err)
-    return err
 
 
 def table(rows=150, seed=0):
