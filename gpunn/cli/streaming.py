@@ -246,9 +246,11 @@ class StreamedSplit:
 
     def describe(self) -> list[str]:
         """Where each part lies, and its rows of each class (a file sorted by label shows here)."""
+        data = self.sources["train"][0]
         lines = [f"--stream: parts by position, not stratified (shuffle a file sorted by label first): "
-                 + ", ".join(f"{name} rows {start + 1}..{stop}" for name, (start, stop) in zip(SPLIT_PARTS, self.bounds)
-                             if stop > start and self.sources[name][0] == self.sources["train"][0])]
+                 + ", ".join(f"{name} rows {start + 1}..{stop}" if self.sources[name][0] == data else
+                             f"{name}: {self.sources[name][0]}" for name, (start, stop) in zip(SPLIT_PARTS, self.bounds)
+                             if self.rows(name))]
         if self.classes is not None:
             for name in SPLIT_PARTS:
                 if self.rows(name):
