@@ -32,9 +32,9 @@ from gpunn.train.weights import balanced_from_counts
 
 #: Bytes of inputs the statistics pass reads at a time (its float64 temporaries are a few times this).
 SCAN_BYTES = 8 * 2**20
-STREAM_FIX = ("--stream reads number columns without missing cells: fill or encode the file beforehand, or drop "
-              "--stream (gpunn train then loads the file, one-hot encodes text columns and --impute fills missing "
-              "cells)")
+STREAM_FIX = ("--stream takes a number in every cell: encode text columns and labels as numbers and fill missing "
+              "cells in the file beforehand, or drop --stream (gpunn train then loads the file, one-hot encodes text "
+              "columns, reads text labels, and --impute fills missing cells)")
 
 
 class LastColumnTarget(Dataset):

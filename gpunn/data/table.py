@@ -254,7 +254,7 @@ class TableDataset(Dataset):
             missing = np.flatnonzero(np.isnan(out[:, index]))
             if len(missing):
                 raise ValueError(f"{self.path}: column {name!r} has a missing value in data row {start + missing[0] + 1}; "
-                                 "fill or drop such rows (gpunn train --impute mean|median fills them)")
+                                 "fill or drop such rows")
         return out
 
     def read(self, start: int, stop: int, out=(None, None)):

@@ -11,8 +11,10 @@ import pytest
 import gpunn as gn
 from gpunn.cli.build import build_model
 from gpunn.cli.data import Standardizer
+from gpunn.cli import streaming, train as train_command
 from gpunn.cli.streaming import Moments, part_bounds
-from gpunn.data import Dataset
+from gpunn.data import Dataset, stream
+from gpunn.data.rows import RowSource
 from support.cli import ok as ok_and_err, run, user_error as refused
 
 
@@ -94,6 +96,27 @@ def test_every_format_streams_the_model_fit_trains_on_the_standardised_rows(caps
     expected = reference_weights(x, y, train, validation, stored["mean"], stored["std"])
     for kind, values in weights.items():
         np.testing.assert_array_equal(values, expected, err_msg=kind)
+
+
+def test_the_file_is_read_in_chunks_and_never_through_the_in_memory_loader(capsys, tmp_path, monkeypatch):
+    write_all(table(rows=10_000), tmp_path)
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("--stream loaded the file whole")
+
+    spans, read = [], RowSource.read
+
+    def recorded(self, start, stop, out=None):
+        spans.append(stop - start)
+        return read(self, start, stop, out)
+
+    monkeypatch.setattr(train_command, "load_files", loaded)
+    monkeypatch.setattr(RowSource, "read", recorded)
+    monkeypatch.setattr(streaming, "SCAN_BYTES", 500 * 3 * 8)  # the statistics pass: 500 rows at a time
+    monkeypatch.setattr(stream, "CHUNK_BYTES", 256 * 3 * 8)  # training: one batch per chunk; evaluate: 4096 rows
+    ok(capsys, "train", "--data", tmp_path / "d.npy", "--out", tmp_path / "run", *FAST, "--batch-size", "256")
+    assert len(spans) > 50 and max(spans) <= 4096 < 7200  # never the training part (7200 rows) at once
+    assert sum(span == 256 for span in spans) >= 2 * 7200 // 256  # each epoch's chunks
 
 
 def test_the_run_prints_where_each_part_lies_and_its_rows_per_class(capsys, tmp_path):
