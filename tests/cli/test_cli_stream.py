@@ -213,3 +213,16 @@ def test_a_streamed_regression_scales_its_targets_and_reports_the_test_scores(ca
     rmse = np.sqrt(np.mean((predicted - truth) ** 2))
     r2 = 1 - np.mean((predicted - truth) ** 2) / np.var(truth)
     assert f"test RMSE: {rmse:.6g}  test R²: {r2:.4f}" in out
+
+
+def test_a_streamed_run_on_cupy_trains_what_numpy_trains(capsys, tmp_path):
+    from support import cupy_standin
+
+    write_all(table(), tmp_path)
+    options = [option for option in FAST if option not in ("--backend", "numpy")] + ["--dtype", "float64"]
+    ok(capsys, "train", "--data", tmp_path / "d.parquet", "--out", tmp_path / "numpy", "--backend", "numpy", *options)
+    with cupy_standin.installed() as standin:
+        ok(capsys, "train", "--data", tmp_path / "d.parquet", "--out", tmp_path / "cupy", "--backend", "cupy", *options)
+        assert standin.device.streams_state["pinned"]  # the batches went through pinned buffers to the device
+    np.testing.assert_allclose(gn.load(tmp_path / "cupy" / "last.npz", backend="numpy").flat.values,
+                               gn.load(tmp_path / "numpy" / "last.npz").flat.values, rtol=1e-10, atol=1e-12)
