@@ -103,7 +103,8 @@ def add_train_arguments(train) -> None:
                  "and standardised as they train. The parts are contiguous, not stratified: test is the last "
                  "--test-fraction of the rows, validation the --validation-fraction before it (shuffle a file "
                  "sorted by label first; the run prints each part's rows per class). Number columns and number "
-                 "labels only: text columns and missing cells are refused, --impute too")
+                 "labels only: text columns and missing cells are refused (--impute mean fills them; median "
+                 "is refused)")
     setting("--label", default="label", help="the label column of a CSV or Parquet file (default: label)")
     setting("--validation-data", metavar="FILE",
             help="validation rows from this file (same columns as --data) instead of --validation-fraction")

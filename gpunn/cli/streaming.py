@@ -10,8 +10,9 @@ One pass over every part, a chunk of rows at a time, before training: the traini
 ``Standardizer.fit`` divides by the column's), the classes (a whole-number label column), the rows
 of each class in each part, the finiteness of every input, and a SHA-256 of each part's rows (what
 ``--resume`` compares: exact, and it never holds the file). Training then reads the rows through a
-``StandardizedDataset``. Number columns only: text columns and missing cells are refused (the
-one-hot encoding and ``--impute`` of the in-memory path need the whole column).
+``StandardizedDataset``. Number columns only: text columns are refused (the in-memory path's one-hot
+encoding takes its categories from the whole column), and missing cells unless ``--impute mean``,
+whose fills are the pass's means of each column's training cells (a median needs them sorted).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 
 import gpunn as gn
 from gpunn.cli.data import MAX_AUTO_CLASSES, SPLIT_PARTS, DataError, Standardizer, _label_text
+from gpunn.cli.encoding import Column, Encoding
 from gpunn.data import Dataset, TableDataset
 from gpunn.data.rows import from_npy
 from gpunn.data.dataset import Layout
@@ -70,8 +72,9 @@ class LastColumnTarget(Dataset):
         self.rows_source.close()
 
 
-def open_rows(path, label: str) -> tuple[Dataset, list[str] | None]:
-    """(the file's rows as a Dataset with targets, its feature names or None), nothing read but headers."""
+def open_rows(path, label: str, missing: bool = False) -> tuple[Dataset, list[str] | None]:
+    """(the file's rows as a Dataset with targets, its feature names or None), nothing read but headers;
+    ``missing``: a table's missing feature cells read as NaN (``--impute mean``)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DataError(f"{path}: {'a folder, not a data file' if os.path.isdir(path) else 'no such file'}")
@@ -82,7 +85,7 @@ def open_rows(path, label: str) -> tuple[Dataset, list[str] | None]:
         if kind == ".npz":
             return Dataset.from_npz(path), None
         if kind in (".csv", ".parquet"):
-            dataset = TableDataset(path, target=label)
+            dataset = TableDataset(path, target=label, missing=missing)
             return dataset, dataset.x.names
     except ImportError as error:
         raise DataError(f"{path}: {error}") from None
@@ -96,38 +99,38 @@ def open_rows(path, label: str) -> tuple[Dataset, list[str] | None]:
 class Moments:
     """Per-column count, mean and sum of squared deviations of float64 rows added a block at a time
     (Chan, Golub and LeVeque's pairwise merge), of the values divided by the largest magnitude seen:
-    ``standardizer()`` equals ``Standardizer.fit`` of all the rows to rounding."""
+    ``standardizer()`` equals ``Standardizer.fit`` of all the rows to rounding. NaN cells are left out
+    of a column's moments but counted as rows: the moments of the column filled with its mean
+    (``--impute mean``), whose cells add nothing to the squared deviations."""
 
     def __init__(self, columns: int):
-        self.count, self.scale = 0, np.ones(columns)
+        self.rows, self.count, self.scale = 0, np.zeros(columns), np.ones(columns)
         self.mean, self.m2 = np.zeros(columns), np.zeros(columns)
 
     def add(self, block: np.ndarray) -> None:
         if not len(block):
             return
         block = np.asarray(block, dtype=np.float64)
-        magnitude = np.abs(block).max(axis=0)
+        known = ~np.isnan(block)
+        magnitude = np.where(known, np.abs(block), 0.0).max(axis=0)
         scale = np.maximum(self.scale, np.where(magnitude > 0, magnitude, 1.0))
         shrink = self.scale / scale  # earlier moments in the new, larger unit
         self.mean *= shrink
         self.m2 *= shrink * shrink
         self.scale = scale
-        scaled = block / scale
-        mean = scaled.mean(axis=0)
-        m2 = ((scaled - mean) ** 2).sum(axis=0)
-        rows, total = len(block), self.count + len(block)
+        scaled = np.where(known, block / scale, 0.0)
+        rows = known.sum(axis=0)
+        mean = scaled.sum(axis=0) / np.maximum(rows, 1)
+        m2 = (np.where(known, scaled - mean, 0.0) ** 2).sum(axis=0)
+        total = self.count + rows
         delta = mean - self.mean
-        self.mean += delta * (rows / total)
-        self.m2 += m2 + delta * delta * (self.count * rows / total)
-        self.count = total
+        self.mean += delta * (rows / np.maximum(total, 1))
+        self.m2 += m2 + delta * delta * (self.count * rows / np.maximum(total, 1))
+        self.count, self.rows = total, self.rows + len(block)
 
     def standardizer(self) -> Standardizer:
-        std = np.sqrt(self.m2 / self.count) * self.scale
+        std = np.sqrt(self.m2 / self.rows) * self.scale
         return Standardizer(self.mean * self.scale, np.where(std > 0, std, 1.0))
-
-    def spread(self) -> float:
-        """The population variance of a one-column block's values on the standardised scale."""
-        return float(self.m2[0] / self.count)
 
 
 def part_bounds(rows: int, test_fraction: float, validation_fraction: float, has_validation: bool,
@@ -146,11 +149,11 @@ class StreamedSplit:
     part's class counts and digest; ``part(name, loss)`` is (a StandardizedDataset, None) for fit."""
 
     def __init__(self, args):
-        if args.impute:
-            raise DataError(f"--impute {args.impute} needs the whole column ({'the median sorts it' if args.impute == 'median' else 'not supported with --stream yet'}); "
-                            f"{STREAM_FIX}")
-        self.regress = args.task == "regress"
-        source, self.feature_names = open_rows(args.data, args.label)
+        if args.impute == "median":
+            raise DataError("--impute median needs each column's training cells sorted, which one pass over a file "
+                            "larger than memory cannot do; use --impute mean, fill the file beforehand, or drop --stream")
+        self.regress, self.impute = args.task == "regress", args.impute == "mean"
+        source, self.feature_names = open_rows(args.data, args.label, self.impute)
         self.name = os.path.basename(args.data)
         self.bounds = part_bounds(source.rows, args.test_fraction, args.validation_fraction,
                                   bool(args.validation_data), bool(args.test_data))
@@ -158,7 +161,7 @@ class StreamedSplit:
                         for name, bounds in zip(SPLIT_PARTS, self.bounds)}
         for name, path in (("validation", args.validation_data), ("test", args.test_data)):
             if path:
-                other, names = open_rows(path, args.label)
+                other, names = open_rows(path, args.label, self.impute)
                 if other.features != source.features or (names or None) != (self.feature_names or None):
                     raise DataError(f"{path}: its columns ({names or other.features}) are not those of --data "
                                     f"{args.data} ({self.feature_names or source.features}); with --stream the files "
@@ -188,7 +191,7 @@ class StreamedSplit:
                     x, t = dataset.read(start, stop)
                 except (ValueError, OSError) as error:
                     raise DataError(f"{path}: {error}".replace(f"{path}: {path}: ", f"{path}: ") + f" ({STREAM_FIX})") from None
-                self._check(x, t, path, first + start, args.label)
+                self._check(x, t, path, first + start, args.label, self.impute)
                 digest.update(np.ascontiguousarray(x).tobytes() + str(t.dtype).encode() + np.ascontiguousarray(t).tobytes())
                 if name == "train":
                     moments.add(x)
@@ -203,7 +206,14 @@ class StreamedSplit:
             self.counts[name] = counts
             if name == "test" and self.regress:
                 self.target_spread = part_targets
-        self.scaler = moments.standardizer()
+        self.scaler, self.encoding = moments.standardizer(), None
+        if self.impute:  # the mean of each column's training cells, as Encoding.fit takes it
+            names = self.feature_names or [f"column {index + 1}" for index in range(self.width)]
+            empty = [name for name, count in zip(names, moments.count) if count == 0]
+            if empty:
+                raise DataError(f"{args.data}: column {empty[0]!r} has no value in the training rows to --impute from")
+            self.encoding = Encoding([Column(name, fill=float(mean)) for name, mean in zip(names, self.scaler.mean)],
+                                     "mean")
         self.target = targets.standardizer() if self.regress else None
         if self.regress:
             if not targets.m2[0] > 0:
@@ -213,8 +223,8 @@ class StreamedSplit:
             self._classes(args)
 
     @staticmethod
-    def _check(x, t, path, first: int, label) -> None:
-        finite = np.isfinite(x)
+    def _check(x, t, path, first: int, label, impute: bool) -> None:
+        finite = np.isfinite(x) | (np.isnan(x) if impute else False)
         if not finite.all():
             row, column = (int(i) for i in np.argwhere(~finite)[0])
             raise DataError(f"{path}: feature column {column + 1} holds {x[row, column]} in data row {first + row + 1}; "
@@ -286,7 +296,8 @@ class StreamedSplit:
         if dataset.rows == 0:
             return None
         targets, shape, dtype = self._targets(loss_name)
-        return StandardizedDataset(dataset, self.scaler.mean, self.scaler.std, targets, shape, dtype), None
+        return StandardizedDataset(dataset, self.scaler.mean, self.scaler.std, targets, shape, dtype,
+                                   self.scaler.mean if self.impute else None), None
 
     def test_scores(self, model):
         """(RMSE in the target's units, R²) of a regression, else the accuracy, on the test part: evaluated
@@ -294,7 +305,7 @@ class StreamedSplit:
         if self.regress:
             error = model.evaluate(*self.part("test", "mse"), gn.MSELoss(), metrics=("mse",))["mse"]
             test = self.target_spread
-            spread = (test.m2[0] * test.scale[0] ** 2 / test.count if test.count > 1 else 0.0) / self.target.std[0] ** 2
+            spread = (test.m2[0] * test.scale[0] ** 2 / test.rows if test.rows > 1 else 0.0) / self.target.std[0] ** 2
             return math.sqrt(error) * float(self.target.std[0]), (1 - error / spread if spread > 0 else float("nan"))
         return model.evaluate(*self.part("test", "softmax-ce"), gn.SoftmaxCrossEntropyLoss(),
                               metrics=("accuracy",))["accuracy"]

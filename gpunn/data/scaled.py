@@ -12,11 +12,13 @@ class StandardizedDataset(Dataset):
     """``dataset``'s inputs as float64 ``(x − mean) / std`` (the same operations as
     ``Standardizer.__call__`` on the rows in memory, so the same numbers bit for bit), and its targets
     through ``targets`` (a function of a block of targets, returning rows of ``target_shape`` and
-    ``target_dtype``: class values → indices, a regression's scaler), or as read where None."""
+    ``target_dtype``: class values → indices, a regression's scaler), or as read where None. With
+    ``fill`` (a value per feature), a NaN input is that value before it is standardised (an imputation)."""
 
     def __init__(self, dataset: Dataset, mean, std, targets=None, target_shape: tuple = (),
-                 target_dtype=None):
+                 target_dtype=None, fill=None):
         self.inner, self.mean, self.std, self.targets = dataset, np.asarray(mean), np.asarray(std), targets
+        self.fill = None if fill is None else np.asarray(fill, dtype=np.float64)
         if self.mean.shape != (dataset.features,) or self.std.shape != (dataset.features,):
             raise ValueError(f"StandardizedDataset: mean and std need {dataset.features} values, one per feature")
         self.x = Layout((dataset.rows, dataset.features), np.dtype(np.float64))
@@ -27,6 +29,8 @@ class StandardizedDataset(Dataset):
 
     def _convert(self, x, t, out):
         x_out = out[0] if out[0] is not None else np.empty(x.shape, np.float64)
+        if self.fill is not None:
+            x = np.where(np.isnan(x), self.fill, x)
         np.subtract(x, self.mean, out=x_out)
         x_out /= self.std
         if t is None or self.targets is None:

@@ -168,11 +168,13 @@ class TableDataset(Dataset):
     """Feature columns (numbers) and a ``target`` column of a ``.csv`` (with a header row) or ``.parquet``
     file, read ``read(start, stop)`` rows at a time, never whole. ``features``: the columns of ``X``, in
     order (default: every column but the target). A missing cell or a column of text is a ValueError
-    naming the column (``gpunn train`` one-hot encodes text and imputes; this reads numbers).
+    naming the column (``gpunn train`` one-hot encodes text and imputes; this reads numbers), unless
+    ``missing``: then a missing feature cell reads as NaN, for the caller to fill.
     A whole-number target reads as int64 class indices, any other as float64."""
 
-    def __init__(self, path, target: str | None = None, features: list[str] | None = None):
+    def __init__(self, path, target: str | None = None, features: list[str] | None = None, missing: bool = False):
         pa = arrow()
+        self.missing = missing  # missing feature cells read as NaN (for a caller that fills them) instead of an error
         self.path = os.fspath(path)
         kind = os.path.splitext(self.path)[1].lower()
         if kind not in (".csv", ".parquet"):
@@ -247,12 +249,12 @@ class TableDataset(Dataset):
                              "(quote such cells, use \\n or \\r\\n line ends) or convert the file to Parquet")
         return table.slice(start - first * every, stop - start)
 
-    def _matrix(self, table, names: list[str], start: int) -> np.ndarray:
+    def _matrix(self, table, names: list[str], start: int, missing_allowed: bool = False) -> np.ndarray:
         out = np.empty((table.num_rows, len(names)))
         for index, name in enumerate(names):
             out[:, index] = numbers(table.column(name), name, self.path, start)
             missing = np.flatnonzero(np.isnan(out[:, index]))
-            if len(missing):
+            if len(missing) and not missing_allowed:
                 raise ValueError(f"{self.path}: column {name!r} has a missing value in data row {start + missing[0] + 1}; "
                                  "fill or drop such rows")
         return out
@@ -263,7 +265,7 @@ class TableDataset(Dataset):
         start, stop = start + self._first, stop + self._first
         names = self.x.names + ([] if self.t is None else self.t.names)
         table = self._rows(start, stop, list(dict.fromkeys(names)))
-        x = _into(self._matrix(table, self.x.names, start), out[0])
+        x = _into(self._matrix(table, self.x.names, start, self.missing), out[0])
         if self.t is None:
             return x, None
         return x, _into(self._matrix(table, self.t.names, start)[:, 0].astype(self.t.dtype), out[1])

@@ -2,6 +2,7 @@
 the in-memory Standardizer's; every format trains the model that fit trains on the standardised rows
 (bit for bit); text, missing cells and --impute are refused; resume is exact; predict works."""
 
+import json
 from fractions import Fraction
 
 import numpy as np
@@ -156,13 +157,41 @@ def test_nan_in_an_npy_impute_and_text_labels_are_refused(capsys, tmp_path):
     np.save(tmp_path / "nan.npy", np.ascontiguousarray(np.column_stack([x, y])))
     err = refused(capsys, "train", "--data", tmp_path / "nan.npy", "--out", tmp_path / "a", *FAST)
     assert "column 3" in err and "data row 6" in err and "drop --stream" in err
-    for impute in ("mean", "median"):
-        err = refused(capsys, "train", "--data", tmp_path / "d.npy", "--impute", impute, "--out", tmp_path / "b", *FAST)
-        assert "--impute" in err and "drop --stream" in err
+    err = refused(capsys, "train", "--data", tmp_path / "d.npy", "--impute", "median", "--out", tmp_path / "b", *FAST)
+    assert "--impute median needs each column's training cells sorted" in err and "drop --stream" in err
     data.assign(label=np.where(data["label"] == 7, "seven", "three")).to_csv(tmp_path / "words.csv", index=False)
     err = refused(capsys, "train", "--data", tmp_path / "words.csv", "--out", tmp_path / "c", *FAST)
     assert "'label'" in err and "drop --stream" in err
     assert "apply to --data" in refused(capsys, "train", "--stream", "--out", tmp_path / "d", "--backend", "numpy")
+
+
+def test_impute_mean_fills_from_the_streaming_pass_as_the_in_memory_run_does(capsys, tmp_path):
+    data = table()
+    x, y = write_all(data, tmp_path)
+    holes = x.copy()
+    holes[[3, 50, 111, 140], [0, 2, 1, 2]] = np.nan  # training, validation and test rows
+    np.save(tmp_path / "holes.npy", np.ascontiguousarray(np.column_stack([holes, y])))
+    frame = data.copy()
+    frame[["a", "b", "c"]] = holes
+    frame.to_csv(tmp_path / "holes.csv", index=False)
+    for kind in ("npy", "csv"):
+        ok(capsys, "train", "--data", tmp_path / f"holes.{kind}", "--impute", "mean", "--out", tmp_path / kind, *FAST)
+    train, validation, _ = part_bounds(150, 0.2, 0.1, False, False)
+    fills = np.nanmean(holes[:108], axis=0)  # Encoding.fit's fills: the training rows' known cells
+    filled = np.where(np.isnan(holes), fills, holes)
+    memory = Standardizer.fit(filled[:108])
+    run = gn.load(tmp_path / "npy" / "last.npz")
+    stored = json.loads(str(run.extras["encoding"]))
+    assert stored["impute"] == "mean"
+    np.testing.assert_allclose([column["fill"] for column in stored["columns"]], fills, rtol=1e-12)
+    np.testing.assert_allclose(run.extras["mean"], memory.mean, rtol=1e-12)
+    np.testing.assert_allclose(run.extras["std"], memory.std, rtol=1e-12)
+    own_fill = np.where(np.isnan(holes), run.extras["mean"], holes)  # the run's own fills, bit for bit
+    expected = reference_weights(own_fill, y, train, validation, run.extras["mean"], run.extras["std"])
+    np.testing.assert_array_equal(run.flat.values, expected)
+    np.testing.assert_array_equal(gn.load(tmp_path / "csv" / "last.npz").flat.values, expected)
+    lines = ok(capsys, "predict", tmp_path / "csv", tmp_path / "holes.csv").splitlines()
+    assert len(lines) == 151 and "nan" not in "".join(lines)
 
 
 def test_resume_of_a_streamed_run_equals_a_straight_run_and_refuses_changed_rows(capsys, tmp_path):
