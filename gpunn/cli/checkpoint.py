@@ -2,7 +2,8 @@
 
 A checkpoint is a model file whose extras hold the task, the feature encoding (one-hot categories,
 --impute's fills), the feature scaler, the feature and label column names, and the class names
-(classification) or the target scaler (regression).
+(classification) or the target scaler (regression), and for a ``--stream`` run each part's rows of the
+``--data`` file (``split_rows``).
 Reading one back checks that every piece is there and fits the model, so ``predict`` never
 pairs a model with the wrong classes or scaler.
 """

@@ -192,7 +192,8 @@ class StreamedSplit:
                 except (ValueError, OSError) as error:
                     raise DataError(f"{path}: {error}".replace(f"{path}: {path}: ", f"{path}: ") + f" ({STREAM_FIX})") from None
                 self._check(x, t, path, first + start, args.label, self.impute)
-                digest.update(np.ascontiguousarray(x).tobytes() + str(t.dtype).encode() + np.ascontiguousarray(t).tobytes())
+                for piece in (np.ascontiguousarray(x), str(t.dtype).encode(), np.ascontiguousarray(t)):
+                    digest.update(piece)  # read in place: no bytes copy of the chunk
                 if name == "train":
                     moments.add(x)
                 if self.regress:

@@ -3,7 +3,9 @@
 Each epoch writes ``last.npz`` (model, optimizer state, scaler, classes and the run's settings) and
 ``history.csv``, and the epoch with the best validation loss writes ``best.npz``; ``--resume RUN_DIR`` continues
 from ``last.npz`` exactly as if the run had not stopped. The test part is never used to choose
-anything: validation rows are carved from the training part.
+anything: validation rows are carved from the training part. ``--stream`` reads a file larger than
+memory instead of loading it (``gpunn.cli.streaming``); ``Split`` and ``StreamedSplit`` answer the same
+questions (rows, parts, digests, test scores), so the run below does not ask which it has.
 """
 
 from __future__ import annotations
