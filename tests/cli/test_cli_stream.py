@@ -55,7 +55,8 @@ def test_streamed_moments_equal_the_in_memory_standardizer():
     assert streamed.std[2] == 1.0  # a constant column keeps std 1, as Standardizer's does
     # std/mean = 1e-9: float64 itself bounds both to ~1e-9 of the exact std (here, with fractions)
     column = rng.normal(1e6, 1e-3, 1000)
-    exact = np.mean([(Fraction(v) - sum(map(Fraction, column)) / 1000) ** 2 for v in column.tolist()])
+    exact_mean = sum(map(Fraction, column.tolist())) / 1000
+    exact = sum((Fraction(v) - exact_mean) ** 2 for v in column.tolist()) / 1000
     moments = Moments(1)
     for start in range(0, 1000, 300):
         moments.add(column[start:start + 300, None])
