@@ -78,9 +78,9 @@ def _host_memory() -> float:
         return math.inf
 
 
-def model_for(args, dataset, outputs, backend):
+def model_for(args, features: int, outputs, backend):
     """The model, refused before allocating when its weights cannot fit in memory."""
-    sizes = [dataset.X.shape[1], *args.hidden, outputs]
+    sizes = [features, *args.hidden, outputs]
     weights = sum(a * b for a, b in zip(sizes, sizes[1:]))
     too_big = UserError(f"gpunn train: out of memory for a {'-'.join(map(str, sizes))} MLP ({weights:,} weights, "
                         f"{weights * np.dtype(args.dtype).itemsize / 2**30:,.1f} GiB each for weights, gradients "
@@ -88,7 +88,7 @@ def model_for(args, dataset, outputs, backend):
     if backend.host_resident and 4 * weights * np.dtype(args.dtype).itemsize > _host_memory():
         raise too_big  # before allocating: a failed build could take minutes and all the RAM first
     try:
-        return build_model(dataset.X.shape[1], args.hidden, outputs, args.activation, args.dtype, args.seed,
+        return build_model(features, args.hidden, outputs, args.activation, args.dtype, args.seed,
                            args.dropout, args.layer_norm, args.residual)
     except MemoryError:
         raise too_big from None

@@ -2,7 +2,8 @@
 
 A checkpoint is a model file whose extras hold the task, the feature encoding (one-hot categories,
 --impute's fills), the feature scaler, the feature and label column names, and the class names
-(classification) or the target scaler (regression).
+(classification) or the target scaler (regression), and for a ``--stream`` run each part's rows of the
+``--data`` file (``split_rows``).
 Reading one back checks that every piece is there and fits the model, so ``predict`` never
 pairs a model with the wrong classes or scaler.
 """
@@ -47,6 +48,7 @@ class Checkpoint:
     label: str | None = None  # the training file's label column
     data_digest: np.ndarray | None = None  # gpunn train: a digest of the train, validation and test rows
     encoding: Encoding | None = None  # the feature columns → the model's inputs; None: numbers, as they are
+    split_rows: np.ndarray | None = None  # --stream: [start, stop) of train, validation and test in the --data file
 
     def extras(self) -> dict:
         extras = {"task": np.array(self.task), "mean": self.scaler.mean, "std": self.scaler.std}
@@ -62,6 +64,8 @@ class Checkpoint:
             extras["label"] = np.array(self.label)
         if self.data_digest is not None:
             extras["data_digest"] = np.asarray(self.data_digest, dtype=str)
+        if self.split_rows is not None:
+            extras["split_rows"] = np.asarray(self.split_rows, dtype=np.int64)
         return extras
 
     @classmethod

@@ -25,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train an MLP classifier or regressor (default: the bundled handwritten digits)",
         description="Train an MLP and report loss and accuracy (RMSE and R² with --task regress) per epoch. "
                     f"Without --data it uses scikit-learn's bundled 8x8 digits ({install_command('data')}). The "
-                    "data is split into train/validation/test parts (stratified for classes) and standardised on "
-                    "the training part; each epoch writes last.npz, the best validation epoch best.npz.")
+                    "data is split into train/validation/test parts (stratified for classes; by position with --stream) "
+                    "and standardised on the training part; each epoch writes last.npz, the best validation epoch "
+                    "best.npz.")
     add_train_arguments(train)
 
     predict = commands.add_parser("predict", help="predict with a trained run or checkpoint for a .csv/.parquet/.npz/.npy",
@@ -96,6 +97,14 @@ def add_train_arguments(train) -> None:
     setting("--data", help="your .csv (a header row and a label column; read by PyArrow), .parquet (a label "
                            "column), .npz (arrays X and y) or .npy (2-D, memory-mapped: the target is its last "
                            "column). Text feature columns are one-hot encoded; missing cells are refused (--impute)")
+    setting("--stream", action="store_true",
+            help="never load --data whole (for files larger than memory; .npy, .npz saved with np.savez, .parquet, "
+                 ".csv): one pass computes the training rows' mean and std and the classes, then batches are read "
+                 "and standardised as they train. The parts are contiguous, not stratified: test is the last "
+                 "--test-fraction of the rows, validation the --validation-fraction before it (shuffle a file "
+                 "sorted by label first; the run prints each part's rows per class). Number columns and number "
+                 "labels only: text columns and missing cells are refused (--impute mean fills them; median "
+                 "is refused)")
     setting("--label", default="label", help="the label column of a CSV or Parquet file (default: label)")
     setting("--validation-data", metavar="FILE",
             help="validation rows from this file (same columns as --data) instead of --validation-fraction")

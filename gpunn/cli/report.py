@@ -53,9 +53,9 @@ def regression_scores(model, X, y, target) -> tuple[float, float]:
 
 def header(args, data, outputs: int, loss_name: str, optimizer: str, backend, world, resumed_after) -> str:
     """The run's first line: the data, the network, the loss, the optimizer, the dtype and backend."""
-    features = data.dataset.X.shape[1]
-    return (f"training on {data.dataset.name}: {len(data.train_rows)} train / {len(data.validation_rows)} validation / "
-            f"{len(data.test_rows)} test rows, {features} features, "
+    features = data.width
+    return (f"training on {data.name}: {data.rows('train')} train / {data.rows('validation')} validation / "
+            f"{data.rows('test')} test rows, {features} features, "
             + ("a numeric target" if args.task == "regress" else f"{outputs} classes") + "; "
             f"{'-'.join(str(n) for n in [features, *args.hidden, outputs])} {args.activation} MLP, "
             f"{loss_name}, {optimizer}, {args.dtype} on {backend.name}"
@@ -88,7 +88,6 @@ def epoch_lines(epoch: int, epochs: int, logs: dict, regress: bool) -> list[str]
 def results(args, model, writer, data, stopper, trained: int, seconds: float, backend, metric: str) -> None:
     """The test scores of the last epoch and of the best validation epoch, then where things are."""
     record, regress = writer.record, args.task == "regress"
-    x_test, y_test = data.features(data.test_rows), data.dataset.y[data.test_rows]
     plot = save_plot(record.history, os.path.join(args.out, "curves.png"), metric)
     final = {"last epoch": (model, f"{record.epoch}: last.npz")}
     best = record.best_epoch is not None and os.path.isfile(writer.best)
@@ -100,10 +99,10 @@ def results(args, model, writer, data, stopper, trained: int, seconds: float, ba
     for index, (name, (trained_model, where)) in enumerate(final.items()):
         label = "" if index == 0 else f" of the {name}"
         if regress:
-            rmse, r2 = regression_scores(trained_model, x_test, y_test, data.target)
+            rmse, r2 = data.test_scores(trained_model)
             print(f"test RMSE{label}: {rmse:.6g}  test R²: {r2:.4f} ({where})")
         else:
-            accuracy = float(np.mean(trained_model.predict(x_test).argmax(axis=1) == y_test))
+            accuracy = data.test_scores(trained_model)
             print(f"test accuracy{label}: {accuracy:.4f} ({name if index == 0 else 'epoch'} {where})")
     if stopper is not None and stopper.stopped_epoch is not None:
         print(f"early stopping: no better validation loss for {plural(args.early_stopping, 'epoch')}")

@@ -62,7 +62,7 @@ class RunRecord:
         try:
             stored = json.loads(str(value))
             settings, epoch, history = stored["args"], stored["epoch"], stored["history"]
-            for later in ("class_weight", "validation_data", "test_data", "impute"):  # options newer than a run
+            for later in ("class_weight", "validation_data", "test_data", "impute", "stream"):  # options newer than a run
                 if isinstance(settings, dict) and later in names:
                     settings.setdefault(later, None)
             stopper = stored.get("stopper")

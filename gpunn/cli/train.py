@@ -3,7 +3,9 @@
 Each epoch writes ``last.npz`` (model, optimizer state, scaler, classes and the run's settings) and
 ``history.csv``, and the epoch with the best validation loss writes ``best.npz``; ``--resume RUN_DIR`` continues
 from ``last.npz`` exactly as if the run had not stopped. The test part is never used to choose
-anything: validation rows are carved from the training part.
+anything: validation rows are carved from the training part. ``--stream`` reads a file larger than
+memory instead of loading it (``gpunn.cli.streaming``); ``Split`` and ``StreamedSplit`` answer the same
+questions (rows, parts, digests, test scores), so the run below does not ask which it has.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from gpunn.cli.data import (DataError, Standardizer, load_digits, load_files, ra
 from gpunn.cli.encoding import Encoding
 from gpunn.cli.options import EXIT_INTERRUPTED, LOSS_CHOICES, UserError, say, use_backend_option
 from gpunn.cli.resume import refuse_changed_data, resume_settings
+from gpunn.cli.streaming import StreamedSplit
 from gpunn.cli.run import RunRecord, setting_as_used
 from gpunn.io.atomic import atomic_write
 from gpunn.train.step import TrainingDiverged
@@ -55,20 +58,67 @@ class Split:
             return self.target(y[:, None])
         return np.eye(len(self.dataset.classes))[y] if loss_name == "mse" else y
 
+    # what command_train asks of its data, here and of a --stream run's (gpunn.cli.streaming.StreamedSplit)
+    @property
+    def name(self) -> str:
+        return self.dataset.name
 
-def split(args) -> Split:
+    @property
+    def width(self) -> int:
+        return self.dataset.X.shape[1]
+
+    @property
+    def classes(self):
+        return self.dataset.classes
+
+    @property
+    def feature_names(self):
+        return self.dataset.features
+
+    def rows(self, name: str) -> int:
+        return len(getattr(self, f"{name}_rows"))
+
+    def part(self, name: str, loss_name: str):
+        """(inputs, targets) of a part in memory, or None if it has no rows."""
+        rows = getattr(self, f"{name}_rows")
+        return (self.features(rows), self.targets(rows, loss_name)) if len(rows) else None
+
+    def class_weight(self) -> dict:
+        return balanced_class_weight(self.dataset.y[self.train_rows])
+
+    def digests(self) -> np.ndarray:
+        return split_digests(self.dataset.X, self.dataset.y, (self.train_rows, self.validation_rows, self.test_rows))
+
+    def describe(self) -> list[str]:
+        return []
+
+    def warnings(self) -> list[str]:
+        return []
+
+    def test_scores(self, model):
+        """(RMSE, R²) of a regression, else the accuracy, on the test part."""
+        x_test, y_test = self.features(self.test_rows), self.dataset.y[self.test_rows]
+        if self.target is not None:
+            return report.regression_scores(model, x_test, y_test, self.target)
+        return float(np.mean(model.predict(x_test).argmax(axis=1) == y_test))
+
+
+def split(args) -> Split | StreamedSplit:
     """The data of ``--data`` (or the digits) split into train, validation and test rows; a
-    ``--validation-data`` or ``--test-data`` file is that part instead of rows carved from ``--data``."""
+    ``--validation-data`` or ``--test-data`` file is that part instead of rows carved from ``--data``.
+    With ``--stream``, the file's contiguous parts on disk (``gpunn.cli.streaming``)."""
     regress = args.task == "regress"
     if regress and not args.data:
         raise UserError("gpunn train: --task regress needs --data with a numeric label column")
-    if not args.data and (args.validation_data or args.test_data or args.impute):
-        raise UserError("gpunn train: --validation-data, --test-data and --impute apply to --data")
+    if not args.data and (args.validation_data or args.test_data or args.impute or args.stream):
+        raise UserError("gpunn train: --validation-data, --test-data, --impute and --stream apply to --data")
     for part in ("validation", "test"):
         fraction = f"{part}_fraction"
         if getattr(args, f"{part}_data") and getattr(args, fraction) != args.run_settings[fraction]:
             raise UserError(f"gpunn train: --{part}-data is the {part} part, so --{part}-fraction would be ignored; "
                             "drop one of them")
+    if args.stream:
+        return StreamedSplit(args)
     dataset = (load_files(args.data, args.label, args.task, args.validation_data, args.test_data) if args.data
                else load_digits())
     sizes = [table.rows for _, table in dataset.files] or [len(dataset.y)]
@@ -197,10 +247,8 @@ def command_train(args) -> int:
     args.out = out_folder(args, resumed is not None)
     data = split(args)
     regress = args.task == "regress"
-    outputs = 1 if regress else len(data.dataset.classes)
-    validation = None
-    if len(data.validation_rows):
-        validation = (data.features(data.validation_rows), data.targets(data.validation_rows, loss_name))
+    outputs = 1 if regress else len(data.classes)
+    validation = data.part("validation", loss_name)
 
     backend = use_backend_option(args.backend)
     if args.graph and not backend.supports_graphs:
@@ -209,8 +257,8 @@ def command_train(args) -> int:
     world = gn.distributed.init(backend) if args.distributed else None
     root = world is None or world.is_root  # only rank 0 prints and writes checkpoints
     if resumed is None:
-        model = model_for(args, data.dataset, outputs, backend)
-        optimizer = make_optimizer(args, -(-len(data.train_rows) // args.batch_size))
+        model = model_for(args, data.width, outputs, backend)
+        optimizer = make_optimizer(args, -(-data.rows("train") // args.batch_size))
     else:
         model = gn.load(os.path.join(args.resume, "last.npz"))
         optimizer = gn.load_optimizer(os.path.join(args.resume, "last.npz"), model)
@@ -220,10 +268,10 @@ def command_train(args) -> int:
         except OSError as error:
             raise UserError(f"gpunn train: --out {args.out}: cannot create the folder "
                             f"({error.strerror or error})") from None
-    checkpoint = Checkpoint(model, "regress" if regress else "classify", data.scaler, data.dataset.classes,
-                            data.target, data.dataset.features, args.label if args.data else None,
-                            split_digests(data.dataset.X, data.dataset.y,
-                                          (data.train_rows, data.validation_rows, data.test_rows)), data.encoding)
+    checkpoint = Checkpoint(model, "regress" if regress else "classify", data.scaler, data.classes,
+                            data.target, data.feature_names, args.label if args.data else None,
+                            data.digests(), getattr(data, "encoding", None),
+                            data.split_rows() if args.stream else None)
     if resumed is not None:
         refuse_changed_data(args, checkpoint, model)
     record = resumed or RunRecord(settings={name: getattr(args, name) for name in args.run_settings},
@@ -237,16 +285,20 @@ def command_train(args) -> int:
     writer = RunWriter(args, model, optimizer, checkpoint, record, stopper, root, quiet)
     say(report.header(args, data, outputs, loss_name, describe_optimizer(args), backend, world,
                       record.epoch if resumed else None), quiet)
+    for line in data.describe():
+        say(line, quiet)
+    for message in data.warnings() if root else []:
+        print(f"gpunn train: warning: {message}", file=sys.stderr, flush=True)
 
     metric = "mse" if regress else "accuracy"
-    class_weight = balanced_class_weight(data.dataset.y[data.train_rows]) if args.class_weight else None
+    class_weight = data.class_weight() if args.class_weight else None
+    train_x, train_t = data.part("train", loss_name)
     started = time.perf_counter()
     try:
         with warnings.catch_warnings(record=True) as writer.caught, np.errstate(over="ignore", invalid="ignore"):
             warnings.simplefilter("always", gn.TrainingWarning)  # printed with their epoch by the writer
-            writer.loss_before = model.evaluate(data.features(data.train_rows), data.targets(data.train_rows, loss_name),
-                                                getattr(gn, LOSS_CHOICES[loss_name])())["loss"]
-            history = model.fit(data.features(data.train_rows), data.targets(data.train_rows, loss_name),
+            writer.loss_before = model.evaluate(train_x, train_t, getattr(gn, LOSS_CHOICES[loss_name])())["loss"]
+            history = model.fit(train_x, train_t,
                                 loss=getattr(gn, LOSS_CHOICES[loss_name])(), optimizer=optimizer, epochs=args.epochs,
                                 initial_epoch=record.epoch, batch_size=args.batch_size, seed=args.seed,
                                 verbose=1 if sys.stderr.isatty() and not args.quiet else 0,  # a bar only

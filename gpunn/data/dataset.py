@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,6 +20,26 @@ def _source(value, name: str) -> RowSource:
         raise TypeError(f"Dataset: {name} must be a .npy path, a memory-mapped array (np.load(path, "
                         f"mmap_mode='r')) or an array, got {type(value).__name__} {value!r:.40}")
     return from_array(value if hasattr(value, "shape") else np.asarray(value), name)
+
+
+@dataclass
+class Layout:
+    """The shape and dtype of the rows a Dataset's ``x`` or ``t`` hands out, where no single array holds
+    them (a table's columns, a view): what BatchStream sizes its buffers by."""
+
+    shape: tuple
+    dtype: np.dtype
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0]
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def close(self) -> None:
+        """Nothing is held."""
 
 
 class Dataset:

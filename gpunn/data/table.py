@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from gpunn.data.dataset import Dataset
+from gpunn.data.dataset import Dataset, Layout
 from gpunn.extras import install_command
 
 #: A CSV's index keeps the byte offset of every this many data rows (8 bytes per this many rows).
@@ -155,37 +155,26 @@ def _into(values: np.ndarray, out: np.ndarray | None) -> np.ndarray:
 
 
 @dataclass
-class Columns:
-    """Which columns of the file make ``X`` (or ``T``), with the shape and dtype of the array they read as
-    (what BatchStream sizes its chunks by)."""
+class Columns(Layout):
+    """Which columns of the file make ``X`` (or ``T``), with the shape and dtype of the array they read as.
+    The file is opened per read: nothing is held."""
 
-    path: str
-    names: list[str]
-    shape: tuple
-    dtype: np.dtype
+    path: str = ""
+    names: list[str] = field(default_factory=list)
     name: str = "X"
-
-    @property
-    def rows(self) -> int:
-        return self.shape[0]
-
-    @property
-    def row_bytes(self) -> int:
-        return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-
-    def close(self) -> None:
-        """The file is opened per read: nothing is held."""
 
 
 class TableDataset(Dataset):
     """Feature columns (numbers) and a ``target`` column of a ``.csv`` (with a header row) or ``.parquet``
     file, read ``read(start, stop)`` rows at a time, never whole. ``features``: the columns of ``X``, in
     order (default: every column but the target). A missing cell or a column of text is a ValueError
-    naming the column (``gpunn train`` one-hot encodes text and imputes; this reads numbers).
+    naming the column (``gpunn train`` one-hot encodes text and imputes; this reads numbers), unless
+    ``missing``: then a missing feature cell reads as NaN, for the caller to fill.
     A whole-number target reads as int64 class indices, any other as float64."""
 
-    def __init__(self, path, target: str | None = None, features: list[str] | None = None):
+    def __init__(self, path, target: str | None = None, features: list[str] | None = None, missing: bool = False):
         pa = arrow()
+        self.missing = missing  # missing feature cells read as NaN (for a caller that fills them) instead of an error
         self.path = os.fspath(path)
         kind = os.path.splitext(self.path)[1].lower()
         if kind not in (".csv", ".parquet"):
@@ -210,10 +199,10 @@ class TableDataset(Dataset):
         if absent or not features:
             raise ValueError(f"TableDataset: {self.path} has no feature column(s) {absent} (it has {names})")
         self._first, self._file_rows = 0, rows  # this view's rows begin at _first of the file's (rows_between)
-        self.x = Columns(self.path, features, (rows, len(features)), np.dtype(np.float64))
+        self.x = Columns((rows, len(features)), np.dtype(np.float64), self.path, features)
         self.t = None
         if target is not None:
-            self.t = Columns(self.path, [target], (rows,), np.dtype(np.float64), "T")
+            self.t = Columns((rows,), np.dtype(np.float64), self.path, [target], "T")
             if rows:
                 self.t.dtype = self._target_dtype()
 
@@ -260,14 +249,14 @@ class TableDataset(Dataset):
                              "(quote such cells, use \\n or \\r\\n line ends) or convert the file to Parquet")
         return table.slice(start - first * every, stop - start)
 
-    def _matrix(self, table, names: list[str], start: int) -> np.ndarray:
+    def _matrix(self, table, names: list[str], start: int, missing_allowed: bool = False) -> np.ndarray:
         out = np.empty((table.num_rows, len(names)))
         for index, name in enumerate(names):
             out[:, index] = numbers(table.column(name), name, self.path, start)
             missing = np.flatnonzero(np.isnan(out[:, index]))
-            if len(missing):
+            if len(missing) and not missing_allowed:
                 raise ValueError(f"{self.path}: column {name!r} has a missing value in data row {start + missing[0] + 1}; "
-                                 "fill or drop such rows (gpunn train --impute mean|median fills them)")
+                                 "fill or drop such rows")
         return out
 
     def read(self, start: int, stop: int, out=(None, None)):
@@ -276,7 +265,7 @@ class TableDataset(Dataset):
         start, stop = start + self._first, stop + self._first
         names = self.x.names + ([] if self.t is None else self.t.names)
         table = self._rows(start, stop, list(dict.fromkeys(names)))
-        x = _into(self._matrix(table, self.x.names, start), out[0])
+        x = _into(self._matrix(table, self.x.names, start, self.missing), out[0])
         if self.t is None:
             return x, None
         return x, _into(self._matrix(table, self.t.names, start)[:, 0].astype(self.t.dtype), out[1])

@@ -149,7 +149,7 @@ def fit(model, X, T, *, loss, optimizer, epochs: int = 1, batch_size: int = 32, 
     alike. Validation is unweighted unless ``validation_data`` holds a third array of weights.
     ``validation_split`` (in [0, 1)) holds out the last ``rows - floor(rows · (1 − split))`` rows,
     before any shuffling, as Keras does (with their sample weights); ``validation_data`` overrides it.
-    A ``gn.data.Dataset`` or a memory-mapped X streams from disk (``gpunn.data``) instead of moving
+    A ``gn.data.Dataset`` or a memory-mapped X (and a Dataset as ``validation_data=(dataset, None)``) streams from disk (``gpunn.data``) instead of moving
     to the device whole. ``graph=True`` replays each full batch as a CUDA graph (see ``TrainStep``). NaN/Inf in the loss or the parameters raises TrainingDiverged;
     a loss a hundred times above the best epoch's warns (TrainingWarning, and in the history).
 
@@ -372,10 +372,15 @@ def _training_data(model, step, X, T, batch_size, seed, shuffle, distributed, va
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
                 raise ValueError("validation_data must be a pair (X_val, T_val) or a triple (X_val, T_val, "
                                  "sample_weight_val)")
-            try:
-                validation = step.prepare(*validation_data[:2])
-            except (TypeError, ValueError) as error:  # "X has 4 features" would point at the training data
-                raise type(error)(f"validation_data: {error}") from error
+            if isinstance(validation_data[0], Dataset):  # streamed in order at each epoch's end, as validation_split's
+                validation = (as_dataset(*validation_data[:2], "validation_data"), None)
+                if validation[0].t is None or len(validation_data) == 3:
+                    raise ValueError("validation_data: a Dataset needs its targets T, and takes no sample weights")
+            else:
+                try:
+                    validation = step.prepare(*validation_data[:2])
+                except (TypeError, ValueError) as error:  # "X has 4 features" would point at the training data
+                    raise type(error)(f"validation_data: {error}") from error
     except (TypeError, ValueError) as error:
         raise type(error)(f"fit: {error}") from error
     if stream is None:

@@ -57,6 +57,11 @@ def balanced_class_weight(labels) -> dict:
     counts: dict = {}
     for label in labels:
         counts[int(label)] = counts.get(int(label), 0) + 1
+    return balanced_from_counts(counts)
+
+
+def balanced_from_counts(counts: dict) -> dict:
+    """``balanced_class_weight`` from ``{class: rows of it}`` (``gpunn train --stream`` counts as it reads)."""
     rows = sum(counts.values())
     return {label: rows / (len(counts) * count) for label, count in sorted(counts.items())}
 

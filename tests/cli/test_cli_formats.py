@@ -11,28 +11,10 @@ import pandas as pd
 import pytest
 
 import gpunn as gn
-from gpunn import cli
 from gpunn.extras import install_command
+from support.cli import ok, run, user_error
 
 FAST = ["--backend", "numpy", "--epochs", "2", "--hidden", "8", "--quiet"]
-
-
-def run(capsys, *argv):
-    code = cli.main([str(arg) for arg in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def ok(capsys, *argv):
-    code, out, err = run(capsys, *argv)
-    assert code == 0, err
-    return out, err
-
-
-def user_error(capsys, *argv) -> str:
-    code, out, err = run(capsys, *argv)
-    assert code == 2 and len(err.strip().splitlines()) == 1, (code, out, err)
-    return err
 
 
 def frame(rows=80, seed=0):
