@@ -187,13 +187,13 @@ def _update(rule, with_master: bool):
         const bool skip = dynamic && !gpunn_isfinite(norm_value);
         const long long attempted = (long long) scalars[1];
         const C lr = (C) lr_table[attempted < lr_length ? attempted : lr_length - 1];
-        const C loss_scale = (C) scalars[2];
+        const gpunn_unscale<C> unscale(scalars[2], norm_value, max_norm);
         const long long* table = &segments[0]"""
     # A float16 parameter written from outside (assignment, a restored best epoch) no longer
     # equals its rounded master weight: the written value wins, so training never ignores it.
     # Per element of this thread: to its segment (a register compare, a search only past its end), then
-    # the inner loop over this thread's elements of that segment, where the step count, and so Adam's
-    # bias corrections, are loop-invariant (computed once per segment, not per element).
+    # the inner loop over this thread's elements of that segment, where the step count is loop-invariant:
+    # the rule's constructor computes what depends on it (Adam's bias corrections) once per segment.
     operation = f"""
         gpunn_segment_cursor segment;
         for (ptrdiff_t k = i; k < n && !skip;) {{
@@ -201,15 +201,13 @@ def _update(rule, with_master: bool):
                 k += _ind.size();
                 continue;
             }}
-            const C step = (C) (steps[segment.index] + 1.0);
+            const {rule.function}<C> rule(lr, (C) (steps[segment.index] + 1.0), h0, h1, h2, flag);
             const ptrdiff_t stop = segment.stop < n ? segment.stop : n, shift = segment.state - segment.start;
             for (; k < stop; k += _ind.size()) {{
                 const ptrdiff_t s = k + shift;
-                C grad = gpunn_effective_grad((C) g[k], loss_scale, norm_value, max_norm);
                 C param = {"((T) master[s] == p[k]) ? master[s] : (C) p[k]" if with_master else "(C) p[k]"};
                 C unused = C(0);
-                {rule.function}(param, {arguments}, grad, lr, step, k < decay_end ? weight_decay : C(0), h0, h1, h2,
-                                flag);
+                rule(param, {arguments}, unscale((C) g[k]), k < decay_end ? weight_decay : C(0));
                 {"master[s] = param;" if with_master else ""}
                 p[k] = (T) param;
             }}

@@ -219,12 +219,12 @@ def _loop(rule, c_type: str) -> str:
 extern "C" void {rule.function}_host_{c_type}({c_type}* __restrict__ p, {c_type}* __restrict__ s0,
         {c_type}* __restrict__ s1, const {c_type}* __restrict__ g, long n, {c_type} lr, {c_type} step,
         {c_type} weight_decay, long decay_end, {c_type} h0, {c_type} h1, {c_type} h2, int flag,
-        {c_type} loss_scale, {c_type} norm, {c_type} max_norm) {{
+        double loss_scale, {c_type} norm, {c_type} max_norm) {{
+    const gpunn_unscale<{c_type}> unscale(loss_scale, norm, max_norm);
+    const {rule.function}<{c_type}> rule(lr, step, h0, h1, h2, flag != 0);
     for (long i = 0; i < n; ++i) {{
         {c_type} unused = 0;
-        {c_type} grad = gpunn_effective_grad(g[i], loss_scale, norm, max_norm);
-        {rule.function}(p[i], {", ".join(states)}, grad, lr, step, i < decay_end ? weight_decay : {c_type}(0),
-                        h0, h1, h2, flag != 0);
+        rule(p[i], {", ".join(states)}, unscale(g[i]), i < decay_end ? weight_decay : {c_type}(0));
     }}
 }}"""
 
@@ -251,7 +251,7 @@ def _update_function(rule_name: str, dtype):
     c_type, scalar = HOST_TYPES[dtype]
     function = getattr(library, f"{RULES[rule_name].function}_host_{c_type}")
     function.argtypes = ([ctypes.c_void_p] * 4 + [ctypes.c_long, scalar, scalar, scalar, ctypes.c_long]
-                         + [scalar] * 3 + [ctypes.c_int] + [scalar] * 3)
+                         + [scalar] * 3 + [ctypes.c_int, ctypes.c_double] + [scalar] * 2)
     function.restype = None
     return function
 

@@ -11,7 +11,7 @@
 // NaN. The NumPy backend evaluates the same formula.
 template <typename C> __host__ __device__ inline C gpunn_sigmoid_forward(C z) {
     C e = gpunn_exp(-gpunn_abs(z));
-    return gpunn_divide_by_one_to_two(z < C(0) ? e : C(1), C(1) + e);
+    return gpunn_divide_by_at_least_one(z < C(0) ? e : C(1), C(1) + e);
 }
 template <typename C> __host__ __device__ inline C gpunn_tanh_forward(C z) { return gpunn_tanh(z); }
 // Written as "z < 0 ? 0 : z" so that NaN passes through, as NumPy's maximum does.
@@ -60,9 +60,11 @@ template <typename C> __host__ __device__ inline C gpunn_gelu_tanh_backward(C dy
 
 // SiLU: x·σ(x), as torch writes it: x / (1 + exp(−x)); exp overflowing to ∞ gives −0.
 template <typename C> __host__ __device__ inline C gpunn_silu_forward(C x) {
-    return x / (C(1) + gpunn_exp(-x));
+    return gpunn_divide_by_at_least_one(x, C(1) + gpunn_exp(-x));
 }
 template <typename C> __host__ __device__ inline C gpunn_silu_backward(C dy, C x) {
+    // IEEE division: 1 − s is scaled by x, so __fdividef's 2 ulp at s = 1 would grow with x
+    // (tests/kernels/test_device_maths.py finds 1.2e-4 at x = 1000).
     C s = C(1) / (C(1) + gpunn_exp(-x));
     return dy * s * (C(1) + x * (C(1) - s));
 }

@@ -1,9 +1,11 @@
-"""The registry of update rules: each is one ``kernels/optim.cuh`` function and its host twin.
+"""The registry of update rules: each is one ``kernels/optim.cuh`` rule and its host twin.
 
 A rule names its state buffers and hyperparameters; the CuPy backend builds one ElementwiseKernel
-per rule from that (``gpunn_<name>_update``), the NumPy backend calls the host twin, which
-updates whole flat buffers in a few passes with the same order of operations. Adding an
-optimizer means one ``.cuh`` function, one twin and one entry here.
+per rule from that (``gpunn_<name>_update``, a struct template: its constructor runs once per
+parameter segment and keeps what the step count and hyperparameters fix, its call runs per
+element), the NumPy backend calls the host twin, which updates whole flat buffers in a few passes
+with the same order of operations. Adding an optimizer means one ``.cuh`` struct, one twin and one
+entry here.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ class UpdateRule:
     name: str
     #: Names of the flat state buffers (momentum, Adam moments), at most two.
     states: tuple[str, ...]
-    #: Names of the three numeric hyperparameters h0..h2 of the .cuh signature ("" = unused).
+    #: Names of the three numeric hyperparameters h0..h2 of the .cuh constructor ("" = unused).
     numbers: tuple[str, str, str]
-    #: Name of the boolean hyperparameter of the .cuh signature ("" = unused).
+    #: Name of the boolean hyperparameter of the .cuh constructor ("" = unused).
     flag: str
     #: host(xp, param, states, grad, work, lr, step, weight_decay, decay_end, h0, h1, h2, flag):
     #: updates ``param`` and ``states`` in place with the array module ``xp``; ``work`` is scratch.

@@ -62,8 +62,8 @@ def test_update_rules(harness, cp_backend, rng, dtype, rule, hyper, flag):
                                 cp_backend.asarray([lr], "float64"), cp_backend.asarray([norm], dtype), hyper, flag,
                                 0.01, decay_end, max_norm, False, *whole_buffer(cp_backend, n, applied=2.0))
     effective = np.empty_like(g)
-    harness[f"effective_grad_{suffix}"](pointer(g), c_type(scale), c_type(norm), c_type(max_norm), pointer(effective),
-                                        ctypes.c_long(n))
+    harness[f"effective_grad_{suffix}"](pointer(g), ctypes.c_double(scale), c_type(norm), c_type(max_norm),
+                                        pointer(effective), ctypes.c_long(n))
     harness[f"{rule}_update_{suffix}"](pointer(p), pointer(s0), pointer(s1), pointer(effective), c_type(lr),
                                       c_type(3.0), c_type(0.01), *(c_type(h) for h in hyper), ctypes.c_int(flag),
                                       ctypes.c_long(decay_end), ctypes.c_long(n))

@@ -277,12 +277,17 @@ def test_effective_grad_and_counters_match_numpy(harness, rng, dtype):
     c_type, suffix = CTYPES[dtype]
     g = rng.normal(size=20).astype(dtype)
     got = np.empty_like(g)
-    harness[f"effective_grad_{suffix}"](pointer(g), c_type(4.0), c_type(10.0), c_type(0.5), pointer(got),
+    harness[f"effective_grad_{suffix}"](pointer(g), ctypes.c_double(4.0), c_type(10.0), c_type(0.5), pointer(got),
                                         ctypes.c_long(g.size))
     np.testing.assert_allclose(got, g / 4 * (0.5 / (10 / 4 + 1e-6)), rtol=RTOL[dtype] * 4)
-    harness[f"effective_grad_{suffix}"](pointer(g), c_type(1.0), c_type(np.nan), c_type(0.5), pointer(got),
+    harness[f"effective_grad_{suffix}"](pointer(g), ctypes.c_double(1.0), c_type(np.nan), c_type(0.5), pointer(got),
                                         ctypes.c_long(g.size))
     assert np.isnan(got).all()  # torch's clip factor is NaN for a NaN norm
+    # Unscaling multiplies by the float64 reciprocal rounded to the compute type, as torch's GradScaler
+    # (``self._scale.double().reciprocal().float()``) and the NumPy twin do; not a division per element.
+    harness[f"effective_grad_{suffix}"](pointer(g), ctypes.c_double(3.0), c_type(1.0), c_type(0.0), pointer(got),
+                                        ctypes.c_long(g.size))
+    np.testing.assert_array_equal(got, g * np.dtype(dtype).type(1.0 / 3.0))
     device, host = np.array([3.0, 3.0, 8.0, 1.0, 0.0]), np.array([3.0, 3.0, 8.0, 1.0, 0.0])
     for norm, dynamic in ((1.0, True), (np.inf, True), (1.0, True), (1.0, True), (np.nan, False)):
         harness[f"after_update_{suffix}"](host.ctypes.data_as(ctypes.c_void_p), c_type(norm), ctypes.c_int(dynamic),

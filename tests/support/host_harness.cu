@@ -48,9 +48,8 @@ extern "C" float gpunn_host_multiply_f32(float a, float b) { return a * b; }
 #define GPUNN_UPDATE_HOST(RULE, T, SUFFIX)                                                       \
     extern "C" void RULE##_update_##SUFFIX(T* p, T* s0, T* s1, const T* g, T lr, T step, T wd, T h0, T h1, \
                                            T h2, int flag, long decay_end, long n) {             \
-        for (long i = 0; i < n; ++i)                                                             \
-            gpunn_##RULE##_update(p[i], s0[i], s1[i], g[i], lr, step, i < decay_end ? wd : T(0), h0, h1, h2, \
-                                  flag != 0);                                                    \
+        const gpunn_##RULE##_update<T> rule(lr, step, h0, h1, h2, flag != 0);                    \
+        for (long i = 0; i < n; ++i) rule(p[i], s0[i], s1[i], g[i], i < decay_end ? wd : T(0));  \
     }
 
 // Per flat element of [0, n): where the fused update keeps its state, or -1 where it updates nothing,
@@ -92,8 +91,9 @@ extern "C" void segment_lookup(const long long* segments, long long count, long 
                                                              rstd[r], g / T(cols), g_xhat / T(cols)); \
         }                                                                                        \
     }                                                                                            \
-    extern "C" void effective_grad_##SUFFIX(const T* g, T loss_scale, T norm, T max_norm, T* out, long n) { \
-        for (long i = 0; i < n; ++i) out[i] = gpunn_effective_grad(g[i], loss_scale, norm, max_norm); \
+    extern "C" void effective_grad_##SUFFIX(const T* g, double loss_scale, T norm, T max_norm, T* out, long n) { \
+        const gpunn_unscale<T> unscale(loss_scale, norm, max_norm);                              \
+        for (long i = 0; i < n; ++i) out[i] = unscale(g[i]);                                     \
     }                                                                                            \
     extern "C" void after_update_##SUFFIX(double* scalars, T norm, int dynamic, double growth) { \
         gpunn_after_update(scalars, norm, dynamic != 0, growth);                                  \
@@ -129,9 +129,9 @@ __global__ void gpunn_device_check(const S* z, const S* b, const S* t, S* y, S* 
     gpunn_segment_cursor segment;
     if (!segment.at(table, 1, i)) return;
     C param = out, velocity = C(v[i]), second = C(0);
-    C grad = gpunn_effective_grad(dy, C(2), C(3), C(1));
-    gpunn_sgd_update(param, velocity, second, grad, C(0.1), C(1), C(0.01), C(0.9), C(0), C(0), true);
-    gpunn_adam_update(param, velocity, second, grad, C(0.1), C(2), C(0.01), C(0.9), C(0.999), C(1e-8), false);
+    C grad = gpunn_unscale<C>(2.0, C(3), C(1))(dy);
+    gpunn_sgd_update<C>(C(0.1), C(1), C(0.9), C(0), C(0), true)(param, velocity, second, grad, C(0.01));
+    gpunn_adam_update<C>(C(0.1), C(2), C(0.9), C(0.999), C(1e-8), false)(param, velocity, second, grad, C(0.01));
     y[i] = S(param);
     v[i] = S(velocity);
 }
