@@ -64,11 +64,15 @@ def read_csv(path, text: list[str] = ()):
 
 def numbers(column, name: str, where: str, first_row: int = 0) -> np.ndarray:
     """A pyarrow column as float64 (NaN where a cell is missing): text is read as numbers (a ValueError
-    names the first cell that is not one, counting data rows from ``first_row`` + 1), booleans as 0 and 1."""
+    names the first cell that is not one, counting data rows from ``first_row`` + 1), booleans as 0 and 1,
+    integers past 2^53 and decimals rounded to the nearest float64, as NumPy's astype(float64) and float() round
+    (PyArrow's default safe cast refuses them, naming neither the file nor the column)."""
     pa = arrow()
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if pa.types.is_dictionary(column.type):
         column = column.dictionary_decode()
+    if pa.types.is_decimal(column.type):  # through its text: Arrow's decimal-to-double cast is not correctly rounded
+        column = pa.compute.cast(column, pa.string())
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         column = pa.compute.utf8_trim_whitespace(column)
         try:
@@ -80,7 +84,7 @@ def numbers(column, name: str, where: str, first_row: int = 0) -> np.ndarray:
     elif not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
               or pa.types.is_boolean(column.type) or pa.types.is_null(column.type)):
         raise ValueError(f"{where}: column {name!r} holds {column.type} values; use numbers or text")
-    return _float64(pa.compute.cast(column, pa.float64()))
+    return _float64(pa.compute.cast(column, pa.float64(), safe=False))
 
 
 def _float64(array) -> np.ndarray:

@@ -247,3 +247,28 @@ def test_impute_statistics_come_from_the_training_part_of_an_internal_split(tmp_
     assert parts.encoding.columns[1].fill == np.mean(train[~np.isnan(train)])
     assert parts.encoding.columns[1].fill != np.nanmean(column)
     assert len(parts.validation_rows) and len(parts.test_rows)
+
+
+def test_wide_integer_and_decimal_columns_read_as_float64_as_numpy_does(capsys, tmp_path):
+    """An int64/uint64 column past 2^53 (an identifier, a timestamp in ns) and a Parquet decimal column
+    are numbers: read as float64, rounded as NumPy's astype(float64) rounds them (PyArrow's safe cast
+    raised a bare 'Integer value ... not in range' without the file or column)."""
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = frame(40)
+    big = np.arange(40, dtype=np.uint64) + np.uint64(2**63)
+    data["big"] = (np.arange(40) + 2**60).astype(np.int64)
+    data.to_csv(tmp_path / "d.csv", index=False)
+    decimals = pa.array([decimal.Decimal(f"{v:.2f}") for v in data["b"]])  # 0.95: Arrow's own cast gives 0.95000...01
+    table = pa.table({"a": data["a"], "u": pa.array(big), "d": decimals, "label": data["label"]})
+    pq.write_table(table, tmp_path / "d.parquet")
+    for kind in ("csv", "parquet"):
+        ok(capsys, "train", "--data", tmp_path / f"d.{kind}", "--out", tmp_path / kind, *FAST)
+    from gpunn.cli.data import read_table
+    columns = read_table(tmp_path / "d.parquet").columns
+    assert np.array_equal(columns[1], big.astype(np.float64))
+    assert np.array_equal(columns[2], np.array([float(f"{v:.2f}") for v in data["b"]]))
+    assert np.array_equal(read_table(tmp_path / "d.csv").columns[3], data["big"].to_numpy().astype(np.float64))
