@@ -285,3 +285,41 @@ def test_the_training_thread_reads_a_chunk_itself_when_the_reading_thread_has_no
     assert np.array_equal(np.concatenate([rows for rows, _ in got]), expected)  # the same order, every row once
     assert all(np.array_equal(xb, x[rows]) for rows, xb in got)
     assert "MainThread" in readers and len(readers) == 10  # each of the 10 chunks read once, some in line
+
+
+def test_a_copy_on_write_memory_map_streams_its_own_edits_not_the_file(files):
+    """np.load(mmap_mode="c") keeps edits in memory only (MAP_PRIVATE): streaming must read the array, as
+    NumPy shows it, not its file (which still holds the rows before the edit: a silent wrong answer)."""
+    folder, x, t = files
+    mapped = np.load(folder / "x.npy", mmap_mode="c")
+    mapped -= mapped.mean(axis=0)  # standardised in place, as one does with a private copy
+    model = build()
+    assert np.array_equal(Dataset(mapped, t).read(0, 300)[0], np.asarray(mapped))
+    assert np.array_equal(model.predict(mapped), model.predict(np.array(mapped)))
+
+
+def test_a_file_replaced_after_the_dataset_read_its_header_is_refused_not_read(files):
+    """The header's shape and dtype describe the file the Dataset opened: another file moved to that path
+    (a rewritten data set, saved to a temporary name and renamed) is refused by name, never read as
+    rows of the old layout."""
+    folder, x, t = files
+    data = Dataset(folder / "x.npy", t)
+    np.save(folder / "new.npy", np.ones((600, 6), np.float64))  # twice the bytes, another dtype
+    (folder / "new.npy").replace(folder / "x.npy")
+    with pytest.raises(OSError, match="replaced since"):
+        data.read(0, 10)
+    with pytest.raises(OSError, match="replaced since"):
+        train(build(), data, None, epochs=1)
+
+
+def test_a_memory_map_whose_file_was_replaced_or_deleted_streams_what_it_shows(files):
+    """A map keeps showing its own file after another file took its path (or the path was deleted), as
+    NumPy shows it: its rows are read through the map then, never from the file now at the path."""
+    folder, x, t = files
+    mapped = np.load(folder / "x.npy", mmap_mode="r")
+    np.save(folder / "new.npy", np.zeros((300, 6), np.float32))
+    (folder / "new.npy").replace(folder / "x.npy")
+    model = build()
+    assert np.array_equal(model.predict(mapped), model.predict(x))
+    (folder / "x.npy").unlink()
+    assert np.array_equal(model.predict(mapped[10:]), model.predict(x[10:]))
