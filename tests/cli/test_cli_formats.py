@@ -272,3 +272,29 @@ def test_wide_integer_and_decimal_columns_read_as_float64_as_numpy_does(capsys, 
     assert np.array_equal(columns[1], big.astype(np.float64))
     assert np.array_equal(columns[2], np.array([float(f"{v:.2f}") for v in data["b"]]))
     assert np.array_equal(read_table(tmp_path / "d.csv").columns[3], data["big"].to_numpy().astype(np.float64))
+
+
+def test_resume_finds_moved_data_files_where_it_is_told_and_checks_their_rows(capsys, tmp_path):
+    """The data files' paths are where the rows were, not what they are: a run whose files moved resumes
+    with --data/--validation-data naming where they are now (the digest of their rows decides, as
+    always), and keeps the new paths for the next resume; a file gone says which and how to go on."""
+    frame(60).to_csv(tmp_path / "d.csv", index=False)
+    frame(20, seed=3).to_csv(tmp_path / "v.csv", index=False)
+    common = ["--backend", "numpy", "--hidden", "8", "--quiet"]
+    ok(capsys, "train", "--data", tmp_path / "d.csv", "--validation-data", tmp_path / "v.csv", *common,
+       "--epochs", "4", "--out", tmp_path / "straight")
+    ok(capsys, "train", "--data", tmp_path / "d.csv", "--validation-data", tmp_path / "v.csv", *common,
+       "--epochs", "2", "--out", tmp_path / "half")
+    (tmp_path / "moved").mkdir()
+    for name in ("d.csv", "v.csv"):
+        (tmp_path / name).rename(tmp_path / "moved" / name)
+    error = user_error(capsys, "train", "--resume", tmp_path / "half", "--epochs", "3")
+    assert f"--data {tmp_path / 'd.csv'}" in error and "--data with where it is now" in error
+    ok(capsys, "train", "--resume", tmp_path / "half", "--epochs", "3", "--data", tmp_path / "moved" / "d.csv",
+       "--validation-data", tmp_path / "moved" / "v.csv")
+    ok(capsys, "train", "--resume", tmp_path / "half", "--epochs", "4")  # the new paths were kept
+    assert np.array_equal(gn.load(tmp_path / "half" / "last.npz").flat.values,
+                          gn.load(tmp_path / "straight" / "last.npz").flat.values)
+    frame(60, seed=9).to_csv(tmp_path / "other.csv", index=False)
+    assert "changed" in user_error(capsys, "train", "--resume", tmp_path / "half", "--epochs", "5",
+                                   "--data", tmp_path / "other.csv")
