@@ -249,6 +249,8 @@ def _read_arrow(path, label, kind) -> Table:
             data = table_io.read_csv(path, text=labels).rename_columns(names)
         else:
             data = pa.parquet.read_table(path)
+            index = [name for name in table_io.pandas_index_columns(data.schema) if name != label]
+            data = data.drop_columns(index)  # pandas' index, as pandas.read_parquet reads it: no feature
             names = [str(name) for name in data.column_names]
             _check_names(path, names)
     except (pa.ArrowException, OSError) as error:

@@ -62,6 +62,16 @@ def read_csv(path, text: list[str] = ()):
     return pa.csv.read_csv(os.fspath(path), read_options=read, parse_options=parse, convert_options=convert)
 
 
+def pandas_index_columns(schema) -> list[str]:
+    """The columns DataFrame.to_parquet stored from the frame's index (``__index_level_0__`` for a
+    filtered frame, or the index's name): pandas.read_parquet makes them the index again, no data."""
+    try:
+        metadata = schema.pandas_metadata or {}
+    except ValueError:  # metadata that is not pandas' JSON: no index columns
+        return []
+    return [name for name in metadata.get("index_columns", []) if isinstance(name, str)]
+
+
 def numbers(column, name: str, where: str, first_row: int = 0) -> np.ndarray:
     """A pyarrow column as float64 (NaN where a cell is missing): text is read as numbers (a ValueError
     names the first cell that is not one, counting data rows from ``first_row`` + 1), booleans as 0 and 1,
@@ -184,7 +194,7 @@ class Columns:
 class TableDataset(Dataset):
     """Feature columns (numbers) and a ``target`` column of a ``.csv`` (with a header row) or ``.parquet``
     file, read ``read(start, stop)`` rows at a time, never whole. ``features``: the columns of ``X``, in
-    order (default: every column but the target). A missing cell or a column of text is a ValueError
+    order (default: every column but the target, and but the index pandas stored in a Parquet file). A missing cell or a column of text is a ValueError
     naming the column (``gpunn train`` one-hot encodes text and imputes; this reads numbers).
     A whole-number target reads as int64 class indices, any other as float64."""
 
@@ -196,20 +206,21 @@ class TableDataset(Dataset):
             raise ValueError(f"TableDataset: {self.path!r} is neither .csv nor .parquet")
         if kind == ".parquet":
             self._parquet = pa.parquet.ParquetFile(self.path)
+            index = pandas_index_columns(self._parquet.schema_arrow)
             names = list(self._parquet.schema_arrow.names)
             metadata = self._parquet.metadata
             counts = [metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)]
             self._group_starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
             rows = int(self._group_starts[-1])
         else:
-            self._parquet = None
+            self._parquet, index = None, []
             names = csv_header(self.path)
             self._every = INDEX_EVERY
             self._starts, rows = csv_row_starts(self.path, self._every)
             self._names = names
         if target is not None and target not in names:
             raise ValueError(f"TableDataset: {self.path} has no column {target!r} (it has {names})")
-        features = [name for name in names if name != target] if features is None else list(features)
+        features = [name for name in names if name not in (target, *index)] if features is None else list(features)
         absent = [name for name in features if name not in names]
         if absent or not features:
             raise ValueError(f"TableDataset: {self.path} has no feature column(s) {absent} (it has {names})")

@@ -298,3 +298,19 @@ def test_resume_finds_moved_data_files_where_it_is_told_and_checks_their_rows(ca
     frame(60, seed=9).to_csv(tmp_path / "other.csv", index=False)
     assert "changed" in user_error(capsys, "train", "--resume", tmp_path / "half", "--epochs", "5",
                                    "--data", tmp_path / "other.csv")
+
+
+def test_the_index_pandas_writes_into_a_parquet_file_is_no_feature(capsys, tmp_path):
+    """DataFrame.to_parquet stores a filtered frame's index as a column (__index_level_0__, or the index's
+    name) that pandas.read_parquet turns back into the index: it is no feature (it was trained on, a
+    row number leaking into the model, and then demanded from predict's files)."""
+    data = frame(80)
+    data.to_csv(tmp_path / "all.csv", index=False)
+    kept = data[data["c"] > -1.5]
+    kept.to_parquet(tmp_path / "kept.parquet")
+    kept.set_index(pd.Index(np.arange(len(kept)) * 7, name="row_id")).to_parquet(tmp_path / "named.parquet")
+    for name in ("kept", "named"):
+        ok(capsys, "train", "--data", tmp_path / f"{name}.parquet", "--out", tmp_path / name, *FAST)
+        assert list(gn.load(tmp_path / name / "last.npz").extras["features"]) == ["a", "b", "c"]
+        ok(capsys, "predict", tmp_path / name, tmp_path / "all.csv")
+    assert gn.data.TableDataset(tmp_path / "kept.parquet", target="label").features == 3
