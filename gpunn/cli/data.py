@@ -303,13 +303,10 @@ def _feature_column(column, name, path) -> np.ndarray:
 
 
 def _check_names(path, header) -> None:
-    unnamed = [str(i + 1) for i, name in enumerate(header) if not name]
-    if unnamed:
-        raise DataError(f"{path}: header column(s) {', '.join(unnamed)} have no name")
-    repeated = sorted({name for name in header if header.count(name) > 1})
-    if repeated:
-        raise DataError(f"{path}: the header names {', '.join(map(repr, repeated))} more than once; "
-                        "column names must be unique")
+    try:
+        table_io.check_names(path, header)
+    except ValueError as error:
+        raise DataError(str(error)) from None
 
 
 def load_files(data, label: str = "label", task: str = "auto", validation=None, test=None) -> Dataset:

@@ -62,6 +62,20 @@ def read_csv(path, text: list[str] = ()):
     return pa.csv.read_csv(os.fspath(path), read_options=read, parse_options=parse, convert_options=convert)
 
 
+def check_names(path, header) -> None:
+    """A ValueError unless every column has a name of its own (an unnamed first column is the index
+    DataFrame.to_csv writes without index=False: a row number, no feature)."""
+    unnamed = [str(i + 1) for i, name in enumerate(header) if not name]
+    if unnamed:
+        raise ValueError(f"{path}: header column(s) {', '.join(unnamed)} have no name"
+                         + (" (a pandas index? write the file with DataFrame.to_csv(path, index=False))"
+                            if unnamed == ["1"] else ""))
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{path}: the header names {', '.join(map(repr, repeated))} more than once; "
+                         "column names must be unique")
+
+
 def pandas_index_columns(schema) -> list[str]:
     """The columns DataFrame.to_parquet stored from the frame's index (``__index_level_0__`` for a
     filtered frame, or the index's name): pandas.read_parquet makes them the index again, no data."""
@@ -215,6 +229,7 @@ class TableDataset(Dataset):
         else:
             self._parquet, index = None, []
             names = csv_header(self.path)
+            check_names(f"TableDataset: {self.path}", [name.strip() for name in names])
             self._every = INDEX_EVERY
             self._starts, rows = csv_row_starts(self.path, self._every)
             self._names = names
