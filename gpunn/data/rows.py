@@ -22,14 +22,19 @@ class RowSource:
     path must be the same one, or the rows would be read with another file's layout."""
 
     def __init__(self, array=None, path=None, offset=0, shape=None, dtype=None, name="X", identity=None):
+        self._fd = None  # first: __del__ runs also when a check below refuses the source
         self.name, self.array, self.path, self.offset = name, array, path, offset
         self.identity = identity if path is None or identity is not None else _identity(os.stat(path))
         self.shape = tuple(shape if array is None else array.shape)
         self.dtype = np.dtype(dtype if array is None else array.dtype)
         if len(self.shape) == 0:
             raise ValueError(f"{name} must have one row per sample, got a 0-d array")
+        if self.dtype.kind == "c":  # as in memory (backends.base.refuse_complex): a cast would drop it with a warning
+            raise TypeError(f"{name} holds complex values ({self.dtype}): the imaginary part would be lost; pass "
+                            "x.real or abs(x) explicitly")
+        if self.dtype.kind not in "biuf":
+            raise TypeError(f"{name} holds {self.dtype} values, not numbers (booleans, integers or floats)")
         self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        self._fd = None
 
     @property
     def rows(self) -> int:

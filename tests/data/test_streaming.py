@@ -323,3 +323,18 @@ def test_a_memory_map_whose_file_was_replaced_or_deleted_streams_what_it_shows(f
     assert np.array_equal(model.predict(mapped), model.predict(x))
     (folder / "x.npy").unlink()
     assert np.array_equal(model.predict(mapped[10:]), model.predict(x[10:]))
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "U3", "V4", "datetime64[s]"])
+def test_a_stream_of_no_numbers_is_refused_when_the_dataset_is_made(tmp_path, dtype):
+    """In memory, complex X is refused (the imaginary part would be lost); streamed, it was cast with a
+    ComplexWarning, and text failed mid-epoch with NumPy's bare 'could not convert string to float'."""
+    np.save(tmp_path / "x.npy", np.zeros((4, 3), dtype))
+    for source in (tmp_path / "x.npy", np.load(tmp_path / "x.npy", mmap_mode="r")):
+        with pytest.raises(TypeError, match=r"X holds .* not numbers|X holds complex values"):
+            Dataset(source)
+    model = build()
+    with pytest.raises(TypeError, match=r"predict: X holds"):
+        model.predict(np.load(tmp_path / "x.npy", mmap_mode="r"))
+    with pytest.raises(TypeError, match=r"T holds"):
+        Dataset(np.zeros((4, 6), np.float32), np.zeros(4, dtype))
