@@ -338,3 +338,14 @@ def test_a_stream_of_no_numbers_is_refused_when_the_dataset_is_made(tmp_path, dt
         model.predict(np.load(tmp_path / "x.npy", mmap_mode="r"))
     with pytest.raises(TypeError, match=r"T holds"):
         Dataset(np.zeros((4, 6), np.float32), np.zeros(4, dtype))
+
+
+def test_predict_over_no_rows_gives_no_rows_as_in_memory(tmp_path):
+    """predict on a (0, features) array returns (0, outputs) in memory (as torch and NumPy do); streamed
+    from an empty .npy it raised instead."""
+    np.save(tmp_path / "x.npy", np.zeros((0, 6), np.float32))
+    model = build()
+    expected = model.predict(np.zeros((0, 6), np.float32))
+    for source in (np.load(tmp_path / "x.npy", mmap_mode="r"), Dataset(tmp_path / "x.npy")):
+        got = model.predict(source)
+        assert got.shape == expected.shape == (0, 3) and got.dtype == expected.dtype
