@@ -184,6 +184,10 @@ def read_table(path, label: str | None = "label", need_labels: bool = True, targ
         if table.features is None:
             raise DataError(f"{path}: no labels (an .npz needs an array y beside X)")
         shown = ", ".join(map(repr, table.features[:10])) + (", ..." if len(table.features) > 10 else "")
+        separator = next((c for c in ";\t|" if len(table.features) == 1 and c in table.features[0]), None)
+        if separator is not None:
+            raise DataError(f"{path}: its header is one column, {table.features[0][:60]!r}: the file looks "
+                            f"separated by {separator!r}; gpunn reads CSV separated by commas (save it with commas)")
         raise DataError(f"{path}: no label column {label!r} (its columns: {shown}); is the label column named "
                         f"something other than {label!r}? name it with --label")
     if not table.columns:

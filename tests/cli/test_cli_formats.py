@@ -314,3 +314,12 @@ def test_the_index_pandas_writes_into_a_parquet_file_is_no_feature(capsys, tmp_p
         assert list(gn.load(tmp_path / name / "last.npz").extras["features"]) == ["a", "b", "c"]
         ok(capsys, "predict", tmp_path / name, tmp_path / "all.csv")
     assert gn.data.TableDataset(tmp_path / "kept.parquet", target="label").features == 3
+
+
+@pytest.mark.parametrize("separator", [";", "\t", "|"])
+def test_a_csv_separated_by_another_character_says_so(capsys, tmp_path, separator):
+    """Semicolon-separated CSV (Excel in much of Europe) or tab-separated: one column named 'a;b;c;label'
+    was reported as 'no label column', which points at --label, not at the separator."""
+    frame(20).to_csv(tmp_path / "d.csv", index=False, sep=separator)
+    error = user_error(capsys, "train", "--data", tmp_path / "d.csv", *FAST)
+    assert f"separated by {separator!r}" in error and "commas" in error
