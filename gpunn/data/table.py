@@ -175,6 +175,11 @@ def csv_row_starts(path, every: int) -> tuple[np.ndarray, int]:
     return np.concatenate([*starts, [end]]).astype(np.int64), rows
 
 
+def _stamp(status) -> tuple:
+    """What tells a file changed: which file it is, its size and its modification time."""
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+
+
 def _into(values: np.ndarray, out: np.ndarray | None) -> np.ndarray:
     if out is None:
         return values
@@ -228,6 +233,7 @@ class TableDataset(Dataset):
             rows = int(self._group_starts[-1])
         else:
             self._parquet, index = None, []
+            self._stamp = _stamp(os.stat(self.path))  # the index's offsets hold for this file as it is now
             names = csv_header(self.path)
             check_names(f"TableDataset: {self.path}", [name.strip() for name in names])
             self._every = INDEX_EVERY
@@ -277,6 +283,9 @@ class TableDataset(Dataset):
         first, last = start // every, -(-stop // every)
         low, high = int(self._starts[first]), int(self._starts[min(last, len(self._starts) - 1)])
         with open(self.path, "rb") as file:
+            if _stamp(os.fstat(file.fileno())) != self._stamp:
+                raise ValueError(f"{self.path}: the file changed since this TableDataset indexed its rows (another "
+                                 "size, time or file); make a new TableDataset to read it as it is now")
             file.seek(low)
             block = file.read(high - low)
         read, parse, convert = csv_options(self._names, text=names)

@@ -147,3 +147,17 @@ def test_a_csv_with_an_unnamed_or_repeated_column_is_refused_as_gpunn_train_refu
     (tmp_path / "twice.csv").write_text("a,a,label\n1,2,0\n3,4,1\n")
     with pytest.raises(ValueError, match="names 'a' more than once"):
         TableDataset(tmp_path / "twice.csv", target="label")
+
+
+def test_a_csv_changed_after_it_was_indexed_is_refused_not_read_at_old_offsets(tmp_path, frame):
+    """The row index holds byte offsets: a file edited (a value of another length shifts every row after
+    it) or replaced since is refused, never parsed from offsets that now fall mid-row."""
+    frame.to_csv(tmp_path / "d.csv", index=False, float_format="%.17g")
+    data = TableDataset(tmp_path / "d.csv", target="label")
+    edited = frame.copy()
+    edited.loc[0, "f0"] = 123456.5
+    edited.to_csv(tmp_path / "d.csv", index=False, float_format="%.17g")
+    with pytest.raises(ValueError, match="changed since"):
+        data.read(0, 300)
+    with pytest.raises(ValueError, match="changed since"):
+        train(build(), data, None, epochs=1)
