@@ -301,8 +301,12 @@ def _feature_column(column, name, path) -> np.ndarray:
         return table_io.numbers(text, name, path)
     except ValueError as error:
         cells = text.to_pylist()
-        if any(cell is not None and table_io.is_number(cell) for cell in cells):
-            raise DataError(f"{error}; is the label column named something other than the --label given?") from None
+        words = sum(cell is not None and not table_io.is_number(cell) for cell in cells)
+        present = sum(cell is not None for cell in cells)
+        if words < present:  # numbers and words: a stray word in a number column, or categories partly numbers
+            raise DataError(f"{error} ({words} of its {present} cells are text, the rest numbers): for a number column, "
+                            "fix or empty the text cells; for categories, make every value text (e.g. 'grade 1' "
+                            "for 1)") from None
     return np.array(cells, dtype=object)
 
 

@@ -323,3 +323,14 @@ def test_a_csv_separated_by_another_character_says_so(capsys, tmp_path, separato
     frame(20).to_csv(tmp_path / "d.csv", index=False, sep=separator)
     error = user_error(capsys, "train", "--data", tmp_path / "d.csv", *FAST)
     assert f"separated by {separator!r}" in error and "commas" in error
+
+
+def test_a_column_of_numbers_and_words_says_how_to_make_it_either(capsys, tmp_path):
+    """A column like a school grade (K, 1, 2, 3) mixes words and numbers: the message pointed at --label;
+    it says how many cells are text and how to make the column categories or numbers."""
+    rng = np.random.default_rng(0)
+    grades = rng.choice(["K", "1", "2", "3"], size=40)
+    (tmp_path / "d.csv").write_text("x,grade,label\n" + "".join(f"{i},{g},{i % 2}\n" for i, g in enumerate(grades)))
+    error = user_error(capsys, "train", "--data", tmp_path / "d.csv", *FAST)
+    texts = int((grades == "K").sum())
+    assert f"{texts} of its 40 cells are text" in error and "categories" in error and "--label" not in error
