@@ -81,6 +81,10 @@ def load_digits() -> Dataset:
 def _label_text(raw, path) -> np.ndarray:
     """The label column as stripped text; numbers from an .npz become their exact text."""
     raw = np.asarray(raw)
+    if raw.ndim == 2 and raw.shape[1] > 1 and raw.dtype.kind in "biuf" and np.all((raw == 0) | (raw == 1)) \
+            and np.all(raw.sum(axis=1) == 1):
+        raise DataError(f"{path}: labels of shape {raw.shape} look one-hot; save the class of each row instead "
+                        "(y.argmax(axis=1))")
     if raw.ndim != 1:
         raise DataError(f"{path}: labels must be one column, got shape {raw.shape}")
     if raw.dtype.kind == "f":
@@ -220,7 +224,8 @@ def _read_npz(path):
         if "X" not in archive.files:
             raise DataError(f"{path}: an .npz needs an array named X (found {archive.files})")
         try:
-            return archive["X"], (archive["y"] if "y" in archive.files else None)
+            y = archive["y"] if "y" in archive.files else None
+            return archive["X"], (y[:, 0] if y is not None and y.ndim == 2 and y.shape[1] == 1 else y)  # a column
         except (ValueError, OSError, EOFError) as error:
             raise DataError(f"{path}: not a readable .npz file ({error})") from error
 

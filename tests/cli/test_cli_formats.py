@@ -334,3 +334,19 @@ def test_a_column_of_numbers_and_words_says_how_to_make_it_either(capsys, tmp_pa
     error = user_error(capsys, "train", "--data", tmp_path / "d.csv", *FAST)
     texts = int((grades == "K").sum())
     assert f"{texts} of its 40 cells are text" in error and "categories" in error and "--label" not in error
+
+
+def test_npz_labels_as_a_column_vector_or_one_hot(capsys, tmp_path):
+    """y saved as a column (n, 1), as scikit-learn and Keras take it, is the same labels as y of shape (n,);
+    one-hot labels (n, classes), as Keras's categorical_crossentropy takes them, are refused with the fix."""
+    data = frame()
+    x, y = data[["a", "b", "c"]].to_numpy(), data["label"].to_numpy()
+    np.savez(tmp_path / "flat.npz", X=x, y=y)
+    np.savez(tmp_path / "column.npz", X=x, y=y[:, None])
+    np.savez(tmp_path / "onehot.npz", X=x, y=np.eye(2)[y])
+    for name in ("flat", "column"):
+        ok(capsys, "train", "--data", tmp_path / f"{name}.npz", "--out", tmp_path / name, *FAST)
+    assert np.array_equal(gn.load(tmp_path / "flat" / "last.npz").flat.values,
+                          gn.load(tmp_path / "column" / "last.npz").flat.values)
+    ok(capsys, "train", "--data", tmp_path / "column.npz", "--task", "regress", "--out", tmp_path / "r", *FAST)
+    assert "one-hot" in user_error(capsys, "train", "--data", tmp_path / "onehot.npz", "--out", tmp_path / "o", *FAST)
