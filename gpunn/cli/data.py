@@ -168,9 +168,12 @@ def regression_targets(raw, path, label="label") -> np.ndarray:
 FORMATS = ".csv (a header row), .parquet, .npz (arrays X and y) or .npy (the target as its last column)"
 
 
-def read_table(path, label: str | None = "label", need_labels: bool = True, target_last: bool = True) -> Table:
+def read_table(path, label: str | None = "label", need_labels: bool = True, target_last: bool = True,
+               text=()) -> Table:
     """A Table from a .csv (read by PyArrow) or .parquet file, an .npz (arrays X and y) or an .npy
-    (memory-mapped; its last column is the target when ``target_last``, else all are features)."""
+    (memory-mapped; its last column is the target when ``target_last``, else all are features). The
+    CSV columns named in ``text`` (the categories of a run) stay text whatever their cells look like:
+    True and False, or 1 and 2, are categories there, not the booleans or numbers PyArrow would infer."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         kind = ("a folder, not a data file" if os.path.isdir(path) else
@@ -181,7 +184,7 @@ def read_table(path, label: str | None = "label", need_labels: bool = True, targ
         X, y = _read_npz(path) if kind == ".npz" else _read_npy(path, target_last)
         table = Table(_array_columns(X, path, label), y, None)
     elif kind in (".csv", ".parquet"):
-        table = _read_arrow(path, label, kind)
+        table = _read_arrow(path, label, kind, set(text))
     else:
         raise DataError(f"{path}: unknown file type; use {FORMATS}")
     if need_labels and table.labels is None:
@@ -242,7 +245,7 @@ def _read_npy(path, target_last: bool):
     return (array[:, :-1], array[:, -1]) if target_last else (array, None)
 
 
-def _read_arrow(path, label, kind) -> Table:
+def _read_arrow(path, label, kind, text=frozenset()) -> Table:
     """A CSV or Parquet file through PyArrow: number columns as float64 (NaN where a cell is empty or
     NA), text columns as text (None where empty), the label column as text (CSV) or as stored."""
     try:
@@ -254,8 +257,8 @@ def _read_arrow(path, label, kind) -> Table:
             header = table_io.csv_header(path)
             names = [name.strip() for name in header]
             _check_names(path, names)
-            labels = [raw for raw, name in zip(header, names) if name == label]
-            data = table_io.read_csv(path, text=labels).rename_columns(names)
+            texts = [raw for raw, name in zip(header, names) if name == label or name in text]
+            data = table_io.read_csv(path, text=texts).rename_columns(names)
         else:
             data = pa.parquet.read_table(path)
             index = [name for name in table_io.pandas_index_columns(data.schema) if name != label]
@@ -285,13 +288,13 @@ def _read_arrow(path, label, kind) -> Table:
             labels = np.array(column.to_pylist())  # Arrow's to_numpy would import pandas
         data = data.drop_columns([label])
     features = [name for name in names if name != label] if labels is not None else names
-    return Table([_feature_column(data.column(index), name, path) for index, name in enumerate(features)],
+    return Table([_feature_column(data.column(index), name, path, name in text) for index, name in enumerate(features)],
                  labels, features)
 
 
-def _feature_column(column, name, path) -> np.ndarray:
-    """Numbers (float64, NaN where missing) if every present cell is one, else text (None where
-    missing); a column of numbers with a stray word is refused, naming the cell."""
+def _feature_column(column, name, path, text: bool = False) -> np.ndarray:
+    """Numbers (float64, NaN where missing) if every present cell is one, else (or when ``text``) text
+    (None where missing); a column of numbers with a stray word is refused, naming the cell."""
     pa = table_io.arrow()
     if pa.types.is_dictionary(column.type):
         column = column.combine_chunks().dictionary_decode()
@@ -300,12 +303,14 @@ def _feature_column(column, name, path) -> np.ndarray:
             return table_io.numbers(column, name, path)
         except ValueError as error:
             raise DataError(str(error)) from None
-    text = pa.compute.utf8_trim_whitespace(column)
-    text = pa.compute.if_else(pa.compute.is_in(text, value_set=pa.array(MISSING_TEXT)), None, text)
+    trimmed = pa.compute.utf8_trim_whitespace(column)
+    trimmed = pa.compute.if_else(pa.compute.is_in(trimmed, value_set=pa.array(MISSING_TEXT)), None, trimmed)
+    if text:
+        return np.array(trimmed.to_pylist(), dtype=object)
     try:
-        return table_io.numbers(text, name, path)
+        return table_io.numbers(trimmed, name, path)
     except ValueError as error:
-        cells = text.to_pylist()
+        cells = trimmed.to_pylist()
         words = sum(cell is not None and not table_io.is_number(cell) for cell in cells)
         present = sum(cell is not None for cell in cells)
         if words < present:  # numbers and words: a stray word in a number column, or categories partly numbers
@@ -326,8 +331,11 @@ def load_files(data, label: str = "label", task: str = "auto", validation=None, 
     """A user's labelled data for training: the ``data`` file's rows, then those of the ``validation`` and
     ``test`` files, whose columns must be its own; classes (of the data file), or float targets for
     ``task="regress"``."""
-    files = [(os.fspath(path), read_table(path, label, need_labels=True)) for path in (data, validation, test) if path]
-    first_path, first = files[0]
+    first = read_table(data, label, need_labels=True)
+    text = [name for name, values in zip(first.names, first.columns) if values.dtype == object]
+    files = [(os.fspath(data), first)] + [(os.fspath(path), read_table(path, label, need_labels=True, text=text))
+                                          for path in (validation, test) if path]
+    first_path = files[0][0]
     for index, (path, table) in enumerate(files[1:], 1):
         if table.features is None or first.features is None:
             if len(table.columns) != len(first.columns):

@@ -350,3 +350,23 @@ def test_npz_labels_as_a_column_vector_or_one_hot(capsys, tmp_path):
                           gn.load(tmp_path / "column" / "last.npz").flat.values)
     ok(capsys, "train", "--data", tmp_path / "column.npz", "--task", "regress", "--out", tmp_path / "r", *FAST)
     assert "one-hot" in user_error(capsys, "train", "--data", tmp_path / "onehot.npz", "--out", tmp_path / "o", *FAST)
+
+
+def test_a_category_column_is_read_as_text_in_every_file_whatever_its_cells_look_like(capsys, tmp_path):
+    """Categories True/False/Unknown: a predict, validation or test file holding only True and False was
+    read as booleans (numbers) and refused as 'numbers where the training data had categories'; so were
+    codes like 1 and 2 of a column whose other categories are words... once the column is text, it is
+    read as text in every file."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=90).round(4)
+    answer = rng.choice(["True", "False", "Unknown"], size=90)
+    (tmp_path / "d.csv").write_text("x,answer,label\n" + "".join(
+        f"{a},{b},{'y' if a > 0 else 'n'}\n" for a, b in zip(x, answer)))
+    (tmp_path / "v.csv").write_text("x,answer,label\n0.5,True,y\n-1,False,n\n0.3,False,y\n")
+    (tmp_path / "p.csv").write_text("answer,x\nTrue,0.5\nFalse,-1\n")
+    (tmp_path / "p3.csv").write_text("answer,x\nTrue,0.5\nFalse,-1\nUnknown,2\n")
+    ok(capsys, "train", "--data", tmp_path / "d.csv", "--validation-data", tmp_path / "v.csv",
+       "--out", tmp_path / "run", *FAST)
+    two = ok(capsys, "predict", tmp_path / "run", tmp_path / "p.csv")[0].splitlines()
+    three = ok(capsys, "predict", tmp_path / "run", tmp_path / "p3.csv")[0].splitlines()
+    assert two == three[:3]
