@@ -165,7 +165,9 @@ def regression_targets(raw, path, label="label") -> np.ndarray:
 
 
 # --- files --------------------------------------------------------------------------------
-FORMATS = ".csv (a header row), .parquet, .npz (arrays X and y) or .npy (the target as its last column)"
+FORMATS = (".csv (a header row; also .csv.gz or .csv.bz2), .parquet, .npz (arrays X and y) or .npy (the target as "
+           "its last column)")
+COMPRESSED = (".gz", ".bz2")
 
 
 def read_table(path, label: str | None = "label", need_labels: bool = True, target_last: bool = True,
@@ -180,6 +182,8 @@ def read_table(path, label: str | None = "label", need_labels: bool = True, targ
                 "not a regular file" if os.path.exists(path) else "no such file")
         raise DataError(f"{path}: {kind}")
     kind = os.path.splitext(path)[1].lower()
+    if kind in COMPRESSED and path.lower()[:-len(kind)].endswith(".csv"):  # PyArrow decompresses by the extension
+        kind = ".csv"
     if kind in (".npz", ".npy"):
         X, y = _read_npz(path) if kind == ".npz" else _read_npy(path, target_last)
         table = Table(_array_columns(X, path, label), y, None)

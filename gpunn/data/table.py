@@ -222,7 +222,10 @@ class TableDataset(Dataset):
         self.path = os.fspath(path)
         kind = os.path.splitext(self.path)[1].lower()
         if kind not in (".csv", ".parquet"):
-            raise ValueError(f"TableDataset: {self.path!r} is neither .csv nor .parquet")
+            compressed = kind in (".gz", ".bz2", ".zst", ".xz") and self.path.lower()[:-len(kind)].endswith(".csv")
+            raise ValueError(f"TableDataset: {self.path!r} is neither .csv nor .parquet" + (
+                " (a compressed CSV has no rows to read in place: decompress it, or convert it to Parquet)"
+                if compressed else ""))
         if kind == ".parquet":
             self._parquet = pa.parquet.ParquetFile(self.path)
             index = pandas_index_columns(self._parquet.schema_arrow)

@@ -370,3 +370,18 @@ def test_a_category_column_is_read_as_text_in_every_file_whatever_its_cells_look
     two = ok(capsys, "predict", tmp_path / "run", tmp_path / "p.csv")[0].splitlines()
     three = ok(capsys, "predict", tmp_path / "run", tmp_path / "p3.csv")[0].splitlines()
     assert two == three[:3]
+
+
+@pytest.mark.parametrize("compression", ["gz", "bz2"])
+def test_a_compressed_csv_trains_and_predicts_as_the_csv_does(capsys, tmp_path, compression):
+    """pandas.read_csv reads data.csv.gz as data.csv (PyArrow's reader decompresses by the extension too):
+    it was an 'unknown file type'."""
+    data = frame()
+    data.to_csv(tmp_path / "d.csv", index=False)
+    data.to_csv(tmp_path / f"d.csv.{compression}", index=False)
+    for name in ("d.csv", f"d.csv.{compression}"):
+        ok(capsys, "train", "--data", tmp_path / name, "--out", tmp_path / name.replace(".", "_"), *FAST)
+    assert np.array_equal(gn.load(tmp_path / "d_csv" / "last.npz").flat.values,
+                          gn.load(tmp_path / f"d_csv_{compression}" / "last.npz").flat.values)
+    assert ok(capsys, "predict", tmp_path / "d_csv", tmp_path / f"d.csv.{compression}")[0] == \
+        ok(capsys, "predict", tmp_path / "d_csv", tmp_path / "d.csv")[0]
