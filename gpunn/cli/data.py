@@ -88,14 +88,19 @@ def _label_text(raw, path) -> np.ndarray:
     if raw.ndim != 1:
         raise DataError(f"{path}: labels must be one column, got shape {raw.shape}")
     if raw.dtype.kind == "f":
-        if not np.all(np.isfinite(raw)):
-            raise DataError(f"{path}: labels contain NaN or Inf")
+        _check_finite(raw, path)
         return np.array([repr(int(v)) if v == int(v) else repr(float(v)) for v in raw.tolist()], dtype=str)
     if raw.dtype.kind in "biu":
         return raw.astype(str)
     if raw.dtype.kind == "U":
         return np.char.strip(raw)
     raise DataError(f"{path}: labels have dtype {raw.dtype}; use numbers or strings")
+
+
+def _check_finite(numbers: np.ndarray, path) -> None:
+    bad = np.flatnonzero(~np.isfinite(numbers))
+    if len(bad):
+        raise DataError(f"{path}: labels contain NaN or Inf ({len(bad)} rows, first: data row {bad[0] + 1})")
 
 
 def _as_numbers(text: np.ndarray):
@@ -122,8 +127,8 @@ def encode_labels(raw, path, label="label", task: str = "auto") -> tuple[np.ndar
     text = _label_text(raw, path)
     _check_present(text, path, label)
     numbers = _as_numbers(text)
-    if numbers is not None and not np.all(np.isfinite(numbers)):
-        raise DataError(f"{path}: labels contain NaN or Inf")
+    if numbers is not None:
+        _check_finite(numbers, path)
     classes = np.unique(text)
     if task == "auto" and numbers is not None:
         fractional = numbers != np.round(numbers)
@@ -156,9 +161,7 @@ def regression_targets(raw, path, label="label") -> np.ndarray:
             row, bad = next((row, cell) for row, cell in enumerate(text.tolist()) if not table_io.is_number(cell))
             raise DataError(f"{path}: --task regress needs numbers in the label column {label!r}, "
                             f"found {bad!r} (data row {row + 1})")
-    if not np.all(np.isfinite(numbers)):
-        bad = np.flatnonzero(~np.isfinite(numbers))
-        raise DataError(f"{path}: labels contain NaN or Inf ({len(bad)} rows, first: data row {bad[0] + 1})")
+    _check_finite(numbers, path)
     if np.ptp(numbers) == 0:
         raise DataError(f"{path}: every target is {numbers[0]:g}; there is nothing to learn")
     return numbers
