@@ -277,6 +277,8 @@ def _read_arrow(path, label, kind, text=frozenset()) -> Table:
             raise DataError(f"{path}: rows have another number of cells than the header ({error})") from None
         what = "CSV" if kind == ".csv" else "Parquet file"
         raise DataError(f"{path}: unreadable {what} ({error})") from None
+    except ValueError as error:  # a CSV in UTF-16 (csv_header)
+        raise DataError(str(error)) from None
     if data.num_rows == 0:
         raise DataError(f"{path}: a CSV needs a header row and at least one data row" if kind == ".csv" else
                         f"{path}: the Parquet file holds no rows")

@@ -46,8 +46,13 @@ def csv_options(names: list[str] | None = None, text: list[str] = (), nulls: boo
 
 
 def csv_header(path) -> list[str]:
-    """A CSV file's column names (its first block parsed, not the file)."""
+    """A CSV file's column names (its first block parsed, not the file); a ValueError for UTF-16 text,
+    which PyArrow would parse as one column of odd bytes."""
     pa = arrow()
+    with open(path, "rb") as file:
+        if file.read(2) in (b"\xff\xfe", b"\xfe\xff"):
+            raise ValueError(f"{os.fspath(path)}: the file is UTF-16 text; save it as UTF-8 (gpunn reads CSV "
+                             "files in UTF-8)")
     read, parse, convert = csv_options()
     with pa.csv.open_csv(os.fspath(path), read_options=read, parse_options=parse, convert_options=convert) as reader:
         return list(reader.schema.names)
@@ -105,6 +110,9 @@ def numbers(column, name: str, where: str, first_row: int = 0) -> np.ndarray:
             bad = next(row for row, cell in enumerate(column.to_pylist()) if cell is not None and not is_number(cell))
             raise ValueError(f"{where}: column {name!r} holds {column[bad].as_py()!r} in data row {first_row + bad + 1}, not a "
                              "number") from None
+    elif pa.types.is_binary(column.type):  # what PyArrow's CSV reader makes of text that is not UTF-8
+        raise ValueError(f"{where}: column {name!r} is not UTF-8 text (a file in Latin-1 or another encoding?); "
+                         "save it as UTF-8")
     elif not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
               or pa.types.is_boolean(column.type) or pa.types.is_null(column.type)):
         raise ValueError(f"{where}: column {name!r} holds {column.type} values; use numbers or text")

@@ -385,3 +385,13 @@ def test_a_compressed_csv_trains_and_predicts_as_the_csv_does(capsys, tmp_path, 
                           gn.load(tmp_path / f"d_csv_{compression}" / "last.npz").flat.values)
     assert ok(capsys, "predict", tmp_path / "d_csv", tmp_path / f"d.csv.{compression}")[0] == \
         ok(capsys, "predict", tmp_path / "d_csv", tmp_path / "d.csv")[0]
+
+
+@pytest.mark.parametrize("encoding,message", [("latin-1", "not UTF-8"), ("utf-16", "UTF-16")])
+def test_a_csv_in_another_encoding_says_to_save_it_as_utf8(capsys, tmp_path, encoding, message):
+    """Latin-1 text read as 'binary values; use numbers or text', UTF-16 as 'rows have another number
+    of cells': neither named the encoding (pandas.read_csv raises UnicodeDecodeError)."""
+    rows = "x,city,label\n" + "".join(f"{i},{'Köln' if i % 2 else 'Zürich'},{'ab'[i % 3 == 0]}\n" for i in range(30))
+    (tmp_path / "d.csv").write_bytes(rows.encode(encoding))
+    error = user_error(capsys, "train", "--data", tmp_path / "d.csv", *FAST)
+    assert message in error and "save it as UTF-8" in error
