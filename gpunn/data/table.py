@@ -74,7 +74,8 @@ def check_names(path, header) -> None:
     if unnamed:
         raise ValueError(f"{path}: header column(s) {', '.join(unnamed)} have no name"
                          + (" (a pandas index? write the file with DataFrame.to_csv(path, index=False))"
-                            if unnamed == ["1"] else ""))
+                            if unnamed == ["1"] else
+                            " (a comma at the end of each line? remove it)" if unnamed == [str(len(header))] else ""))
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:
         raise ValueError(f"{path}: the header names {', '.join(map(repr, repeated))} more than once; "

@@ -144,6 +144,9 @@ def test_a_csv_with_an_unnamed_or_repeated_column_is_refused_as_gpunn_train_refu
     frame.to_csv(tmp_path / "indexed.csv")
     with pytest.raises(ValueError, match=r"column\(s\) 1 have no name.*index=False"):
         TableDataset(tmp_path / "indexed.csv", target="label")
+    (tmp_path / "trailing.csv").write_text("a,b,label,\n1,2,0,\n3,4,1,\n")
+    with pytest.raises(ValueError, match=r"column\(s\) 4 have no name \(a comma at the end of each line"):
+        TableDataset(tmp_path / "trailing.csv", target="label")
     (tmp_path / "twice.csv").write_text("a,a,label\n1,2,0\n3,4,1\n")
     with pytest.raises(ValueError, match="names 'a' more than once"):
         TableDataset(tmp_path / "twice.csv", target="label")
