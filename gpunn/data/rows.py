@@ -186,7 +186,10 @@ def from_array(array, name: str) -> RowSource:
             current = _identity(os.stat(root.filename))
         except OSError:  # deleted since: the map alone still holds the rows
             current = None
-        if current is not None and mapped in (None, current):
+        # Another file at the path: same device, another inode. (An overlay file system reports its own
+        # device to stat and the real one in /proc/self/maps: there the path's file is taken, as before.)
+        replaced = current is None or (mapped is not None and mapped[0] == current[0] and mapped != current)
+        if not replaced:
             return RowSource(path=root.filename, offset=offset, shape=array.shape, dtype=array.dtype, name=name,
-                             identity=mapped)
+                             identity=current)
     return RowSource(array=np.asarray(array) if not hasattr(array, "shape") else array, name=name)
