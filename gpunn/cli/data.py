@@ -30,6 +30,10 @@ MISSING_TEXT = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-
                 "NULL", "NaN", "n/a", "nan", "null"]
 
 
+#: Signs around a number that make a CSV cell text: currencies, percent, spaces (',' goes too, inside).
+DECORATION = " $€£¥%"
+
+
 class DataError(ValueError):
     """A user's data file cannot be used; the message says which file and why."""
 
@@ -326,6 +330,11 @@ def _feature_column(column, name, path, text: bool = False) -> np.ndarray:
             raise DataError(f"{error} ({words} of its {present} cells are text, the rest numbers): for a number column, "
                             "fix or empty the text cells; for categories, make every value text (e.g. 'grade 1' "
                             "for 1)") from None
+    decorated = [cell for cell in cells if cell is not None]
+    if decorated and all(table_io.is_number(cell.strip(DECORATION).replace(",", "")) for cell in decorated):
+        raise DataError(f"{path}: column {name!r} holds numbers written with separators or signs (e.g. "
+                        f"{decorated[0]!r}); write them as plain numbers (1234.5) to use them as numbers: read as "
+                        "text, each distinct value would be a category of its own")
     return np.array(cells, dtype=object)
 
 

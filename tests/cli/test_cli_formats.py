@@ -395,3 +395,15 @@ def test_a_csv_in_another_encoding_says_to_save_it_as_utf8(capsys, tmp_path, enc
     (tmp_path / "d.csv").write_bytes(rows.encode(encoding))
     error = user_error(capsys, "train", "--data", tmp_path / "d.csv", *FAST)
     assert message in error and "save it as UTF-8" in error
+
+
+@pytest.mark.parametrize("spelling", ["{:,}", "${}", "{}%", "€{:,}"])
+def test_numbers_written_with_separators_or_signs_are_refused_not_one_hot_encoded(capsys, tmp_path, spelling):
+    """A price column written "1,234" (or $5, 12 %) is text to the CSV reader, and was one-hot encoded
+    silently: one input per distinct price, and any new price at predict an unseen category."""
+    rng = np.random.default_rng(0)
+    prices = rng.integers(1000, 5000, size=60)
+    (tmp_path / "d.csv").write_text("price,label\n" + "".join(
+        f'"{spelling.format(p)}",{"ab"[int(p > 3000)]}\n' for p in prices))
+    error = user_error(capsys, "train", "--data", tmp_path / "d.csv", *FAST)
+    assert "column 'price' holds numbers written with" in error and "plain numbers" in error
