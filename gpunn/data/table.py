@@ -51,8 +51,8 @@ def csv_header(path) -> list[str]:
     pa = arrow()
     with open(path, "rb") as file:
         if file.read(2) in (b"\xff\xfe", b"\xfe\xff"):
-            raise ValueError(f"{os.fspath(path)}: the file is UTF-16 text; save it as UTF-8 (gpunn reads CSV "
-                             "files in UTF-8)")
+            raise ValueError(f"{os.fspath(path)}: unreadable CSV: it begins with a UTF-16 byte order mark; save it "
+                             "as UTF-8 (gpunn reads CSV files in UTF-8)")
     read, parse, convert = csv_options()
     with pa.csv.open_csv(os.fspath(path), read_options=read, parse_options=parse, convert_options=convert) as reader:
         return list(reader.schema.names)

@@ -321,7 +321,7 @@ def test_a_csv_separated_by_another_character_says_so(capsys, tmp_path, separato
     """Semicolon-separated CSV (Excel in much of Europe) or tab-separated: one column named 'a;b;c;label'
     was reported as 'no label column', which points at --label, not at the separator."""
     frame(20).to_csv(tmp_path / "d.csv", index=False, sep=separator)
-    error = user_error(capsys, "train", "--data", tmp_path / "d.csv", *FAST)
+    error = user_error(capsys, "train", "--data", tmp_path / "d.csv", "--out", tmp_path / "run", *FAST)
     assert f"separated by {separator!r}" in error and "commas" in error
 
 
@@ -331,7 +331,7 @@ def test_a_column_of_numbers_and_words_says_how_to_make_it_either(capsys, tmp_pa
     rng = np.random.default_rng(0)
     grades = rng.choice(["K", "1", "2", "3"], size=40)
     (tmp_path / "d.csv").write_text("x,grade,label\n" + "".join(f"{i},{g},{i % 2}\n" for i, g in enumerate(grades)))
-    error = user_error(capsys, "train", "--data", tmp_path / "d.csv", *FAST)
+    error = user_error(capsys, "train", "--data", tmp_path / "d.csv", "--out", tmp_path / "run", *FAST)
     texts = int((grades == "K").sum())
     assert f"{texts} of its 40 cells are text" in error and "categories" in error and "--label" not in error
 
@@ -393,7 +393,7 @@ def test_a_csv_in_another_encoding_says_to_save_it_as_utf8(capsys, tmp_path, enc
     of cells': neither named the encoding (pandas.read_csv raises UnicodeDecodeError)."""
     rows = "x,city,label\n" + "".join(f"{i},{'Köln' if i % 2 else 'Zürich'},{'ab'[i % 3 == 0]}\n" for i in range(30))
     (tmp_path / "d.csv").write_bytes(rows.encode(encoding))
-    error = user_error(capsys, "train", "--data", tmp_path / "d.csv", *FAST)
+    error = user_error(capsys, "train", "--data", tmp_path / "d.csv", "--out", tmp_path / "run", *FAST)
     assert message in error and "save it as UTF-8" in error
 
 
@@ -405,5 +405,5 @@ def test_numbers_written_with_separators_or_signs_are_refused_not_one_hot_encode
     prices = rng.integers(1000, 5000, size=60)
     (tmp_path / "d.csv").write_text("price,label\n" + "".join(
         f'"{spelling.format(p)}",{"ab"[int(p > 3000)]}\n' for p in prices))
-    error = user_error(capsys, "train", "--data", tmp_path / "d.csv", *FAST)
+    error = user_error(capsys, "train", "--data", tmp_path / "d.csv", "--out", tmp_path / "run", *FAST)
     assert "column 'price' holds numbers written with" in error and "plain numbers" in error
