@@ -407,3 +407,14 @@ def test_numbers_written_with_separators_or_signs_are_refused_not_one_hot_encode
         f'"{spelling.format(p)}",{"ab"[int(p > 3000)]}\n' for p in prices))
     error = user_error(capsys, "train", "--data", tmp_path / "d.csv", "--out", tmp_path / "run", *FAST)
     assert "column 'price' holds numbers written with" in error and "plain numbers" in error
+
+
+def test_impute_of_a_column_empty_in_every_training_row_names_it_and_the_fix(capsys, tmp_path):
+    """No statistic exists for a column with no value (pandas' mean is NaN, scikit-learn's SimpleImputer
+    drops the column with a warning): one line naming the column and saying to drop it."""
+    data = frame(40)
+    data["b"] = np.nan
+    data.to_csv(tmp_path / "d.csv", index=False)
+    error = user_error(capsys, "train", "--data", tmp_path / "d.csv", "--impute", "mean", "--out", tmp_path / "run",
+                       *FAST)
+    assert "column 'b' has no value in the training rows" in error and "drop the column" in error
