@@ -30,6 +30,10 @@ MISSING_TEXT = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-
                 "NULL", "NaN", "n/a", "nan", "null"]
 
 
+#: Signs around a number that make a CSV cell text: currencies, percent, spaces (',' goes too, inside).
+DECORATION = " $€£¥%"
+
+
 class DataError(ValueError):
     """A user's data file cannot be used; the message says which file and why."""
 
@@ -81,17 +85,26 @@ def load_digits() -> Dataset:
 def _label_text(raw, path) -> np.ndarray:
     """The label column as stripped text; numbers from an .npz become their exact text."""
     raw = np.asarray(raw)
+    if raw.ndim == 2 and raw.shape[1] > 1 and raw.dtype.kind in "biuf" and np.all((raw == 0) | (raw == 1)) \
+            and np.all(raw.sum(axis=1) == 1):
+        raise DataError(f"{path}: labels of shape {raw.shape} look one-hot; save the class of each row instead "
+                        "(y.argmax(axis=1))")
     if raw.ndim != 1:
         raise DataError(f"{path}: labels must be one column, got shape {raw.shape}")
     if raw.dtype.kind == "f":
-        if not np.all(np.isfinite(raw)):
-            raise DataError(f"{path}: labels contain NaN or Inf")
+        _check_finite(raw, path)
         return np.array([repr(int(v)) if v == int(v) else repr(float(v)) for v in raw.tolist()], dtype=str)
     if raw.dtype.kind in "biu":
         return raw.astype(str)
     if raw.dtype.kind == "U":
         return np.char.strip(raw)
     raise DataError(f"{path}: labels have dtype {raw.dtype}; use numbers or strings")
+
+
+def _check_finite(numbers: np.ndarray, path) -> None:
+    bad = np.flatnonzero(~np.isfinite(numbers))
+    if len(bad):
+        raise DataError(f"{path}: labels contain NaN or Inf ({len(bad)} rows, first: data row {bad[0] + 1})")
 
 
 def _as_numbers(text: np.ndarray):
@@ -118,8 +131,8 @@ def encode_labels(raw, path, label="label", task: str = "auto") -> tuple[np.ndar
     text = _label_text(raw, path)
     _check_present(text, path, label)
     numbers = _as_numbers(text)
-    if numbers is not None and not np.all(np.isfinite(numbers)):
-        raise DataError(f"{path}: labels contain NaN or Inf")
+    if numbers is not None:
+        _check_finite(numbers, path)
     classes = np.unique(text)
     if task == "auto" and numbers is not None:
         fractional = numbers != np.round(numbers)
@@ -152,38 +165,47 @@ def regression_targets(raw, path, label="label") -> np.ndarray:
             row, bad = next((row, cell) for row, cell in enumerate(text.tolist()) if not table_io.is_number(cell))
             raise DataError(f"{path}: --task regress needs numbers in the label column {label!r}, "
                             f"found {bad!r} (data row {row + 1})")
-    if not np.all(np.isfinite(numbers)):
-        bad = np.flatnonzero(~np.isfinite(numbers))
-        raise DataError(f"{path}: labels contain NaN or Inf ({len(bad)} rows, first: data row {bad[0] + 1})")
+    _check_finite(numbers, path)
     if np.ptp(numbers) == 0:
         raise DataError(f"{path}: every target is {numbers[0]:g}; there is nothing to learn")
     return numbers
 
 
 # --- files --------------------------------------------------------------------------------
-FORMATS = ".csv (a header row), .parquet, .npz (arrays X and y) or .npy (the target as its last column)"
+FORMATS = (".csv (a header row; also .csv.gz or .csv.bz2), .parquet, .npz (arrays X and y) or .npy (the target as "
+           "its last column)")
+COMPRESSED = (".gz", ".bz2")
 
 
-def read_table(path, label: str | None = "label", need_labels: bool = True, target_last: bool = True) -> Table:
+def read_table(path, label: str | None = "label", need_labels: bool = True, target_last: bool = True,
+               text=()) -> Table:
     """A Table from a .csv (read by PyArrow) or .parquet file, an .npz (arrays X and y) or an .npy
-    (memory-mapped; its last column is the target when ``target_last``, else all are features)."""
+    (memory-mapped; its last column is the target when ``target_last``, else all are features). The
+    CSV columns named in ``text`` (the categories of a run) stay text whatever their cells look like:
+    True and False, or 1 and 2, are categories there, not the booleans or numbers PyArrow would infer."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         kind = ("a folder, not a data file" if os.path.isdir(path) else
                 "not a regular file" if os.path.exists(path) else "no such file")
         raise DataError(f"{path}: {kind}")
     kind = os.path.splitext(path)[1].lower()
+    if kind in COMPRESSED and path.lower()[:-len(kind)].endswith(".csv"):  # PyArrow decompresses by the extension
+        kind = ".csv"
     if kind in (".npz", ".npy"):
         X, y = _read_npz(path) if kind == ".npz" else _read_npy(path, target_last)
         table = Table(_array_columns(X, path, label), y, None)
     elif kind in (".csv", ".parquet"):
-        table = _read_arrow(path, label, kind)
+        table = _read_arrow(path, label, kind, set(text))
     else:
         raise DataError(f"{path}: unknown file type; use {FORMATS}")
     if need_labels and table.labels is None:
         if table.features is None:
             raise DataError(f"{path}: no labels (an .npz needs an array y beside X)")
         shown = ", ".join(map(repr, table.features[:10])) + (", ..." if len(table.features) > 10 else "")
+        separator = next((c for c in ";\t|" if len(table.features) == 1 and c in table.features[0]), None)
+        if separator is not None:
+            raise DataError(f"{path}: its header is one column, {table.features[0][:60]!r}: the file looks "
+                            f"separated by {separator!r}; gpunn reads CSV separated by commas (save it with commas)")
         raise DataError(f"{path}: no label column {label!r} (its columns: {shown}); is the label column named "
                         f"something other than {label!r}? name it with --label")
     if not table.columns:
@@ -216,7 +238,8 @@ def _read_npz(path):
         if "X" not in archive.files:
             raise DataError(f"{path}: an .npz needs an array named X (found {archive.files})")
         try:
-            return archive["X"], (archive["y"] if "y" in archive.files else None)
+            y = archive["y"] if "y" in archive.files else None
+            return archive["X"], (y[:, 0] if y is not None and y.ndim == 2 and y.shape[1] == 1 else y)  # a column
         except (ValueError, OSError, EOFError) as error:
             raise DataError(f"{path}: not a readable .npz file ({error})") from error
 
@@ -233,7 +256,7 @@ def _read_npy(path, target_last: bool):
     return (array[:, :-1], array[:, -1]) if target_last else (array, None)
 
 
-def _read_arrow(path, label, kind) -> Table:
+def _read_arrow(path, label, kind, text=frozenset()) -> Table:
     """A CSV or Parquet file through PyArrow: number columns as float64 (NaN where a cell is empty or
     NA), text columns as text (None where empty), the label column as text (CSV) or as stored."""
     try:
@@ -245,10 +268,12 @@ def _read_arrow(path, label, kind) -> Table:
             header = table_io.csv_header(path)
             names = [name.strip() for name in header]
             _check_names(path, names)
-            labels = [raw for raw, name in zip(header, names) if name == label]
-            data = table_io.read_csv(path, text=labels).rename_columns(names)
+            texts = [raw for raw, name in zip(header, names) if name == label or name in text]
+            data = table_io.read_csv(path, text=texts).rename_columns(names)
         else:
             data = pa.parquet.read_table(path)
+            index = [name for name in table_io.pandas_index_columns(data.schema) if name != label]
+            data = data.drop_columns(index)  # pandas' index, as pandas.read_parquet reads it: no feature
             names = [str(name) for name in data.column_names]
             _check_names(path, names)
     except (pa.ArrowException, OSError) as error:
@@ -256,6 +281,8 @@ def _read_arrow(path, label, kind) -> Table:
             raise DataError(f"{path}: rows have another number of cells than the header ({error})") from None
         what = "CSV" if kind == ".csv" else "Parquet file"
         raise DataError(f"{path}: unreadable {what} ({error})") from None
+    except ValueError as error:  # a CSV in UTF-16 (csv_header)
+        raise DataError(str(error)) from None
     if data.num_rows == 0:
         raise DataError(f"{path}: a CSV needs a header row and at least one data row" if kind == ".csv" else
                         f"{path}: the Parquet file holds no rows")
@@ -274,13 +301,13 @@ def _read_arrow(path, label, kind) -> Table:
             labels = np.array(column.to_pylist())  # Arrow's to_numpy would import pandas
         data = data.drop_columns([label])
     features = [name for name in names if name != label] if labels is not None else names
-    return Table([_feature_column(data.column(index), name, path) for index, name in enumerate(features)],
+    return Table([_feature_column(data.column(index), name, path, name in text) for index, name in enumerate(features)],
                  labels, features)
 
 
-def _feature_column(column, name, path) -> np.ndarray:
-    """Numbers (float64, NaN where missing) if every present cell is one, else text (None where
-    missing); a column of numbers with a stray word is refused, naming the cell."""
+def _feature_column(column, name, path, text: bool = False) -> np.ndarray:
+    """Numbers (float64, NaN where missing) if every present cell is one, else (or when ``text``) text
+    (None where missing); a column of numbers with a stray word is refused, naming the cell."""
     pa = table_io.arrow()
     if pa.types.is_dictionary(column.type):
         column = column.combine_chunks().dictionary_decode()
@@ -289,33 +316,44 @@ def _feature_column(column, name, path) -> np.ndarray:
             return table_io.numbers(column, name, path)
         except ValueError as error:
             raise DataError(str(error)) from None
-    text = pa.compute.utf8_trim_whitespace(column)
-    text = pa.compute.if_else(pa.compute.is_in(text, value_set=pa.array(MISSING_TEXT)), None, text)
+    trimmed = pa.compute.utf8_trim_whitespace(column)
+    trimmed = pa.compute.if_else(pa.compute.is_in(trimmed, value_set=pa.array(MISSING_TEXT)), None, trimmed)
+    if text:
+        return np.array(trimmed.to_pylist(), dtype=object)
     try:
-        return table_io.numbers(text, name, path)
+        return table_io.numbers(trimmed, name, path)
     except ValueError as error:
-        cells = text.to_pylist()
-        if any(cell is not None and table_io.is_number(cell) for cell in cells):
-            raise DataError(f"{error}; is the label column named something other than the --label given?") from None
+        cells = trimmed.to_pylist()
+        words = sum(cell is not None and not table_io.is_number(cell) for cell in cells)
+        present = sum(cell is not None for cell in cells)
+        if words < present:  # numbers and words: a stray word in a number column, or categories partly numbers
+            raise DataError(f"{error} ({words} of its {present} cells are text, the rest numbers): for a number column, "
+                            "fix or empty the text cells; for categories, make every value text (e.g. 'grade 1' "
+                            "for 1)") from None
+    decorated = [cell for cell in cells if cell is not None]
+    if decorated and all(table_io.is_number(cell.strip(DECORATION).replace(",", "")) for cell in decorated):
+        raise DataError(f"{path}: column {name!r} holds numbers written with separators or signs (e.g. "
+                        f"{decorated[0]!r}); write them as plain numbers (1234.5) to use them as numbers: read as "
+                        "text, each distinct value would be a category of its own")
     return np.array(cells, dtype=object)
 
 
 def _check_names(path, header) -> None:
-    unnamed = [str(i + 1) for i, name in enumerate(header) if not name]
-    if unnamed:
-        raise DataError(f"{path}: header column(s) {', '.join(unnamed)} have no name")
-    repeated = sorted({name for name in header if header.count(name) > 1})
-    if repeated:
-        raise DataError(f"{path}: the header names {', '.join(map(repr, repeated))} more than once; "
-                        "column names must be unique")
+    try:
+        table_io.check_names(path, header)
+    except ValueError as error:
+        raise DataError(str(error)) from None
 
 
 def load_files(data, label: str = "label", task: str = "auto", validation=None, test=None) -> Dataset:
     """A user's labelled data for training: the ``data`` file's rows, then those of the ``validation`` and
     ``test`` files, whose columns must be its own; classes (of the data file), or float targets for
     ``task="regress"``."""
-    files = [(os.fspath(path), read_table(path, label, need_labels=True)) for path in (data, validation, test) if path]
-    first_path, first = files[0]
+    first = read_table(data, label, need_labels=True)
+    text = [name for name, values in zip(first.names, first.columns) if values.dtype == object]
+    files = [(os.fspath(data), first)] + [(os.fspath(path), read_table(path, label, need_labels=True, text=text))
+                                          for path in (validation, test) if path]
+    first_path = files[0][0]
     for index, (path, table) in enumerate(files[1:], 1):
         if table.features is None or first.features is None:
             if len(table.columns) != len(first.columns):

@@ -77,7 +77,8 @@ class Encoding:
                 known = np.asarray(values[train_rows], dtype=np.float64)
                 known = known[~np.isnan(known)]
                 if len(known) == 0:
-                    raise DataError(f"{source}: column {name!r} has no value in the training rows to --impute from")
+                    raise DataError(f"{source}: column {name!r} has no value in the training rows to --impute from; "
+                                    "drop the column from the file (it tells the model nothing)")
                 column.fill = float(np.mean(known) if impute == "mean" else np.median(known))
             columns.append(column)
         return cls(columns, impute)

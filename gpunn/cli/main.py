@@ -80,7 +80,8 @@ def command_predict(args) -> int:
                         "destroy it")
     use_backend_option(args.backend)
     checkpoint = Checkpoint.read(path)
-    table = read_table(args.input, args.label or checkpoint.label or "label", need_labels=False, target_last=False)
+    table = read_table(args.input, args.label or checkpoint.label or "label", need_labels=False, target_last=False,
+                       text=[] if checkpoint.encoding is None else checkpoint.encoding.categorical)
     header, rows = checkpoint.predictions(checkpoint.inputs(table, args.input), args.input)
     text = io.StringIO(newline="")
     writer = csv.writer(text, lineterminator="\n")

@@ -94,7 +94,7 @@ def add_train_arguments(train) -> None:
         action = settings.add_argument(*flags, **options)
         defaults[action.dest] = action.default
 
-    setting("--data", help="your .csv (a header row and a label column; read by PyArrow), .parquet (a label "
+    setting("--data", help="your .csv or .csv.gz (a header row and a label column; read by PyArrow), .parquet (a label "
                            "column), .npz (arrays X and y) or .npy (2-D, memory-mapped: the target is its last "
                            "column). Text feature columns are one-hot encoded; missing cells are refused (--impute)")
     setting("--stream", action="store_true",

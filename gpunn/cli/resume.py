@@ -12,6 +12,10 @@ from gpunn.cli.data import SPLIT_PARTS
 from gpunn.cli.options import UserError
 from gpunn.cli.run import RunRecord, setting_as_used
 
+#: Run settings that say where the rows are, not what they are: a resume may name a file's new place
+#: (the digest of its rows decides whether the data is the run's, as for any resume).
+DATA_FILES = ("data", "validation_data", "test_data")
+
 
 def resume_settings(args) -> RunRecord:
     """Take the run's settings from RUN_DIR/last.npz, refusing a finished run; returns its record."""
@@ -28,8 +32,18 @@ def resume_settings(args) -> RunRecord:
         raise UserError(f"gpunn train: --resume {args.resume}: the run record in last.npz is damaged") from None
     refuse_conflicting_options(args, record.settings)
     epochs = args.epochs
+    for name in DATA_FILES:  # a file named now is where the run's rows are now, for this and later resumes
+        if getattr(args, name, None) is not None and record.settings.get(name) is not None:
+            record.settings[name] = getattr(args, name)
     for name in args.run_settings:
         setattr(args, name, record.settings[name])
+    for name in DATA_FILES:
+        path = getattr(args, name, None)
+        if path is not None and not os.path.exists(path):
+            option = "--" + name.replace("_", "-")
+            raise UserError(f"gpunn train: --resume {args.resume}: the run's {option} {path} is not there any more "
+                            f"(moved or deleted?); pass {option} with where it is now (its rows are checked to be "
+                            "the run's)")
     planned = record.planned_epochs  # the epochs the schedule was made for
     if epochs is not None and epochs > planned and args.schedule != "constant":
         raise UserError(f"gpunn train: --resume: the run's {args.schedule} schedule was planned over {planned} "
@@ -53,7 +67,8 @@ def refuse_conflicting_options(args, stored: dict) -> None:
     spelt out (``--lr 0.002`` for a run that took Adam's default rate), is no conflict."""
     for name, default in args.run_settings.items():
         value, used = getattr(args, name), setting_as_used(name, stored)
-        if name != "epochs" and value not in (default, stored[name], used):
+        if name != "epochs" and value not in (default, stored[name], used) and \
+                not (name in DATA_FILES and stored[name] is not None):
             option = "--" + name.replace("_", "-")
             raise UserError(f"gpunn train: --resume {args.resume} continues the run with its own settings, but "
                             f"{option} {value} differs from the run's {used}; drop {option}, or start a "

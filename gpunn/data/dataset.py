@@ -114,4 +114,7 @@ def as_dataset(X, T, owner: str) -> Dataset:
         if T is not None:
             raise ValueError(f"{owner}: a Dataset holds its targets; pass T=None (or build Dataset(X, T))")
         return X
-    return Dataset(X, T)
+    try:
+        return Dataset(X, T)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{owner}: {str(error).removeprefix('Dataset: ')}") from None

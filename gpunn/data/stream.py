@@ -250,10 +250,11 @@ def _take(source: np.ndarray, picked: np.ndarray, out: np.ndarray) -> None:
 
 
 def predict_streamed(model, dataset, batch_size: int) -> np.ndarray:
-    """A model's outputs over a Dataset read in order a chunk at a time, as one host array."""
-    if dataset.rows == 0:
-        raise ValueError("predict: X has no rows")
+    """A model's outputs over a Dataset read in order a chunk at a time, as one host array (no rows:
+    none, of the outputs' width, as predict in memory gives)."""
     backend, result = model.backend, None
+    if dataset.rows == 0:
+        return backend.to_numpy(model._outputs(np.zeros((0, dataset.features), model.dtype), None))
     batches = BatchStream(dataset, batch_size, shuffle=False).batches(0, backend.host_buffer, model.dtype)
     with contextlib.closing(backend.device_batches(batches)) as staged:
         for batch, x, _ in staged:

@@ -46,8 +46,13 @@ def csv_options(names: list[str] | None = None, text: list[str] = (), nulls: boo
 
 
 def csv_header(path) -> list[str]:
-    """A CSV file's column names (its first block parsed, not the file)."""
+    """A CSV file's column names (its first block parsed, not the file); a ValueError for UTF-16 text,
+    which PyArrow would parse as one column of odd bytes."""
     pa = arrow()
+    with open(path, "rb") as file:
+        if file.read(2) in (b"\xff\xfe", b"\xfe\xff"):
+            raise ValueError(f"{os.fspath(path)}: unreadable CSV: it begins with a UTF-16 byte order mark; save it "
+                             "as UTF-8 (gpunn reads CSV files in UTF-8)")
     read, parse, convert = csv_options()
     with pa.csv.open_csv(os.fspath(path), read_options=read, parse_options=parse, convert_options=convert) as reader:
         return list(reader.schema.names)
@@ -62,13 +67,42 @@ def read_csv(path, text: list[str] = ()):
     return pa.csv.read_csv(os.fspath(path), read_options=read, parse_options=parse, convert_options=convert)
 
 
+def check_names(path, header) -> None:
+    """A ValueError unless every column has a name of its own (an unnamed first column is the index
+    DataFrame.to_csv writes without index=False: a row number, no feature)."""
+    unnamed = [str(i + 1) for i, name in enumerate(header) if not name]
+    if unnamed:
+        raise ValueError(f"{path}: header column(s) {', '.join(unnamed)} have no name"
+                         + (" (a pandas index? write the file with DataFrame.to_csv(path, index=False))"
+                            if unnamed == ["1"] else
+                            " (a comma at the end of each line? remove it)" if unnamed == [str(len(header))] else ""))
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{path}: the header names {', '.join(map(repr, repeated))} more than once; "
+                         "column names must be unique")
+
+
+def pandas_index_columns(schema) -> list[str]:
+    """The columns DataFrame.to_parquet stored from the frame's index (``__index_level_0__`` for a
+    filtered frame, or the index's name): pandas.read_parquet makes them the index again, no data."""
+    try:
+        metadata = schema.pandas_metadata or {}
+    except ValueError:  # metadata that is not pandas' JSON: no index columns
+        return []
+    return [name for name in metadata.get("index_columns", []) if isinstance(name, str)]
+
+
 def numbers(column, name: str, where: str, first_row: int = 0) -> np.ndarray:
     """A pyarrow column as float64 (NaN where a cell is missing): text is read as numbers (a ValueError
-    names the first cell that is not one, counting data rows from ``first_row`` + 1), booleans as 0 and 1."""
+    names the first cell that is not one, counting data rows from ``first_row`` + 1), booleans as 0 and 1,
+    integers past 2^53 and decimals rounded to the nearest float64, as NumPy's astype(float64) and float() round
+    (PyArrow's default safe cast refuses them, naming neither the file nor the column)."""
     pa = arrow()
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if pa.types.is_dictionary(column.type):
         column = column.dictionary_decode()
+    if pa.types.is_decimal(column.type):  # through its text: Arrow's decimal-to-double cast is not correctly rounded
+        column = pa.compute.cast(column, pa.string())
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         column = pa.compute.utf8_trim_whitespace(column)
         try:
@@ -77,10 +111,13 @@ def numbers(column, name: str, where: str, first_row: int = 0) -> np.ndarray:
             bad = next(row for row, cell in enumerate(column.to_pylist()) if cell is not None and not is_number(cell))
             raise ValueError(f"{where}: column {name!r} holds {column[bad].as_py()!r} in data row {first_row + bad + 1}, not a "
                              "number") from None
+    elif pa.types.is_binary(column.type):  # what PyArrow's CSV reader makes of text that is not UTF-8
+        raise ValueError(f"{where}: column {name!r} is not UTF-8 text (a file in Latin-1 or another encoding?); "
+                         "save it as UTF-8")
     elif not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
               or pa.types.is_boolean(column.type) or pa.types.is_null(column.type)):
         raise ValueError(f"{where}: column {name!r} holds {column.type} values; use numbers or text")
-    return _float64(pa.compute.cast(column, pa.float64()))
+    return _float64(pa.compute.cast(column, pa.float64(), safe=False))
 
 
 def _float64(array) -> np.ndarray:
@@ -147,6 +184,11 @@ def csv_row_starts(path, every: int) -> tuple[np.ndarray, int]:
     return np.concatenate([*starts, [end]]).astype(np.int64), rows
 
 
+def _stamp(status) -> tuple:
+    """What tells a file changed: which file it is, its size and its modification time."""
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+
+
 def _into(values: np.ndarray, out: np.ndarray | None) -> np.ndarray:
     if out is None:
         return values
@@ -167,9 +209,10 @@ class Columns(Layout):
 class TableDataset(Dataset):
     """Feature columns (numbers) and a ``target`` column of a ``.csv`` (with a header row) or ``.parquet``
     file, read ``read(start, stop)`` rows at a time, never whole. ``features``: the columns of ``X``, in
-    order (default: every column but the target). A missing cell or a column of text is a ValueError
-    naming the column (``gpunn train`` one-hot encodes text and imputes; this reads numbers), unless
-    ``missing``: then a missing feature cell reads as NaN, for the caller to fill.
+    order (default: every column but the target, and but the index pandas stored in a Parquet file). A
+    missing cell or a column of text is a ValueError naming the column (``gpunn train`` one-hot encodes
+    text and imputes; this reads numbers), unless ``missing``: then a missing feature cell reads as NaN,
+    for the caller to fill.
     A whole-number target reads as int64 class indices, any other as float64."""
 
     def __init__(self, path, target: str | None = None, features: list[str] | None = None, missing: bool = False):
@@ -178,23 +221,29 @@ class TableDataset(Dataset):
         self.path = os.fspath(path)
         kind = os.path.splitext(self.path)[1].lower()
         if kind not in (".csv", ".parquet"):
-            raise ValueError(f"TableDataset: {self.path!r} is neither .csv nor .parquet")
+            compressed = kind in (".gz", ".bz2", ".zst", ".xz") and self.path.lower()[:-len(kind)].endswith(".csv")
+            raise ValueError(f"TableDataset: {self.path!r} is neither .csv nor .parquet" + (
+                " (a compressed CSV has no rows to read in place: decompress it, or convert it to Parquet)"
+                if compressed else ""))
         if kind == ".parquet":
             self._parquet = pa.parquet.ParquetFile(self.path)
+            index = pandas_index_columns(self._parquet.schema_arrow)
             names = list(self._parquet.schema_arrow.names)
             metadata = self._parquet.metadata
             counts = [metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)]
             self._group_starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
             rows = int(self._group_starts[-1])
         else:
-            self._parquet = None
+            self._parquet, index = None, []
+            self._stamp = _stamp(os.stat(self.path))  # the index's offsets hold for this file as it is now
             names = csv_header(self.path)
+            check_names(f"TableDataset: {self.path}", [name.strip() for name in names])
             self._every = INDEX_EVERY
             self._starts, rows = csv_row_starts(self.path, self._every)
             self._names = names
         if target is not None and target not in names:
             raise ValueError(f"TableDataset: {self.path} has no column {target!r} (it has {names})")
-        features = [name for name in names if name != target] if features is None else list(features)
+        features = [name for name in names if name not in (target, *index)] if features is None else list(features)
         absent = [name for name in features if name not in names]
         if absent or not features:
             raise ValueError(f"TableDataset: {self.path} has no feature column(s) {absent} (it has {names})")
@@ -236,6 +285,9 @@ class TableDataset(Dataset):
         first, last = start // every, -(-stop // every)
         low, high = int(self._starts[first]), int(self._starts[min(last, len(self._starts) - 1)])
         with open(self.path, "rb") as file:
+            if _stamp(os.fstat(file.fileno())) != self._stamp:
+                raise ValueError(f"{self.path}: the file changed since this TableDataset indexed its rows (another "
+                                 "size, time or file); make a new TableDataset to read it as it is now")
             file.seek(low)
             block = file.read(high - low)
         read, parse, convert = csv_options(self._names, text=names)

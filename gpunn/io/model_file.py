@@ -118,6 +118,9 @@ def save(model, path, extras: dict | None = None, optimizer=None) -> None:
         "layers": [layer_record(layer) for layer in model.layers],
         "extras": sorted(extras),
     }
+    frozen = [name for name, parameter in model.named_parameters() if not parameter.trainable]
+    if frozen:  # as Keras saves each layer's trainable flag: a loaded fine-tuning run keeps its base frozen
+        meta["frozen"] = frozen
     if optimizer is not None:
         config, state = _optimizer_state(_bound_to(optimizer, model))
         meta["optimizer"] = {"config": config, "arrays": sorted(state)}
@@ -346,9 +349,16 @@ def _build_model(archive: _Archive, meta: dict):
             parameter.value[...] = backend.asarray(stored, dtype)  # in place: views stay views
         layers.append(layer)
     try:
-        return Sequential(*layers)
+        model = Sequential(*layers)
     except (TypeError, ValueError) as error:
         raise archive.fail(f"the layers do not fit together: {error}") from None
+    frozen = meta.get("frozen", [])
+    parameters = dict(model.named_parameters())
+    if not isinstance(frozen, list) or not all(isinstance(name, str) and name in parameters for name in frozen):
+        raise archive.fail("corrupt gpunn metadata ('frozen' must list parameter names of the model)")
+    for name in frozen:
+        parameters[name].trainable = False
+    return model
 
 
 def load(path, backend=None):

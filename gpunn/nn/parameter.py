@@ -13,7 +13,7 @@ class Parameter:
     as usual; assigning a new array copies it into the same storage (after checking its shape), so
     training always sees what was assigned. The same holds for ``grad`` inside a model: an assigned
     gradient is copied into the flat gradient buffer and counts as fresh (as torch's ``p.grad = g``
-    is used by the next step), and ``grad = None`` marks it stale. Assigned arrays are checked as a
+    is used by the next step), and ``grad = None`` marks it stale (it reads None until a backward). Assigned arrays are checked as a
     layer's constructor checks its arrays: the shape, and finite values that fit the dtype.
     """
 
@@ -38,7 +38,9 @@ class Parameter:
 
     @property
     def grad(self):
-        return self._grad
+        """The gradient the next step uses, or None when it is stale (before a backward, after
+        ``optimizer.zero_grad()`` or ``grad = None``), as torch's ``p.grad`` after zero_grad()."""
+        return self._grad if self.grad_valid else None
 
     @grad.setter
     def grad(self, array):

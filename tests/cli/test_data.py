@@ -64,8 +64,20 @@ def test_an_empty_label_cell_is_refused(tmp_path, cell):
 @pytest.mark.parametrize("cell", ["nan", "inf", "-Infinity"])
 def test_non_finite_numeric_labels_are_refused(tmp_path, cell):
     path = write(tmp_path / "d.csv", f"label,x\n1,1\n{cell},2\n2,3\n")
-    with pytest.raises(DataError, match="labels contain NaN or Inf"):
+    with pytest.raises(DataError, match=r"labels contain NaN or Inf \(1 rows, first: data row 2\)"):
         load_table(path)
+
+
+def test_a_non_finite_label_in_npz_or_npy_names_its_row(tmp_path):
+    """The docs promise an error naming the rows of a missing target: .npz/.npy float labels said only
+    'labels contain NaN or Inf'."""
+    x = np.zeros((5, 2))
+    y = np.array([0.0, 1.0, 0.0, np.nan, 1.0])
+    np.savez(tmp_path / "d.npz", X=x, y=y)
+    np.save(tmp_path / "d.npy", np.column_stack([x, y]))
+    for name in ("d.npz", "d.npy"):
+        with pytest.raises(DataError, match=r"labels contain NaN or Inf \(1 rows, first: data row 4\)"):
+            load_files(tmp_path / name)
 
 
 def quantity_csv(tmp_path, rows=60, integers=False):

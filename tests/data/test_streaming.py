@@ -285,3 +285,67 @@ def test_the_training_thread_reads_a_chunk_itself_when_the_reading_thread_has_no
     assert np.array_equal(np.concatenate([rows for rows, _ in got]), expected)  # the same order, every row once
     assert all(np.array_equal(xb, x[rows]) for rows, xb in got)
     assert "MainThread" in readers and len(readers) == 10  # each of the 10 chunks read once, some in line
+
+
+def test_a_copy_on_write_memory_map_streams_its_own_edits_not_the_file(files):
+    """np.load(mmap_mode="c") keeps edits in memory only (MAP_PRIVATE): streaming must read the array, as
+    NumPy shows it, not its file (which still holds the rows before the edit: a silent wrong answer)."""
+    folder, x, t = files
+    mapped = np.load(folder / "x.npy", mmap_mode="c")
+    mapped -= mapped.mean(axis=0)  # standardised in place, as one does with a private copy
+    model = build()
+    assert np.array_equal(Dataset(mapped, t).read(0, 300)[0], np.asarray(mapped))
+    assert np.array_equal(model.predict(mapped), model.predict(np.array(mapped)))
+
+
+def test_a_file_replaced_after_the_dataset_read_its_header_is_refused_not_read(files):
+    """The header's shape and dtype describe the file the Dataset opened: another file moved to that path
+    (a rewritten data set, saved to a temporary name and renamed) is refused by name, never read as
+    rows of the old layout."""
+    folder, x, t = files
+    data = Dataset(folder / "x.npy", t)
+    np.save(folder / "new.npy", np.ones((600, 6), np.float64))  # twice the bytes, another dtype
+    (folder / "new.npy").replace(folder / "x.npy")
+    with pytest.raises(OSError, match="replaced since"):
+        data.read(0, 10)
+    with pytest.raises(OSError, match="replaced since"):
+        train(build(), data, None, epochs=1)
+
+
+def test_a_memory_map_whose_file_was_replaced_or_deleted_streams_what_it_shows(files):
+    """A map keeps showing its own file after another file took its path (or the path was deleted), as
+    NumPy shows it: its rows are read through the map then, never from the file now at the path."""
+    folder, x, t = files
+    mapped = np.load(folder / "x.npy", mmap_mode="r")
+    np.save(folder / "new.npy", np.zeros((300, 6), np.float32))
+    (folder / "new.npy").replace(folder / "x.npy")
+    model = build()
+    assert np.array_equal(model.predict(mapped), model.predict(x))
+    (folder / "x.npy").unlink()
+    assert np.array_equal(model.predict(mapped[10:]), model.predict(x[10:]))
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "U3", "V4", "datetime64[s]"])
+def test_a_stream_of_no_numbers_is_refused_when_the_dataset_is_made(tmp_path, dtype):
+    """In memory, complex X is refused (the imaginary part would be lost); streamed, it was cast with a
+    ComplexWarning, and text failed mid-epoch with NumPy's bare 'could not convert string to float'."""
+    np.save(tmp_path / "x.npy", np.zeros((4, 3), dtype))
+    for source in (tmp_path / "x.npy", np.load(tmp_path / "x.npy", mmap_mode="r")):
+        with pytest.raises(TypeError, match=r"X holds .* not numbers|X holds complex values"):
+            Dataset(source)
+    model = build()
+    with pytest.raises(TypeError, match=r"predict: X holds"):
+        model.predict(np.load(tmp_path / "x.npy", mmap_mode="r"))
+    with pytest.raises(TypeError, match=r"T holds"):
+        Dataset(np.zeros((4, 6), np.float32), np.zeros(4, dtype))
+
+
+def test_predict_over_no_rows_gives_no_rows_as_in_memory(tmp_path):
+    """predict on a (0, features) array returns (0, outputs) in memory (as torch and NumPy do); streamed
+    from an empty .npy it raised instead."""
+    np.save(tmp_path / "x.npy", np.zeros((0, 6), np.float32))
+    model = build()
+    expected = model.predict(np.zeros((0, 6), np.float32))
+    for source in (np.load(tmp_path / "x.npy", mmap_mode="r"), Dataset(tmp_path / "x.npy")):
+        got = model.predict(source)
+        assert got.shape == expected.shape == (0, 3) and got.dtype == expected.dtype

@@ -136,3 +136,31 @@ def test_a_table_streams_with_validation_split_and_in_shards_as_npy_does(path, f
     out = (np.empty((5, 6)), np.empty(5, np.int64))
     got_x, got_t = tail.gather(rows, out)
     assert got_x is out[0] and np.array_equal(got_x, x[210 + rows]) and np.array_equal(got_t, t[210 + rows])
+
+
+def test_a_csv_with_an_unnamed_or_repeated_column_is_refused_as_gpunn_train_refuses_it(tmp_path, frame):
+    """DataFrame.to_csv without index=False writes the index as a first column with no name: streamed,
+    it was a feature (the row number) without a word; gpunn train already refused such a header."""
+    frame.to_csv(tmp_path / "indexed.csv")
+    with pytest.raises(ValueError, match=r"column\(s\) 1 have no name.*index=False"):
+        TableDataset(tmp_path / "indexed.csv", target="label")
+    (tmp_path / "trailing.csv").write_text("a,b,label,\n1,2,0,\n3,4,1,\n")
+    with pytest.raises(ValueError, match=r"column\(s\) 4 have no name \(a comma at the end of each line"):
+        TableDataset(tmp_path / "trailing.csv", target="label")
+    (tmp_path / "twice.csv").write_text("a,a,label\n1,2,0\n3,4,1\n")
+    with pytest.raises(ValueError, match="names 'a' more than once"):
+        TableDataset(tmp_path / "twice.csv", target="label")
+
+
+def test_a_csv_changed_after_it_was_indexed_is_refused_not_read_at_old_offsets(tmp_path, frame):
+    """The row index holds byte offsets: a file edited (a value of another length shifts every row after
+    it) or replaced since is refused, never parsed from offsets that now fall mid-row."""
+    frame.to_csv(tmp_path / "d.csv", index=False, float_format="%.17g")
+    data = TableDataset(tmp_path / "d.csv", target="label")
+    edited = frame.copy()
+    edited.loc[0, "f0"] = 123456.5
+    edited.to_csv(tmp_path / "d.csv", index=False, float_format="%.17g")
+    with pytest.raises(ValueError, match="changed since"):
+        data.read(0, 300)
+    with pytest.raises(ValueError, match="changed since"):
+        train(build(), data, None, epochs=1)

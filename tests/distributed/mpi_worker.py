@@ -149,8 +149,7 @@ def shard_loop_reference(X, labels, ranks, batch_size, seed, epochs=EPOCHS):
                     contribution = [np.zeros(p.shape) for p in parameters]
                 summed = contribution if summed is None else [a + b for a, b in zip(summed, contribution)]
             for parameter, gradient in zip(parameters, summed):
-                parameter.grad[...] = gradient
-                parameter.grad_valid = True
+                parameter.grad = gradient  # fresh, as torch's p.grad = g
             optimizer.step()
         losses.append(sum(totals) / len(X))
         snapshots.append(flat_parameters(model))

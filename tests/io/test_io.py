@@ -505,3 +505,31 @@ def test_load_optimizer_with_something_else_than_a_model_is_a_type_error(tmp_pat
     model.save(tmp_path / "m.npz", optimizer=gn.SGD(model.parameters()))
     with pytest.raises(TypeError, match="model must be the gpunn model"):
         gn.load_optimizer(tmp_path / "m.npz", tmp_path / "m.npz")
+
+
+def test_frozen_parameters_stay_frozen_through_save_and_load(tmp_path):
+    """Keras saves each layer's trainable flag with the model: a checkpoint of a fine-tuning run (base
+    frozen) loaded to go on training trained the frozen layer, and its resume was no longer exact."""
+    rng = np.random.default_rng(0)
+    x, t = rng.normal(size=(32, 3)), rng.normal(size=(32, 2))
+
+    def build():
+        return gn.Sequential(gn.Dense(3, 5, seed=0, dtype="float64"), gn.Tanh(), gn.Dense(5, 2, seed=1, dtype="float64"))
+
+    def train(model, optimizer, epochs, initial_epoch=0):
+        model.fit(x, t, loss=gn.MSELoss(), optimizer=optimizer, epochs=epochs, initial_epoch=initial_epoch,
+                  batch_size=8, seed=3, verbose=0)
+
+    straight, optimizer = build(), gn.Adam(lr=0.05)
+    straight.layers[0].trainable = False
+    train(straight, optimizer, 4)
+    half, optimizer = build(), gn.Adam(lr=0.05)
+    half.layers[0].trainable = False
+    half.layers[2].bias.trainable = False
+    half.layers[2].bias.trainable = True  # only what is frozen at save is recorded
+    train(half, optimizer, 2)
+    half.save(tmp_path / "m.npz", optimizer=optimizer)
+    loaded = gn.load(tmp_path / "m.npz")
+    assert [p.trainable for p in loaded.parameters()] == [False, False, True, True]
+    train(loaded, gn.load_optimizer(tmp_path / "m.npz", loaded), 4, initial_epoch=2)
+    np.testing.assert_array_equal(loaded.flat.values, straight.flat.values)

@@ -133,3 +133,18 @@ def test_a_parameter_swapped_in_before_any_model_holds_the_layer_follows_the_sam
         dense.weight = gn.Parameter(backend.asarray(np.ones((2, 3)), "float32"), "W", backend)
     dense.weight = gn.Parameter(backend.asarray(np.ones((3, 2)), "float32"), "W", backend)
     assert float(backend.to_numpy(dense.W).sum()) == 6.0
+
+
+def test_a_stale_gradient_reads_none_as_torch_after_zero_grad_or_grad_none(backend):
+    """torch.optim's zero_grad() (set_to_none) and ``p.grad = None`` leave ``p.grad`` None, and the step
+    skips that parameter: the gradient read back said an old value that the step was not going to use."""
+    model, optimizer = model_and_optimizer(backend)
+    weight, bias = model.layers[0].weight, model.layers[0].bias
+    step_with_gradient_one(model, optimizer)
+    assert weight.grad is not None and model.layers[0].dW is not None
+    weight.grad = None
+    assert weight.grad is None and model.layers[0].dW is None and bias.grad is not None
+    optimizer.zero_grad()
+    assert all(parameter.grad is None for parameter in model.parameters())
+    weight.grad = np.full((3, 4), 2.0)
+    np.testing.assert_array_equal(backend.to_numpy(weight.grad), np.full((3, 4), 2.0))

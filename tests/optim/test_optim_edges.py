@@ -17,8 +17,7 @@ def tiny_model(backend, seed=0):
 def step_with(model, optimizer, gradients):
     """One optimizer step on the given host gradients (one array per parameter)."""
     for parameter, gradient in zip(model.parameters(), gradients):
-        parameter.grad[...] = model.backend.asarray(gradient, "float64")
-        parameter.grad_valid = True
+        parameter.grad = gradient  # fresh, as torch's p.grad = g
     optimizer.step()
 
 
