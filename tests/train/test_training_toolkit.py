@@ -209,7 +209,12 @@ def test_float16_gradients_match_float32_on_scaled_down_large_shapes(backend, rn
         scale = float(backend.to_numpy(optimizer.loss_scale)[0])
         gradients[dtype] = backend.to_numpy(model.flat.grads).astype(np.float64) / scale
     half, single = gradients["float16"], gradients["float32"]
-    assert np.count_nonzero(half) == np.count_nonzero(single) > 0.99 * single.size
+    assert np.count_nonzero(single) > 0.99 * single.size
+    # Without the scale float16 would lose nearly all of them; with it only a sum of 256 float16 terms
+    # that cancels exactly can be zero (GPUNN_TEST_SEED=3929740227: one weight, |g| = 1.4e-7 ≪ max |g|).
+    lost = (half == 0) & (single != 0)
+    assert np.count_nonzero(lost) <= 1e-4 * single.size
+    assert np.all(np.abs(single[lost]) < 1e-3 * np.abs(single).max())
     np.testing.assert_allclose(half, single, rtol=0.05, atol=1e-3 * np.abs(single).max())
 
 
