@@ -99,14 +99,18 @@ def test_fit_on_a_memory_map_equals_fit_in_memory_within_one_chunk(files):
 def test_streamed_training_resumes_exactly(files, tmp_path, monkeypatch):
     folder, _, t = files
     monkeypatch.setattr(stream, "CHUNK_BYTES", 64 * 6 * 4)  # chunks of 64 rows: the shuffle crosses chunks
-    data = Dataset(folder / "x.npy", t)
+    assert_resumes_exactly(Dataset(folder / "x.npy", t), tmp_path)
+
+
+def assert_resumes_exactly(data, folder):
+    """Two epochs, a checkpoint, two more from it: the parameters of four epochs straight."""
     straight = build()
     train(straight, data, None, epochs=4)
     first, optimizer = build(), gn.Adam(lr=0.01)
     train(first, data, None, optimizer=optimizer, epochs=2)
-    first.save(tmp_path / "half.npz", optimizer=optimizer)
-    resumed = gn.load(tmp_path / "half.npz")
-    train(resumed, data, None, optimizer=gn.load_optimizer(tmp_path / "half.npz", resumed), initial_epoch=2, epochs=4)
+    first.save(folder / "half.npz", optimizer=optimizer)
+    resumed = gn.load(folder / "half.npz")
+    train(resumed, data, None, optimizer=gn.load_optimizer(folder / "half.npz", resumed), initial_epoch=2, epochs=4)
     assert np.array_equal(resumed.flat.values, straight.flat.values)
 
 

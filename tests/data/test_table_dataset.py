@@ -11,7 +11,7 @@ import gpunn as gn
 from gpunn.data import Dataset, TableDataset, stream, table
 from gpunn.extras import install_command
 
-from tests.data.test_streaming import build, train
+from tests.data.test_streaming import assert_resumes_exactly, build, train
 
 
 @pytest.fixture
@@ -110,15 +110,7 @@ def test_without_pyarrow_the_message_says_how_to_install_it(tmp_path, monkeypatc
 
 def test_training_on_a_table_resumes_exactly(path, tmp_path, monkeypatch):
     monkeypatch.setattr(stream, "CHUNK_BYTES", 64 * 6 * 8)  # the shuffle crosses chunks
-    data = TableDataset(path, target="label")
-    straight = build()
-    train(straight, data, None, epochs=4)
-    first, optimizer = build(), gn.Adam(lr=0.01)
-    train(first, data, None, optimizer=optimizer, epochs=2)
-    first.save(tmp_path / "half.npz", optimizer=optimizer)
-    resumed = gn.load(tmp_path / "half.npz")
-    train(resumed, data, None, optimizer=gn.load_optimizer(tmp_path / "half.npz", resumed), initial_epoch=2, epochs=4)
-    assert np.array_equal(resumed.flat.values, straight.flat.values)
+    assert_resumes_exactly(TableDataset(path, target="label"), tmp_path)
 
 
 def test_a_table_streams_with_validation_split_and_in_shards_as_npy_does(path, frame):
