@@ -214,11 +214,11 @@ def _update(rule, with_master: bool):
         }}"""
     # The last block counts the step: each updated segment's own count (unless the step was skipped), then
     # the model's counters and loss scale.
-    counters = f"""if (gpunn_last_block(&tickets[1])) {{
+    counters = """if (gpunn_last_block(&tickets[1])) {
             for (long long t = threadIdx.x; t < segment_count && !skip; t += blockDim.x)
                 if (table[GPUNN_SEGMENT_FIELDS * t + 3] != 0) steps[t] += 1.0;
             if (threadIdx.x == 0) gpunn_after_update(&scalars[0], norm_value, dynamic, growth_interval);
-        }}"""
+        }"""
 
     def build(_, dtype):
         return _elementwise(

@@ -258,7 +258,7 @@ class StreamedSplit:
     def describe(self) -> list[str]:
         """Where each part lies, and its rows of each class (a file sorted by label shows here)."""
         data = self.sources["train"][0]
-        lines = [f"--stream: parts by position, not stratified (shuffle a file sorted by label first): "
+        lines = ["--stream: parts by position, not stratified (shuffle a file sorted by label first): "
                  + ", ".join(f"{name} rows {start + 1}..{stop}" if self.sources[name][0] == data else
                              f"{name}: {self.sources[name][0]}" for name, (start, stop) in zip(SPLIT_PARTS, self.bounds)
                              if self.rows(name))]

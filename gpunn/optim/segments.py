@@ -18,7 +18,6 @@ have to rewrite at every step a segment sits out) is not needed.
 
 from __future__ import annotations
 
-from gpunn.kernels.update_rules import SEGMENT_FIELDS
 
 
 class Segments:
