@@ -231,6 +231,14 @@ def command_line(out: Path):
     sys.exit(status)
 
 
+def streamed_command_line(out: Path):
+    """`gpunn train --distributed --stream`: each rank streams its shard of every global batch."""
+    from gpunn import cli
+
+    sys.exit(cli.main(["train", "--distributed", "--stream", "--data", str(out / "data.npy"), "--hidden", "8",
+                       "--epochs", "2", "--batch-size", "16", "--backend", "numpy", "--quiet", "--out", str(out / "run")]))
+
+
 #: The last global batch has one row: on 3 ranks two shards are empty.
 DROPOUT_ROWS, DROPOUT_BATCH = 31, 10
 
@@ -346,7 +354,8 @@ def streamed_training(out: Path, seed: int):
         np.savez(out / "streamed.npz", **results, **{f"gathered{rank}": rows for rank, rows in enumerate(everyone)})
 
 
-SCENARIOS = {"streamed": streamed_training, "mismatches": mismatches, "loop": loop_features, "cli": command_line, "collectives": collectives,
+SCENARIOS = {"streamed": streamed_training, "mismatches": mismatches, "loop": loop_features, "cli": command_line,
+             "cli-stream": streamed_command_line, "collectives": collectives,
              "fail-on-one-rank": fail_on_one_rank, "init": init_only, "exit-on-one-rank": exit_on_one_rank,
              "training": training, "dropout": dropout_training}
 

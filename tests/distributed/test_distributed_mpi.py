@@ -162,6 +162,22 @@ def test_command_line_prints_and_checkpoints_on_rank_zero_only(tmp_path, rng):
     assert (tmp_path / "run" / "last.npz").is_file()
 
 
+def test_command_line_streams_data_parallel_as_one_process_trains(tmp_path, rng):
+    """`gpunn train --distributed --stream` on 2 ranks trains the model one streaming process trains
+    (that each rank reads only its shard is checked by the library's streamed data-parallel test)."""
+    import gpunn as gn
+    from gpunn import cli
+
+    np.save(tmp_path / "data.npy", np.column_stack([rng.normal(size=(200, 4)), rng.integers(0, 3, size=200)]))
+    result, _ = mpirun(2, WORKER, "cli-stream", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert cli.main(["train", "--stream", "--data", str(tmp_path / "data.npy"), "--hidden", "8", "--epochs", "2",
+                     "--batch-size", "16", "--backend", "numpy", "--quiet", "--out", str(tmp_path / "single")]) == 0
+    parallel, single = gn.load(tmp_path / "run" / "last.npz"), gn.load(tmp_path / "single" / "last.npz")
+    for a, b in zip(parallel.parameters(), single.parameters()):
+        np.testing.assert_allclose(a.value, b.value, rtol=1e-6, atol=1e-9)
+
+
 @pytest.mark.parametrize("code", [-1, 0, 3], ids=["sys.exit()", "sys.exit(0)", "sys.exit(3)"])
 def test_sys_exit_on_one_rank_ends_the_job_within_seconds(tmp_path, code):
     """SystemExit bypasses the excepthook: the other ranks waited in their collective (and the leaving
