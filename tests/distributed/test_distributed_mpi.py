@@ -174,8 +174,8 @@ def test_command_line_streams_data_parallel_as_one_process_trains(tmp_path, rng)
     assert cli.main(["train", "--stream", "--data", str(tmp_path / "data.npy"), "--hidden", "8", "--epochs", "2",
                      "--batch-size", "16", "--backend", "numpy", "--quiet", "--out", str(tmp_path / "single")]) == 0
     parallel, single = gn.load(tmp_path / "run" / "last.npz"), gn.load(tmp_path / "single" / "last.npz")
-    for a, b in zip(parallel.parameters(), single.parameters()):
-        np.testing.assert_allclose(a.value, b.value, rtol=1e-6, atol=1e-9)
+    for a, b in zip(parallel.parameters(), single.parameters()):  # float32, summed in another order
+        np.testing.assert_allclose(a.value, b.value, rtol=1e-5, atol=1e-5 * np.abs(b.value).max())
 
 
 @pytest.mark.parametrize("code", [-1, 0, 3], ids=["sys.exit()", "sys.exit(0)", "sys.exit(3)"])
