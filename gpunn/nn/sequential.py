@@ -151,10 +151,11 @@ class Sequential:
         """Fill every layer's gradients from dL/dY; return dL/dX (None if not asked for)."""
         return self._chain.backward(grad_output, input_gradient=input_gradient)
 
-    def _outputs(self, X, batch_size: int | None):
-        """The outputs for ``X`` as a device array of their own, in evaluation mode, in batches."""
+    def _outputs(self, X, batch_size: int | None, check_finite: bool = True):
+        """The outputs for ``X`` as a device array of their own, in evaluation mode, in batches
+        (``check_finite=False``: X's values were checked on the host, as a stream reads them)."""
         checks.batch_size("predict", batch_size)
-        x = self.as_input(X)
+        x = self.as_input(X, check_finite=check_finite)
         # Evaluation mode, on buffers of its own: a predict between forward and backward leaves
         # what backward needs untouched.
         with self.evaluating(), self._inference_state():

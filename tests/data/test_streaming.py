@@ -159,6 +159,8 @@ def test_a_stopped_or_failing_stream_ends_its_prefetch_thread(files):
         train(build(), np.load(folder / "nan.npy", mmap_mode="r"), t)
     with pytest.raises(ValueError, match=r"^evaluate: row 250 of the data set: X contains NaN or Inf"):
         build().evaluate(np.load(folder / "nan.npy", mmap_mode="r"), t, gn.SoftmaxCrossEntropyLoss())
+    with pytest.raises(ValueError, match=r"row 250 of the data set: X contains NaN or Inf"):
+        build().predict(np.load(folder / "nan.npy", mmap_mode="r"))
     assert threading.active_count() == before
 
 
