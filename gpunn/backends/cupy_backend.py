@@ -18,7 +18,7 @@ import numpy
 from gpunn.backends import cublas, cupy_staging
 from gpunn.backends.base import (DLPACK_CPU, DLPACK_CUDA, DLPACK_CUDA_MANAGED, DROPOUT_LANES, DROPOUT_TILE, Backend,
                                 as_activation_function, device_name, dlpack_device, host_view, refuse_complex)
-from gpunn.backends.cupy_kernels import _COMPUTE, GRID_BLOCK, GRID_MAX_BLOCKS, _build
+from gpunn.backends.cupy_kernels import _COMPUTE, GRID_BLOCK, GRID_MAX_BLOCKS, PAIRS_DTYPES, _build
 from gpunn.backends.precision import get_matmul_precision
 from gpunn.kernels.update_rules import SEGMENT_FIELDS
 
@@ -186,8 +186,8 @@ class CupyBackend(Backend):
     # --- kernels ------------------------------------------------------------------------
     def _dropout_arguments(self, dropout, shape) -> tuple:
         """(groups, first group, n, step, key words, threshold, skip, scale) for a group kernel
-        (kernels/dropout.cuh): one thread per dropout group of the tiles that hold this launch's
-        elements [skip, skip + n); no dropout is threshold 0, scale 1."""
+        (kernels/dropout.cuh): the dropout groups of the tiles that hold this launch's elements
+        [skip, skip + n); no dropout is threshold 0, scale 1."""
         n = int(numpy.prod(shape))
         skip = dropout.skip(shape[-1] if shape else 1) if dropout is not None else 0
         first_tile, last_tile = skip // DROPOUT_TILE, (skip + n - 1) // DROPOUT_TILE
@@ -243,11 +243,25 @@ class CupyBackend(Backend):
         results = [out if out is not None else cupy.empty_like(z)] + ([] if saved is None else [saved])
         flat = [result if result.flags.c_contiguous else cupy.empty_like(z) for result in results]
         op = "bias_activation" if saved is None else "bias_activation_saving"
-        self._kernel(op, z.dtype, function.name)(*arguments, *(a.reshape(-1) for a in flat), size=groups)
+        self._activation_launch(op, function.name, groups, launch, (z, row, *flat), arguments,
+                                tuple(a.reshape(-1) for a in flat), columns)
         for result, written in zip(results, flat):
             if result is not written:
                 result[...] = written
         return results[0]
+
+    def _activation_launch(self, op, activation, groups, launch, vectors, inputs, outputs, columns=None):
+        """Launch a fused activation kernel (cupy_kernels._build_activation) over its dropout
+        ``groups``: its "pairs" build, a thread per two neighbouring groups, where every element and
+        column buffer in ``vectors`` is aligned to two elements and the launch's element count, its
+        first element's global index (skip) and the number of ``columns`` whose values it reads
+        (the forward's bias) are even, so that no pair straddles the launch's edge or a row's end;
+        else (and for float64, cupy_kernels.PAIRS_DTYPES) a thread per group."""
+        n, skip = int(launch[1]), int(launch[6])
+        pairs = vectors[0].dtype.name in PAIRS_DTYPES and n % 2 == 0 and skip % 2 == 0 and \
+            (columns is None or columns % 2 == 0) and all(array.data.ptr % (2 * array.itemsize) == 0 for array in vectors)
+        kernel = self._kernel(op + "_pairs" if pairs else op, vectors[0].dtype, activation)
+        kernel(*inputs, *outputs, size=groups // 2 if pairs else groups)
 
     def keeps(self, activation, dtype) -> bool:
         """Nothing: the fused kernels are bandwidth-bound, so recomputing erf is free where reading
@@ -264,8 +278,8 @@ class CupyBackend(Backend):
             return result
         written = result if result.flags.c_contiguous else cupy.empty_like(dy)
         groups, *launch = self._dropout_arguments(dropout, dy.shape)
-        self._kernel("activation_backward", dy.dtype, function.name)(
-            dy.reshape(-1), saved.reshape(-1), *launch, *function.values, written.reshape(-1), size=groups)
+        self._activation_launch("activation_backward", function.name, groups, launch, (dy, saved, written),
+                                (dy.reshape(-1), saved.reshape(-1), *launch, *function.values), (written.reshape(-1),))
         if written is not result:
             result[...] = written
         return result

@@ -62,14 +62,22 @@ class KernelSpec(NamedTuple):
     dtypes: tuple[str, ...] = tuple(_COMPUTE)
 
 
-# The fused activation kernels run one thread per dropout group (kernels/dropout.cuh): CuPy's index
-# ``i`` counts groups from ``first_group``, the arrays are raw and flat, ``n`` elements long.
+# The fused activation kernels run one thread per dropout group, or per two neighbouring groups
+# (kernels/dropout.cuh): CuPy's index ``i`` counts threads from ``first_group``, the arrays are raw
+# and flat, ``n`` elements long.
 DROPOUT_PARAMETERS = ("uint64 first_group, uint64 n, raw uint64 dropout_step, uint64 dropout_k0, uint64 dropout_k1, "
                       "uint32 dropout_threshold, uint64 dropout_skip")
-DROPOUT_GROUP = "first_group + i, dropout_skip, n, {columns}, dropout_step[0], dropout_k0, dropout_k1, dropout_threshold"
+DROPOUT_GROUPS = ("first_group + {width} * i, dropout_skip, n, {columns}, dropout_step[0], dropout_k0, dropout_k1, "
+                  "dropout_threshold")
 #: Launch arguments of DROPOUT_PARAMETERS and the scale after them.
 DROPOUT_ARGUMENTS = (Arg("uint64", "scalar"), Arg("uint64", "scalar"), Arg("uint64", "raw"), Arg("uint64", "scalar"),
                      Arg("uint64", "scalar"), Arg("uint32", "scalar"), Arg("uint64", "scalar"))
+#: The fused activation ops, each also built as "<op>_pairs" (two neighbouring elements per thread
+#: and slot, one vector load and store for both: CupyBackend._activation_launch picks it) for the
+#: storage dtypes whose kernels the per-element bookkeeping bounds (issue 21's cost model); a float64
+#: element moves 16 bytes, and its kernels are bound by memory or by FP64 maths instead.
+ACTIVATION_OPS = ("bias_activation", "bias_activation_saving", "activation_backward")
+PAIRS_DTYPES = ("float16", "float32")
 
 
 def _elementwise(in_params, out_params, operation, name, *files, **code):
@@ -273,44 +281,64 @@ def _gradient_norm(_, dtype):
         }}""")
 
 
-def _build_activation(op: str, name: str, compute_name: str, compute: str):
+def _build_activation(op: str, name: str, compute_name: str, compute: str, width: int):
     """An activation kernel from its registry entry: parameters become scalar arguments. Each
-    thread runs one dropout group (16 elements 32 apart) through ``gpunn_dropout_group``; the
-    forward reads the bias at the element's column, which the group tracks without dividing."""
+    thread runs ``width`` neighbouring dropout groups (16 slots 32 elements apart; with width 2
+    each slot is a pair of neighbours, loaded and stored as one vector) through
+    ``gpunn_dropout_groups``; the forward reads the bias at the element's column, which the group
+    tracks without dividing."""
     kind = REGISTRY[name]
     parameters = "".join(f", {compute_name} {parameter}" for parameter, _ in kind.parameters)
     values = [parameter for parameter, _ in kind.parameters]
-    preamble = kernel_source("activations.cuh", "dropout.cuh")
+    preamble = kernel_source("activations.cuh", "dropout.cuh", "vector.cuh")
+    lanes = ("a", "b")[:width]
+    pairs = "_pairs" if width == 2 else ""
+
+    def load(array, at):
+        return f"const auto {array}_v = gpunn_load<T, {width}>(&{array}[{at}]); "
+
+    def each_lane(statement):
+        """``statement(lane, keep)`` for each lane; keep: the C++ test of its mask bit."""
+        return " ".join(statement(lane, f"(keep & {1 << index}u) != 0") for index, lane in enumerate(lanes))
+
     if op == "activation_backward":
-        kept = f"gpunn_dropout(({compute}) dy[k], keep, dropout_scale)"
-        body = f"dz[k] = (T) {kind.backward_call(kept, f'({compute}) saved[k]', values)};"
+        def backward(lane, keep):
+            kept = f"gpunn_dropout(({compute}) dy_v.{lane}, {keep}, dropout_scale)"
+            return f"dz_v.{lane} = (T) {kind.backward_call(kept, f'({compute}) saved_v.{lane}', values)};"
+
+        body = (f"{load('dy', 'k')}{load('saved', 'k')}gpunn_vector<T, {width}> dz_v; {each_lane(backward)} "
+                "gpunn_store(&dz[k], dz_v);")
         return cupy.ElementwiseKernel(
             f"raw T dy, raw T saved, {DROPOUT_PARAMETERS}, {compute_name} dropout_scale{parameters}", "raw T dz",
-            _group_loop(body, "1, 0"), f"gpunn_{name}_backward_kernel", preamble=preamble)
-    body = (f"{compute} pre = ({compute}) z[k] + ({compute}) b[column]; "
-            f"{compute} a = {kind.forward_call('pre', values)}; "
-            f"y[k] = (T) gpunn_dropout(a, keep, dropout_scale);")
-    outputs = "raw T y"
-    if op == "bias_activation_saving":
-        body += f" saved[k] = (T) {'pre' if kind.reads_input else 'a'};"
-        outputs += ", raw T saved"
-    suffix = "_saving" if op == "bias_activation_saving" else ""
+            _group_loop(body, "1, 0", width), f"gpunn_{name}_backward{pairs}_kernel", preamble=preamble)
+    saving = op == "bias_activation_saving"
+
+    def forward(lane, keep):
+        statement = (f"const {compute} pre_{lane} = ({compute}) z_v.{lane} + ({compute}) b_v.{lane}; "
+                     f"const {compute} a_{lane} = {kind.forward_call(f'pre_{lane}', values)}; "
+                     f"y_v.{lane} = (T) gpunn_dropout(a_{lane}, {keep}, dropout_scale);")
+        return statement + (f" saved_v.{lane} = (T) {'pre' if kind.reads_input else 'a'}_{lane};" if saving else "")
+
+    body = (f"{load('z', 'k')}{load('b', 'column')}gpunn_vector<T, {width}> y_v{', saved_v' if saving else ''}; "
+            f"{each_lane(forward)} gpunn_store(&y[k], y_v);{' gpunn_store(&saved[k], saved_v);' if saving else ''}")
+    suffix = "_saving" if saving else ""
     return cupy.ElementwiseKernel(
         f"raw T z, raw T b, uint32 columns, uint32 lane_columns, {DROPOUT_PARAMETERS}, "
-        f"{compute_name} dropout_scale{parameters}", outputs, _group_loop(body, "columns, lane_columns"),
-        f"gpunn_bias_{name}{suffix}_kernel", preamble=preamble)
+        f"{compute_name} dropout_scale{parameters}", "raw T y" + (", raw T saved" if saving else ""),
+        _group_loop(body, "columns, lane_columns", width), f"gpunn_bias_{name}{suffix}{pairs}_kernel",
+        preamble=preamble)
 
 
-def _group_loop(body: str, columns: str) -> str:
-    """The operation: ``body`` for each member k of this thread's dropout group."""
-    return (f"gpunn_dropout_group({DROPOUT_GROUP.format(columns=columns)}, "
-            f"[&](gpunn_u64 k, unsigned int column, bool keep) {{ {body} }})")
+def _group_loop(body: str, columns: str, width: int) -> str:
+    """The operation: ``body`` for each slot of this thread's ``width`` dropout groups."""
+    return (f"gpunn_dropout_groups<{width}>({DROPOUT_GROUPS.format(width=width, columns=columns)}, "
+            f"[&](gpunn_u64 k, unsigned int column, unsigned int keep) {{ {body} }})")
 
 
-def _activation(op):
+def _activation(op, width, dtypes=tuple(_COMPUTE)):
     def build(name, dtype):
         compute_name, compute = _COMPUTE[dtype]
-        return _build_activation(op, name, compute_name, compute)
+        return _build_activation(op, name, compute_name, compute, width)
 
     def arguments(name, dtype):
         compute = _compute_name(dtype)
@@ -323,7 +351,7 @@ def _activation(op):
         return inputs + ((Arg(dtype, "raw"), Arg(dtype, "raw")) if op == "bias_activation_saving"
                          else (Arg(dtype, "raw"),))
 
-    return KernelSpec(build, arguments, tuple(REGISTRY))
+    return KernelSpec(build, arguments, tuple(REGISTRY), dtypes)
 
 
 def _layer_norm_reduction(op):
@@ -354,7 +382,8 @@ def _compute_name(dtype):
 #: Every kernel the backend builds. A new fused op is one entry here (and its ``.cuh`` function):
 #: the backend builds it through ``_build`` and the NVRTC test compiles every variant and dtype.
 KERNELS: dict[str, KernelSpec] = {
-    **{op: _activation(op) for op in ("bias_activation", "bias_activation_saving", "activation_backward")},
+    **{op: _activation(op, 1) for op in ACTIVATION_OPS},
+    **{op + "_pairs": _activation(op, 2, PAIRS_DTYPES) for op in ACTIVATION_OPS},
     **{op: _layer_norm_reduction(op) for op in _LAYER_NORM_REDUCTIONS},
     "layer_norm_forward": _rows_spec(RowsOp(
         ("x",), ("mean", "rstd"), ("gain", "bias"), "gpunn_layer_norm_forward({x}, {mean}, {rstd}, {gain}, {bias})"),

@@ -14,8 +14,10 @@
 // The members of a group are GPUNN_DROPOUT_LANES = 32 elements apart: element n belongs to group
 // q = ⌊n / 512⌋·32 + n mod 32 as its slot j = ⌊n / 32⌋ mod 16. A thread handles one group, so the
 // 32 threads of a warp handle 32 neighbouring groups and read, for each slot, 32 consecutive
-// elements: every load and store of the warp is one contiguous, coalesced access, with no vector
-// loads (16 consecutive elements per thread would put the warp's accesses 16 elements apart).
+// elements: every load and store of the warp is one contiguous, coalesced access (16 consecutive
+// elements per thread would put the warp's accesses 16 elements apart). Or a thread handles two
+// neighbouring groups, whose members are neighbours: one two-element load per slot, and the warp's
+// accesses are two contiguous runs of 32 elements.
 #pragma once
 
 typedef unsigned long long gpunn_u64;
@@ -60,33 +62,49 @@ __host__ __device__ inline gpunn_u64 gpunn_dropout_group_start(gpunn_u64 group) 
     return (group / GPUNN_DROPOUT_LANES) * (GPUNN_DROPOUT_LANES * GPUNN_DROPOUT_GROUP) + group % GPUNN_DROPOUT_LANES;
 }
 
-// Runs body(k, column, keep) for each member of global group `group` inside this launch's elements
-// [skip, skip + n): k = the element's index in the launch (global index − skip), column = k mod
-// `columns` (skip is whole rows, so the global index gives it too), keep = the slot's 16 bits
-// (bits 16·(j mod 4) up of word ⌊j/4⌋ of block (q, step)) are at least `threshold`
-// (⌊rate·2^16⌋; 0 skips the generator and keeps all). `lane_columns` = 32 mod columns, so the
-// column follows the slots without a division per element; which slots lie inside the launch is
-// worked out once per group, so an element costs a bit test, not 64-bit comparisons.
-template <typename Body>
-__host__ __device__ inline void gpunn_dropout_group(gpunn_u64 group, gpunn_u64 skip, gpunn_u64 n,
-                                                    unsigned int columns, unsigned int lane_columns, gpunn_u64 step,
-                                                    gpunn_u64 k0, gpunn_u64 k1, unsigned int threshold, Body body) {
-    gpunn_u64 words[4] = {~0ULL, ~0ULL, ~0ULL, ~0ULL};
-    if (threshold != 0) gpunn_philox4x64_10(group, step, k0, k1, words);
-    const gpunn_u64 start = gpunn_dropout_group_start(group);
-    // Slots [first, last) hold elements of the launch: start + 32·slot in [skip, skip + n).
+// Runs body(k, column, keep) for each slot of the Width neighbouring groups first, …, first + Width − 1
+// (first a multiple of Width, Width 1 or 2) whose members lie inside this launch's elements
+// [skip, skip + n): k = the slot's element of group `first` as an index in the launch (global index −
+// skip); group first + w holds element k + w; column = k's column (k mod `columns`; skip is whole
+// rows, so the global index gives it too); bit w of keep = whether element k + w survives: its 16
+// bits (bits 16·(j mod 4) up of word ⌊j/4⌋ of block (first + w, step)) are at least `threshold`
+// (⌊rate·2^16⌋; 0 skips the generator and keeps all). `lane_columns` = 32 mod columns, so the column
+// follows the slots without a division per element; which slots lie inside the launch is worked out
+// once, so an element costs a bit test, not 64-bit comparisons.
+//
+// Width 2 (the "pairs" kernels) gives a thread two neighbouring elements per slot, one vector load
+// and store for both, at the same mask: the caller guarantees that skip and n are even (so both
+// elements of a pair lie inside the launch or neither does) and, where it reads a column's value,
+// that `columns` is even (the pair's columns are column and column + 1).
+template <int Width, typename Body>
+__host__ __device__ inline void gpunn_dropout_groups(gpunn_u64 first, gpunn_u64 skip, gpunn_u64 n,
+                                                     unsigned int columns, unsigned int lane_columns, gpunn_u64 step,
+                                                     gpunn_u64 k0, gpunn_u64 k1, unsigned int threshold, Body body) {
+    gpunn_u64 words[Width][4];
+#pragma unroll
+    for (int w = 0; w < Width; ++w) {
+        words[w][0] = words[w][1] = words[w][2] = words[w][3] = ~0ULL;
+        if (threshold != 0) gpunn_philox4x64_10(first + w, step, k0, k1, words[w]);
+    }
+    const gpunn_u64 start = gpunn_dropout_group_start(first);
+    // Slots [low, high) hold elements of the launch: start + 32·slot in [skip, skip + n).
     const gpunn_u64 before = start < skip ? (skip - start + GPUNN_DROPOUT_LANES - 1) / GPUNN_DROPOUT_LANES : 0;
     const gpunn_u64 until = start < skip + n ? (skip + n - start + GPUNN_DROPOUT_LANES - 1) / GPUNN_DROPOUT_LANES : 0;
-    const unsigned int first = before < GPUNN_DROPOUT_GROUP ? (unsigned int)before : GPUNN_DROPOUT_GROUP;
-    const unsigned int last = until < GPUNN_DROPOUT_GROUP ? (unsigned int)until : GPUNN_DROPOUT_GROUP;
-    const unsigned int inside = first < last ? ((1u << last) - 1u) & ~((1u << first) - 1u) : 0u;
+    const unsigned int low = before < GPUNN_DROPOUT_GROUP ? (unsigned int)before : GPUNN_DROPOUT_GROUP;
+    const unsigned int high = until < GPUNN_DROPOUT_GROUP ? (unsigned int)until : GPUNN_DROPOUT_GROUP;
+    const unsigned int inside = low < high ? ((1u << high) - 1u) & ~((1u << low) - 1u) : 0u;
     const gpunn_u64 index = start - skip;  // wraps below skip; only slots inside are used
     unsigned int column = (unsigned int)(start % columns);
 #pragma unroll
     for (int slot = 0; slot < GPUNN_DROPOUT_GROUP; ++slot) {
         if (inside & (1u << slot)) {
-            unsigned int bits = (unsigned int)(words[slot / 4] >> (16 * (slot % 4))) & 0xFFFFu;
-            body(index + GPUNN_DROPOUT_LANES * slot, column, bits >= threshold);
+            unsigned int keep = 0;
+#pragma unroll
+            for (int w = 0; w < Width; ++w) {
+                const unsigned int bits = (unsigned int)(words[w][slot / 4] >> (16 * (slot % 4))) & 0xFFFFu;
+                keep |= (unsigned int)(bits >= threshold) << w;
+            }
+            body(index + GPUNN_DROPOUT_LANES * slot, column, keep);
         }
         column += lane_columns;
         if (column >= columns) column -= columns;

@@ -400,6 +400,53 @@ def test_group_kernels_take_any_layout(cp_backend, np_backend, rng, layout):
                                rtol=1e-13, atol=1e-15)
 
 
+#: (shape, the shard's first row, whether z is one element off alignment) and the kernels that must
+#: run: forward, backward (True: "pairs", two neighbouring elements per thread and slot).
+PAIRS_CASES = {"even columns": ((37, 30), 3, False, True, True),
+               "odd columns, even count": ((36, 29), 0, False, False, True),
+               "odd shard start": ((37, 29), 1, False, False, False),
+               "even count, odd start": ((2, 3), 1, False, False, False),
+               "unaligned input": ((37, 30), 0, True, False, True)}
+
+
+@pytest.mark.parametrize("case", PAIRS_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pairs_kernels_run_where_aligned_and_draw_the_same_mask(cp_backend, np_backend, rng, monkeypatch, case,
+                                                                 dtype):
+    """The fused kernels' "pairs" builds (two neighbouring dropout groups per thread) run exactly
+    where no pair can straddle a row, the shard's edge or a vector's alignment (in float16 and
+    float32: float64 keeps a thread per group), and give NumPy's numbers and mask there and in the
+    fallback alike."""
+    from gpunn.backends.base import DropoutMask
+
+    shape, row_offset, unaligned, forward_pairs, backward_pairs = PAIRS_CASES[case]
+    forward_pairs, backward_pairs = (pairs and dtype != "float64" for pairs in (forward_pairs, backward_pairs))
+    launched = []
+    build = cp_backend._kernel
+    monkeypatch.setattr(cp_backend, "_kernel", lambda op, *rest: launched.append(op) or build(op, *rest))
+    ref = reference(dtype)
+    z, b, dy = (rng.normal(size=shape) * 2).astype(dtype), rng.normal(size=shape[1]).astype(dtype), \
+        rng.normal(size=shape).astype(dtype)
+    masks = [DropoutMask(2024, DropoutMask.threshold_of(0.5), 2.0, backend.asarray(np.array([7], np.uint64)),
+                         row_offset) for backend in (np_backend, cp_backend)]
+    Z = cp_backend.asarray(np.concatenate([np.zeros(1, dtype), z.reshape(-1)]))[1:].reshape(shape) if unaligned else \
+        cp_backend.asarray(z)
+    saved = cp_backend.empty(shape, dtype)
+    y = cp_backend.bias_activation(Z, cp_backend.asarray(b), "gelu", saved=saved, dropout=masks[1])
+    saved_ref = np.empty(shape, ref)
+    y_ref = np_backend.bias_activation(z.astype(ref), b.astype(ref), "gelu", saved=saved_ref, dropout=masks[0])
+    compare_cancelling(cp_backend, y, y_ref, np.abs(z.astype(ref) + b.astype(ref)) + 1, dtype)
+    visible = np.abs(y_ref) > tolerance(dtype)[1]
+    np.testing.assert_array_equal((cp_backend.to_numpy(y) == 0)[visible], (y_ref == 0)[visible])
+    assert 0.3 < np.mean(y_ref == 0) < 0.7
+    grad = cp_backend.activation_backward(cp_backend.asarray(dy), saved, "gelu", dropout=masks[1])
+    grad_ref = np_backend.activation_backward(dy.astype(ref), saved_ref.astype(dtype).astype(ref), "gelu",
+                                              dropout=masks[0])
+    compare_cancelling(cp_backend, grad, grad_ref, (np.abs(z.astype(ref)) + 2) * np.abs(dy.astype(ref)), dtype)
+    assert launched == ["bias_activation_saving" + "_pairs" * forward_pairs,
+                        "activation_backward" + "_pairs" * backward_pairs]
+
+
 def test_a_dropout_mask_threshold_outside_sixteen_bits_is_refused():
     """The old 64-bit threshold (⌊rate·2^64⌋) would drop every element of the 16-bit mask, and a
     threshold of 0 (drop nothing) is no mask at all: both are refused where the mask is made."""

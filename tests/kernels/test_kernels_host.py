@@ -50,21 +50,21 @@ extern "C" void bias_{name}_{suffix}(const {c_type}* z, const {c_type}* b, {c_ty
         gpunn_u64 skip) {{
     const gpunn_u64 n = rows * cols, first = skip / 512 * 32, end = ((skip + n - 1) / 512 + 1) * 32;
     for (gpunn_u64 group = first; group < end; ++group)
-        gpunn_dropout_group(group, skip, n, (unsigned int)cols, 32u % (unsigned int)cols, step, k0, k1, threshold,
-                            [&](gpunn_u64 k, unsigned int column, bool keep) {{
+        gpunn_dropout_groups<1>(group, skip, n, (unsigned int)cols, 32u % (unsigned int)cols, step, k0, k1,
+                                threshold, [&](gpunn_u64 k, unsigned int column, unsigned int keep) {{
             {c_type} pre = z[k] + b[column];
             {c_type} a = {kind.forward_call("pre", values)};
             saved[k] = {saved};
-            y[k] = gpunn_dropout(a, keep, scale);
+            y[k] = gpunn_dropout(a, keep != 0, scale);
         }});
 }}
 extern "C" void {name}_backward_{suffix}(const {c_type}* dy, const {c_type}* s, {c_type}* dz, long n, const {c_type}* p,
         gpunn_u64 step, gpunn_u64 k0, gpunn_u64 k1, unsigned int threshold, {c_type} scale, gpunn_u64 skip) {{
     const gpunn_u64 first = skip / 512 * 32, end = ((skip + n - 1) / 512 + 1) * 32;
     for (gpunn_u64 group = first; group < end; ++group)
-        gpunn_dropout_group(group, skip, n, 1u, 0u, step, k0, k1, threshold,
-                            [&](gpunn_u64 k, unsigned int, bool keep) {{
-            dz[k] = {kind.backward_call("gpunn_dropout(dy[k], keep, scale)", "s[k]", values)};
+        gpunn_dropout_groups<1>(group, skip, n, 1u, 0u, step, k0, k1, threshold,
+                                [&](gpunn_u64 k, unsigned int, unsigned int keep) {{
+            dz[k] = {kind.backward_call("gpunn_dropout(dy[k], keep != 0, scale)", "s[k]", values)};
         }});
 }}""")
         device_values = [f"C({index + 1}) / C(2)" for index in range(len(kind.parameters))]
@@ -191,12 +191,13 @@ def test_activation_backward_matches_numpy(harness, rng, dtype, activation, drop
     assert_rounding_close(got, expected, z * dy * 2, dtype)
 
 
-@pytest.mark.parametrize("rows,cols,row_offset", [(1, 1, 0), (3, 5, 0), (40, 37, 0), (40, 37, 9), (7, 512, 3),
-                                                  (1, 2000, 1), (33, 17, 1000)])
-def test_dropout_mask_matches_the_numpy_twin(harness, rng, rows, cols, row_offset):
-    """kernels/dropout.cuh's group walk, run on the host over every group of the launch's tiles,
-    keeps exactly the elements the NumPy twin keeps: whole and partial tiles, shards that start
-    mid-tile, one element."""
+@pytest.mark.parametrize("rows,cols,row_offset,width", [
+    (1, 1, 0, 1), (3, 5, 0, 1), (40, 37, 0, 1), (40, 37, 9, 1), (7, 512, 3, 1), (1, 2000, 1, 1), (33, 17, 1000, 1),
+    (1, 2, 0, 2), (3, 6, 0, 2), (40, 38, 9, 2), (7, 512, 3, 2), (1, 2000, 1, 2), (33, 18, 1001, 2), (5, 34, 15, 2)])
+def test_dropout_mask_matches_the_numpy_twin(harness, rng, rows, cols, row_offset, width):
+    """kernels/dropout.cuh's group walk, run on the host over every group (width 1) or pair of
+    neighbouring groups (width 2, the "pairs" kernels) of the launch's tiles, keeps exactly the
+    elements the NumPy twin keeps: whole and partial tiles, shards that start mid-tile, one element."""
     from gpunn.backends.numpy_backend import dropout_keep
 
     key = int(rng.integers(1 << 62)) + (int(rng.integers(1 << 62)) << 64)
@@ -205,7 +206,7 @@ def test_dropout_mask_matches_the_numpy_twin(harness, rng, rows, cols, row_offse
     got = np.full(rows * cols, 2, np.uint8)
     low, high = mask.key_words
     harness.dropout_keep(*(ctypes.c_ulonglong(v) for v in (mask.skip(cols), rows * cols, int(mask.step[0]), low, high)),
-                         ctypes.c_uint(mask.threshold), pointer(got))
+                         ctypes.c_uint(mask.threshold), pointer(got), ctypes.c_int(width))
     np.testing.assert_array_equal(got.reshape(rows, cols), dropout_keep(mask, (rows, cols)).astype(np.uint8))
 
 

@@ -20,14 +20,24 @@ extern "C" void philox4x64_10(const gpunn_u64* c0, const gpunn_u64* c1, gpunn_u6
 }
 
 // The dropout mask of elements [skip, skip + n) as the group kernels draw it: one call per group of
-// the tiles that hold them, in an order unlike the GPU's (each element is written once either way).
-extern "C" void dropout_keep(gpunn_u64 skip, gpunn_u64 n, gpunn_u64 step, gpunn_u64 k0, gpunn_u64 k1,
-                             unsigned int threshold, unsigned char* keep) {
+// the tiles that hold them (width 1), or per two neighbouring groups (width 2, the "pairs" kernels:
+// skip and n even), in an order unlike the GPU's (each element is written once either way).
+template <int Width>
+static void dropout_keep_by(gpunn_u64 skip, gpunn_u64 n, gpunn_u64 step, gpunn_u64 k0, gpunn_u64 k1,
+                            unsigned int threshold, unsigned char* keep) {
     const gpunn_u64 first = skip / (GPUNN_DROPOUT_LANES * GPUNN_DROPOUT_GROUP) * GPUNN_DROPOUT_LANES;
     const gpunn_u64 end = ((skip + n - 1) / (GPUNN_DROPOUT_LANES * GPUNN_DROPOUT_GROUP) + 1) * GPUNN_DROPOUT_LANES;
-    for (gpunn_u64 group = end; group-- > first;)
-        gpunn_dropout_group(group, skip, n, 1u, 0u, step, k0, k1, threshold,
-                            [&](gpunn_u64 k, unsigned int, bool kept) { keep[k] = kept; });
+    for (gpunn_u64 group = end; group > first;) {
+        group -= Width;
+        gpunn_dropout_groups<Width>(group, skip, n, 1u, 0u, step, k0, k1, threshold,
+                                    [&](gpunn_u64 k, unsigned int, unsigned int kept) {
+            for (int w = 0; w < Width; ++w) keep[k + w] = (kept >> w) & 1u;
+        });
+    }
+}
+extern "C" void dropout_keep(gpunn_u64 skip, gpunn_u64 n, gpunn_u64 step, gpunn_u64 k0, gpunn_u64 k1,
+                             unsigned int threshold, unsigned char* keep, int width) {
+    (width == 2 ? dropout_keep_by<2> : dropout_keep_by<1>)(skip, n, step, k0, k1, threshold, keep);
 }
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -136,18 +146,24 @@ __global__ void gpunn_device_check(const S* z, const S* b, const S* t, S* y, S* 
     v[i] = S(velocity);
 }
 
-// A group kernel's shape (cupy_kernels._build_activation): one thread per dropout group.
-template <typename S, typename C>
+// A group kernel's shape (cupy_kernels._build_activation): one thread per Width dropout groups.
+template <int Width, typename S, typename C>
 __global__ void gpunn_dropout_group_check(const S* z, const S* b, S* y, gpunn_u64 first_group, gpunn_u64 skip,
                                           gpunn_u64 n, unsigned int columns, const gpunn_u64* step) {
     gpunn_u64 i = blockIdx.x * (gpunn_u64)blockDim.x + threadIdx.x;
-    gpunn_dropout_group(first_group + i, skip, n, columns, 32u % columns, step[0], 5ULL, 7ULL, 1u << 14,
-                        [&](gpunn_u64 k, unsigned int column, bool keep) {
-                            y[k] = S(gpunn_dropout(C(z[k]) + C(b[column]), keep, C(1.25)));
-                        });
+    gpunn_dropout_groups<Width>(first_group + Width * i, skip, n, columns, 32u % columns, step[0], 5ULL, 7ULL,
+                                1u << 14, [&](gpunn_u64 k, unsigned int column, unsigned int keep) {
+                                    for (int w = 0; w < Width; ++w)
+                                        y[k + w] = S(gpunn_dropout(C(z[k + w]) + C(b[column + w]), (keep >> w) & 1u,
+                                                                   C(1.25)));
+                                });
 }
-template __global__ void gpunn_dropout_group_check<__half, float>(const __half*, const __half*, __half*, gpunn_u64,
-                                                                  gpunn_u64, gpunn_u64, unsigned int, const gpunn_u64*);
+template __global__ void gpunn_dropout_group_check<1, __half, float>(const __half*, const __half*, __half*, gpunn_u64,
+                                                                     gpunn_u64, gpunn_u64, unsigned int,
+                                                                     const gpunn_u64*);
+template __global__ void gpunn_dropout_group_check<2, __half, float>(const __half*, const __half*, __half*, gpunn_u64,
+                                                                     gpunn_u64, gpunn_u64, unsigned int,
+                                                                     const gpunn_u64*);
 
 template __global__ void gpunn_device_check<float, float>(const float*, const float*, const float*,
                                                           float*, float*, long, long);
