@@ -17,8 +17,13 @@ bias, a row's mean) are counted as cache hits, not DRAM traffic.
 The prediction is a roofline of two rates: elements per second the SMs can issue (SM count ×
 clock × 128 lanes / weighted instructions per element) against elements per second the memory
 moves (bandwidth / bytes per element); ``predicted_fraction_of_copy`` is their ratio, capped at 1
-(a copy kernel reaches 1 by definition). It is a model: no GPU has checked it
-(``benchmarks/gpu_check.sh`` runs it first on the GPU it gets).
+(a copy kernel reaches 1 by definition). Summing the weights assumes no two instructions overlap:
+the pessimistic bound. Beside it, the pipe bound (``pipe_cycles_per_element``,
+``predicted_fraction_of_copy_pipe_bound``) assumes perfect overlap and no latency stalls, the
+optimistic one: a sub-partition issues one warp instruction per clock to separate pipes (ALU, FMA,
+FP64, XU, LSU, …; ``PIPES``), so one pass through the loop takes the larger of its instruction
+count and its busiest pipe's clocks (``bound_by`` names which), along the same two paths. Both are
+models: no GPU has checked either (``benchmarks/gpu_check.sh`` runs them first on the GPU it gets).
 """
 
 from __future__ import annotations
@@ -56,6 +61,71 @@ WEIGHTS_SM80 = tuple((opcode, 4 if opcode.startswith("D") else cost) for opcode,
 ARCHS = {"90": (GPUS, WEIGHTS), "80": (GPUS_SM80, WEIGHTS_SM80)}
 ARCH = "90"
 
+# The pipe bound. Each SM sub-partition's scheduler issues one warp instruction per clock (Nsight
+# Compute Kernel Profiling Guide, "Scheduler Statistics": "From the set of eligible warps, the
+# scheduler selects a single warp from which to issue one or more instructions"; "On cycles with no
+# eligible warps, the issue slot is skipped") to separate pipes (same guide, "Pipelines"), which run
+# concurrently. A warp instruction holds its pipe for 32 lanes / the pipe's lanes per clock in one
+# sub-partition: the CUDA C++ Programming Guide's "Throughput of Native Arithmetic Instructions"
+# (results per clock per SM, read as a copy quoting version 12.6's table) over the 4 sub-partitions:
+# cc 9.0: FP32 add/multiply/FMA 128 (32 lanes: 1 clock), 16-bit FP 256 results = 128 paired (1),
+# FP64 64 (2), 32-bit integer add/logic/shift/compare 64 (16 lanes: 2), integer multiply-add 64 (2),
+# reciprocal/exp2/… and conversions 16 (8); cc 8.0 the same but FP32 64 (2) and FP64 32 (4). The
+# H100 SXM5's figures (NVIDIA's, as quoted on glennklockwood.com/garden/processors/h100: 128 FP32
+# cores per SM; FP32 66.9, FP64 33.5, INT32 33.5 TFLOPS/TOPS, FP16 133.8 without tensor cores)
+# give 128 / 64 / 64 / 256 per SM per clock at 132 SMs × 1.98 GHz, and the A100 whitepaper 64 FP32
+# cores per SM: the same. Loads and stores: 4 clocks, the serial weight's 32 LSUs per SM.
+# Pipes (the guide's words): "alu … most bit manipulation and logic instructions … integer
+# instructions, excluding IMAD and IMUL. On NVIDIA Ampere architecture chips, the ALU pipeline
+# performs fast FP32-to-FP16 conversion"; "fma … most FP32 arithmetic (FADD, FMUL, FMAD) … integer
+# multiplication operations (IMUL, IMAD) … On GA10x, FMA is a logical pipeline … composed of the
+# FMAHeavy and FMALite"; "fmaheavy … FP32 arithmetic …, FP16 arithmetic (HADD2, HMUL2, HFMA2),
+# integer multiplication operations (IMUL, IMAD)"; "fmalite … FP32 arithmetic … and FP16
+# arithmetic"; "fp16 … On Volta, Turing and NVIDIA GA100, the FP16 pipeline performs paired FP16
+# instructions (FP16x2). It also contains a fast FP32-to-FP16 and FP16-to-FP32 converter. Starting
+# with GA10x chips, this functionality is part of the FMA pipeline"; "fp64"; "xu … special functions
+# such as sin, cos, and reciprocal square root … int-to-float, and float-to-int type conversions";
+# "lsu … load, store, atomic, and reduction instructions … special register reads (S2R),
+# shuffles"; "adu … constant loads"; "cbu … convergence, barrier, and branch instructions";
+# "uniform … instructions where all threads use the same input and generate the same output".
+#
+# sm_90 splits its 32 FP32 lanes per sub-partition into fmaheavy and fmalite (16 each; assumed as
+# the guide describes GA10x): an FFMA takes either, 1 clock of the pair ("fma"); an IMAD only
+# fmaheavy, 2 clocks of it, which is also 1 clock of the pair's lanes. So "fma" bounds FP32 + IMAD
+# together and "fmaheavy" the IMADs alone. Not modelled: the guide's newest chips run some ALU
+# instructions on an "ALULite" subpipe of fmaheavy (that would move ALU work onto fmaheavy).
+_FP32 = ("FFMA", "FADD", "FMUL", "FSWZADD")
+_FP16 = ("HFMA2", "HADD2", "HMUL2", "HMNMX2", "HSETP2", "HSET2")  # HADD2.F32 (a half→float) assumed as HADD2
+_INTEGER_MULTIPLY = ("IMAD", "IMUL", "IDP")  # every IMAD form, IMAD.MOV and .WIDE included (assumed one pass)
+#: ALU: integer, logic, compare and select. FP32 compare/select/min-max (FSETP, FSEL, FMNMX, FSET),
+#: MOV, PRMT, F2FP (FP32→FP16, the guide's Ampere sentence, assumed on sm_90 too) and the sm_90-only
+#: VIADD, VIMNMX and I2FP are assumed ALU: no table names their pipe.
+_ALU = ("IADD3", "IADD", "LOP3", "LOP", "SHF", "SHL", "SHR", "ISETP", "LEA", "IMNMX", "IABS", "SEL", "FSEL",
+        "FSETP", "FSET", "FMNMX", "MOV", "PRMT", "PLOP3", "PSETP", "P2R", "R2P", "BMSK", "SGXT", "F2FP", "CS2R",
+        "VIADD", "VIMNMX", "I2FP", "I2I", "I2IP", "FLO", "POPC", "BREV")
+_FP64 = ("DADD", "DMUL", "DFMA", "DSETP", "DMNMX")
+_XU = ("MUFU", "F2F", "F2I", "I2F", "FRND")  # F2F.F64.F32 too: the guide puts conversions on xu (assumed)
+_LSU = ("LDG", "STG", "LDS", "STS", "LD", "ST", "LDL", "STL", "ATOM", "ATOMG", "ATOMS", "RED", "SHFL", "S2R")
+_CBU = ("BRA", "BRX", "BSSY", "BSYNC", "BREAK", "CALL", "RET", "EXIT", "WARPSYNC", "YIELD", "BMOV")
+
+
+def _pipes(fp32, imad, fp16, fp64):
+    groups = ((_FP32, fp32), (_INTEGER_MULTIPLY, imad), (_FP16, fp16), (_FP64, fp64), (_ALU, {"alu": 2}),
+              (_XU, {"xu": 8}), (_LSU, {"lsu": 4}), (_CBU, {"cbu": 1}),
+              # The guide puts constant loads on the ADU; its rate is not documented: assumed the LSU's.
+              (("LDC",), {"adu": 4}),
+              # .MMA: nvcc's way to set a register without the ALU or FMA pipe; assumed to hold none.
+              (("HFMA2.MMA", "NOP"), {}))
+    return {opcode: use for opcodes, use in groups for opcode in opcodes}
+
+
+#: {opcode: {pipe: clocks one warp instruction holds it}}; an opcode beginning with U is the uniform
+#: datapath's (one clock, assumed). Anything else: one issue slot, no pipe that saturates.
+PIPES = {"90": _pipes({"fma": 1}, {"fmaheavy": 2, "fma": 1}, {"fma": 1}, {"fp64": 2}),
+         # GA100: one 16-lane FMA pipe for FP32 and IMAD (no heavy/lite split: the guide gives it to
+         # GA10x), paired FP16 on its own pipe, FP64 at 8 lanes.
+         "80": _pipes({"fma": 2}, {"fma": 2}, {"fp16": 1}, {"fp64": 4})}
+
 
 class CostModelError(RuntimeError):
     """The cost model cannot run here; the message says what is missing."""
@@ -74,6 +144,14 @@ class KernelCost:
     bytes_per_element: int
     predicted_fraction_of_copy: dict  # {gpu: fraction}, longest path
     predicted_fraction_of_copy_shortest_path: dict  # {gpu: fraction} (an activation without dropout)
+    # The pipe bound (optimistic: perfect overlap, no latency), along the same two paths: clocks per
+    # element = max(instructions, the busiest pipe's clocks); "issue" or that pipe's name.
+    pipe_cycles_per_element: float
+    pipe_cycles_per_element_shortest: float
+    bound_by: str
+    bound_by_shortest: str
+    predicted_fraction_of_copy_pipe_bound: dict  # {gpu: fraction}, longest path
+    predicted_fraction_of_copy_pipe_bound_shortest_path: dict
 
 
 # --- SASS ---------------------------------------------------------------------------------
@@ -111,6 +189,26 @@ def weight(opcode: str, arch: str = ARCH) -> int:
     return next((cost for prefix, cost in ARCHS[arch][1] if base == prefix), 1)
 
 
+def pipe_use(opcode: str, arch: str = ARCH) -> dict:
+    """{pipe: clocks} one warp instruction of ``opcode`` holds (see ``PIPES``)."""
+    parts = opcode.split(".")
+    table = PIPES[arch]
+    if ".".join(parts[:2]) in table:
+        return table[".".join(parts[:2])]
+    return table.get(parts[0], {"uniform": 1} if parts[0].startswith("U") else {})
+
+
+def pipe_bound(path, arch: str = ARCH) -> tuple[int, str]:
+    """(clocks, what binds) of one pass along ``path`` (instructions) with perfect overlap: each needs
+    an issue slot, and each pipe serves its instructions one after another."""
+    busy = {}
+    for instruction in path:
+        for pipe, clocks in pipe_use(instruction.opcode, arch).items():
+            busy[pipe] = busy.get(pipe, 0) + clocks
+    busiest = max(busy, key=busy.get, default=None)
+    return (busy[busiest], busiest) if busiest and busy[busiest] > len(path) else (len(path), "issue")
+
+
 def element_loops(instructions, labels) -> list[tuple[int, int]]:
     """[start, end] (indices) of each innermost backward-branch loop that touches global memory.
     There may be several: the compiler unswitches a loop on a launch-wide condition (dropout on
@@ -128,42 +226,59 @@ def element_loops(instructions, labels) -> list[tuple[int, int]]:
     return innermost
 
 
-def path_costs(instructions, labels, start: int, end: int, cost) -> tuple[float, float]:
-    """(longest, cheapest) total ``cost`` from ``start`` to the loop's back branch ``end``, over the
-    forward branches inside [start, end] (a backward branch inside is an inner loop: counted once).
-    The cheapest path is the cheapest of those making the most global loads and stores: the path of
-    a kernel that skips optional work (the dropout generator), not one that skips its elements."""
+def loop_paths(instructions, labels, start: int, end: int, cost) -> tuple[list, list]:
+    """The longest (by total ``cost``) and the cheapest path from ``start`` to the loop's back branch
+    ``end``, as instruction lists, over the forward branches inside [start, end] (a backward branch
+    inside is an inner loop: counted once). The cheapest path is the cheapest of those making the
+    most global loads and stores: the path of a kernel that skips optional work (the dropout
+    generator), not one that skips its elements."""
+    # At each index: (value, the index it was reached from); cheapest's value is (−accesses, cost).
     longest, cheapest = [None] * (end + 2), [None] * (end + 2)
-    longest[start], cheapest[start] = 0.0, (0, 0.0)  # cheapest: (−accesses, cost), compared as a pair
+    longest[start], cheapest[start] = (0.0, None), ((0, 0.0), None)
 
-    def reach(index, value_long, value_cheap):
+    def reach(index, value_long, value_cheap, came_from):
         if index > end + 1:
             return
-        longest[index] = value_long if longest[index] is None else max(longest[index], value_long)
-        cheapest[index] = value_cheap if cheapest[index] is None else min(cheapest[index], value_cheap)
+        if longest[index] is None or value_long > longest[index][0]:
+            longest[index] = (value_long, came_from)
+        if cheapest[index] is None or value_cheap < cheapest[index][0]:
+            cheapest[index] = (value_cheap, came_from)
 
     for index in range(start, end + 1):
         if longest[index] is None:
             continue
         instruction = instructions[index]
         access = instruction.opcode.startswith(("LDG", "STG"))
-        here_long = longest[index] + cost(instruction)
-        here_cheap = (cheapest[index][0] - access, cheapest[index][1] + cost(instruction))
+        here_long = longest[index][0] + cost(instruction)
+        here_cheap = (cheapest[index][0][0] - access, cheapest[index][0][1] + cost(instruction))
         if index == end:
-            reach(end + 1, here_long, here_cheap)
+            reach(end + 1, here_long, here_cheap, index)
             continue
         target = labels.get(instruction.target) if instruction.target else None
         if target is not None and start < target <= end + 1 and target > index:
-            reach(target, here_long, here_cheap)
+            reach(target, here_long, here_cheap, index)
             if instruction.predicate:  # conditional: it may also fall through
-                reach(index + 1, here_long, here_cheap)
+                reach(index + 1, here_long, here_cheap, index)
         elif instruction.opcode.startswith("EXIT") and not instruction.predicate:
             continue
         else:
-            reach(index + 1, here_long, here_cheap)
+            reach(index + 1, here_long, here_cheap, index)
     if longest[end + 1] is None:
         raise CostModelError("the loop's back branch is unreachable from its head")
-    return longest[end + 1], cheapest[end + 1][1]
+
+    def walk(table):
+        path, index = [], table[end + 1][1]
+        while index is not None:
+            path.append(instructions[index])
+            index = table[index][1]
+        return path[::-1]
+
+    return walk(longest), walk(cheapest)
+
+
+def path_costs(instructions, labels, start: int, end: int, cost) -> tuple[float, float]:
+    """(longest, cheapest) total ``cost`` of ``loop_paths``."""
+    return tuple(float(sum(map(cost, path))) for path in loop_paths(instructions, labels, start, end, cost))
 
 
 # --- what a kernel moves ----------------------------------------------------------------------
@@ -310,7 +425,7 @@ def disassemble(cubin: bytes, nvdisasm: str) -> str:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
         file.write(cubin)
         file.flush()
-        result = subprocess.run([nvdisasm, "-c", file.name], capture_output=True, text=True, timeout=120)
+        result = subprocess.run([nvdisasm, "-c", file.name], check=False, capture_output=True, text=True, timeout=120)
     if result.returncode:
         raise CostModelError(f"nvdisasm failed: {result.stderr.strip()}")
     return result.stdout
@@ -339,6 +454,7 @@ def cost_of_sass(text: str, name: str, bytes_per_element: int, loads: int, store
     instructions, labels = parse_sass(text)
     per_iteration = stores or loads
     longest = shortest = count = None
+    pipe_longest = pipe_shortest = (None, "")
     for start, end in element_loops(instructions, labels):
         memory = [i.opcode for i in instructions[start:end + 1] if i.opcode.startswith("STG" if stores else "LDG")]
         # Unrolled by the compiler or vectorised: several elements' accesses in one iteration (never fewer than one).
@@ -346,16 +462,26 @@ def cost_of_sass(text: str, name: str, bytes_per_element: int, loads: int, store
             elements = max(1, sum(access_bytes(opcode) for opcode in memory) // stored_bytes)
         else:
             elements = max(1, len(memory) // per_iteration) if per_iteration else 1
-        high, low = path_costs(instructions, labels, start, end, lambda i: weight(i.opcode, arch))
+        high_path, low_path = loop_paths(instructions, labels, start, end, lambda i: weight(i.opcode, arch))
+        high, low = (sum(weight(i.opcode, arch) for i in path) for path in (high_path, low_path))
         plain, _ = path_costs(instructions, labels, start, end, lambda i: 1)
         if longest is None or high / elements > longest:
             longest, count = high / elements, plain / elements
         shortest = low / elements if shortest is None else min(shortest, low / elements)
+        (pipe_high, by_high), (pipe_low, by_low) = (pipe_bound(path, arch) for path in (high_path, low_path))
+        if pipe_longest[0] is None or pipe_high / elements > pipe_longest[0]:
+            pipe_longest = (pipe_high / elements, by_high)
+        if pipe_shortest[0] is None or pipe_low / elements < pipe_shortest[0]:
+            pipe_shortest = (pipe_low / elements, by_low)
     gpus = ARCHS[arch][0]
+
+    def fractions(per_element):
+        return {gpu: round(predicted_fraction(per_element, bytes_per_element, spec), 3) for gpu, spec in gpus.items()}
+
     return KernelCost(arch, name, op, variant, dtype, round(longest, 2), round(shortest, 2), round(count, 2),
-                      bytes_per_element,
-                      {gpu: round(predicted_fraction(longest, bytes_per_element, spec), 3) for gpu, spec in gpus.items()},
-                      {gpu: round(predicted_fraction(shortest, bytes_per_element, spec), 3) for gpu, spec in gpus.items()})
+                      bytes_per_element, fractions(longest), fractions(shortest),
+                      round(pipe_longest[0], 2), round(pipe_shortest[0], 2), pipe_longest[1], pipe_shortest[1],
+                      fractions(pipe_longest[0]), fractions(pipe_shortest[0]))
 
 
 def catalogue():
@@ -392,19 +518,27 @@ def run(entries=None, workers: int | None = None, archs=tuple(ARCHS)) -> list[Ke
 
 
 def table(costs) -> str:
-    """One Markdown table per architecture, its GPUs as columns."""
+    """One Markdown table per architecture, its GPUs as columns: the serial sum (pessimistic), then
+    the pipe bound (optimistic) and what binds it along each path."""
     parts = []
     for arch in dict.fromkeys(cost.arch for cost in costs):
         gpus = list(ARCHS[arch][0])
         lines = [f"sm_{arch} ({', '.join(gpus)}):", "",
                  "| kernel | variant | dtype | SASS/element (longest, shortest path) | bytes/element | "
-                 + " | ".join(f"predicted fraction of copy, {gpu} (longest, shortest)" for gpu in gpus) + " |",
-                 "|---|---|---|---|---|" + "---|" * len(gpus)]
+                 + " | ".join(f"predicted fraction of copy, {gpu} (longest, shortest)" for gpu in gpus)
+                 + " | pipe bound, clocks/element (longest, shortest; bound by) | "
+                 + " | ".join(f"pipe bound's fraction of copy, {gpu} (longest, shortest)" for gpu in gpus) + " |",
+                 "|---|---|---|---|---|" + "---|" * (2 * len(gpus) + 1)]
         for cost in (cost for cost in costs if cost.arch == arch):
             lines.append(f"| {cost.op} | {cost.variant or '-'} | {cost.dtype} | {cost.sass_per_element:g}, "
                          f"{cost.sass_per_element_shortest:g} | {cost.bytes_per_element} | "
                          + " | ".join(f"{cost.predicted_fraction_of_copy[gpu]:.2f}, "
-                                      f"{cost.predicted_fraction_of_copy_shortest_path[gpu]:.2f}" for gpu in gpus) + " |")
+                                      f"{cost.predicted_fraction_of_copy_shortest_path[gpu]:.2f}" for gpu in gpus)
+                         + f" | {cost.pipe_cycles_per_element:g}, {cost.pipe_cycles_per_element_shortest:g}; "
+                         f"{cost.bound_by}, {cost.bound_by_shortest} | "
+                         + " | ".join(f"{cost.predicted_fraction_of_copy_pipe_bound[gpu]:.2f}, "
+                                      f"{cost.predicted_fraction_of_copy_pipe_bound_shortest_path[gpu]:.2f}"
+                                      for gpu in gpus) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 
@@ -419,7 +553,7 @@ def write(costs, out_dir: Path) -> list[Path]:
         gpus, weights = ARCHS[arch]
         path = out_dir / f"cost-model-sm_{arch}.json"
         path.write_text(json.dumps({"model": __doc__.strip().splitlines()[0], "arch": f"sm_{arch}", "gpus": gpus,
-                                    "weights": dict(weights),
+                                    "weights": dict(weights), "pipes": PIPES[arch],
                                     "kernels": [asdict(cost) for cost in costs if cost.arch == arch]}, indent=1))
         paths.append(path)
     return paths

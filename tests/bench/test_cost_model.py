@@ -46,7 +46,7 @@ def test_each_unswitched_loop_is_found_and_walked_along_its_longest_and_shortest
     instructions, labels = cost_model.parse_sass(SASS)
     loops = cost_model.element_loops(instructions, labels)
     assert loops == [(3, 10), (12, 15)]
-    weight = lambda instruction: cost_model.weight(instruction.opcode)  # noqa: E731
+    weight = lambda instruction: cost_model.weight(instruction.opcode)
     # LDG 4 + ISETP 2 + BRA 1 [+ MUFU 8 + DFMA 2] + FADD 1 + STG 4 + BRA 1
     assert cost_model.path_costs(instructions, labels, 3, 10, weight) == (23, 13)
     assert cost_model.path_costs(instructions, labels, 12, 15, weight) == (13, 13)
@@ -66,7 +66,7 @@ def test_the_cheapest_path_makes_every_global_access():
         /*0050*/                   EXIT ;
 """
     instructions, labels = cost_model.parse_sass(sass)
-    weight = lambda instruction: cost_model.weight(instruction.opcode)  # noqa: E731
+    weight = lambda instruction: cost_model.weight(instruction.opcode)
     assert cost_model.path_costs(instructions, labels, 0, 4, weight) == (18, 18)  # not 6, the path without the store
 
 
@@ -94,6 +94,84 @@ def test_a_vector_store_counts_as_the_elements_it_writes():
     assert [cost_model.access_bytes(op) for op in ("STG.E.64", "STG.E.U16", "LDG.E", "LDG.E.128")] == [8, 2, 4, 16]
     assert cost_model.cost_of_sass(sass, "k", 8, 1, 1).sass_per_element == 11  # LDG 4 + 2 FADD + STG 4 + BRA
     assert cost_model.cost_of_sass(sass, "k", 8, 1, 1, stored_bytes=4).sass_per_element == 5.5
+
+
+def loop(*body):
+    """A one-loop kernel: a load, ``body``, a store and the back branch."""
+    lines = [".L_x_0:", "        /*0000*/                   LDG.E R4, desc[UR4][R2.64] ;"]
+    lines += [f"        /*{16 * (i + 1):04x}*/                   {op} ;" for i, op in enumerate(body)]
+    lines += [f"        /*{16 * (len(body) + 1):04x}*/                   STG.E desc[UR4][R2.64], R4 ;",
+              f"        /*{16 * (len(body) + 2):04x}*/              @!P0 BRA `(.L_x_0) ;",
+              f"        /*{16 * (len(body) + 3):04x}*/                   EXIT ;"]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_kernel_of_integer_multiplies_is_bound_by_the_fma_heavy_pipe_not_by_issue():
+    """Ten IMADs hold sm_90's 16-lane FMA-heavy pipe 2 clocks each: 20 clocks a pass, though the
+    loop issues 13 instructions; the serial sum adds the loads, the store and the branch on top (29)."""
+    cost = cost_model.cost_of_sass(loop(*["IMAD R4, R4, R5, R6"] * 10), "k", 8, 1, 1)
+    assert (cost.pipe_cycles_per_element, cost.bound_by, cost.instructions_per_element) == (20, "fmaheavy", 13)
+    assert cost.sass_per_element == 29
+    gpu = cost_model.GPUS["H100-SXM5"]
+    assert cost.predicted_fraction_of_copy_pipe_bound["H100-SXM5"] == round(cost_model.predicted_fraction(20, 8, gpu), 3)
+
+
+def test_overlapping_pipes_leave_the_kernel_bound_by_issue_slots():
+    """FFMA (FMA pipe, 1 clock) and IADD3 (ALU pipe, 2 clocks) alternate on different pipes: a pass
+    takes its 19 instructions' issue slots, not the serial sum 33 and not the ALU's 16."""
+    body = ["FFMA R4, R4, R5, R6", "IADD3 R2, R2, 0x4, RZ"] * 8
+    cost = cost_model.cost_of_sass(loop(*body), "k", 8, 1, 1)
+    assert (cost.pipe_cycles_per_element, cost.bound_by, cost.sass_per_element) == (19, "issue", 33)
+    assert cost.pipe_cycles_per_element_shortest == 19 and cost.bound_by_shortest == "issue"
+    # The pair once: 5 instructions, but the load and the store hold the LSU 4 clocks each.
+    assert cost_model.pipe_bound(cost_model.parse_sass(loop(*body[:2]))[0][:-1]) == (8, "lsu")
+
+
+def test_the_pipe_bound_follows_the_cheapest_path_that_makes_every_access():
+    """With the generator (four MUFUs on the XU, 8 clocks each) the pass is XU-bound at 32; the
+    cheapest path that still loads and stores skips it and is LSU-bound at 8."""
+    sass = """
+.L_x_0:
+        /*0000*/                   LDG.E R4, desc[UR4][R2.64] ;
+        /*0010*/               @P1 BRA `(.L_x_1) ;
+        /*0020*/                   MUFU.EX2 R4, R4 ;
+        /*0030*/                   MUFU.EX2 R4, R4 ;
+        /*0040*/                   MUFU.EX2 R4, R4 ;
+        /*0050*/                   MUFU.EX2 R4, R4 ;
+.L_x_1:
+        /*0060*/                   FADD.FTZ R4, R4, 1 ;
+        /*0070*/                   STG.E desc[UR4][R2.64], R4 ;
+        /*0080*/              @!P0 BRA `(.L_x_0) ;
+        /*0090*/                   EXIT ;
+"""
+    cost = cost_model.cost_of_sass(sass, "k", 8, 1, 1)
+    assert (cost.pipe_cycles_per_element, cost.bound_by) == (32, "xu")
+    assert (cost.pipe_cycles_per_element_shortest, cost.bound_by_shortest) == (8, "lsu")
+    assert (cost.sass_per_element, cost.sass_per_element_shortest) == (43, 11)
+    # Two unswitched loops (SASS above): the longest pass is the first loop's (8 issue slots), the
+    # cheapest the second's (3 LSU instructions, 12 clocks, over the 2 elements its two stores serve).
+    both = cost_model.cost_of_sass(SASS, "k", 8, 1, 1)
+    assert (both.pipe_cycles_per_element, both.pipe_cycles_per_element_shortest) == (8, 6)
+
+
+def test_the_pipe_bound_is_divided_by_the_elements_an_iteration_serves():
+    vector = loop("FADD.FTZ R4, R4, 1", "FADD.FTZ R5, R5, 1").replace("LDG.E ", "LDG.E.64 ").replace("STG.E ", "STG.E.64 ")
+    assert cost_model.cost_of_sass(vector, "k", 8, 1, 1).pipe_cycles_per_element == 8  # LDG + STG on the LSU
+    assert cost_model.cost_of_sass(vector, "k", 8, 1, 1, stored_bytes=4).pipe_cycles_per_element == 4
+
+
+def test_sm80_has_half_sm90s_fp64_and_fp32_lanes():
+    """A100 (cc 8.0): FP64 32 and FP32 64 results per clock per SM, against H100's 64 and 128."""
+    doubles = loop(*["DFMA R4, R4, R6, R8"] * 6)
+    assert cost_model.cost_of_sass(doubles, "k", 8, 1, 1, arch="90").pipe_cycles_per_element == 12
+    sm80 = cost_model.cost_of_sass(doubles, "k", 8, 1, 1, arch="80")
+    assert (sm80.pipe_cycles_per_element, sm80.bound_by) == (24, "fp64")
+    assert set(sm80.predicted_fraction_of_copy_pipe_bound) == {"A100-SXM4-80GB"}
+    floats = loop(*["FFMA R4, R4, R5, R6"] * 10)
+    assert cost_model.cost_of_sass(floats, "k", 8, 1, 1, arch="90").bound_by == "issue"
+    assert (cost_model.cost_of_sass(floats, "k", 8, 1, 1, arch="80").pipe_cycles_per_element) == 20
+    assert [cost_model.pipe_use(op) for op in ("IMAD.MOV.U32", "HFMA2.MMA", "UIADD3", "LDC.64", "FCHK")] \
+        == [{"fmaheavy": 2, "fma": 1}, {}, {"uniform": 1}, {"adu": 4}, {}]  # FCHK: unknown, an issue slot only
 
 
 def test_bytes_per_element_follow_the_kernels_arguments():
@@ -142,10 +220,17 @@ def test_real_kernels_compiled_by_nvrtc_and_disassembled(real_costs, tmp_path):
     assert real_costs["90", "bias_activation_saving", "float32"].bytes_per_element == 12  # z in; y, saved out
     assert real_costs["90", "update_sgd", "float32"].bytes_per_element == 20  # g; p and velocity read and written
     assert real_costs["90", "layer_norm_mean", "float32"].bytes_per_element == 4  # a reduction reads x, per row out
+    for cost in real_costs.values():  # the optimistic bound lies between the instruction count and the serial sum
+        assert cost.instructions_per_element <= cost.pipe_cycles_per_element <= cost.sass_per_element, cost
+        assert cost.pipe_cycles_per_element_shortest <= cost.sass_per_element_shortest, cost
+        assert all(cost.predicted_fraction_of_copy_pipe_bound[gpu] >= fraction
+                   for gpu, fraction in cost.predicted_fraction_of_copy.items()), cost
     written = {path.name: json.loads(path.read_text()) for path in cost_model.write(list(real_costs.values()), tmp_path)}
     assert set(written) == {"cost-model-sm_90.json", "cost-model-sm_80.json"}
     row = written["cost-model-sm_90.json"]["kernels"][0]
-    assert {"kernel", "dtype", "sass_per_element", "bytes_per_element", "predicted_fraction_of_copy"} <= set(row)
+    assert {"kernel", "dtype", "sass_per_element", "bytes_per_element", "predicted_fraction_of_copy",
+            "pipe_cycles_per_element", "pipe_cycles_per_element_shortest", "bound_by",
+            "predicted_fraction_of_copy_pipe_bound", "predicted_fraction_of_copy_pipe_bound_shortest_path"} <= set(row)
     assert row["kernel"] == "gpunn_bias_relu_saving_kernel" and written["cost-model-sm_80.json"]["arch"] == "sm_80"
 
 
@@ -222,4 +307,5 @@ def test_the_cli_prints_the_table_or_says_what_is_missing(monkeypatch, capsys, t
     assert main(["bench", "--cost-model", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| op | - | float32 | 23, 6.5 | 8 |" in out and "a model, not a measurement" in out
+    assert "| 8, 6; issue, lsu |" in out and "pipe bound, clocks/element (longest, shortest; bound by)" in out
     assert json.loads((tmp_path / "cost-model-sm_90.json").read_text())["kernels"][0]["kernel"] == "k"
