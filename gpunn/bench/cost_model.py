@@ -230,8 +230,9 @@ def loop_paths(instructions, labels, start: int, end: int, cost) -> tuple[list, 
     """The longest (by total ``cost``) and the cheapest path from ``start`` to the loop's back branch
     ``end``, as instruction lists, over the forward branches inside [start, end] (a backward branch
     inside is an inner loop: counted once). The cheapest path is the cheapest of those making the
-    most global loads and stores: the path of a kernel that skips optional work (the dropout
-    generator), not one that skips its elements."""
+    most global stores (the most loads in a loop that stores nothing): the path of a kernel that
+    skips optional work (the dropout generator, and the load of its step counter with it), not one
+    that skips its elements."""
     # At each index: (value, the index it was reached from); cheapest's value is (−accesses, cost).
     longest, cheapest = [None] * (end + 2), [None] * (end + 2)
     longest[start], cheapest[start] = (0.0, None), ((0, 0.0), None)
@@ -244,11 +245,12 @@ def loop_paths(instructions, labels, start: int, end: int, cost) -> tuple[list, 
         if cheapest[index] is None or value_cheap < cheapest[index][0]:
             cheapest[index] = (value_cheap, came_from)
 
+    counted = "STG" if any(i.opcode.startswith("STG") for i in instructions[start:end + 1]) else "LDG"
     for index in range(start, end + 1):
         if longest[index] is None:
             continue
         instruction = instructions[index]
-        access = instruction.opcode.startswith(("LDG", "STG"))
+        access = instruction.opcode.startswith(counted)
         here_long = longest[index][0] + cost(instruction)
         here_cheap = (cheapest[index][0][0] - access, cheapest[index][0][1] + cost(instruction))
         if index == end:

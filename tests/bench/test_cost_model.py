@@ -70,6 +70,31 @@ def test_the_cheapest_path_makes_every_global_access():
     assert cost_model.path_costs(instructions, labels, 0, 4, weight) == (18, 18)  # not 6, the path without the store
 
 
+def test_the_cheapest_path_may_skip_a_load_that_only_optional_work_needs():
+    """A pairs kernel loads the dropout step inside the generator's branch: the path without the
+    generator makes every store but one load fewer, and it is the no-dropout figure (counting
+    loads too made that figure the generator's path, 52 weighted instructions per element
+    instead of 17 for the float16 identity forward)."""
+    sass = """
+.L_x_0:
+        /*0000*/               @P1 BRA `(.L_x_1) ;
+        /*0010*/                   LDG.E.64 R6, desc[UR4][R2.64] ;
+        /*0020*/                   IMAD.WIDE.U32 R6, R6, R6, RZ ;
+.L_x_1:
+        /*0030*/                   LDG.E R4, desc[UR4][R8.64] ;
+        /*0040*/                   STG.E desc[UR4][R8.64], R4 ;
+        /*0050*/              @!P0 BRA `(.L_x_0) ;
+        /*0060*/                   EXIT ;
+"""
+    instructions, labels = cost_model.parse_sass(sass)
+    weight = lambda instruction: cost_model.weight(instruction.opcode)  # noqa: E731
+    # BRA 1 [+ LDG 4 + IMAD 2] + LDG 4 + STG 4 + BRA 1
+    assert cost_model.path_costs(instructions, labels, 0, 5, weight) == (16, 10)
+    loads_only = sass.replace("STG.E desc[UR4][R8.64], R4", "FADD.FTZ R4, R4, 1")
+    instructions, labels = cost_model.parse_sass(loads_only)
+    assert cost_model.path_costs(instructions, labels, 0, 5, weight) == (13, 13)  # a reduction counts its loads
+
+
 def test_the_cost_is_the_longest_loop_per_element_and_the_roofline_caps_at_one():
     cost = cost_model.cost_of_sass(SASS, "k", bytes_per_element=8, loads=1, stores=1)
     # The second loop stores twice per iteration for one store per element: two elements, 6.5 each.
