@@ -18,7 +18,7 @@ import numpy
 from gpunn.backends import cublas, cupy_staging
 from gpunn.backends.base import (DLPACK_CPU, DLPACK_CUDA, DLPACK_CUDA_MANAGED, DROPOUT_LANES, DROPOUT_TILE, Backend,
                                 as_activation_function, device_name, dlpack_device, host_view, refuse_complex)
-from gpunn.backends.cupy_kernels import _COMPUTE, GRID_BLOCK, GRID_MAX_BLOCKS, PAIRS_DTYPES, _build
+from gpunn.backends.cupy_kernels import _COMPUTE, GRID_BLOCK, GRID_MAX_BLOCKS, VECTOR_DTYPES, VECTOR_WIDTHS, _build
 from gpunn.backends.precision import get_matmul_precision
 from gpunn.kernels.update_rules import SEGMENT_FIELDS
 
@@ -252,16 +252,18 @@ class CupyBackend(Backend):
 
     def _activation_launch(self, op, activation, groups, launch, vectors, inputs, outputs, columns=None):
         """Launch a fused activation kernel (cupy_kernels._build_activation) over its dropout
-        ``groups``: its "pairs" build, a thread per two neighbouring groups, where every element and
-        column buffer in ``vectors`` is aligned to two elements and the launch's element count, its
-        first element's global index (skip) and the number of ``columns`` whose values it reads
-        (the forward's bias) are even, so that no pair straddles the launch's edge or a row's end;
-        else (and for float64, cupy_kernels.PAIRS_DTYPES) a thread per group."""
-        n, skip = int(launch[1]), int(launch[6])
-        pairs = vectors[0].dtype.name in PAIRS_DTYPES and n % 2 == 0 and skip % 2 == 0 and \
-            (columns is None or columns % 2 == 0) and all(array.data.ptr % (2 * array.itemsize) == 0 for array in vectors)
-        kernel = self._kernel(op + "_pairs" if pairs else op, vectors[0].dtype, activation)
-        kernel(*inputs, *outputs, size=groups // 2 if pairs else groups)
+        ``groups``: its widest vector build (``_quads``, a thread per four neighbouring groups, or
+        ``_pairs``, two) whose width divides the launch's element count, its first element's global
+        index (skip) and the number of ``columns`` whose values it reads (the forward's bias), and
+        to whose width every element and column buffer in ``vectors`` is aligned, so that no vector
+        straddles the launch's edge or a row's end; else (and for float64: cupy_kernels.VECTOR_DTYPES)
+        a thread per group."""
+        n, skip, dtype = int(launch[1]), int(launch[6]), vectors[0].dtype
+        fits = [width for width in VECTOR_WIDTHS if dtype.name in VECTOR_DTYPES and n % width == skip % width == 0
+                and (columns is None or columns % width == 0)
+                and all(array.data.ptr % (width * array.itemsize) == 0 for array in vectors)]
+        width = max(fits, default=1)
+        self._kernel(op + VECTOR_WIDTHS.get(width, ""), dtype, activation)(*inputs, *outputs, size=groups // width)
 
     def keeps(self, activation, dtype) -> bool:
         """Nothing: the fused kernels are bandwidth-bound, so recomputing erf is free where reading

@@ -72,12 +72,14 @@ DROPOUT_GROUPS = ("first_group + {width} * i, dropout_skip, n, {columns}, dropou
 #: Launch arguments of DROPOUT_PARAMETERS and the scale after them.
 DROPOUT_ARGUMENTS = (Arg("uint64", "scalar"), Arg("uint64", "scalar"), Arg("uint64", "raw"), Arg("uint64", "scalar"),
                      Arg("uint64", "scalar"), Arg("uint32", "scalar"), Arg("uint64", "scalar"))
-#: The fused activation ops, each also built as "<op>_pairs" (two neighbouring elements per thread
-#: and slot, one vector load and store for both: CupyBackend._activation_launch picks it) for the
-#: storage dtypes whose kernels the per-element bookkeeping bounds (issue 21's cost model); a float64
-#: element moves 16 bytes, and its kernels are bound by memory or by FP64 maths instead.
+#: The fused activation ops, each also built as "<op>_pairs" and "<op>_quads": two or four
+#: neighbouring elements per thread and slot, one vector load and store for them
+#: (CupyBackend._activation_launch picks the widest that fits), for the storage dtypes whose kernels
+#: the per-element bookkeeping bounds (issue 21's cost model); a float64 element moves 16 bytes, and
+#: its kernels are bound by memory or by FP64 maths instead.
 ACTIVATION_OPS = ("bias_activation", "bias_activation_saving", "activation_backward")
-PAIRS_DTYPES = ("float16", "float32")
+VECTOR_WIDTHS = {4: "_quads", 2: "_pairs"}
+VECTOR_DTYPES = ("float16", "float32")
 
 
 def _elementwise(in_params, out_params, operation, name, *files, **code):
@@ -283,16 +285,16 @@ def _gradient_norm(_, dtype):
 
 def _build_activation(op: str, name: str, compute_name: str, compute: str, width: int):
     """An activation kernel from its registry entry: parameters become scalar arguments. Each
-    thread runs ``width`` neighbouring dropout groups (16 slots 32 elements apart; with width 2
-    each slot is a pair of neighbours, loaded and stored as one vector) through
+    thread runs ``width`` neighbouring dropout groups (16 slots 32 elements apart; with width 2 or 4
+    each slot is that many neighbours, loaded and stored as one vector) through
     ``gpunn_dropout_groups``; the forward reads the bias at the element's column, which the group
     tracks without dividing."""
     kind = REGISTRY[name]
     parameters = "".join(f", {compute_name} {parameter}" for parameter, _ in kind.parameters)
     values = [parameter for parameter, _ in kind.parameters]
     preamble = kernel_source("activations.cuh", "dropout.cuh", "vector.cuh")
-    lanes = ("a", "b")[:width]
-    pairs = "_pairs" if width == 2 else ""
+    lanes = ("a", "b", "c", "d")[:width]
+    pairs = VECTOR_WIDTHS.get(width, "")
 
     def load(array, at):
         return f"const auto {array}_v = gpunn_load<T, {width}>(&{array}[{at}]); "
@@ -383,7 +385,8 @@ def _compute_name(dtype):
 #: the backend builds it through ``_build`` and the NVRTC test compiles every variant and dtype.
 KERNELS: dict[str, KernelSpec] = {
     **{op: _activation(op, 1) for op in ACTIVATION_OPS},
-    **{op + "_pairs": _activation(op, 2, PAIRS_DTYPES) for op in ACTIVATION_OPS},
+    **{op + suffix: _activation(op, width, VECTOR_DTYPES) for op in ACTIVATION_OPS
+       for width, suffix in VECTOR_WIDTHS.items()},
     **{op: _layer_norm_reduction(op) for op in _LAYER_NORM_REDUCTIONS},
     "layer_norm_forward": _rows_spec(RowsOp(
         ("x",), ("mean", "rstd"), ("gain", "bias"), "gpunn_layer_norm_forward({x}, {mean}, {rstd}, {gain}, {bias})"),

@@ -15,9 +15,9 @@
 // q = ⌊n / 512⌋·32 + n mod 32 as its slot j = ⌊n / 32⌋ mod 16. A thread handles one group, so the
 // 32 threads of a warp handle 32 neighbouring groups and read, for each slot, 32 consecutive
 // elements: every load and store of the warp is one contiguous, coalesced access (16 consecutive
-// elements per thread would put the warp's accesses 16 elements apart). Or a thread handles two
-// neighbouring groups, whose members are neighbours: one two-element load per slot, and the warp's
-// accesses are two contiguous runs of 32 elements.
+// elements per thread would put the warp's accesses 16 elements apart). Or a thread handles two or
+// four neighbouring groups, whose members are neighbours: one vector load per slot, and the warp's
+// accesses are two or four contiguous runs of 32 elements.
 #pragma once
 
 typedef unsigned long long gpunn_u64;
@@ -63,7 +63,7 @@ __host__ __device__ inline gpunn_u64 gpunn_dropout_group_start(gpunn_u64 group) 
 }
 
 // Runs body(k, column, keep) for each slot of the Width neighbouring groups first, …, first + Width − 1
-// (first a multiple of Width, Width 1 or 2) whose members lie inside this launch's elements
+// (first a multiple of Width; Width 1, 2 or 4) whose members lie inside this launch's elements
 // [skip, skip + n): k = the slot's element of group `first` as an index in the launch (global index −
 // skip); group first + w holds element k + w; column = k's column (k mod `columns`; skip is whole
 // rows, so the global index gives it too); bit w of keep = whether element k + w survives: its 16
@@ -72,10 +72,12 @@ __host__ __device__ inline gpunn_u64 gpunn_dropout_group_start(gpunn_u64 group) 
 // follows the slots without a division per element; which slots lie inside the launch is worked out
 // once, so an element costs a bit test, not 64-bit comparisons.
 //
-// Width 2 (the "pairs" kernels) gives a thread two neighbouring elements per slot, one vector load
-// and store for both, at the same mask: the caller guarantees that skip and n are even (so both
-// elements of a pair lie inside the launch or neither does) and, where it reads a column's value,
-// that `columns` is even (the pair's columns are column and column + 1).
+// Width 2 or 4 (the "pairs" and "quads" kernels) gives a thread that many neighbouring elements per
+// slot, one vector load and store for them all, at the same mask: the slot's bookkeeping (the bit
+// test, the column, the addresses) is shared by Width elements. The caller guarantees that skip and
+// n are multiples of Width (so a slot's elements all lie inside the launch or none does) and, where
+// it reads a column's value, that `columns` is one too (the slot's columns are column, …,
+// column + Width − 1).
 template <int Width, typename Body>
 __host__ __device__ inline void gpunn_dropout_groups(gpunn_u64 first, gpunn_u64 skip, gpunn_u64 n,
                                                      unsigned int columns, unsigned int lane_columns, gpunn_u64 step,

@@ -1,12 +1,14 @@
-// One or two neighbouring elements of a flat array, loaded and stored as one access: a float16 pair
-// is one 32-bit load, a float32 pair one 64-bit load, where two scalar loads cost two issue slots
-// of the load/store units and two address computations (issue 21). The address must be aligned
-// to the whole vector (the backend checks both before it picks width 2).
+// Two or four neighbouring elements of a flat array, loaded and stored as one access (or one, so a
+// kernel written for a width also serves width 1): a float16 pair is one 32-bit load, four float32
+// one 128-bit load, where scalar loads cost an issue slot of the load/store units and an address
+// computation each (issue 21). The address must be aligned to the whole vector (the backend checks
+// the buffers and the counts before it picks a width).
 #pragma once
 
 template <typename T, int Width> struct gpunn_vector;
 template <typename T> struct alignas(sizeof(T)) gpunn_vector<T, 1> { T a; };
 template <typename T> struct alignas(2 * sizeof(T)) gpunn_vector<T, 2> { T a, b; };
+template <typename T> struct alignas(4 * sizeof(T)) gpunn_vector<T, 4> { T a, b, c, d; };
 
 template <typename T, int Width>
 __host__ __device__ inline gpunn_vector<T, Width> gpunn_load(const T* at) {

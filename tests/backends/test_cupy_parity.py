@@ -400,27 +400,30 @@ def test_group_kernels_take_any_layout(cp_backend, np_backend, rng, layout):
                                rtol=1e-13, atol=1e-15)
 
 
-#: (shape, the shard's first row, whether z is one element off alignment) and the kernels that must
-#: run: forward, backward (True: "pairs", two neighbouring elements per thread and slot).
-PAIRS_CASES = {"even columns": ((37, 30), 3, False, True, True),
-               "odd columns, even count": ((36, 29), 0, False, False, True),
-               "odd shard start": ((37, 29), 1, False, False, False),
-               "even count, odd start": ((2, 3), 1, False, False, False),
-               "unaligned input": ((37, 30), 0, True, False, True)}
+#: (shape, the shard's first row, elements z is off alignment) and the vector width the forward and
+#: the backward must run with (4: "_quads", 2: "_pairs", 1: a thread per dropout group).
+VECTOR_CASES = {"columns a multiple of 4": ((37, 36), 3, 0, 4, 4),
+                "even columns": ((37, 30), 3, 0, 2, 2),
+                "even columns, a count of 4": ((38, 30), 2, 0, 2, 4),
+                "odd columns, even count": ((36, 29), 0, 0, 1, 4),
+                "odd shard start": ((37, 29), 1, 0, 1, 1),
+                "even count, odd start": ((2, 3), 1, 0, 1, 1),
+                "input two elements off": ((37, 36), 0, 2, 2, 4),
+                "input one element off": ((37, 36), 0, 1, 1, 4)}
 
 
-@pytest.mark.parametrize("case", PAIRS_CASES)
+@pytest.mark.parametrize("case", VECTOR_CASES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_pairs_kernels_run_where_aligned_and_draw_the_same_mask(cp_backend, np_backend, rng, monkeypatch, case,
-                                                                 dtype):
-    """The fused kernels' "pairs" builds (two neighbouring dropout groups per thread) run exactly
-    where no pair can straddle a row, the shard's edge or a vector's alignment (in float16 and
+def test_vector_kernels_run_where_aligned_and_draw_the_same_mask(cp_backend, np_backend, rng, monkeypatch, case,
+                                                                  dtype):
+    """The fused kernels' vector builds (two or four neighbouring dropout groups per thread) run
+    exactly where no vector can straddle a row, the shard's edge or its alignment (in float16 and
     float32: float64 keeps a thread per group), and give NumPy's numbers and mask there and in the
-    fallback alike."""
+    fallbacks alike."""
     from gpunn.backends.base import DropoutMask
+    from gpunn.backends.cupy_kernels import VECTOR_WIDTHS
 
-    shape, row_offset, unaligned, forward_pairs, backward_pairs = PAIRS_CASES[case]
-    forward_pairs, backward_pairs = (pairs and dtype != "float64" for pairs in (forward_pairs, backward_pairs))
+    shape, row_offset, offset, forward, backward = VECTOR_CASES[case]
     launched = []
     build = cp_backend._kernel
     monkeypatch.setattr(cp_backend, "_kernel", lambda op, *rest: launched.append(op) or build(op, *rest))
@@ -429,8 +432,7 @@ def test_pairs_kernels_run_where_aligned_and_draw_the_same_mask(cp_backend, np_b
         rng.normal(size=shape).astype(dtype)
     masks = [DropoutMask(2024, DropoutMask.threshold_of(0.5), 2.0, backend.asarray(np.array([7], np.uint64)),
                          row_offset) for backend in (np_backend, cp_backend)]
-    Z = cp_backend.asarray(np.concatenate([np.zeros(1, dtype), z.reshape(-1)]))[1:].reshape(shape) if unaligned else \
-        cp_backend.asarray(z)
+    Z = cp_backend.asarray(np.concatenate([np.zeros(offset, dtype), z.reshape(-1)]))[offset:].reshape(shape)
     saved = cp_backend.empty(shape, dtype)
     y = cp_backend.bias_activation(Z, cp_backend.asarray(b), "gelu", saved=saved, dropout=masks[1])
     saved_ref = np.empty(shape, ref)
@@ -443,8 +445,10 @@ def test_pairs_kernels_run_where_aligned_and_draw_the_same_mask(cp_backend, np_b
     grad_ref = np_backend.activation_backward(dy.astype(ref), saved_ref.astype(dtype).astype(ref), "gelu",
                                               dropout=masks[0])
     compare_cancelling(cp_backend, grad, grad_ref, (np.abs(z.astype(ref)) + 2) * np.abs(dy.astype(ref)), dtype)
-    assert launched == ["bias_activation_saving" + "_pairs" * forward_pairs,
-                        "activation_backward" + "_pairs" * backward_pairs]
+    if dtype == "float64":
+        forward = backward = 1
+    assert launched == ["bias_activation_saving" + VECTOR_WIDTHS.get(forward, ""),
+                        "activation_backward" + VECTOR_WIDTHS.get(backward, "")]
 
 
 def test_a_dropout_mask_threshold_outside_sixteen_bits_is_refused():

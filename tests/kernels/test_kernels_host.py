@@ -193,10 +193,11 @@ def test_activation_backward_matches_numpy(harness, rng, dtype, activation, drop
 
 @pytest.mark.parametrize("rows,cols,row_offset,width", [
     (1, 1, 0, 1), (3, 5, 0, 1), (40, 37, 0, 1), (40, 37, 9, 1), (7, 512, 3, 1), (1, 2000, 1, 1), (33, 17, 1000, 1),
-    (1, 2, 0, 2), (3, 6, 0, 2), (40, 38, 9, 2), (7, 512, 3, 2), (1, 2000, 1, 2), (33, 18, 1001, 2), (5, 34, 15, 2)])
+    (1, 2, 0, 2), (3, 6, 0, 2), (40, 38, 9, 2), (7, 512, 3, 2), (1, 2000, 1, 2), (33, 18, 1001, 2), (5, 34, 15, 2),
+    (1, 4, 0, 4), (3, 12, 0, 4), (40, 36, 9, 4), (7, 512, 3, 4), (33, 20, 1001, 4), (5, 68, 15, 4)])
 def test_dropout_mask_matches_the_numpy_twin(harness, rng, rows, cols, row_offset, width):
-    """kernels/dropout.cuh's group walk, run on the host over every group (width 1) or pair of
-    neighbouring groups (width 2, the "pairs" kernels) of the launch's tiles, keeps exactly the
+    """kernels/dropout.cuh's group walk, run on the host over every group (width 1) or two or four
+    neighbouring groups (the "pairs" and "quads" kernels) of the launch's tiles, keeps exactly the
     elements the NumPy twin keeps: whole and partial tiles, shards that start mid-tile, one element."""
     from gpunn.backends.numpy_backend import dropout_keep
 

@@ -20,8 +20,9 @@ extern "C" void philox4x64_10(const gpunn_u64* c0, const gpunn_u64* c1, gpunn_u6
 }
 
 // The dropout mask of elements [skip, skip + n) as the group kernels draw it: one call per group of
-// the tiles that hold them (width 1), or per two neighbouring groups (width 2, the "pairs" kernels:
-// skip and n even), in an order unlike the GPU's (each element is written once either way).
+// the tiles that hold them (width 1), or per two or four neighbouring groups (width 2 or 4, the "pairs"
+// and "quads" kernels: skip and n multiples of the width), in an order unlike the GPU's (each element
+// is written once either way).
 template <int Width>
 static void dropout_keep_by(gpunn_u64 skip, gpunn_u64 n, gpunn_u64 step, gpunn_u64 k0, gpunn_u64 k1,
                             unsigned int threshold, unsigned char* keep) {
@@ -37,7 +38,8 @@ static void dropout_keep_by(gpunn_u64 skip, gpunn_u64 n, gpunn_u64 step, gpunn_u
 }
 extern "C" void dropout_keep(gpunn_u64 skip, gpunn_u64 n, gpunn_u64 step, gpunn_u64 k0, gpunn_u64 k1,
                              unsigned int threshold, unsigned char* keep, int width) {
-    (width == 2 ? dropout_keep_by<2> : dropout_keep_by<1>)(skip, n, step, k0, k1, threshold, keep);
+    (width == 4 ? dropout_keep_by<4> : width == 2 ? dropout_keep_by<2> : dropout_keep_by<1>)(skip, n, step, k0, k1,
+                                                                                        threshold, keep);
 }
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -162,6 +164,9 @@ template __global__ void gpunn_dropout_group_check<1, __half, float>(const __hal
                                                                      gpunn_u64, gpunn_u64, unsigned int,
                                                                      const gpunn_u64*);
 template __global__ void gpunn_dropout_group_check<2, __half, float>(const __half*, const __half*, __half*, gpunn_u64,
+                                                                     gpunn_u64, gpunn_u64, unsigned int,
+                                                                     const gpunn_u64*);
+template __global__ void gpunn_dropout_group_check<4, __half, float>(const __half*, const __half*, __half*, gpunn_u64,
                                                                      gpunn_u64, gpunn_u64, unsigned int,
                                                                      const gpunn_u64*);
 
