@@ -29,7 +29,7 @@ python3 -m gpunn bench --backend cupy --peers torch-cuda-graph,gpunn-cupy-graph 
     --out "$out/issue21-adam" 2>&1 | tail -n 20 | tee -a "$out/issue21-first.log"
 # The kernel cost model's predictions (sm_90 and sm_80 SASS; needs nvdisasm: pip install nvidia-cuda-nvdisasm),
 # then the measured fractions of copy bandwidth to hold them against (the activation group).
-python3 -m gpunn bench --cost-model --out "$out" 2>&1 | tail -n 270 | tee -a "$out/issue21-first.log"
+python3 -m gpunn bench --cost-model --out "$out" 2>&1 | tee -a "$out/issue21-first.log"  # ~500 rows: both tables whole
 python3 -m gpunn bench --backend cupy --case activation --max-time 0.2 --out "$out/issue21-activation" 2>&1 \
     | tail -n 40 | tee -a "$out/issue21-first.log"
 
