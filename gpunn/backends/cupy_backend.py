@@ -205,7 +205,10 @@ class CupyBackend(Backend):
                 numpy.uint64(skip), dropout.scale)
 
     def _bias_row(self, bias, z):
-        """The bias as a flat device array and its length (1 for a scalar, broadcast to every element)."""
+        """The bias as a flat device array and the column count the kernel reads it by. A scalar (the
+        Dropout and activation layers pass 0) is a row of four copies read as four columns: every
+        element's column holds the value, and the vector builds, which need the column count to
+        be a multiple of their width, can run."""
         if isinstance(bias, cupy.ndarray):
             if bias.dtype != z.dtype:
                 raise TypeError(f"bias_activation: bias dtype {bias.dtype} differs from the input's {z.dtype}")
@@ -214,8 +217,8 @@ class CupyBackend(Backend):
         key = (device, z.dtype.name, float(bias))
         row = self._scalar_bias.get(key)
         if row is None:
-            row = self._scalar_bias[key] = cupy.full((1,), bias, z.dtype)
-        return row, 1
+            row = self._scalar_bias[key] = cupy.full((4,), bias, z.dtype)
+        return row, 4
 
     def _kernel(self, op: str, dtype, activation: str = ""):
         key = (op, activation, numpy.dtype(dtype).name)

@@ -400,16 +400,24 @@ def test_group_kernels_take_any_layout(cp_backend, np_backend, rng, layout):
                                rtol=1e-13, atol=1e-15)
 
 
-#: (shape, the shard's first row, elements z is off alignment) and the vector width the forward and
-#: the backward must run with (4: "_quads", 2: "_pairs", 1: a thread per dropout group).
-VECTOR_CASES = {"columns a multiple of 4": ((37, 36), 3, 0, 4, 4),
-                "even columns": ((37, 30), 3, 0, 2, 2),
-                "even columns, a count of 4": ((38, 30), 2, 0, 2, 4),
-                "odd columns, even count": ((36, 29), 0, 0, 1, 4),
-                "odd shard start": ((37, 29), 1, 0, 1, 1),
-                "even count, odd start": ((2, 3), 1, 0, 1, 1),
-                "input two elements off": ((37, 36), 0, 2, 2, 4),
-                "input one element off": ((37, 36), 0, 1, 1, 4)}
+#: (shape, the shard's first row, {buffer: elements it starts off alignment}, a scalar bias) and the
+#: vector width the forward and the backward must run with (4: "_quads", 2: "_pairs", 1: a thread
+#: per dropout group).
+VECTOR_CASES = {"columns a multiple of 4": ((37, 36), 3, {}, False, 4, 4),
+                "even columns": ((37, 30), 3, {}, False, 2, 2),
+                "even columns, a count of 4": ((38, 30), 2, {}, False, 2, 4),
+                "a count of 2 mod 4, a start of 0 mod 4": ((3, 6), 2, {}, False, 2, 2),
+                "odd columns, even count": ((36, 29), 0, {}, False, 1, 4),
+                "odd shard start": ((37, 29), 1, {}, False, 1, 1),
+                "even count, odd start": ((2, 3), 1, {}, False, 1, 1),
+                "a scalar bias": ((37, 36), 1, {}, True, 4, 4),
+                "a scalar bias, odd columns": ((5, 7), 0, {}, True, 1, 1),
+                "input two elements off": ((37, 36), 0, {"z": 2}, False, 2, 4),
+                "input one element off": ((37, 36), 0, {"z": 1}, False, 1, 4),
+                "bias one element off": ((37, 36), 0, {"bias": 1}, False, 1, 4),
+                "out two elements off": ((37, 36), 0, {"out": 2}, False, 2, 4),
+                "saved one element off": ((37, 36), 0, {"saved": 1}, False, 1, 1),
+                "dy two elements off": ((37, 36), 0, {"dy": 2}, False, 4, 2)}
 
 
 @pytest.mark.parametrize("case", VECTOR_CASES)
@@ -417,31 +425,40 @@ VECTOR_CASES = {"columns a multiple of 4": ((37, 36), 3, 0, 4, 4),
 def test_vector_kernels_run_where_aligned_and_draw_the_same_mask(cp_backend, np_backend, rng, monkeypatch, case,
                                                                   dtype):
     """The fused kernels' vector builds (two or four neighbouring dropout groups per thread) run
-    exactly where no vector can straddle a row, the shard's edge or its alignment (in float16 and
-    float32: float64 keeps a thread per group), and give NumPy's numbers and mask there and in the
-    fallbacks alike."""
+    exactly where no vector can straddle a row, the shard's edge or its alignment, whichever buffer
+    is off (in float16 and float32: float64 keeps a thread per group), and give NumPy's numbers and
+    mask there and in the fallbacks alike. The stand-in stops on a misaligned vector access, as a
+    GPU faults."""
     from gpunn.backends.base import DropoutMask
     from gpunn.backends.cupy_kernels import VECTOR_WIDTHS
 
-    shape, row_offset, offset, forward, backward = VECTOR_CASES[case]
+    shape, row_offset, offsets, scalar_bias, forward, backward = VECTOR_CASES[case]
     launched = []
     build = cp_backend._kernel
     monkeypatch.setattr(cp_backend, "_kernel", lambda op, *rest: launched.append(op) or build(op, *rest))
+
+    def placed(values, name):
+        """``values`` on the device, starting ``offsets[name]`` elements into a larger buffer."""
+        offset = offsets.get(name, 0)
+        flat = np.concatenate([np.zeros(offset, dtype), np.asarray(values, dtype).reshape(-1)])
+        return cp_backend.asarray(flat)[offset:].reshape(np.shape(values))
+
     ref = reference(dtype)
-    z, b, dy = (rng.normal(size=shape) * 2).astype(dtype), rng.normal(size=shape[1]).astype(dtype), \
-        rng.normal(size=shape).astype(dtype)
+    z, dy = (rng.normal(size=shape) * 2).astype(dtype), rng.normal(size=shape).astype(dtype)
+    b = np.asarray(0.25, dtype) if scalar_bias else rng.normal(size=shape[1]).astype(dtype)
     masks = [DropoutMask(2024, DropoutMask.threshold_of(0.5), 2.0, backend.asarray(np.array([7], np.uint64)),
                          row_offset) for backend in (np_backend, cp_backend)]
-    Z = cp_backend.asarray(np.concatenate([np.zeros(offset, dtype), z.reshape(-1)]))[offset:].reshape(shape)
-    saved = cp_backend.empty(shape, dtype)
-    y = cp_backend.bias_activation(Z, cp_backend.asarray(b), "gelu", saved=saved, dropout=masks[1])
+    saved, out = placed(np.zeros(shape), "saved"), placed(np.zeros(shape), "out")
+    y = cp_backend.bias_activation(placed(z, "z"), 0.25 if scalar_bias else placed(b, "bias"), "gelu", out=out,
+                                   saved=saved, dropout=masks[1])
+    assert y is out
     saved_ref = np.empty(shape, ref)
     y_ref = np_backend.bias_activation(z.astype(ref), b.astype(ref), "gelu", saved=saved_ref, dropout=masks[0])
     compare_cancelling(cp_backend, y, y_ref, np.abs(z.astype(ref) + b.astype(ref)) + 1, dtype)
     visible = np.abs(y_ref) > tolerance(dtype)[1]
     np.testing.assert_array_equal((cp_backend.to_numpy(y) == 0)[visible], (y_ref == 0)[visible])
-    assert 0.3 < np.mean(y_ref == 0) < 0.7
-    grad = cp_backend.activation_backward(cp_backend.asarray(dy), saved, "gelu", dropout=masks[1])
+    assert z.size < 100 or 0.3 < np.mean(y_ref == 0) < 0.7  # a mask that drops about half, not all or none
+    grad = cp_backend.activation_backward(placed(dy, "dy"), saved, "gelu", dropout=masks[1])
     grad_ref = np_backend.activation_backward(dy.astype(ref), saved_ref.astype(dtype).astype(ref), "gelu",
                                               dropout=masks[0])
     compare_cancelling(cp_backend, grad, grad_ref, (np.abs(z.astype(ref)) + 2) * np.abs(dy.astype(ref)), dtype)
