@@ -55,8 +55,10 @@ LANES_PER_CLOCK = 128
 WEIGHTS = (("MUFU", 8), ("F2F", 8), ("F2I", 8), ("I2F", 8), ("DADD", 2), ("DMUL", 2), ("DFMA", 2),
            ("DSETP", 2), ("IADD3", 2), ("IMAD", 2), ("LOP3", 2), ("SHF", 2), ("ISETP", 2), ("LEA", 2),
            ("IMNMX", 2), ("LDG", 4), ("STG", 4), ("LDS", 4), ("STS", 4), ("LDC", 4), ("ATOMG", 4), ("RED", 4))
-#: Compute capability 8.0 in the same table: FP64 at 32 results per clock per SM, the rest as 9.0.
-WEIGHTS_SM80 = tuple((opcode, 4 if opcode.startswith("D") else cost) for opcode, cost in WEIGHTS)
+#: Compute capability 8.0 in the same table: FP64 at 32 results per clock per SM and 32-bit floating-point
+#: add, multiply and multiply-add at 64 (9.0: 128), the rest as 9.0.
+WEIGHTS_SM80 = tuple((opcode, 4 if opcode.startswith("D") else cost) for opcode, cost in WEIGHTS) + \
+    (("FFMA", 2), ("FADD", 2), ("FMUL", 2))
 #: What each architecture is modelled with: its GPUs and its weights.
 ARCHS = {"90": (GPUS, WEIGHTS), "80": (GPUS_SM80, WEIGHTS_SM80)}
 ARCH = "90"

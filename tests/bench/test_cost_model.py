@@ -195,6 +195,9 @@ def test_sm80_has_half_sm90s_fp64_and_fp32_lanes():
     floats = loop(*["FFMA R4, R4, R5, R6"] * 10)
     assert cost_model.cost_of_sass(floats, "k", 8, 1, 1, arch="90").bound_by == "issue"
     assert (cost_model.cost_of_sass(floats, "k", 8, 1, 1, arch="80").pipe_cycles_per_element) == 20
+    # The serial sum weighs them the same way: FP32 arithmetic a slot on sm_90, two on sm_80.
+    assert [cost_model.weight(op, "90") for op in ("FFMA.FTZ", "FADD", "FMUL.FTZ", "DFMA", "FSEL")] == [1, 1, 1, 2, 1]
+    assert [cost_model.weight(op, "80") for op in ("FFMA.FTZ", "FADD", "FMUL.FTZ", "DFMA", "FSEL")] == [2, 2, 2, 4, 1]
     assert [cost_model.pipe_use(op) for op in ("IMAD.MOV.U32", "HFMA2.MMA", "UIADD3", "LDC.64", "FCHK")] \
         == [{"fmaheavy": 2, "fma": 1}, {}, {"uniform": 1}, {"adu": 4}, {}]  # FCHK: unknown, an issue slot only
 
