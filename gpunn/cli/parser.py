@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--cost-model", action="store_true",
                        help="instead of timing: predict each kernel's fraction of copy bandwidth on an H100/H200 "
                             "from its sm_90 SASS and on an A100 from its sm_80 SASS (NVRTC + nvdisasm, no GPU "
-                            "needed); writes cost-model-sm_90.json and cost-model-sm_80.json into --out")
+                            "needed), as two bounds: instructions issued one after another (pessimistic) and "
+                            "overlapping on the SM's pipes (optimistic); a model, not a measurement; writes "
+                            "cost-model-sm_90.json and cost-model-sm_80.json into --out")
     bench.set_defaults(command="bench")
     return parser
 
