@@ -95,6 +95,37 @@ def test_the_cheapest_path_may_skip_a_load_that_only_optional_work_needs():
     assert cost_model.path_costs(instructions, labels, 0, 5, weight) == (13, 13)  # a reduction counts its loads
 
 
+def test_loops_that_run_per_segment_or_per_launch_are_not_element_loops():
+    """The gradient norm's element loop reads one float16 per element; its other loops search the
+    segment table (8-byte int64 rows) and, in the last block, read the partial sums through a
+    volatile pointer (.STRONG): they run per segment and per launch, and counting them made the
+    float16 norm 44 weighted instructions per element instead of its loop's 24."""
+    sass = """
+.L_x_0:
+        /*0000*/                   LDG.E.U16 R4, desc[UR4][R2.64] ;
+        /*0010*/                   FFMA.FTZ R5, R4, R4, R5 ;
+        /*0020*/              @!P0 BRA `(.L_x_0) ;
+.L_x_1:
+        /*0030*/                   LDG.E.STRONG.SYS R6, desc[UR4][R8.64] ;
+        /*0040*/                   FADD.FTZ R5, R5, R6 ;
+        /*0050*/              @!P1 BRA `(.L_x_1) ;
+.L_x_2:
+        /*0060*/                   LDG.E.64 R6, desc[UR4][R8.64] ;
+        /*0070*/                   ISETP.GT.U32.AND P2, PT, R6, R4, PT ;
+        /*0080*/                   ISETP.GT.U32.AND P2, PT, R6, R4, PT ;
+        /*0090*/                   ISETP.GT.U32.AND P2, PT, R6, R4, PT ;
+        /*00a0*/                   ISETP.GT.U32.AND P2, PT, R6, R4, PT ;
+        /*00b0*/              @!P2 BRA `(.L_x_2) ;
+        /*00c0*/                   EXIT ;
+"""
+    instructions, labels = cost_model.parse_sass(sass)
+    assert cost_model.per_element_loops(instructions, labels, 0, {2}) == [(0, 2)]
+    # No loop moves 4 bytes unmarked: every loop counts.
+    assert cost_model.per_element_loops(instructions, labels, 0, {4}) == cost_model.element_loops(instructions, labels)
+    assert cost_model.cost_of_sass(sass, "k", 2, 1, 0, access_sizes={2}).sass_per_element == 6  # LDG 4 + FFMA + BRA
+    assert cost_model.cost_of_sass(sass, "k", 2, 1, 0).sass_per_element == 13  # without sizes: the search loop
+
+
 def test_the_cost_is_the_longest_loop_per_element_and_the_roofline_caps_at_one():
     cost = cost_model.cost_of_sass(SASS, "k", bytes_per_element=8, loads=1, stores=1)
     # The second loop stores twice per iteration for one store per element: two elements, 6.5 each.
@@ -231,7 +262,7 @@ def nvdisasm():
 #: A few real kernels, on both architectures: the fused dense+ReLU+dropout forward (saving its
 #: output for backward, as training runs it) and backward, an optimizer update, a reduction.
 REAL = [("bias_activation_saving", "relu", "float32"), ("activation_backward", "relu", "float16"),
-        ("update_sgd", "", "float32"), ("layer_norm_mean", "", "float32")]
+        ("update_sgd", "", "float32"), ("layer_norm_mean", "", "float32"), ("gradient_norm", "", "float16")]
 
 
 @pytest.fixture(scope="module")
@@ -248,6 +279,7 @@ def test_real_kernels_compiled_by_nvrtc_and_disassembled(real_costs, tmp_path):
     assert real_costs["90", "bias_activation_saving", "float32"].bytes_per_element == 12  # z in; y, saved out
     assert real_costs["90", "update_sgd", "float32"].bytes_per_element == 20  # g; p and velocity read and written
     assert real_costs["90", "layer_norm_mean", "float32"].bytes_per_element == 4  # a reduction reads x, per row out
+    assert real_costs["90", "gradient_norm", "float16"].sass_per_element < 30  # its element loop, not the segment search
     for cost in real_costs.values():  # the optimistic bound lies between the instruction count and the serial sum
         assert cost.instructions_per_element <= cost.pipe_cycles_per_element <= cost.sass_per_element, cost
         assert cost.pipe_cycles_per_element_shortest <= cost.sass_per_element_shortest, cost
