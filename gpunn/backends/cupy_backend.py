@@ -356,8 +356,11 @@ class CupyBackend(Backend):
         else:
             _require_device(segments)
             count = segments.size // SEGMENT_FIELDS
-        self._kernel("gradient_norm", x.dtype)(x, x.size, segments, count, scratch.partials, out, scratch.tickets,
-                                               size=self._grid_threads(x.size), block_size=GRID_BLOCK)
+        # float16 in pairs where x is aligned to two elements (cupy_kernels._NORM_PAIRS)
+        pairs = x.dtype.name == "float16" and x.data.ptr % (2 * x.itemsize) == 0
+        self._kernel("gradient_norm_pairs" if pairs else "gradient_norm", x.dtype)(
+            x, x.size, segments, count, scratch.partials, out, scratch.tickets,
+            size=self._grid_threads(-(-x.size // 2) if pairs else x.size), block_size=GRID_BLOCK)
         return out
 
     def optimizer_update(self, rule, param, grad, states, master, scalars, lr_table, norm, hyper, flag,

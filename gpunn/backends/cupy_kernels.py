@@ -251,12 +251,9 @@ def _update(rule, with_master: bool):
     return KernelSpec(build, arguments_for, dtypes=("float16",) if with_master else ("float32", "float64"))
 
 
-def _gradient_norm(_, dtype):
-    """√Σx² of a flat buffer in one launch (see CupyBackend.global_norm); with a segment table
-    (``segment_count`` > 0) over the segments the update updates only."""
-    return _elementwise(
-        "raw T x, int64 n, raw int64 segments, int64 segment_count", "raw C partials, raw C norm, raw uint32 tickets",
-        """gpunn_segment_cursor segment;
+#: √Σx²'s per-thread loop over single elements: each element's segment, then the elements of that
+#: segment this thread strides over.
+_NORM_ELEMENTS = """gpunn_segment_cursor segment;
         for (ptrdiff_t k = i; k < n;) {
             ptrdiff_t stop = n;  // no table: every element
             if (segment_count > 0) {
@@ -270,9 +267,42 @@ def _gradient_norm(_, dtype):
                 C value = (C) x[k];
                 thread_sum += value * value;
             }
-        }""",
-        "gpunn_gradient_norm_kernel", "optim.cuh", "grid.cuh", loop_prep="C thread_sum = C(0)",
-        after_loop=f"""C block_sum = gpunn_block_sum<{GRID_BLOCK}>(thread_sum);
+        }"""
+#: The same over pairs of neighbours (elements 2p and 2p + 1, x aligned to two elements): a pair
+#: wholly inside an updated segment is one two-element load; a pair across a segment's edge, or whose
+#: first element counts for nothing, is summed element by element.
+_NORM_PAIRS = """gpunn_segment_cursor segment;
+        for (ptrdiff_t k = 2 * i; k < n;) {  // k: the first element of this thread's pair
+            ptrdiff_t stop = n;  // no table: every element
+            const bool first = segment_count == 0 || segment.at(&segments[0], segment_count, k);
+            if (segment_count > 0) stop = segment.stop < n ? segment.stop : n;
+            if (first) {
+                for (; k + 1 < stop; k += 2 * _ind.size()) {
+                    const gpunn_vector<T, 2> pair = gpunn_load<T, 2>(&x[k]);
+                    const C a = (C) pair.a, b = (C) pair.b;
+                    thread_sum += a * a + b * b;
+                }
+                if (k >= stop) continue;  // the next pair starts at or past the segment's end: look it up
+                const C value = (C) x[k];  // the segment's last element; its neighbour is the next one's
+                thread_sum += value * value;
+            }
+            if (k + 1 < n && (segment_count == 0 || segment.at(&segments[0], segment_count, k + 1))) {
+                const C value = (C) x[k + 1];
+                thread_sum += value * value;
+            }
+            k += 2 * _ind.size();
+        }"""
+
+
+def _gradient_norm(loop: str, name: str):
+    """√Σx² of a flat buffer in one launch (see CupyBackend.global_norm); with a segment table
+    (``segment_count`` > 0) over the segments the update updates only. ``loop``: each thread's
+    partial sum, over elements or over pairs."""
+    def build(_, dtype):
+        return _elementwise(
+            "raw T x, int64 n, raw int64 segments, int64 segment_count", "raw C partials, raw C norm, raw uint32 tickets",
+            loop, name, "optim.cuh", "grid.cuh", "vector.cuh", loop_prep="C thread_sum = C(0)",
+            after_loop=f"""C block_sum = gpunn_block_sum<{GRID_BLOCK}>(thread_sum);
         if (threadIdx.x == 0) partials[blockIdx.x] = block_sum;
         if (gpunn_last_block(&tickets[0])) {{
             volatile C* sums = &partials[0];  // written by other blocks: read past this SM's L1
@@ -281,6 +311,8 @@ def _gradient_norm(_, dtype):
             total = gpunn_block_sum<{GRID_BLOCK}>(total);
             if (threadIdx.x == 0) norm[0] = gpunn_sqrt(total);
         }}""")
+
+    return build
 
 
 def _build_activation(op: str, name: str, compute_name: str, compute: str, width: int):
@@ -381,6 +413,12 @@ def _compute_name(dtype):
     return _COMPUTE[dtype][0]
 
 
+def _norm_arguments(_, dtype):
+    compute = _compute_name(dtype)
+    return (Arg(dtype, "raw"), Arg("int64", "scalar"), Arg("int64", "raw"), Arg("int64", "scalar"), Arg(compute, "raw"),
+            Arg(compute, "raw"), Arg("uint32", "raw"))
+
+
 #: Every kernel the backend builds. A new fused op is one entry here (and its ``.cuh`` function):
 #: the backend builds it through ``_build`` and the NVRTC test compiles every variant and dtype.
 KERNELS: dict[str, KernelSpec] = {
@@ -397,9 +435,10 @@ KERNELS: dict[str, KernelSpec] = {
         "gpunn_layer_norm_backward_kernel", "layer_norm.cuh"),
     **{f"update_{name}{suffix}": _update(rule, bool(suffix)) for name, rule in RULES.items()
        for suffix in ("", "_master")},
-    "gradient_norm": KernelSpec(_gradient_norm, lambda v, d: (
-        Arg(d, "raw"), Arg("int64", "scalar"), Arg("int64", "raw"), Arg("int64", "scalar"), Arg(_compute_name(d), "raw"),
-        Arg(_compute_name(d), "raw"), Arg("uint32", "raw"))),
+    "gradient_norm": KernelSpec(_gradient_norm(_NORM_ELEMENTS, "gpunn_gradient_norm_kernel"), _norm_arguments),
+    # float16 only: its element moves 2 bytes, which leave an H100 20 weighted instructions per element.
+    "gradient_norm_pairs": KernelSpec(_gradient_norm(_NORM_PAIRS, "gpunn_gradient_norm_pairs_kernel"), _norm_arguments,
+                                      dtypes=("float16",)),
     # A loss head's gradient, in the compute type: the mean's small factor and the float16 loss scale
     # (a float64 on the device, for graph replay; read and converted once per thread) meet before
     # anything is rounded to storage. Launched over the arrays as rows of their last axis.

@@ -469,12 +469,13 @@ def per_element_loops(instructions, labels, stores: int, access_sizes=()) -> lis
 
 
 def cost_of_sass(text: str, name: str, bytes_per_element: int, loads: int, stores: int, op="", variant="",
-                 dtype="", arch: str = ARCH, stored_bytes: int | None = None, access_sizes=()) -> KernelCost:
+                 dtype="", arch: str = ARCH, stored_bytes: int | None = None, access_sizes=(),
+                 vector_width: int = 1) -> KernelCost:
     """The cost of a kernel's SASS, over its ``per_element_loops``. The elements one loop iteration
     serves are its global stores over one element's (its loads, in a kernel that stores nothing per
     element): counted in bytes when the kernel stores and ``stored_bytes`` (one element's) is given,
     so that a vector store (two float16 elements in one 32-bit STG) counts as the elements it
-    writes, else in instructions."""
+    writes, else in instructions, each load of a vector build (``vector_width``) as that many."""
     instructions, labels = parse_sass(text)
     per_iteration = stores or loads
     longest = shortest = count = None
@@ -485,7 +486,7 @@ def cost_of_sass(text: str, name: str, bytes_per_element: int, loads: int, store
         if stored_bytes and stores:
             elements = max(1, sum(access_bytes(opcode) for opcode in memory) // stored_bytes)
         else:
-            elements = max(1, len(memory) // per_iteration) if per_iteration else 1
+            elements = max(1, len(memory) * (1 if stores else vector_width) // per_iteration) if per_iteration else 1
         high_path, low_path = loop_paths(instructions, labels, start, end, lambda i: weight(i.opcode, arch))
         high, low = (sum(weight(i.opcode, arch) for i in path) for path in (high_path, low_path))
         plain, _ = path_costs(instructions, labels, start, end, lambda i: 1)
@@ -529,7 +530,7 @@ def kernel_cost(op: str, variant: str, dtype: str, nvdisasm: str, arch: str = AR
     width = 4 if kernel.name.endswith("_quads_kernel") else 2 if kernel.name.endswith("_pairs_kernel") else 1
     sizes = {size * lanes for size, _, _ in used for lanes in {1, width}}
     return cost_of_sass(text, kernel.name, total, loads, stores, op, variant, dtype, arch, stored_bytes=stored,
-                        access_sizes=sizes)
+                        access_sizes=sizes, vector_width=width)
 
 
 def run(entries=None, workers: int | None = None, archs=tuple(ARCHS)) -> list[KernelCost]:

@@ -39,6 +39,34 @@ def test_gradient_norm_in_one_launch(threaded, monkeypatch, rng, dtype, max_bloc
         assert backend.to_numpy(scratch.tickets).tolist() == [0, 0]  # ready for the next launch or replay
 
 
+@pytest.mark.parametrize("offset", [0, 1])  # x aligned to a pair (the pairs kernel) or one element off
+@pytest.mark.parametrize("max_blocks", [2048, 3])  # 3: threads stride over segments and their edges
+def test_the_float16_norm_in_pairs_follows_the_segment_table(threaded, monkeypatch, rng, offset, max_blocks):
+    """float16's norm reads two neighbours per load where x is aligned to two elements: segments
+    that start or stop between the two elements of a pair, a segment not updated this step and a
+    gap between segments give the norm of the updated elements only, as one element per thread
+    gives it."""
+    _, backend = threaded
+    monkeypatch.setattr(sys.modules["gpunn.backends.cupy_backend"], "GRID_MAX_BLOCKS", max_blocks)
+    launched = []
+    build = backend._kernel
+    monkeypatch.setattr(backend, "_kernel", lambda op, *rest: launched.append(op) or build(op, *rest))
+    n = 4001
+    cut = [0, 1, 2, 601, 1000, 1001, 2501, 3000, n]  # odd and even edges; [2501, 3000) lies between segments
+    rows = [(cut[0], cut[1], 1), (cut[1], cut[2], 1), (cut[2], cut[3], 0), (cut[3], cut[4], 1), (cut[4], cut[5], 1),
+            (cut[5], cut[6], 1), (cut[7], cut[8], 1)]
+    table = [v for start, stop, updated in rows for v in (start, stop, 0, updated)]
+    x = rng.normal(size=n).astype("float16")
+    X = backend.asarray(np.concatenate([np.zeros(offset, "float16"), x]))[offset:]
+    out = backend.zeros((1,), "float32")
+    for segments, kept in ((backend.asarray(table, "int64"), [(a, b) for a, b, updated in rows if updated]),
+                           (None, [(0, n)])):
+        backend.global_norm(X, out=out, segments=segments)
+        expected = np.sqrt(sum(np.sum(x[a:b].astype(np.float64) ** 2) for a, b in kept))
+        np.testing.assert_allclose(backend.to_numpy(out)[0], expected, rtol=1e-5)
+    assert launched == ["gradient_norm" if offset else "gradient_norm_pairs"] * 2
+
+
 def test_a_non_finite_gradient_gives_a_non_finite_norm(threaded):
     _, backend = threaded
     out = backend.zeros((1,), "float32")

@@ -124,6 +124,9 @@ def test_loops_that_run_per_segment_or_per_launch_are_not_element_loops():
     assert cost_model.per_element_loops(instructions, labels, 0, {4}) == cost_model.element_loops(instructions, labels)
     assert cost_model.cost_of_sass(sass, "k", 2, 1, 0, access_sizes={2}).sass_per_element == 6  # LDG 4 + FFMA + BRA
     assert cost_model.cost_of_sass(sass, "k", 2, 1, 0).sass_per_element == 13  # without sizes: the search loop
+    # A vector build's load serves its width's elements (a pair: LDG.E of two float16).
+    pairs = sass.replace("LDG.E.U16 R4", "LDG.E R4")
+    assert cost_model.cost_of_sass(pairs, "k", 2, 1, 0, access_sizes={2, 4}, vector_width=2).sass_per_element == 3
 
 
 def test_the_cost_is_the_longest_loop_per_element_and_the_roofline_caps_at_one():
@@ -340,7 +343,9 @@ RAISED = [("layer_norm_forward", "", "float32", ("H100-SXM5",)),
           ("bias_activation_saving_quads", "relu", "float16", ("H100-SXM5", "H200-SXM")),
           ("bias_activation_quads", "sigmoid", "float32", ("H100-SXM5", "H200-SXM")),
           ("activation_backward_quads", "tanh", "float16", ("H100-SXM5", "H200-SXM")),
-          ("activation_backward_quads", "softplus", "float16", ("H100-SXM5",))]
+          ("activation_backward_quads", "softplus", "float16", ("H100-SXM5",)),
+          # float16's gradient norm in pairs, one 4-byte load for two elements (0.83 / 0.58 one at a time)
+          ("gradient_norm_pairs", "", "float16", ("H100-SXM5", "H200-SXM"))]
 
 
 def test_raised_kernels_reach_copy_bandwidth(nvdisasm):
