@@ -59,6 +59,12 @@ class _OptimizerScratch(NamedTuple):
     no_segments: object
 
 
+def _aligned(width: int, *arrays) -> bool:
+    """Whether every array starts on a ``width``-element boundary, as a vector load of ``width``
+    elements (kernels/vector.cuh) needs: a GPU faults on a misaligned one."""
+    return all(array.data.ptr % (width * array.itemsize) == 0 for array in arrays)
+
+
 class CupyBackend(Backend):
     name = "cupy"
     supported_dtypes = ("float16", "float32", "float64")
@@ -264,7 +270,7 @@ class CupyBackend(Backend):
         n, skip, dtype = int(launch[1]), int(launch[6]), vectors[0].dtype
         fits = [width for width in VECTOR_WIDTHS if dtype.name in VECTOR_DTYPES and n % width == skip % width == 0
                 and (columns is None or columns % width == 0)
-                and all(array.data.ptr % (width * array.itemsize) == 0 for array in vectors)]
+                and _aligned(width, *vectors)]
         width = max(fits, default=1)
         self._kernel(op + VECTOR_WIDTHS.get(width, ""), dtype, activation)(*inputs, *outputs, size=groups // width)
 
@@ -357,7 +363,7 @@ class CupyBackend(Backend):
             _require_device(segments)
             count = segments.size // SEGMENT_FIELDS
         # float16 in pairs where x is aligned to two elements (cupy_kernels._NORM_PAIRS)
-        pairs = x.dtype.name == "float16" and x.data.ptr % (2 * x.itemsize) == 0
+        pairs = x.dtype.name == "float16" and _aligned(2, x)
         self._kernel("gradient_norm_pairs" if pairs else "gradient_norm", x.dtype)(
             x, x.size, segments, count, scratch.partials, out, scratch.tickets,
             size=self._grid_threads(-(-x.size // 2) if pairs else x.size), block_size=GRID_BLOCK)
@@ -444,7 +450,7 @@ class CupyBackend(Backend):
             return result
         written = result if result.flags.c_contiguous else cupy.empty_like(like)
         vectors = [array for array, letter in zip(flat, layout) if letter in "ac"] + [written]
-        pairs = columns % 2 == 0 and all(array.data.ptr % (2 * array.itemsize) == 0 for array in vectors)
+        pairs = columns % 2 == 0 and _aligned(2, *vectors)
         per_row = columns // 2 if pairs else columns
         threads = per_row * max(1, min(rows, GRID_BLOCK * GRID_MAX_BLOCKS // per_row))
         self._kernel(op, like.dtype, "pairs" if pairs else "")(*flat, numpy.uint32(rows), numpy.uint32(columns),
